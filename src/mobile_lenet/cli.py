@@ -1,0 +1,179 @@
+"""The ``mobile-lenet`` command: one verb, one function.
+
+Each ``cmd_*`` function below is one verb; ``build_parser`` declares its flags. Errors the user can fix
+(``UserError``) are printed as one line and exit with status 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _dataset_args(p: argparse.ArgumentParser, default: str = "mnist") -> None:
+    from .data import DATASETS
+
+    p.add_argument("--dataset", default=default, choices=DATASETS + (("auto",) if default == "auto" else ()),
+                   help=f"named data set (default {default}); mnist-sample is bundled and works offline")
+    p.add_argument("--data-dir", help="folder with IDX files, mnist.npz or mnist_{train,test}.csv (overrides "
+                                      "the download)")
+
+
+# ------------------------------------------------------------------------------------------------ verbs
+def cmd_summary(args) -> int:
+    """Print the architecture table (or JSON) with parameters and MACs per layer."""
+    from .summary import summary_dict, summary_text
+
+    if args.memory:
+        from .memory import memory_dict, memory_text
+
+        print(json.dumps(memory_dict(int8=args.int8), indent=2) if args.json else memory_text(int8=args.int8))
+        return 0
+    print(json.dumps(summary_dict(), indent=2) if args.json else summary_text())
+    return 0
+
+
+def cmd_train(args) -> int:
+    """Train a model into a run folder."""
+    from .data import load_dataset
+    from .train import TrainConfig, train
+
+    out = Path(args.out)
+    if args.resume:
+        if not (out / "config.json").is_file() or not (out / "last.pt").is_file():
+            raise UserError(f"{out}: nothing to resume (no config.json and last.pt)")
+        config = TrainConfig(**json.loads((out / "config.json").read_text()))
+        if args.epochs is not None:
+            config.epochs = args.epochs
+    else:
+        if (out / "last.pt").exists():
+            raise UserError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
+        config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, augment=args.augment)
+        for name in ("epochs", "batch_size", "lr"):
+            if getattr(args, name) is not None:
+                setattr(config, name, getattr(args, name))
+    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
+        raise UserError("--epochs and --batch-size must be at least 1 and --lr positive")
+    train_set = load_dataset(config.dataset, "train", config.data_dir)
+    train(config, train_set, out, resume=args.resume, progress=not args.quiet)
+    print(f"wrote {out / 'best.pt'}, {out / 'last.pt'} and {out / 'metrics.csv'}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """Accuracy, per-class accuracy and confusion matrix of MODEL on a test set."""
+    from .data import load_dataset
+    from .evaluation import evaluate_tensors, format_report
+    from .sources import load_tensors
+
+    tensors = load_tensors(args.model)
+    test_set = load_dataset(args.dataset, args.split, args.data_dir)
+    if args.limit:
+        test_set.images, test_set.labels = test_set.images[:args.limit], test_set.labels[:args.limit]
+    result = evaluate_tensors(tensors, test_set, engine=args.engine)
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    """Classify image files (PNG/JPEG, any size)."""
+    import numpy as np
+
+    from .evaluation import engine_logits, softmax
+    from .images import load_digit
+    from .sources import load_tensors
+
+    tensors = load_tensors(args.model)
+    images = np.stack([load_digit(p, invert=args.invert) for p in args.images])
+    probs = softmax(engine_logits(args.engine, tensors, images))
+    for path, p in zip(args.images, probs):
+        if args.json:
+            print(json.dumps({"image": str(path), "digit": int(p.argmax()), "probabilities": p.tolist()}))
+        else:
+            top = " ".join(f"{d}:{p[d]:.3f}" for d in np.argsort(-p)[:3])
+            print(f"{path}: {int(p.argmax())} (p={p.max():.4f}; top {top})")
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    """The main job: train, evaluate on the test split, export the weights, all into one folder."""
+    from .pipeline import run_pipeline
+
+    run_pipeline(out=Path(args.out), dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
+                 seed=args.seed, progress=not args.quiet)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mobile-lenet", description="Mobile-LeNet from training to microcontroller.")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("summary", help="print the architecture table with parameters and MACs")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--memory", action="store_true", help="flash and RAM of the microcontroller plan")
+    p.add_argument("--int8", action="store_true", help="with --memory: the int8 plan next to float")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("train", help="train a model into a run folder")
+    _dataset_args(p)
+    p.add_argument("--out", required=True, help="run folder (config.json, metrics.csv, best.pt, last.pt)")
+    p.add_argument("--epochs", type=int, help="number of epochs (default 30)")
+    p.add_argument("--batch-size", type=int, help="batch size (default 64)")
+    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule (default 4e-3)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same weights")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="random affine distortions of the training digits (default on)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy and confusion matrix of a model on a test set")
+    p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files or .keras file")
+    _dataset_args(p)
+    p.add_argument("--split", default="test", choices=("train", "test"), help="which split (default test)")
+    p.add_argument("--engine", default="torch", help="torch, reference (NumPy) or c (generated C on the host)")
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify PNG/JPEG images of digits")
+    p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files or .keras file")
+    p.add_argument("images", nargs="+", help="image files, any size")
+    p.add_argument("--invert", default="auto", choices=("auto", "yes", "no"),
+                   help="dark digit on light background? auto looks at the border (default)")
+    p.add_argument("--engine", default="torch", help="torch, reference or c")
+    p.add_argument("--json", action="store_true", help="one JSON line per image")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("pipeline", help="the main job: train, evaluate and export into one folder")
+    _dataset_args(p, default="auto")
+    p.add_argument("--out", default="runs/main", help="output folder (default runs/main)")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_pipeline)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"mobile-lenet: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mobile-lenet: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Resolving a MODEL argument to weights.
+
+A MODEL may be a checkpoint (``.pt``) or a run folder (its ``best.pt``); the interop module adds folders of
+Noodle files and Keras ``.keras`` files. Whatever the source, ``load_tensors`` returns the common currency:
+Noodle tensors (file name -> float32 array, see ``spec.noodle_tensors``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import load_checkpoint_model
+from .errors import UserError
+from .model import MobileLeNet, from_noodle, to_noodle
+
+
+def load_tensors(source: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Noodle tensors from any supported MODEL source."""
+    path = Path(source)
+    if path.is_dir():
+        if (path / "best.pt").is_file():
+            return to_noodle(load_checkpoint_model(path / "best.pt"))
+        from . import noodle
+
+        if noodle.looks_like_noodle_folder(path):
+            return noodle.read_folder(path)
+        raise UserError(f"{path}: neither a run folder (best.pt) nor a folder of Noodle weight files")
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    if path.suffix == ".keras":
+        from . import keras_import
+
+        return keras_import.read_keras(path)
+    return to_noodle(load_checkpoint_model(path))
+
+
+def load_model(source: str | os.PathLike) -> MobileLeNet:
+    """A PyTorch model in eval mode from any supported MODEL source."""
+    return from_noodle(load_tensors(source))
