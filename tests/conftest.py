@@ -1,0 +1,61 @@
+"""Shared fixtures: paths to the shared reference data, small real data sets, and a quickly trained model."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MOBILE_LENET_SHARED", ROOT.parent / "shared"))
+MNIST_10K = SHARED / "data" / "mnist-10k"
+UPSTREAM = SHARED / "data" / "upstream-mobile-lenet"
+
+
+@pytest.fixture(scope="session")
+def mnist_test():
+    """The 10,000 official MNIST test images (from ../shared/data/mnist-10k)."""
+    from mobile_lenet.data import load_dataset
+
+    return load_dataset("mnist", "test", MNIST_10K)
+
+
+@pytest.fixture(scope="session")
+def mnist_train():
+    """The first 10,000 official MNIST training images."""
+    from mobile_lenet.data import load_dataset
+
+    return load_dataset("mnist", "train", MNIST_10K)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, mnist_train):
+    """A run folder with a model trained briefly by this project (about 97% accurate): best.pt, last.pt."""
+    from mobile_lenet.data import Dataset
+    from mobile_lenet.train import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("trained_run")
+    subset = Dataset(mnist_train.images[:4000], mnist_train.labels[:4000], "mnist-10k[:4000]")
+    train(TrainConfig(epochs=3, seed=1, lr=1e-2), subset, out, progress=False, log=lambda s: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_tensors(trained_run):
+    """Noodle tensors of the trained_run model."""
+    from mobile_lenet.sources import load_tensors
+
+    return load_tensors(trained_run / "best.pt")
+
+
+def write_idx_set(folder: Path, images: np.ndarray, labels: np.ndarray, prefix: str = "train", gz: bool = False):
+    """Write a pair of IDX files the way the official MNIST files are named."""
+    from mobile_lenet.data import write_idx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ext = ".gz" if gz else ""
+    write_idx(folder / f"{prefix}-images-idx3-ubyte{ext}", images)
+    write_idx(folder / f"{prefix}-labels-idx1-ubyte{ext}", labels)
+    return folder
