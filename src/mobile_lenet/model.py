@@ -48,12 +48,19 @@ def make_layer(layer: spec.Layer) -> nn.Module:
     raise ValueError(f"unknown layer kind {layer.kind!r}")
 
 
+class NamedSequential(nn.Sequential):
+    """``nn.Sequential`` that can also be indexed by layer name: ``layers["B3_dw3x3_s2"]``."""
+
+    def __getitem__(self, key):
+        return self._modules[key] if isinstance(key, str) else super().__getitem__(key)
+
+
 class MobileLeNet(nn.Module):
     """Mobile-LeNet: stem conv, six depthwise-separable blocks, GAP, dense. Input (N, 1, 28, 28) in [0, 1]."""
 
     def __init__(self):
         super().__init__()
-        self.layers = nn.Sequential(OrderedDict((layer.name, make_layer(layer)) for layer in spec.LAYERS))
+        self.layers = NamedSequential(OrderedDict((layer.name, make_layer(layer)) for layer in spec.LAYERS))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
