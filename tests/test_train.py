@@ -1,0 +1,120 @@
+"""Training on data the test writes: loss falls, accuracy is well above chance, BN statistics are
+exact, checkpoints save/load/resume, and a fixed seed gives the same weights."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from mobile_lenet.checkpoint import load_checkpoint_model, read_checkpoint, save_checkpoint
+from mobile_lenet.data import Dataset, to_tensor_input
+from mobile_lenet.errors import UserError
+from mobile_lenet.model import MobileLeNet
+from mobile_lenet.train import TrainConfig, calibrate_batchnorm, loss_and_accuracy, train
+
+
+def synthetic_digits(n: int, seed: int = 0) -> Dataset:
+    """Ten easily told apart classes: a bright bar at a class-specific position, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.uint8)
+    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+    for i, c in enumerate(labels):
+        r = 2 + 2 * int(c)
+        images[i, r:r + 3, 4:24] = 230
+    return Dataset(images, labels, "synthetic")
+
+
+QUICK = dict(epochs=3, batch_size=32, lr=1e-2, augment=False, val_fraction=0.2)
+
+
+def test_tiny_training_run_learns(tmp_path):
+    ds = synthetic_digits(1000)
+    row = train(TrainConfig(**dict(QUICK, epochs=4)), ds, tmp_path, progress=False, log=lambda s: None)
+    with open(tmp_path / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    assert row["val_accuracy"] > 0.6  # chance is 0.1
+    assert (tmp_path / "best.pt").is_file() and (tmp_path / "config.json").is_file()
+    # what was saved evaluates as well as what was measured (BN statistics saved are the ones used)
+    model = load_checkpoint_model(tmp_path / "last.pt")
+    assert loss_and_accuracy(model, ds)[1] > 0.6
+
+
+def test_same_seed_same_weights(tmp_path):
+    ds = synthetic_digits(300)
+    cfg = dict(QUICK, epochs=1, augment=True)
+    train(TrainConfig(**cfg), ds, tmp_path / "a", progress=False, log=lambda s: None)
+    train(TrainConfig(**cfg), ds, tmp_path / "b", progress=False, log=lambda s: None)
+    train(TrainConfig(**dict(cfg, seed=5)), ds, tmp_path / "c", progress=False, log=lambda s: None)
+    a, b, c = (read_checkpoint(tmp_path / x / "last.pt")["model"] for x in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_resume_continues_to_the_same_weights(tmp_path):
+    ds = synthetic_digits(300)
+    train(TrainConfig(**QUICK), ds, tmp_path / "full", progress=False, log=lambda s: None)
+    two = tmp_path / "two"
+    cfg2 = TrainConfig(**QUICK)
+
+    def stop_after_two(msg):  # Ctrl-C right after epoch 2 was logged
+        if msg.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg2, ds, two, progress=False, log=stop_after_two)
+    assert read_checkpoint(two / "last.pt")["epoch"] == 2
+    train(cfg2, ds, two, resume=True, progress=False, log=lambda s: None)
+    full = read_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    resumed = read_checkpoint(two / "last.pt")["model"]
+    for k in full:
+        torch.testing.assert_close(full[k], resumed[k], rtol=0, atol=0)
+    with open(two / "metrics.csv") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
+
+
+def test_calibrated_statistics_are_exact():
+    torch.manual_seed(0)
+    model = MobileLeNet()
+    images = synthetic_digits(64).images
+    calibrate_batchnorm(model, images, chunk=10)
+    # exact: the first BN sees the stem conv output of every image
+    with torch.no_grad():
+        stem = model.layers["stem_conv3x3"](torch.from_numpy(to_tensor_input(images))).double()
+    bn = model.layers["stem_bn"]
+    torch.testing.assert_close(bn.running_mean.double(), stem.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(bn.running_var.double(), stem.var(dim=(0, 2, 3), unbiased=False), rtol=1e-4, atol=1e-6)
+    # and deeper: in eval mode, every BN output is normalized over the set (mean beta, var gamma^2)
+    model.eval()
+    with torch.no_grad():
+        out = model.forward_all(torch.from_numpy(to_tensor_input(images)))
+    x = out["B5_pw_bn"].double()
+    torch.testing.assert_close(x.mean(dim=(0, 2, 3)), model.layers["B5_pw_bn"].bias.double(), rtol=0, atol=1e-4)
+
+
+def test_checkpoint_is_atomic_and_safe(tmp_path):
+    model = MobileLeNet()
+    save_checkpoint(tmp_path / "m.pt", model, epoch=1)
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temp file left behind
+    loaded = load_checkpoint_model(tmp_path / "m.pt")
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="junk.pt"):
+        read_checkpoint(tmp_path / "junk.pt")
+    torch.save({"some": "dict"}, tmp_path / "foreign.pt")
+    with pytest.raises(UserError, match="not a mobile-lenet checkpoint"):
+        read_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_checkpoint_with_code_is_refused(tmp_path):
+    """weights_only loading never runs code hidden in a pickle."""
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    torch.save({"format": "mobile-lenet-checkpoint/1", "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="evil.pt"):
+        read_checkpoint(tmp_path / "evil.pt")
