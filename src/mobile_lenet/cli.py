@@ -99,6 +99,28 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """Export MODEL as Noodle weight files, ONNX, a C library or a PlatformIO project."""
+    from .export import export_model
+    from .sources import load_tensors
+
+    options = {"int8": True} if args.int8 else {}  # only formats that support int8 see the option
+    written = export_model(load_tensors(args.model), args.format, args.out, **options)
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    """Convert a folder of Noodle files or a Keras .keras file into a checkpoint."""
+    from .checkpoint import save_checkpoint
+    from .model import from_noodle
+    from .sources import load_tensors
+
+    save_checkpoint(args.out, from_noodle(load_tensors(args.source)), imported_from=str(args.source))
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_pipeline(args) -> int:
     """The main job: train, evaluate on the test split, export the weights, all into one folder."""
     from .pipeline import run_pipeline
@@ -149,6 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", default="torch", help="torch, reference or c")
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.set_defaults(func=cmd_predict)
+
+    from .export import FORMATS as EXPORT_FORMATS
+
+    p = sub.add_parser("export", help="export a model: Noodle weight files, ONNX, C library or PlatformIO project")
+    p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files or .keras file")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="what to write")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--int8", action="store_true", help="int8-quantised weights (formats c and platformio)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="convert a folder of Noodle files or a .keras file into a checkpoint")
+    p.add_argument("source", help="folder of Noodle files (.txt, .bin or .h) or Keras .keras file")
+    p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("pipeline", help="the main job: train, evaluate and export into one folder")
     _dataset_args(p, default="auto")
