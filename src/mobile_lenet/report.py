@@ -244,7 +244,7 @@ def _short_label(layer: spec.Layer) -> str:
     if layer.kind in ("conv", "dwconv"):
         what = "dw" if layer.kind == "dwconv" else ("pw" if layer.kernel == 1 else "conv")
         return f"{what} {layer.kernel}x{layer.kernel} s{layer.stride}"
-    return {"bn": "BatchNorm", "relu": "ReLU", "pad": f"pad {layer.padding}", "gap": "global avg pool",
+    return {"bn": "BatchNorm", "relu": "ReLU", "pad": f"pad {layer.padding}", "gap": "GAP",
             "dense": "dense"}[layer.kind]
 
 
@@ -260,7 +260,7 @@ def plot_architecture(path: Path) -> str:
     rows_of = {group: [layer for layer in spec.LAYERS if layer.block == group] for group in groups}
     tallest = max(len(rows) for rows in rows_of.values())
     box_w, box_h, gap_x, gap_y = 1.6, 0.55, 0.55, 0.18
-    fig = _new_figure(len(groups) * 1.75, tallest * 0.62 + 1.8)
+    fig = _new_figure(len(groups) * 1.4, tallest * 0.55 + 1.8)
     ax = fig.subplots()
     ax.set_xlim(-0.2, len(groups) * (box_w + gap_x))
     ax.set_ylim(-1.6, tallest * (box_h + gap_y) + 0.8)
@@ -279,7 +279,7 @@ def plot_architecture(path: Path) -> str:
             y = top - (i + 1) * box_h - i * gap_y
             ax.add_patch(FancyBboxPatch((x, y), box_w, box_h, boxstyle="round,pad=0.03",
                                         fc=KIND_COLOURS[layer.kind], ec="black", lw=0.8))
-            ax.text(x + box_w / 2, y + box_h / 2, _short_label(layer), ha="center", va="center", fontsize=7.5,
+            ax.text(x + box_w / 2, y + box_h / 2, _short_label(layer), ha="center", va="center", fontsize=8.5,
                     color="white" if layer.kind in ("conv", "dwconv", "dense") else "black")
             if i:  # the data flows down the column
                 ax.add_patch(FancyArrowPatch((x + box_w / 2, y + box_h + gap_y), (x + box_w / 2, y + box_h),
@@ -287,15 +287,15 @@ def plot_architecture(path: Path) -> str:
         params = sum(layer.params for layer in rows)
         macs = sum(layer.macs for layer in rows)
         ax.text(x + box_w / 2, top + 0.45, group, ha="center", va="center", fontsize=10, weight="bold")
-        ax.text(x + box_w / 2, -0.35, f"out {_shape_text(out_shape)}", ha="center", va="center", fontsize=8)
+        ax.text(x + box_w / 2, -0.35, f"out {_shape_text(out_shape)}", ha="center", va="center", fontsize=9)
         if rows:
             ax.text(x + box_w / 2, -0.8, f"{params:,} params\n{macs / 1e3:,.1f}k MACs", ha="center", va="top",
-                    fontsize=7.5, color="#444444")
+                    fontsize=8.5, color="#444444")
         if column:  # each stage feeds the next one
             ax.add_patch(FancyArrowPatch((x - gap_x + 0.05, top - box_h / 2), (x - 0.05, top - box_h / 2),
                                          arrowstyle="-|>", mutation_scale=10, lw=1.2))
     legend = [Patch(fc=colour, ec="black", label=spec.KERAS_TYPES[kind]) for kind, colour in KIND_COLOURS.items()]
-    ax.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=7.5, frameon=False,
+    ax.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=8.5, frameon=False,
               bbox_to_anchor=(0.5, -0.06))
     totals = spec.totals()
     ax.set_title(f"Mobile-LeNet, drawn from the architecture table: {len(spec.LAYERS)} layers, "
@@ -324,15 +324,16 @@ def plot_feature_maps(image: np.ndarray, activations: dict[str, np.ndarray], lab
 
 
 # ------------------------------------------------------------------------------------------------ HTML
-def _table(header: list[str], rows: list[list], numeric_from: int = 1) -> str:
-    """An HTML table; columns from ``numeric_from`` on are right-aligned."""
+def _table(header: list[str] | None, rows: list[list], numeric_from: int = 1, css_class: str = "") -> str:
+    """An HTML table (no header row if ``header`` is None); columns from ``numeric_from`` on are right-aligned."""
     def cell(tag, value, i):
         align = ' class="num"' if i >= numeric_from else ""
         return f"<{tag}{align}>{html.escape(str(value))}</{tag}>"
 
-    head = "".join(cell("th", h, i) for i, h in enumerate(header))
+    head = "<tr>" + "".join(cell("th", h, i) for i, h in enumerate(header)) + "</tr>\n" if header else ""
     body = "\n".join("<tr>" + "".join(cell("td", v, i) for i, v in enumerate(row)) + "</tr>" for row in rows)
-    return f"<table>\n<tr>{head}</tr>\n{body}\n</table>"
+    class_attribute = f' class="{css_class}"' if css_class else ""
+    return f"<table{class_attribute}>\n{head}{body}\n</table>"
 
 
 def _figure(src: str, caption: str) -> str:
@@ -386,7 +387,7 @@ def render_html(facts: list[tuple[str, str]], figures: dict[str, str], result: d
 <body>
 <h1>Mobile-LeNet training report</h1>
 <p>Run <code>{html.escape(run_name)}</code></p>
-{_table(["", ""], [list(f) for f in facts], numeric_from=99).replace("<table>", '<table class="facts">', 1)}
+{_table(None, [list(f) for f in facts], numeric_from=2, css_class="facts")}
 
 <h2>Training</h2>
 {_figure(figures["curves"], "Loss and accuracy per epoch on the training images (with augmentation, as "

@@ -1,0 +1,237 @@
+// Mobile-LeNet demo page: draw on a large canvas, send its pixels to POST /api/predict, show the answer.
+//
+// The canvas is sent as it is (a PNG data URL, white ink on black): the server turns it into a 28x28
+// MNIST-style input (crop, fit in 20x20, centre by mass) and sends that input back, so the page can show
+// what the network really sees.
+
+"use strict";
+
+const drawing = document.getElementById("drawing");
+const pen = drawing.getContext("2d");
+const networkInput = document.getElementById("network-input");
+const engineSelect = document.getElementById("engine");
+const statusLine = document.getElementById("status");
+
+// What the page sent and got last; exposed as window.demo for tests and for the curious (devtools).
+const demo = {
+  busy: false,        // a request is in flight
+  dirty: false,       // the drawing changed while it was: send again when it returns
+  hasInk: false,      // something is drawn or uploaded
+  source: null,       // {image: dataURL, invert: "auto"|"no"} of the last request
+  lastResult: null,   // the last answer of /api/predict
+  requests: 0,
+};
+window.demo = demo;
+
+// ------------------------------------------------------------------------------------------ drawing
+const STROKE_WIDTH = 20; // on 280x280: after the server fits the digit into 20x20, about MNIST's 2 px
+
+function clearCanvas() {
+  pen.fillStyle = "#000";
+  pen.fillRect(0, 0, drawing.width, drawing.height);
+  demo.hasInk = false;
+  demo.source = null;
+  demo.lastResult = null;
+  showResult(null);
+}
+
+function canvasPoint(event) {
+  // The canvas may be shown at another size than its 280x280 pixels: map CSS pixels to canvas pixels.
+  const box = drawing.getBoundingClientRect();
+  return [(event.clientX - box.left) * drawing.width / box.width,
+          (event.clientY - box.top) * drawing.height / box.height];
+}
+
+let lastPoint = null;
+let uploadShown = false; // the canvas shows an uploaded picture: a new stroke starts a fresh drawing
+
+// Pointer events cover mouse, pen and touch alike; touch-action: none (CSS) keeps fingers from scrolling.
+drawing.addEventListener("pointerdown", (event) => {
+  event.preventDefault();
+  if (uploadShown) {
+    clearCanvas();
+    uploadShown = false;
+  }
+  drawing.setPointerCapture(event.pointerId);
+  lastPoint = canvasPoint(event);
+  strokeTo(lastPoint); // a click makes a dot
+});
+
+drawing.addEventListener("pointermove", (event) => {
+  if (lastPoint === null) return;
+  const point = canvasPoint(event);
+  strokeTo(point);
+  lastPoint = point;
+  requestPrediction(); // live: coalesced, at most one request in flight
+});
+
+function endStroke() {
+  if (lastPoint === null) return;
+  lastPoint = null;
+  requestPrediction();
+}
+drawing.addEventListener("pointerup", endStroke);
+drawing.addEventListener("pointercancel", endStroke);
+
+function strokeTo([x, y]) {
+  pen.strokeStyle = "#fff";
+  pen.lineWidth = STROKE_WIDTH;
+  pen.lineCap = "round";
+  pen.lineJoin = "round";
+  pen.beginPath();
+  pen.moveTo(lastPoint[0], lastPoint[1]);
+  pen.lineTo(x, y);
+  pen.stroke();
+  demo.hasInk = true;
+}
+
+document.getElementById("clear").addEventListener("click", clearCanvas);
+
+// ------------------------------------------------------------------------------------------ upload
+document.getElementById("upload").addEventListener("change", (event) => {
+  const file = event.target.files[0];
+  event.target.value = ""; // choosing the same file again fires "change" again
+  if (!file) return;
+  const reader = new FileReader();
+  reader.onload = () => {
+    // The file goes to the server as it is (full resolution, automatic inversion of dark-on-light
+    // photos); the canvas just shows it.
+    const picture = new Image();
+    picture.onload = () => {
+      clearCanvas();
+      const scale = Math.min(drawing.width / picture.width, drawing.height / picture.height);
+      const w = picture.width * scale, h = picture.height * scale;
+      pen.drawImage(picture, (drawing.width - w) / 2, (drawing.height - h) / 2, w, h);
+      uploadShown = true;
+      demo.hasInk = true;
+      predict({image: reader.result, invert: "auto"});
+    };
+    picture.onerror = () => showError("the browser cannot read this file as an image");
+    picture.src = reader.result;
+  };
+  reader.readAsDataURL(file);
+});
+
+// ------------------------------------------------------------------------------------------ predicting
+function requestPrediction() {
+  if (!demo.hasInk) return;
+  // The canvas is white on black already, like MNIST: no inversion.
+  predict({image: drawing.toDataURL("image/png"), invert: "no"});
+}
+
+async function predict(source) {
+  if (demo.busy) {
+    demo.dirty = true;
+    return;
+  }
+  demo.busy = true;
+  demo.dirty = false;
+  demo.source = source;
+  demo.requests += 1;
+  try {
+    const response = await fetch("/api/predict", {
+      method: "POST",
+      headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({...source, engine: engineSelect.value}),
+    });
+    const answer = await response.json();
+    if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
+    demo.lastResult = answer;
+    showResult(answer);
+  } catch (error) {
+    showError(error.message);
+  } finally {
+    demo.busy = false;
+    if (demo.dirty) {
+      // Strokes went on while we waited: send the newest drawing (or the upload again, e.g. new engine).
+      if (uploadShown && demo.source) predict(demo.source); else requestPrediction();
+    }
+  }
+}
+
+engineSelect.addEventListener("change", () => {
+  if (demo.source) {
+    const source = uploadShown ? demo.source : {image: drawing.toDataURL("image/png"), invert: "no"};
+    predict(source);
+  }
+});
+
+// ------------------------------------------------------------------------------------------ showing
+const bars = [];
+function buildProbabilityBars() {
+  const container = document.getElementById("probabilities");
+  for (let digit = 0; digit < 10; digit++) {
+    const row = {digit: document.createElement("span"), track: document.createElement("div"),
+                 bar: document.createElement("div"), value: document.createElement("span")};
+    row.digit.className = "digit";
+    row.digit.textContent = digit;
+    row.track.className = "track";
+    row.bar.className = "bar";
+    row.value.className = "value";
+    row.track.appendChild(row.bar);
+    container.append(row.digit, row.track, row.value);
+    bars.push(row);
+  }
+}
+
+function showResult(answer) {
+  statusLine.textContent = "";
+  const blank = answer === null || answer.blank;
+  document.getElementById("prediction").textContent = blank ? "–" : answer.prediction;
+  document.getElementById("confidence").textContent = blank ? "draw a digit"
+    : `${(100 * answer.probabilities[answer.prediction]).toFixed(1)}% sure (engine: ${answer.engine})`;
+  bars.forEach((row, digit) => {
+    const p = blank ? 0 : answer.probabilities[digit];
+    row.bar.style.width = `${100 * p}%`;
+    row.value.textContent = blank ? "" : `${(100 * p).toFixed(1)}%`;
+    const best = !blank && digit === answer.prediction;
+    row.track.classList.toggle("best", best); // the predicted digit's bar in the accent colour
+  });
+  drawNetworkInput(blank ? null : answer.input);
+  showStages(blank ? [] : answer.stages);
+}
+
+function drawNetworkInput(rows) {
+  const context = networkInput.getContext("2d");
+  const pixels = context.createImageData(28, 28);
+  for (let i = 0; i < 28 * 28; i++) {
+    const v = rows ? rows[Math.floor(i / 28)][i % 28] : 0;
+    pixels.data.set([v, v, v, 255], 4 * i);
+  }
+  context.putImageData(pixels, 0, 0);
+}
+
+function showStages(stages) {
+  const container = document.getElementById("stages");
+  container.replaceChildren(...stages.map((stage) => {
+    const figure = document.createElement("div");
+    figure.className = "stage";
+    const [h, w, c] = stage.shape;
+    figure.innerHTML = `<div class="name"></div><img alt=""><div class="shape"></div>`;
+    figure.querySelector(".name").textContent = stage.name;
+    figure.querySelector(".shape").textContent = `${h}×${w}×${c}`;
+    const picture = figure.querySelector("img");
+    picture.src = stage.image;
+    picture.alt = `${stage.name} activations`;
+    picture.width = 232; // every stage as wide: small maps get large pixels
+    return figure;
+  }));
+}
+
+function showError(message) {
+  statusLine.textContent = `error: ${message}`;
+}
+
+// ------------------------------------------------------------------------------------------ start
+async function start() {
+  buildProbabilityBars();
+  clearCanvas();
+  try {
+    const info = await (await fetch("/api/info")).json();
+    for (const engine of info.engines) engineSelect.add(new Option(engine, engine));
+    document.getElementById("model-name").textContent = `model: ${info.model}`;
+  } catch (error) {
+    showError(`cannot reach the server (${error.message})`);
+  }
+}
+start();
