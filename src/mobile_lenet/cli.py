@@ -130,6 +130,28 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
+def cmd_device(args) -> int:
+    """Classify test images on a board running the exported firmware: accuracy and on-device latency."""
+    from .data import load_dataset
+    from .device import DeviceLink, format_report, rotate_images, run_on_device
+
+    if args.count < 1 or args.timeout <= 0:
+        raise UserError("--count must be at least 1 and --timeout positive")
+    test_set = load_dataset(args.dataset, "test", args.data_dir)
+    images, labels = rotate_images(test_set.images[:args.count], args.rotate), test_set.labels[:args.count]
+    with DeviceLink.open(args.port, timeout=args.timeout) as link:
+        result = run_on_device(link, images, labels, progress=not args.quiet and not args.json)
+    if args.model:
+        from .evaluation import engine_logits
+        from .sources import load_tensors
+
+        host_digits = engine_logits("reference", load_tensors(args.model), images).argmax(axis=1)
+        result.update(agreement=int((host_digits == result["predictions"]).sum()), agreement_engine="reference")
+    result.update(dataset=test_set.name, rotate=args.rotate)
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobile-lenet", description="Mobile-LeNet from training to microcontroller.")
@@ -193,6 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("device", help="classify test images on a board over its serial port")
+    p.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0 or COM3")
+    _dataset_args(p)
+    p.add_argument("--count", type=int, default=100, help="number of test images to send (default 100)")
+    p.add_argument("--rotate", type=float, default=0.0, help="rotate the images by DEG degrees first (default 0)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for READY or a reply (default 5)")
+    p.add_argument("--model", help="also classify the images on the host with MODEL (reference engine) and "
+                                   "report how often the board agrees")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_device)
     return parser
 
 
