@@ -152,6 +152,24 @@ def cmd_device(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """Write an HTML report of a training run: curves, confusion matrix, mistakes, costs, feature maps."""
+    from .report import build_report
+
+    html_path = build_report(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, out=args.out,
+                             limit=args.limit)
+    print(f"wrote {html_path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Serve the browser demo: draw a digit, see the probabilities and the activations of each stage."""
+    from .demo import serve
+
+    serve(model=args.model, host=args.host, port=args.port)
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobile-lenet", description="Mobile-LeNet from training to microcontroller.")
@@ -227,6 +245,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_device)
+
+    from .data import DATASETS
+
+    p = sub.add_parser("report", help="HTML report of a training run, with plots")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder (config.json, metrics.csv, best.pt)")
+    p.add_argument("--dataset", choices=DATASETS, help="test set to evaluate on (default: the run's)")
+    p.add_argument("--data-dir", help="folder with the test files (default: the run's)")
+    p.add_argument("--out", help="HTML file to write; the PNGs go beside it (default RUN_DIR/report/index.html)")
+    p.add_argument("--limit", type=int, help="only the first N test images (quicker)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="browser demo: draw a digit and watch the network classify it")
+    p.add_argument("--model", help="checkpoint, run folder, Noodle folder or .keras file (default runs/main)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 
