@@ -21,6 +21,7 @@ import re
 import zipfile
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from . import spec
@@ -67,19 +68,16 @@ def read_keras(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Raises one UserError naming the file if it is not a .keras file or its architecture is not the table's.
     """
-    import h5py
-
     keras = _KerasFile(Path(path))
     layers = _config_layers(keras)
-    h5_paths = _h5_paths(layers)
+    h5_paths = _h5_paths()
     try:
         with h5py.File(io.BytesIO(keras.weights_bytes), "r") as h5:
             tensors = {}
             for layer in spec.LAYERS:
-                config = layers[layer.name]
                 if layer.weight_file is None:
                     continue
-                variables = _layer_variables(keras, h5, h5_paths[layer.name], config["name"])
+                variables = _layer_variables(keras, h5, h5_paths[layer.name], layers[layer.name]["name"])
                 tensors.update(_to_noodle(keras, layer, variables))
     except OSError:
         raise keras.fail("model.weights.h5 inside is not a readable HDF5 file") from None
@@ -94,12 +92,12 @@ def _config_layers(keras: _KerasFile) -> dict[str, dict]:
             raise KeyError
     except (KeyError, TypeError):
         raise keras.fail("config.json does not describe a Sequential or Functional model") from None
-    entries = [e for e in entries if e.get("class_name") != "InputLayer"]
+    entries = [e for e in entries if not (isinstance(e, dict) and e.get("class_name") == "InputLayer")]
     if len(entries) != len(spec.LAYERS):
         raise keras.fail(f"has {len(entries)} layers; Mobile-LeNet has {len(spec.LAYERS)} (not Mobile-LeNet)")
     by_name = {}
     for layer, entry in zip(spec.LAYERS, entries):
-        keras_name = entry.get("config", {}).get("name", "?")
+        keras_name = entry.get("config", {}).get("name", "?") if isinstance(entry, dict) else "?"
         if KERAS_NAME_ALIASES.get(keras_name, keras_name) != layer.name:
             raise keras.fail(f"layer {layer.index} is {keras_name!r}, Mobile-LeNet's is {layer.name!r} "
                              "(not Mobile-LeNet)")
@@ -119,11 +117,11 @@ def _check_layer(keras: _KerasFile, layer: spec.Layer, entry: dict) -> None:
         if not condition:
             raise keras.fail(f"layer {layer.name}: {what} (not Mobile-LeNet)")
 
-    if config.get("data_format", "channels_last") != "channels_last":
-        require(False, "data_format must be channels_last")
+    require(config.get("data_format", "channels_last") == "channels_last", "data_format must be channels_last")
     if layer.kind in ("conv", "dwconv"):
         k, s = layer.kernel, layer.stride
-        require(list(config.get("kernel_size", [])) == [k, k], f"kernel_size {config.get('kernel_size')}, expected {k}x{k}")
+        require(list(config.get("kernel_size", [])) == [k, k],
+                f"kernel_size {config.get('kernel_size')}, expected {k}x{k}")
         require(list(config.get("strides", [])) == [s, s], f"strides {config.get('strides')}, expected {s}")
         require(list(config.get("dilation_rate", [1, 1])) == [1, 1], "dilation must be 1")
         require(config.get("use_bias") == layer.bias, f"use_bias should be {layer.bias}")
@@ -131,8 +129,8 @@ def _check_layer(keras: _KerasFile, layer: spec.Layer, entry: dict) -> None:
         require(_keras_padding(config.get("padding"), k, s) == layer.padding,
                 f"padding {config.get('padding')!r} is not the table's symmetric P={layer.padding}")
         if layer.kind == "conv":
-            require(config.get("filters") == layer.out_channels, f"filters {config.get('filters')}, expected "
-                                                                 f"{layer.out_channels}")
+            require(config.get("filters") == layer.out_channels,
+                    f"filters {config.get('filters')}, expected {layer.out_channels}")
             require(config.get("groups", 1) == 1, "groups must be 1")
         else:
             require(config.get("depth_multiplier") == 1, "depth_multiplier must be 1")
@@ -147,7 +145,8 @@ def _check_layer(keras: _KerasFile, layer: spec.Layer, entry: dict) -> None:
         require(config.get("max_value") is None and not config.get("negative_slope") and not config.get("threshold"),
                 "must be a plain ReLU")
     elif layer.kind == "dense":
-        require(config.get("units") == layer.out_channels, f"units {config.get('units')}, expected {layer.out_channels}")
+        require(config.get("units") == layer.out_channels,
+                f"units {config.get('units')}, expected {layer.out_channels}")
         require(config.get("use_bias") is True, "needs a bias")
         require(config.get("activation") in ("linear", "softmax"), "activation must be softmax or linear")
 
@@ -161,7 +160,7 @@ def _keras_padding(padding: str | None, kernel: int, stride: int) -> int | None:
     return None
 
 
-def _h5_paths(layers: dict[str, dict]) -> dict[str, str]:
+def _h5_paths() -> dict[str, str]:
     """Table layer name -> HDF5 group by Keras' naming rule: snake_case(class), numbered per class in order."""
     counts: dict[str, int] = {}
     paths = {}
