@@ -191,7 +191,10 @@ def generate_sources(tensors: dict[str, np.ndarray]) -> dict[str, str]:
     """Everything ``export --format c`` writes: the library, the host program and the README."""
     sources = generate_library(tensors)
     sources[HOST_PROGRAM] = _HOST_PROGRAM
-    sources["README.md"] = _README
+    plan = memory.plan()
+    sources["README.md"] = Template(_README).substitute(
+        buffer_values=f"{plan.buffer_values:,}", buffer_bytes=f"{plan.buffer_bytes:,}",
+        ram_bytes=f"{plan.ram_bytes:,}", flash_bytes=f"{plan.flash_bytes:,}")
     return sources
 
 
@@ -731,8 +734,8 @@ cc -std=c99 -O2 -o mobile_lenet_host *.c -lm
 ./mobile_lenet_host serve                             # speaks the device protocol on stdin/stdout
 ```
 
-RAM: two static ping-pong buffers of 6,272 floats (25,088 bytes each, 50,176 in all); see
-`mobile-lenet summary --memory`. The serial timeout is `ML_TIMEOUT_MS` (default 3000, e.g. `-DML_TIMEOUT_MS=300`).
+RAM: two static ping-pong buffers of $buffer_values floats ($buffer_bytes bytes each, $ram_bytes in all);
+flash: $flash_bytes bytes of weights; see `mobile-lenet summary --memory`. The serial timeout is `ML_TIMEOUT_MS` (default 3000, e.g. `-DML_TIMEOUT_MS=300`).
 
 ## Pitfall in the upstream Noodle library (if you use the seed's ESP32 program)
 
