@@ -313,3 +313,11 @@ def test_cli_export_of_a_missing_model(tmp_path, capsys):
     assert main(["export", str(tmp_path / "nothing.pt"), "--format", "noodle", "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_cli_refuses_outputs_of_the_wrong_kind(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert main(["export", str(UPSTREAM_NOODLE), "--format", "noodle", "--out", str(tmp_path / "file")]) == 2
+    assert main(["import", str(UPSTREAM_NOODLE), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "not a folder" in err[0] and "is a folder" in err[1]

@@ -246,6 +246,8 @@ def write_folder(tensors: dict[str, np.ndarray], out_dir: str | os.PathLike) -> 
     are they moved into place (renames), so a failure never leaves a half-written export.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a folder")
     files = encode_folder(tensors)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))

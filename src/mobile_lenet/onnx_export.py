@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from .checkpoint import atomic_write
+from .errors import UserError
 from .model import from_noodle
 from .noodle import umasked
 
@@ -28,6 +29,8 @@ OUTPUT_NAME = "logits"
 
 def write_onnx(tensors: dict[str, np.ndarray], out_dir: str | os.PathLike) -> list[Path]:
     """Write ``out_dir/mobile_lenet.onnx`` (atomically); returns [that path]."""
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UserError(f"{out_dir}: exists and is not a folder")
     model = from_noodle(tensors).eval()
     example = torch.zeros(2, 1, 28, 28)  # batch 2, not 1: torch.export would specialise a batch of 1
     batch = torch.export.Dim("batch")
