@@ -116,6 +116,8 @@ def cmd_import(args) -> int:
     from .model import from_noodle
     from .sources import load_tensors
 
+    if Path(args.out).is_dir():
+        raise UserError(f"{args.out}: is a folder; --out names the checkpoint file to write")
     save_checkpoint(args.out, from_noodle(load_tensors(args.source)), imported_from=str(args.source))
     print(f"wrote {args.out}")
     return 0
