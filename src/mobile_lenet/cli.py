@@ -47,8 +47,9 @@ def cmd_train(args) -> int:
         if not (out / "config.json").is_file() or not (out / "last.pt").is_file():
             raise UserError(f"{out}: nothing to resume (no config.json and last.pt)")
         config = TrainConfig(**json.loads((out / "config.json").read_text()))
-        if args.epochs is not None:
-            config.epochs = args.epochs
+        if args.epochs is not None and args.epochs != config.epochs:
+            raise UserError(f"{out} was started for {config.epochs} epochs and its learning-rate schedule is fixed "
+                            f"by that; resume without --epochs, or start a new run")
     else:
         if (out / "last.pt").exists():
             raise UserError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
@@ -68,13 +69,18 @@ def cmd_evaluate(args) -> int:
     """Accuracy, per-class accuracy and confusion matrix of MODEL on a test set."""
     from .data import load_dataset
     from .evaluation import evaluate_tensors, format_report
+    from .quantize import evaluate_quantized, is_quantized_folder, load_quantized
     from .sources import load_tensors
 
-    tensors = load_tensors(args.model)
+    quantized = is_quantized_folder(args.model)
+    model = load_quantized(args.model) if quantized else load_tensors(args.model)
     test_set = load_dataset(args.dataset, args.split, args.data_dir)
     if args.limit:
         test_set.images, test_set.labels = test_set.images[:args.limit], test_set.labels[:args.limit]
-    result = evaluate_tensors(tensors, test_set, engine=args.engine)
+    if quantized:  # an int8 model runs on the integer engines: reference (NumPy) or c
+        result = evaluate_quantized(model, test_set, engine=args.engine or "reference")
+    else:
+        result = evaluate_tensors(model, test_set, engine=args.engine or "torch")
     print(json.dumps(result) if args.json else format_report(result))
     return 0
 
@@ -105,7 +111,13 @@ def cmd_export(args) -> int:
     from .sources import load_tensors
 
     options = {"int8": True} if args.int8 else {}  # only formats that support int8 see the option
-    written = export_model(load_tensors(args.model), args.format, args.out, **options)
+    if args.int8:  # the int8 generators take a quantized model folder (``mobile-lenet quantize``)
+        from .quantize import load_quantized
+
+        model = load_quantized(args.model)
+    else:
+        model = load_tensors(args.model)
+    written = export_model(model, args.format, args.out, **options)
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -120,6 +132,16 @@ def cmd_import(args) -> int:
         raise UserError(f"{args.out}: is a folder; --out names the checkpoint file to write")
     save_checkpoint(args.out, from_noodle(load_tensors(args.source)), imported_from=str(args.source))
     print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    """Quantize MODEL to int8 (BatchNorm folded, calibrated on training images) into a model folder."""
+    from .quantize import quantize_source
+
+    qmodel = quantize_source(args.model, args.calibration_data, args.data_dir, args.calibration_count, args.out)
+    print(f"wrote {args.out}: {len(qmodel.layers)} int8 layers, calibrated on "
+          f"{qmodel.metadata['calibration']['count']} training images of {args.calibration_data}")
     return 0
 
 
@@ -188,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (config.json, metrics.csv, best.pt, last.pt)")
     p.add_argument("--epochs", type=int, help="number of epochs (default 30)")
     p.add_argument("--batch-size", type=int, help="batch size (default 64)")
-    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule (default 4e-3)")
+    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule (default 1e-2)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same weights")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="random affine distortions of the training digits (default on)")
@@ -200,7 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files or .keras file")
     _dataset_args(p)
     p.add_argument("--split", default="test", choices=("train", "test"), help="which split (default test)")
-    p.add_argument("--engine", default="torch", help="torch, reference (NumPy) or c (generated C on the host)")
+    p.add_argument("--engine", help="torch (default), reference (NumPy) or c (generated C on the host); "
+                                    "a quantized model: reference (default, integer NumPy) or c (int8 C)")
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)
@@ -227,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="folder of Noodle files (.txt, .bin or .h) or Keras .keras file")
     p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
     p.set_defaults(func=cmd_import)
+
+    from .data import DATASETS
+    from .quantize import DEFAULT_CALIBRATION_COUNT
+
+    p = sub.add_parser("quantize", help="int8 quantization: fold BatchNorm, calibrate on training images")
+    p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files or .keras file")
+    p.add_argument("--calibration-data", required=True, choices=DATASETS,
+                   help="data set whose TRAINING images calibrate the activation ranges")
+    p.add_argument("--data-dir", help="folder with the data set's files (overrides the download)")
+    p.add_argument("--calibration-count", type=int, default=DEFAULT_CALIBRATION_COUNT,
+                   help=f"training images used (default {DEFAULT_CALIBRATION_COUNT}, drawn with a fixed seed)")
+    p.add_argument("--out", required=True, help="output folder (int8_tensors.npz and manifest.json)")
+    p.set_defaults(func=cmd_quantize)
 
     p = sub.add_parser("pipeline", help="the main job: train, evaluate and export into one folder")
     _dataset_args(p, default="auto")

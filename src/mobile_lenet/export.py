@@ -17,6 +17,10 @@ FORMATS = ("noodle", "onnx", "c", "platformio")
 def export_model(tensors: dict[str, np.ndarray], fmt: str, out_dir: str | Path, **options) -> list[Path]:
     """Write ``tensors`` in format ``fmt`` into ``out_dir``; returns the files written."""
     out_dir = Path(out_dir)
+    if options.pop("int8", False):  # then ``tensors`` is a quantized model (quantize.load_quantized)
+        from .cgen_int8 import export_int8
+
+        return export_int8(tensors, fmt, out_dir, **options)
     if fmt == "noodle":
         from .noodle import write_folder
 

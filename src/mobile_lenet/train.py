@@ -38,7 +38,7 @@ class TrainConfig:
     data_dir: str | None = None
     epochs: int = 30
     batch_size: int = 64
-    lr: float = 4e-3
+    lr: float = 1e-2
     weight_decay: float = 1e-4
     label_smoothing: float = 0.05
     augment: bool = True
@@ -131,7 +131,8 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["generator"])
         start_epoch, best_val, history = state["epoch"], state["best_val_accuracy"], state["history"]
-        log(f"resuming {out_dir} at epoch {start_epoch + 1}/{config.epochs}")
+        log(f"resuming {out_dir} at epoch {start_epoch + 1}/{config.epochs}" if start_epoch < config.epochs
+            else f"{out_dir} already finished all {config.epochs} epochs")
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")

@@ -1,0 +1,96 @@
+"""The CLI verbs end to end, in process: output, exit codes and one-line errors."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mobile_lenet.cli import main
+
+from conftest import MNIST_10K, write_idx_set
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_summary(capsys):
+    code, out, _ = run(capsys, "summary")
+    assert code == 0 and "B3_dw3x3_s2" in out and "3,258" in out
+    code, out, _ = run(capsys, "summary", "--json")
+    d = json.loads(out)
+    assert d["totals"] == {"total_params": 3258, "trainable_params": 2890, "non_trainable_params": 368,
+                           "macs": sum(layer["macs"] for layer in d["layers"])}
+    assert len(d["layers"]) == 43 and d["layers"][-1]["name"] == "OUT"
+
+
+def test_train_evaluate_predict(tmp_path, capsys, mnist_train, mnist_test):
+    data = write_idx_set(tmp_path / "data", mnist_train.images[:1500], mnist_train.labels[:1500])
+    write_idx_set(data, mnist_test.images[:300], mnist_test.labels[:300], prefix="t10k")
+    run_dir = tmp_path / "run"
+    code, out, err = run(capsys, "train", "--data-dir", data, "--epochs", 2, "--lr", 0.01, "--out", run_dir,
+                         "--quiet")
+    assert code == 0, err
+    assert (run_dir / "best.pt").is_file() and (run_dir / "metrics.csv").is_file()
+    # a second train into the same folder must not silently overwrite it
+    code, _, err = run(capsys, "train", "--data-dir", data, "--epochs", 1, "--out", run_dir, "--quiet")
+    assert code == 2 and "--resume" in err and len(err.strip().splitlines()) == 1
+    code, out, err = run(capsys, "train", "--resume", "--out", run_dir, "--quiet")
+    assert code == 0 and "already finished all 2 epochs" in out, err
+    code, out, err = run(capsys, "train", "--resume", "--epochs", 3, "--out", run_dir, "--quiet")
+    assert code == 2 and "started for 2 epochs" in err
+
+    code, out, _ = run(capsys, "evaluate", run_dir, "--data-dir", data, "--json")
+    result = json.loads(out)
+    assert code == 0 and result["n"] == 300 and result["accuracy"] > 0.2
+    assert len(result["per_class"]) == 10 and np.array(result["confusion"]).sum() == 300
+    code, out, _ = run(capsys, "evaluate", run_dir / "best.pt", "--data-dir", data)
+    assert code == 0 and "confusion matrix" in out and "accuracy" in out
+
+    # predict: a 28x28 MNIST digit as is, and the same digit scanned large as dark ink on white paper
+    digit = mnist_test.images[0]
+    Image.fromarray(digit).save(tmp_path / "small.png")
+    big = Image.fromarray(255 - digit).resize((140, 140), Image.BILINEAR)
+    big.convert("RGB").save(tmp_path / "big.jpg", quality=95)
+    code, out, err = run(capsys, "predict", run_dir, tmp_path / "small.png", tmp_path / "big.jpg", "--json")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert len(lines) == 2 and all(abs(sum(r["probabilities"]) - 1) < 1e-5 for r in lines)
+    code, out, err = run(capsys, "evaluate", run_dir, "--data-dir", data, "--json", "--limit", 1)
+    single = json.loads(out)
+    assert lines[0]["digit"] == single["confusion"][7].index(1)  # the first test digit is a 7
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["evaluate", "nope.pt", "--data-dir", MNIST_10K], "nope.pt: no such file"),
+    (["evaluate", "{junk}", "--data-dir", MNIST_10K], "junk.pt: not a readable checkpoint"),
+    (["predict", "{run}", "{junk}"], "not a readable image"),
+    (["evaluate", "{run}", "--data-dir", "{empty}"], "no t10k-images"),
+    (["train", "--resume", "--out", "{empty}"], "nothing to resume"),
+    (["train", "--data-dir", MNIST_10K, "--epochs", "0", "--out", "{empty}/x"], "--epochs"),
+    (["evaluate", "{run}", "--data-dir", MNIST_10K, "--engine", "gpu"], "unknown engine"),
+])
+def test_bad_input_gives_one_line_error(tmp_path, capsys, trained_run, argv, message):
+    (tmp_path / "junk.pt").write_bytes(b"garbage")
+    (tmp_path / "empty").mkdir()
+    subs = {"{junk}": str(tmp_path / "junk.pt"), "{run}": str(trained_run), "{empty}": str(tmp_path / "empty")}
+    argv = [next((a.replace(k, v) for k, v in subs.items() if k in str(a)), str(a)) for a in argv]
+    code, out, err = run(capsys, *argv)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
+
+
+def test_pipeline_offline_on_bundled_sample(tmp_path, capsys):
+    """The main job runs offline: trains, evaluates and exports into one folder."""
+    out_dir = tmp_path / "main"
+    code, out, err = run(capsys, "pipeline", "--dataset", "mnist-sample", "--epochs", 1, "--out", out_dir,
+                         "--quiet")
+    assert code == 0, err
+    result = json.loads((out_dir / "evaluation.json").read_text())
+    assert result["n"] == 1000 and result["accuracy"] > 0.15  # one epoch; chance is 0.10
+    assert (out_dir / "noodle" / "w01.txt").is_file()
+    assert (out_dir / "onnx" / "mobile_lenet.onnx").is_file()
+    assert (out_dir / "c" / "mobile_lenet.c").is_file()
