@@ -1,0 +1,159 @@
+"""Part 1, accuracy: the default training recipe on MNIST (3 seeds) and Fashion-MNIST, and the upstream weights.
+
+* MNIST: ``TrainConfig()`` as it is in ``mobile_lenet.train`` (the recipe is whatever the defaults are when
+  the benchmark runs) on the 10,000-image MNIST training subset, scored on the official 10,000 test images
+  with the run's ``best.pt`` (the epoch with the best validation accuracy, as the CLI evaluates a run).
+* Fashion-MNIST: the same recipe on all 60,000 training images. If the default number of epochs would not
+  fit in the time budget at the training speed measured on MNIST, fewer epochs are run and the table says
+  so. The default budget is the time one MNIST seed took, because Fashion-MNIST trains alongside the last
+  MNIST seed.
+* Upstream: the seed author's published weights (Noodle folder and ``.keras`` file) on the MNIST test set.
+
+Training runs go to separate processes, as many at once as the benchmark has threads, each with one
+thread: this tiny network trains faster as two one-thread processes than as one two-thread process, and
+accuracy does not depend on timing.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from .common import Options, mean_and_spread, not_available
+
+SEEDS = (0, 1, 2)
+QUICK = {"seeds": (0, 1), "epochs": 1, "train_images": 600, "test_images": 500}
+
+
+def load(name: str, split: str, data_dir: Path | None, count: int | None):
+    """One split of a data set, cut to its first ``count`` images when a count is given."""
+    from mobile_lenet.data import Dataset, load_dataset
+
+    dataset = load_dataset(name, split, data_dir)
+    if count is None:
+        return dataset
+    return Dataset(dataset.images[:count], dataset.labels[:count], f"{dataset.name}[:{count}]")
+
+
+def train_and_score(config, data: dict, run_dir: Path) -> dict:
+    """Train with ``config`` into ``run_dir`` (one thread) and score the run's best.pt on the test split.
+
+    ``data`` names the data set: {"name", "data_dir", "train_images", "test_images"} (counts None for all).
+    Runs in a worker process, so it loads the data itself.
+    """
+    import torch
+
+    from mobile_lenet.evaluation import evaluate_tensors
+    from mobile_lenet.sources import load_tensors
+    from mobile_lenet.train import train
+
+    torch.set_num_threads(1)
+    train_set = load(data["name"], "train", data["data_dir"], data["train_images"])
+    test_set = load(data["name"], "test", data["data_dir"], data["test_images"])
+    start = time.perf_counter()
+    train(config, train_set, run_dir, progress=False, log=lambda message: None)
+    seconds = time.perf_counter() - start
+    result = evaluate_tensors(load_tensors(run_dir), test_set, engine="torch")
+    trained_images = round(len(train_set) * (1 - config.val_fraction)) * config.epochs
+    return {"seed": config.seed, "epochs": config.epochs, "test_accuracy": result["accuracy"], "seconds": seconds,
+            "images_per_second": trained_images / seconds, "train_images": len(train_set),
+            "test_images": len(test_set)}
+
+
+def summary(label: str, runs: list[dict], epochs: int, defaults) -> dict:
+    """Mean and spread of the test accuracy of a set of runs."""
+    return {"dataset": label, "train_images": runs[0]["train_images"], "test_images": runs[0]["test_images"],
+            "epochs": epochs, "default_epochs": defaults.epochs, "runs": runs,
+            "accuracy": mean_and_spread([run["test_accuracy"] for run in runs])}
+
+
+def fashion_epochs(options: Options, defaults, mnist_runs: list[dict], train_images: int) -> tuple[int, float]:
+    """How many of the default epochs fit the Fashion-MNIST budget, at the measured MNIST training speed."""
+    rate = sum(run["images_per_second"] for run in mnist_runs) / len(mnist_runs)
+    budget = options.fashion_minutes * 60 if options.fashion_minutes else max(run["seconds"] for run in mnist_runs)
+    per_epoch = round(train_images * (1 - defaults.val_fraction))
+    return min(defaults.epochs, max(1, math.floor(budget * rate / per_epoch))), budget
+
+
+def train_all(options: Options, defaults) -> tuple[dict, dict]:
+    """MNIST over the seeds and Fashion-MNIST once, ``options.threads`` one-thread runs at a time.
+
+    The first batch of MNIST seeds runs first; their measured speed sets Fashion-MNIST's epochs, which then
+    trains alongside the remaining seeds.
+    """
+    from mobile_lenet.data import dataset_available_offline
+
+    quick = options.quick
+    limits = {"train_images": QUICK["train_images"] if quick else None,
+              "test_images": QUICK["test_images"] if quick else None}
+    mnist_data = {"name": "mnist", "data_dir": options.mnist_dir, **limits}
+    fashion_data = {"name": "fashion-mnist", "data_dir": None, **limits}
+    epochs = QUICK["epochs"] if quick else defaults.epochs
+    seeds = QUICK["seeds"] if quick else SEEDS
+    jobs = max(1, min(options.threads, len(seeds)))
+    first, rest = seeds[:jobs], seeds[jobs:]
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch thread pool inherited
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        def submit_mnist(seed):
+            return pool.submit(train_and_score, replace(defaults, epochs=epochs, seed=seed), mnist_data,
+                               options.work_dir / f"mnist-seed{seed}")
+
+        options.log(f"  accuracy: MNIST seeds {', '.join(map(str, first))} ({epochs} epochs, {jobs} at a time) ...")
+        mnist_runs = [future.result() for future in [submit_mnist(seed) for seed in first]]
+        pending = [submit_mnist(seed) for seed in rest]
+        fashion_future = None
+        if dataset_available_offline("fashion-mnist"):
+            full_size = len(load("fashion-mnist", "train", None, None))
+            fashion_epochs_run, budget = fashion_epochs(options, defaults, mnist_runs, full_size)
+            if quick:
+                fashion_epochs_run = QUICK["epochs"]
+            options.log(f"  accuracy: Fashion-MNIST, {fashion_epochs_run} of the {defaults.epochs} default epochs"
+                        + (f", alongside MNIST seeds {', '.join(map(str, rest))}" if rest else "") + " ...")
+            fashion_future = pool.submit(train_and_score, replace(defaults, dataset="fashion-mnist",
+                                                                  epochs=fashion_epochs_run, seed=SEEDS[0]),
+                                         fashion_data, options.work_dir / "fashion-seed0")
+        mnist_runs += [future.result() for future in pending]
+        if fashion_future is None:
+            fashion = not_available("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+        else:
+            fashion = summary("Fashion-MNIST", [fashion_future.result()], fashion_epochs_run, defaults)
+            fashion.update(budget_minutes=budget / 60,
+                           epochs_limited_by_budget=not quick and fashion_epochs_run < defaults.epochs)
+    for run in mnist_runs:
+        options.log(f"    MNIST seed {run['seed']}: test accuracy {run['test_accuracy']:.4f} in {run['seconds']:.0f} s")
+    if fashion_future is not None:
+        options.log(f"    Fashion-MNIST: test accuracy {fashion['accuracy']['mean']:.4f} "
+                    f"in {fashion['runs'][0]['seconds']:.0f} s")
+    return summary("MNIST (10k training subset)", mnist_runs, epochs, defaults), fashion
+
+
+def upstream(options: Options) -> list[dict]:
+    """The seed author's published weights on the MNIST test set, read from each published format."""
+    from mobile_lenet.evaluation import evaluate_tensors
+    from mobile_lenet.sources import load_tensors
+
+    test_set = load("mnist", "test", options.mnist_dir, QUICK["test_images"] if options.quick else None)
+    rows = []
+    for label, path in (("Noodle folder", options.upstream_dir / "noodle"),
+                        (".keras file", options.upstream_dir / "mobile-lenet-5.keras")):
+        row = {"source": label, "path": path.name, "test_images": len(test_set)}
+        try:
+            row["test_accuracy"] = evaluate_tensors(load_tensors(path), test_set, engine="torch")["accuracy"]
+        except Exception as error:  # importer not written yet, file missing, or a format error: say which
+            row.update(not_available(f"{type(error).__name__}: {error}"))
+        rows.append(row)
+    return rows
+
+
+def run(options: Options) -> dict:
+    """The accuracy part: MNIST over seeds, Fashion-MNIST, upstream weights."""
+    from mobile_lenet.train import TrainConfig
+
+    defaults = TrainConfig()
+    mnist, fashion = train_all(options, defaults)
+    return {"recipe": asdict(defaults), "parallel_runs": max(1, min(options.threads, len(SEEDS))),
+            "mnist": mnist, "fashion": fashion, "upstream": upstream(options)}

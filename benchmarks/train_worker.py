@@ -1,0 +1,122 @@
+"""One training run for the training-speed benchmark, in its own process: ``python -m benchmarks.train_worker``.
+
+Trains either the upstream stack (``--stack keras``: Keras 3, PyTorch backend, ``keras.Model.fit``) or our
+trainer (``--stack ours``: ``mobile_lenet.train.train`` with a ``TrainConfig``) on the same images with the
+same batch size, number of epochs and thread count, then scores the trained model on the test images.
+Writes one JSON object to ``--result``: wall time of the whole training call, images/second, time per
+epoch and test accuracy. The parent (``benchmarks.training``) sets the thread environment variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def load_data(data_dir: str, train_limit: int | None, test_limit: int | None):
+    """The training and test sets, each cut to its first ``limit`` images when a limit is given."""
+    from mobile_lenet.data import Dataset, load_dataset
+
+    train_set, test_set = load_dataset("mnist", "train", data_dir), load_dataset("mnist", "test", data_dir)
+    cut = lambda ds, n: ds if n is None else Dataset(ds.images[:n], ds.labels[:n], ds.name)  # noqa: E731
+    return cut(train_set, train_limit), cut(test_set, test_limit)
+
+
+def train_keras(args, train_set, test_set) -> dict:
+    """Fit the upstream Keras model; time ``fit`` as a whole and epoch by epoch."""
+    import keras
+
+    from .keras_model import build_keras_model, compare_with_upstream
+
+    keras.utils.set_random_seed(args.seed)
+    model = build_keras_model()
+    check = compare_with_upstream(model, args.upstream_keras) if args.upstream_keras else None
+    x = (train_set.images.astype(np.float32) / 255.0)[..., None]  # channels last, as the seed
+    y = keras.utils.to_categorical(train_set.labels, 10)
+    epoch_ends = []
+
+    class EpochClock(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            epoch_ends.append(time.perf_counter())
+
+    start = time.perf_counter()
+    model.fit(x, y, batch_size=args.batch_size, epochs=args.epochs, shuffle=True, verbose=0,
+              callbacks=[EpochClock()])
+    seconds = time.perf_counter() - start
+    probabilities = model.predict((test_set.images.astype(np.float32) / 255.0)[..., None], batch_size=1000,
+                                  verbose=0)
+    accuracy = float((probabilities.argmax(1) == test_set.labels).mean())
+    epoch_seconds = np.diff([start] + epoch_ends).tolist()
+    return {"seconds": seconds, "epoch_seconds": epoch_seconds, "test_accuracy": accuracy,
+            "upstream_config_check": check, "keras_backend": keras.backend.backend()}
+
+
+def train_ours(args, train_set, test_set) -> dict:
+    """Run our real trainer (``train.train``) with the default TrainConfig except what the benchmark fixes."""
+    import csv
+    from dataclasses import asdict
+
+    from mobile_lenet.evaluation import evaluate_tensors
+    from mobile_lenet.model import from_noodle
+    from mobile_lenet.sources import load_tensors
+    from mobile_lenet.train import TrainConfig, calibrate_batchnorm, train
+
+    # All images train (no validation split), as Keras' fit does here; the model after the last epoch is scored.
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, augment=args.augment, val_fraction=0.0,
+                         seed=args.seed)
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as out_dir:
+        start = time.perf_counter()
+        train(config, train_set, out_dir, progress=False, log=lambda message: None)
+        seconds = time.perf_counter() - start
+        with open(Path(out_dir) / "metrics.csv") as f:
+            epoch_seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
+        tensors = load_tensors(Path(out_dir) / "last.pt")
+    result = evaluate_tensors(tensors, test_set, engine="torch")
+    # Diagnostic: what one of the trainer's per-epoch BatchNorm calibrations over the training images costs.
+    model = from_noodle(tensors)
+    start = time.perf_counter()
+    calibrate_batchnorm(model, train_set.images)
+    calibration = time.perf_counter() - start
+    return {"seconds": seconds, "epoch_seconds": epoch_seconds, "test_accuracy": result["accuracy"],
+            "config": asdict(config), "bn_calibration_seconds": calibration}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stack", choices=("keras", "ours"), required=True)
+    parser.add_argument("--data-dir", required=True, help="folder with the MNIST IDX files")
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("--batch-size", type=int, required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--augment", action="store_true", help="ours: random affine augmentation on")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--test-limit", type=int, default=None)
+    parser.add_argument("--upstream-keras", default=None, help="keras: the seed's .keras file to check against")
+    parser.add_argument("--result", required=True, help="JSON file to write")
+    args = parser.parse_args(argv)
+
+    if args.stack == "keras" and os.environ.get("KERAS_BACKEND") != "torch":
+        parser.error("set KERAS_BACKEND=torch (the upstream stack)")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    train_set, test_set = load_data(args.data_dir, args.train_limit, args.test_limit)
+    run = train_keras if args.stack == "keras" else train_ours
+    result = run(args, train_set, test_set)
+    images = len(train_set) * args.epochs
+    result.update(stack=args.stack, epochs=args.epochs, batch_size=args.batch_size, threads=torch.get_num_threads(),
+                  train_images=len(train_set), test_images=len(test_set), images_per_second=images / result["seconds"])
+    Path(args.result).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Part 2, training speed against the upstream stack (Keras 3 on the PyTorch backend).
+
+Three runs on the same MNIST training images with the same batch size (``TrainConfig().batch_size``), the
+same number of epochs and the same thread count, one after the other, each in its own subprocess
+(``benchmarks.train_worker``) so that no library state carries over:
+
+1. ``keras``: the seed's model and recipe in Keras 3 (Adam lr 1e-3, categorical cross-entropy), built from
+   our architecture table and checked against the seed's published ``config.json``;
+2. ``ours, augmentation off``: our trainer, ``train.train`` with ``TrainConfig`` defaults except
+   ``augment=False`` (and no validation split, as Keras' ``fit`` here) - the like-for-like comparison;
+3. ``ours, default recipe``: the same with the default augmentation.
+
+Images/second is training images x epochs / wall time of the whole training call (``fit`` / ``train``),
+so our per-epoch BatchNorm calibration and checkpoints count against us. Each model is then scored on the
+official MNIST test set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .common import ROOT, Options, not_available
+
+EPOCHS = 5
+QUICK = {"epochs": 1, "train_images": 640, "test_images": 500}
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+RUNS = (("keras", "Keras 3 (torch backend), upstream recipe", []),
+        ("ours", "ours, augmentation off", []),
+        ("ours", "ours, default recipe", ["--augment"]))
+
+
+def keras_installed() -> bool:
+    """Whether the benchmark-only extra (``pip install -e '.[bench]'``) is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("keras") is not None
+
+
+def run_worker(stack: str, extra_args: list[str], options: Options, epochs: int, batch_size: int) -> dict:
+    """Run one ``train_worker`` subprocess with the thread count pinned; returns its JSON result."""
+    limits = ["--train-limit", str(QUICK["train_images"]), "--test-limit", str(QUICK["test_images"])] \
+        if options.quick else []
+    upstream_keras = options.upstream_dir / "mobile-lenet-5.keras"
+    env = dict(os.environ, KERAS_BACKEND="torch", PYTHONPATH=str(ROOT))
+    env.update({name: str(options.threads) for name in THREAD_VARIABLES})
+    with tempfile.TemporaryDirectory(prefix="bench-worker-") as folder:
+        result_file = Path(folder) / "result.json"
+        command = [sys.executable, "-m", "benchmarks.train_worker", "--stack", stack, "--data-dir",
+                   str(options.mnist_dir), "--epochs", str(epochs), "--batch-size", str(batch_size), "--threads",
+                   str(options.threads), "--result", str(result_file), *limits, *extra_args]
+        if stack == "keras" and upstream_keras.is_file():
+            command += ["--upstream-keras", str(upstream_keras)]
+        completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+        if completed.returncode != 0:
+            tail = (completed.stderr.strip().splitlines() or ["no message"])[-1]
+            return not_available(f"worker failed (exit {completed.returncode}): {tail}")
+        return json.loads(result_file.read_text())
+
+
+def run(options: Options) -> dict:
+    """The training-speed part: Keras vs ours, same data, batch size, epochs and threads."""
+    from mobile_lenet.train import TrainConfig
+
+    defaults = TrainConfig()
+    epochs = QUICK["epochs"] if options.quick else EPOCHS
+    rows = []
+    for stack, label, extra_args in RUNS:
+        if stack == "keras" and not keras_installed():
+            row = not_available("keras is not installed (pip install -e '.[bench]')")
+        else:
+            options.log(f"  training: {label}, {epochs} epochs, batch {defaults.batch_size}, "
+                        f"{options.threads} threads ...")
+            row = run_worker(stack, extra_args, options, epochs, defaults.batch_size)
+            if row.get("available", True):
+                options.log(f"    {row['images_per_second']:.0f} images/s, test accuracy {row['test_accuracy']:.4f}")
+            else:
+                options.log(f"    not available: {row['reason']}")
+        rows.append({"label": label, "stack": stack, **row})
+    keras_row = rows[0]
+    for row in rows[1:]:
+        if keras_row.get("available", True) and row.get("available", True):
+            row["speedup_vs_keras"] = row["images_per_second"] / keras_row["images_per_second"]
+            row["accuracy_minus_keras"] = row["test_accuracy"] - keras_row["test_accuracy"]
+    return {"epochs": epochs, "batch_size": defaults.batch_size, "threads": options.threads, "runs": rows,
+            "target_speedup": 1.5}

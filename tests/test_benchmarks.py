@@ -1,0 +1,84 @@
+"""The benchmark harness (``python -m benchmarks``): a quick run end to end, and its report on its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import report
+from benchmarks.__main__ import parse_parts
+from benchmarks.common import PARTS, mean_and_spread
+
+from conftest import ROOT, SHARED
+
+
+def test_parse_parts_keeps_canonical_order_and_rejects_unknown_names():
+    assert parse_parts("inference,accuracy") == ["accuracy", "inference"]
+    assert parse_parts("training") == ["training"]
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_parts("accuracy,speed")
+
+
+def test_mean_and_spread():
+    stats = mean_and_spread([0.98, 0.99, 1.0])
+    assert stats["mean"] == pytest.approx(0.99)
+    assert stats["std"] == pytest.approx(0.01)
+    assert (stats["min"], stats["max"], stats["n"]) == (0.98, 1.0, 3)
+    assert mean_and_spread([0.5])["std"] == 0.0
+
+
+def test_report_lists_unavailable_engines_with_their_reason_and_no_numbers():
+    entry = {"date": "2026-01-01T00:00:00+00:00", "command": "python -m benchmarks", "quick": False, "threads": 2,
+             "seconds": 3.0, "machine": {}, "result": {
+                 "weights": "w", "test_images": 10, "macs_per_image": 100,
+                 "peak": {"single_core": {"matmul": "torch.mm", "flops": 1e9, "threads": 1},
+                          "all_cores": {"matmul": "torch.mm", "flops": 2e9, "threads": 2}},
+                 "engines": [{"engine": "generated C, int8", "batch": 1, "threads": 1, "available": False,
+                              "reason": "no int8 C yet"}]}}
+    text = "\n".join(report.inference_section(entry))
+    row = next(line for line in text.splitlines() if line.startswith("| generated C, int8"))
+    assert "not available: no int8 C yet" in row
+    assert not any(ch.isdigit() for ch in row.replace("int8", "").replace("| 1 | 1 |", ""))
+
+
+@pytest.mark.slow
+def test_quick_run_writes_results_and_markdown(tmp_path):
+    """``--quick`` runs every part on tiny data and writes where it is told, not over the committed files."""
+    results, markdown = tmp_path / "results.json", tmp_path / "BENCHMARKS.md"
+    committed = [ROOT / "benchmarks" / "results.json", ROOT / "BENCHMARKS.md"]
+    before = {path: path.stat().st_mtime_ns for path in committed if path.exists()}
+    env = dict(os.environ, MOBILE_LENET_SHARED=str(SHARED), OMP_NUM_THREADS="1")
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--threads", "1", "--results", str(results),
+         "--markdown", str(markdown), "--work-dir", str(tmp_path / "runs")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+
+    data = json.loads(results.read_text())
+    assert set(data["parts"]) == set(PARTS)
+    for part in PARTS:
+        entry = data["parts"][part]
+        assert entry["quick"] and "error" not in entry and "result" in entry
+        assert entry["machine"]["cores"] >= 1 and entry["machine"]["libraries"]["torch"]
+    accuracy = data["parts"]["accuracy"]["result"]
+    assert len(accuracy["mnist"]["runs"]) == 2 and 0 <= accuracy["mnist"]["accuracy"]["mean"] <= 1
+    training = data["parts"]["training"]["result"]
+    ours = [run for run in training["runs"] if run["stack"] == "ours"]
+    assert len(ours) == 2 and all(run["images_per_second"] > 0 for run in ours)
+    engines = {(row["engine"], row["batch"]): row for row in data["parts"]["inference"]["result"]["engines"]}
+    torch_single = engines[("PyTorch", 1)]
+    assert torch_single["images_per_second"] > 0 and set(torch_single["latency_ms"]) == {"p50", "p90", "p99"}
+    for row in engines.values():  # every engine either ran and agrees with PyTorch, or says why it did not
+        assert row.get("agreement_with_pytorch", 1.0) >= 0.99 or row.get("available") is False
+        assert row.get("available", True) or row["reason"]
+
+    text = markdown.read_text()
+    for heading in ("## Accuracy", "## Training speed", "## Inference speed", "## Machine", "Quick run"):
+        assert heading in text
+    assert "--quick" in text
+    assert {path: path.stat().st_mtime_ns for path in committed if path.exists()} == before
