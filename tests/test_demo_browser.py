@@ -95,7 +95,7 @@ def draw_digit(page, digit: np.ndarray) -> None:
 
 def wait_until_answered(page) -> dict:
     """Wait until the page has an answer for exactly what the canvas shows now; returns window.demo."""
-    page.wait_for_function("() => !demo.busy && !demo.dirty && demo.lastResult !== null && demo.source !== null"
+    page.wait_for_function("() => !demo.busy && demo.pending === null && demo.lastResult !== null"
                            " && demo.source.image === document.getElementById('drawing').toDataURL('image/png')",
                            timeout=30_000)
     return page.evaluate("() => ({source: demo.source, result: demo.lastResult})")
@@ -135,10 +135,12 @@ def test_changing_the_engine_predicts_again(page, trained_tensors):
         pytest.skip("the reference engine is not part of this checkout")
     before = page.evaluate("() => demo.requests")
     page.select_option("#engine", "reference")
-    page.wait_for_function(f"() => demo.requests > {before} && !demo.busy && demo.lastResult.engine === 'reference'",
-                           timeout=30_000)
+    page.wait_for_function(f"() => demo.requests > {before} && !demo.busy && demo.pending === null"
+                           " && demo.lastResult.engine === 'reference'", timeout=30_000)
     assert page.inner_text("#prediction").strip() == str(page.evaluate("() => demo.lastResult.prediction"))
     page.select_option("#engine", "torch")
+    page.wait_for_function("() => !demo.busy && demo.pending === null && demo.lastResult.engine === 'torch'",
+                           timeout=30_000)
 
 
 def test_clear_resets_the_page(page):
@@ -156,8 +158,8 @@ def test_upload_of_a_dark_on_light_picture(page, mnist_test, tmp_path):
     Image.fromarray(255 - digit).resize((140, 140), Image.BILINEAR).save(photo)
     before = page.evaluate("() => demo.requests")
     page.set_input_files("#upload", str(photo))
-    page.wait_for_function(f"() => demo.requests > {before} && !demo.busy && demo.lastResult !== null",
-                           timeout=30_000)
+    page.wait_for_function(f"() => demo.requests > {before} && !demo.busy && demo.pending === null"
+                           " && demo.lastResult !== null", timeout=30_000)
     state = page.evaluate("() => ({source: demo.source, result: demo.lastResult})")
     assert state["source"]["invert"] == "auto"
     assert base64.b64decode(state["source"]["image"].split(",", 1)[1]) == photo.read_bytes()

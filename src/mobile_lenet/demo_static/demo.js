@@ -15,11 +15,12 @@ const statusLine = document.getElementById("status");
 // What the page sent and got last; exposed as window.demo for tests and for the curious (devtools).
 const demo = {
   busy: false,        // a request is in flight
-  dirty: false,       // the drawing changed while it was: send again when it returns
+  pending: null,      // the newest picture to classify once it returns (older ones are dropped)
   hasInk: false,      // something is drawn or uploaded
-  source: null,       // {image: dataURL, invert: "auto"|"no"} of the last request
+  source: null,       // {image: dataURL, invert: "auto"|"no"} of the last request sent
   lastResult: null,   // the last answer of /api/predict
   requests: 0,
+  generation: 0,      // bumped by Clear: answers to requests sent before are ignored
 };
 window.demo = demo;
 
@@ -31,7 +32,9 @@ function clearCanvas() {
   pen.fillRect(0, 0, drawing.width, drawing.height);
   demo.hasInk = false;
   demo.source = null;
+  demo.pending = null;
   demo.lastResult = null;
+  demo.generation += 1;
   showResult(null);
 }
 
@@ -119,41 +122,43 @@ function requestPrediction() {
   predict({image: drawing.toDataURL("image/png"), invert: "no"});
 }
 
-async function predict(source) {
-  if (demo.busy) {
-    demo.dirty = true;
-    return;
-  }
+// At most one request is in flight; while it is, only the newest picture waits (live drawing would
+// otherwise queue a request per mouse move).
+function predict(source) {
+  demo.pending = {...source, engine: engineSelect.value};
+  if (!demo.busy) sendPending();
+}
+
+async function sendPending() {
+  const request = demo.pending;
+  const generation = demo.generation;
+  demo.pending = null;
   demo.busy = true;
-  demo.dirty = false;
-  demo.source = source;
+  demo.source = request;
   demo.requests += 1;
   try {
     const response = await fetch("/api/predict", {
       method: "POST",
       headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({...source, engine: engineSelect.value}),
+      body: JSON.stringify(request),
     });
     const answer = await response.json();
     if (!response.ok) throw new Error(answer.error || `HTTP ${response.status}`);
-    demo.lastResult = answer;
-    showResult(answer);
+    if (generation === demo.generation) {
+      demo.lastResult = answer;
+      showResult(answer);
+    }
   } catch (error) {
-    showError(error.message);
+    if (generation === demo.generation) showError(error.message);
   } finally {
     demo.busy = false;
-    if (demo.dirty) {
-      // Strokes went on while we waited: send the newest drawing (or the upload again, e.g. new engine).
-      if (uploadShown && demo.source) predict(demo.source); else requestPrediction();
-    }
+    if (demo.pending) sendPending();
   }
 }
 
 engineSelect.addEventListener("change", () => {
-  if (demo.source) {
-    const source = uploadShown ? demo.source : {image: drawing.toDataURL("image/png"), invert: "no"};
-    predict(source);
-  }
+  const latest = demo.pending || demo.source;
+  if (latest) predict(latest); // the same picture again, through the newly chosen engine
 });
 
 // ------------------------------------------------------------------------------------------ showing
