@@ -27,6 +27,11 @@ def load_tensors(source: str | os.PathLike) -> dict[str, np.ndarray]:
 
         if noodle.looks_like_noodle_folder(path):
             return noodle.read_folder(path)
+        from .quantize import is_quantized_folder
+
+        if is_quantized_folder(path):  # int8 integers, not float weights: only some verbs take it
+            raise UserError(f"{path}: an int8 model (mobile-lenet quantize); use it with evaluate, or export "
+                            f"--format c/platformio --int8")
         raise UserError(f"{path}: neither a run folder (best.pt) nor a folder of Noodle weight files")
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
