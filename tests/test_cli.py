@@ -94,3 +94,4 @@ def test_pipeline_offline_on_bundled_sample(tmp_path, capsys):
     assert (out_dir / "noodle" / "w01.txt").is_file()
     assert (out_dir / "onnx" / "mobile_lenet.onnx").is_file()
     assert (out_dir / "c" / "mobile_lenet.c").is_file()
+    assert (out_dir / "report" / "index.html").is_file()

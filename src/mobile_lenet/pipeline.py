@@ -1,4 +1,4 @@
-"""The main job, ``mobile-lenet pipeline``: train, evaluate, export, in one folder.
+"""The main job, ``mobile-lenet pipeline``: train, evaluate, export and report, in one folder.
 
 With ``--dataset auto`` (the default) it uses full MNIST when it is at hand (``--data-dir``, the download
 cache, or a download that works) and otherwise the bundled sample, so it runs offline out of the box.
@@ -34,24 +34,28 @@ def resolve_dataset(dataset: str, data_dir: str | None, log=print) -> str:
 
 def run_pipeline(out: Path, dataset: str = "auto", data_dir: str | None = None, epochs: int = 30, seed: int = 0,
                  progress: bool = True, log=print) -> dict:
-    """Train into ``out``, evaluate best.pt on the test split, export it; returns the evaluation."""
+    """Train into ``out``, evaluate best.pt on the test split, export it, write the report; returns the evaluation."""
     dataset = resolve_dataset(dataset, data_dir, log)
     config = TrainConfig(dataset=dataset, data_dir=data_dir, epochs=epochs, seed=seed)
-    log(f"[1/3] training on {dataset}{' from ' + data_dir if data_dir else ''} for {epochs} epochs -> {out}")
+    log(f"[1/4] training on {dataset}{' from ' + data_dir if data_dir else ''} for {epochs} epochs -> {out}")
     resume = (out / "last.pt").is_file()
     if resume and json.loads((out / "config.json").read_text()) != asdict(config):
         raise UserError(f"{out}: holds a run with other settings; choose another --out")
     train(config, load_dataset(dataset, "train", data_dir), out, resume=resume, progress=progress, log=log)
 
-    log("[2/3] evaluating best.pt on the test split")
+    log("[2/4] evaluating best.pt on the test split")
     model = load_model(out)
     result = evaluate_tensors(to_noodle(model), load_dataset(dataset, "test", data_dir))
     (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     log(format_report(result))
 
-    log("[3/3] exporting")
+    log("[3/4] exporting")
     for line in export_all(out, model):
         log("  " + line)
+
+    from .report import build_report
+
+    log(f"[4/4] report: {build_report(out, dataset=dataset, data_dir=data_dir)}")
     return result
 
 
