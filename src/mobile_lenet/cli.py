@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (int8_tensors.npz and manifest.json)")
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("pipeline", help="the main job: train, evaluate and export into one folder")
+    p = sub.add_parser("pipeline", help="the main job: train, evaluate, export and report into one folder")
     _dataset_args(p, default="auto")
     p.add_argument("--out", default="runs/main", help="output folder (default runs/main)")
     p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
