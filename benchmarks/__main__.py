@@ -72,7 +72,11 @@ def write_outputs(results: dict, results_path: Path, markdown_path: Path, comman
     results_path.parent.mkdir(parents=True, exist_ok=True)
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(results, indent=1) + "\n")
-    markdown_path.write_text(report.markdown(results, command))
+    try:
+        results_name = str(results_path.resolve().relative_to(ROOT))
+    except ValueError:  # outside the repository (a test's temporary folder)
+        results_name = str(results_path)
+    markdown_path.write_text(report.markdown(results, command, results_name))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,9 @@ import time
 from importlib import metadata
 
 LIBRARIES = ("torch", "numpy", "onnxruntime", "onnx", "keras")
+# Environment variables that change how fast the libraries run, recorded when set.
+SPEED_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OPENBLAS_CORETYPE",
+                   "OPENBLAS_L2_SIZE", "KERAS_BACKEND")
 
 
 def cpu_model() -> str:
@@ -36,7 +39,8 @@ def library_versions() -> dict[str, str | None]:
 def describe() -> dict:
     """The machine and software, as recorded with every run."""
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "libraries": library_versions()}
+            "platform": platform.platform(), "libraries": library_versions(),
+            "environment": {name: os.environ[name] for name in SPEED_VARIABLES if name in os.environ}}
 
 
 def _best_rate(run_once, flops_per_call: float, repeats: int) -> float:

@@ -46,7 +46,8 @@ def run_worker(stack: str, extra_args: list[str], options: Options, epochs: int,
     limits = ["--train-limit", str(QUICK["train_images"]), "--test-limit", str(QUICK["test_images"])] \
         if options.quick else []
     upstream_keras = options.upstream_dir / "mobile-lenet-5.keras"
-    env = dict(os.environ, KERAS_BACKEND="torch", PYTHONPATH=str(ROOT))
+    python_path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, KERAS_BACKEND="torch", PYTHONPATH=python_path)
     env.update({name: str(options.threads) for name in THREAD_VARIABLES})
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as folder:
         result_file = Path(folder) / "result.json"
