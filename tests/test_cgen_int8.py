@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 
 import numpy as np
@@ -14,7 +15,7 @@ from mobile_lenet.cli import main
 from mobile_lenet.qreference import int8_logits
 from mobile_lenet.quantize import quantize_model, save_quantized
 
-pytestmark = pytest.mark.skipif(c_engine.shutil.which("cc") is None, reason="no C compiler")
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def _array_comment(layer, key: str, value: np.ndarray) -> str:
         return f"{layer.name} int8 kernel {layout} = [{']['.join(str(d) for d in value.shape)}]"
     if key == "bias":
         return f"{layer.name} int32 bias (BatchNorm folded in), scale in_scale * weight_scale[c]"
-    return (f"{layer.name} int16 requantization multipliers (real factor = multiplier / 2^{layer.shift})")
+    return f"{layer.name} int16 requantization multipliers (real factor = multiplier / 2^{layer.shift})"
 
 
 # ------------------------------------------------------------------------------------------------ weights

@@ -31,16 +31,14 @@ def rounding_right_shift(value: np.ndarray, shift: int) -> np.ndarray:
     """
     if shift < 1:
         raise ValueError(f"shift must be at least 1, got {shift}")
-    value = value + (np.int64(1) << np.int64(shift - 1))
-    value >>= np.int64(shift)
-    return value
+    return (value + (np.int64(1) << np.int64(shift - 1))) >> np.int64(shift)
 
 
 def requantize(acc: np.ndarray, multiplier: np.ndarray, shift: int, zero_point: int, relu: bool,
                channel_axis: int = 1) -> np.ndarray:
     """int32 accumulators -> int8: ``clamp(zero_point + round(acc * multiplier / 2**shift))``.
 
-    ``multiplier`` is one int16 per output channel (or a single one), ``shift`` one per layer: together
+    ``multiplier`` is one int16 per output channel (or a single one), ``shift`` one per layer (>= 1): together
     they are the fixed-point form of the real factor ``in_scale * weight_scale / out_scale``. The product
     is formed in int64 (acc < 2**31, multiplier < 2**15). With ``relu`` the lower clamp is the output
     zero point, i.e. real 0: the ReLU costs nothing once fused here.

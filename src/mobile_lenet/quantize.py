@@ -133,20 +133,20 @@ class QuantizedModel:
 def fold_batchnorm(tensors: dict[str, np.ndarray]) -> list[FoldedLayer]:
     """Walk ``spec.LAYERS`` and fold every BN into its convolution, ReLU and padding into flags."""
     layers: list[FoldedLayer] = []
-    pending_padding = 0
+    pad = None  # a ZeroPadding2D row waiting for its convolution
     for row in spec.LAYERS:
         if row.kind == "pad":
-            pending_padding, pending_row, pending_in = row.padding, row.name, row.in_shape
+            pad = row
         elif row.kind in ("conv", "dwconv", "dense"):
             weight = np.asarray(tensors[row.weight_file], dtype=np.float64)
             bias = (np.asarray(tensors[row.bias_file], dtype=np.float64) if row.bias_file
                     else np.zeros(row.out_channels))
-            rows, in_shape = (row.name,), row.in_shape
-            if pending_padding:
-                rows, in_shape = (pending_row, row.name), pending_in
+            rows, in_shape, padding = (row.name,), row.in_shape, row.padding
+            if pad is not None:  # the convolution pads its unpadded input itself
+                rows, in_shape, padding = (pad.name, row.name), pad.in_shape, padding + pad.padding
+                pad = None
             layers.append(FoldedLayer(row.name, row.kind, rows, in_shape, row.out_shape, row.kernel, row.stride,
-                                      row.padding + pending_padding, weight=weight.copy(), bias=bias.copy()))
-            pending_padding = 0
+                                      padding, weight=weight.copy(), bias=bias.copy()))
         elif row.kind == "bn":
             op = layers[-1]
             gamma, beta, mean, var = np.asarray(tensors[row.weight_file], dtype=np.float64).reshape(4, -1)
@@ -380,7 +380,7 @@ def load_quantized(path: str | os.PathLike) -> QuantizedModel:
         raise UserError(f"{npz_path}: cannot read ({e.strerror})") from None
     if hashlib.sha256(raw).hexdigest() != manifest.get("npz_sha256"):
         raise UserError(f"{npz_path}: contents do not match the manifest's sha256 (damaged or edited)")
-    expected = fold_batchnorm_shapes()
+    expected = expected_arrays()
     entries = manifest["layers"]
     if [(e["name"], e["kind"]) for e in entries] != [(name, kind) for name, kind, _ in expected]:
         raise UserError(f"{path}: layers do not match Mobile-LeNet's architecture")
@@ -404,7 +404,7 @@ def load_quantized(path: str | os.PathLike) -> QuantizedModel:
     return QuantizedModel(layers, meta)
 
 
-def fold_batchnorm_shapes() -> list[tuple[str, str, dict]]:
+def expected_arrays() -> list[tuple[str, str, dict]]:
     """(name, kind, {array: (dtype, shape)}) of every quantized layer, derived from the architecture."""
     zeros = {name: np.zeros(shape, np.float32) for name, _, shape in spec.noodle_tensors()}
     for name, _, shape in spec.noodle_tensors():
