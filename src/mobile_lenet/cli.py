@@ -219,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="accuracy and confusion matrix of a model on a test set")
-    p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files or .keras file")
+    p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files, .keras file, or a "
+                                 "quantized model folder (mobile-lenet quantize)")
     _dataset_args(p)
     p.add_argument("--split", default="test", choices=("train", "test"), help="which split (default test)")
     p.add_argument("--engine", help="torch (default), reference (NumPy) or c (generated C on the host); "
@@ -243,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files or .keras file")
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="what to write")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--int8", action="store_true", help="int8-quantised weights (formats c and platformio)")
+    p.add_argument("--int8", action="store_true", help="int8 C (formats c and platformio); MODEL is then a "
+                                                       "quantized model folder (mobile-lenet quantize)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="convert a folder of Noodle files or a .keras file into a checkpoint")
