@@ -52,12 +52,13 @@ def set_threads() -> None:
 
 
 @torch.no_grad()
-def calibrate_batchnorm(model: MobileLeNet, images: np.ndarray, chunk: int = 2000) -> None:
+def calibrate_batchnorm(model: MobileLeNet, images: np.ndarray, chunk: int = 256) -> None:
     """Set every BN layer's moving mean/variance to the exact statistics of its input over ``images``.
 
     Runs the network one layer at a time over the whole set in inference mode, so each BN sees inputs
     produced with the already-calibrated BN layers before it (exactly what inference will feed it).
-    Variance is the population (biased) variance, the one BN normalizes with during training.
+    Variance is the population (biased) variance, the one BN normalizes with during training; both
+    passes accumulate in float64. Small chunks keep each layer's work in the CPU cache.
     """
     was_training = model.training
     model.eval()
@@ -65,9 +66,9 @@ def calibrate_batchnorm(model: MobileLeNet, images: np.ndarray, chunk: int = 200
     for module in model.layers:
         if isinstance(module, nn.BatchNorm2d):
             n = sum(t.shape[0] * t.shape[2] * t.shape[3] for t in x)
-            s = sum(t.double().sum(dim=(0, 2, 3)) for t in x)
-            mean = s / n
-            var = sum(((t.double() - mean[None, :, None, None]) ** 2).sum(dim=(0, 2, 3)) for t in x) / n
+            mean = sum(t.sum(dim=(0, 2, 3), dtype=torch.float64) for t in x) / n
+            centre = mean.float()[None, :, None, None]
+            var = sum(((t - centre) ** 2).sum(dim=(0, 2, 3), dtype=torch.float64) for t in x) / n
             module.running_mean.copy_(mean.float())
             module.running_var.copy_(var.float())
         x = [module(t) for t in x]
