@@ -210,6 +210,8 @@ def test_memory_plan_counts_the_arrays_and_shrinks_at_least_3_5_times(qmodel):
     assert int8_plan.ram_bytes == 2 * 6272
     assert float_plan.flash_bytes / int8_plan.flash_bytes >= 3.5
     assert float_plan.ram_bytes / int8_plan.ram_bytes >= 3.5
+    assert memory.memory_dict(int8=True)["int8_vs_float32"] == {"flash": float_plan.flash_bytes / array_bytes,
+                                                                 "ram": 4.0}
 
 
 # ------------------------------------------------------------------------------------------------ CLI
