@@ -85,7 +85,7 @@ def train_ours(args, train_set, test_set) -> dict:
                          seed=args.seed)
     with tempfile.TemporaryDirectory(prefix="bench-train-") as out_dir:
         start = time.perf_counter()
-        train(config, train_set, out_dir, progress=False, log=lambda message: None)
+        train(config, train_set, out_dir, progress=False, log=lambda message: None, threads=args.threads)
         seconds = time.perf_counter() - start
         with open(Path(out_dir) / "metrics.csv") as f:
             epoch_seconds = [float(row["seconds"]) for row in csv.DictReader(f)]

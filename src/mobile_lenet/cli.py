@@ -196,6 +196,11 @@ def cmd_demo(args) -> int:
 
 # ------------------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
+    from .train import TrainConfig
+
+    defaults = TrainConfig()
+
     parser = argparse.ArgumentParser(prog="mobile-lenet", description="Mobile-LeNet from training to microcontroller.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
@@ -208,9 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model into a run folder")
     _dataset_args(p)
     p.add_argument("--out", required=True, help="run folder (config.json, metrics.csv, best.pt, last.pt)")
-    p.add_argument("--epochs", type=int, help="number of epochs (default 30)")
-    p.add_argument("--batch-size", type=int, help="batch size (default 64)")
-    p.add_argument("--lr", type=float, help="peak learning rate of the one-cycle schedule (default 1e-2)")
+    p.add_argument("--epochs", type=int, help=f"number of epochs (default {defaults.epochs})")
+    p.add_argument("--batch-size", type=int, help=f"batch size (default {defaults.batch_size})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate of the one-cycle schedule (default {defaults.lr:g})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same weights")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="random affine distortions of the training digits (default on)")
@@ -253,7 +258,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
     p.set_defaults(func=cmd_import)
 
-    from .data import DATASETS
     from .quantize import DEFAULT_CALIBRATION_COUNT
 
     p = sub.add_parser("quantize", help="int8 quantization: fold BatchNorm, calibrate on training images")
@@ -269,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="the main job: train, evaluate, export and report into one folder")
     _dataset_args(p, default="auto")
     p.add_argument("--out", default="runs/main", help="output folder (default runs/main)")
-    p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help=f"training epochs (default {defaults.epochs})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_pipeline)
@@ -285,8 +289,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_device)
-
-    from .data import DATASETS
 
     p = sub.add_parser("report", help="HTML report of a training run, with plots")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder (config.json, metrics.csv, best.pt)")

@@ -32,7 +32,7 @@ def resolve_dataset(dataset: str, data_dir: str | None, log=print) -> str:
         return "mnist-sample"
 
 
-def run_pipeline(out: Path, dataset: str = "auto", data_dir: str | None = None, epochs: int = 30, seed: int = 0,
+def run_pipeline(out: Path, dataset: str = "auto", data_dir: str | None = None, epochs: int = TrainConfig.epochs, seed: int = 0,
                  progress: bool = True, log=print) -> dict:
     """Train into ``out``, evaluate best.pt on the test split, export it, write the report; returns the evaluation."""
     dataset = resolve_dataset(dataset, data_dir, log)
