@@ -57,18 +57,31 @@ def train_and_score(config, data: dict, run_dir: Path) -> dict:
     start = time.perf_counter()
     train(config, train_set, run_dir, progress=False, log=lambda message: None)
     seconds = time.perf_counter() - start
-    result = evaluate_tensors(load_tensors(run_dir), test_set, engine="torch")
+    tensors = load_tensors(run_dir)
+    result = evaluate_tensors(tensors, test_set, engine="torch")
     trained_images = round(len(train_set) * (1 - config.val_fraction)) * config.epochs
     return {"seed": config.seed, "epochs": config.epochs, "test_accuracy": result["accuracy"], "seconds": seconds,
             "images_per_second": trained_images / seconds, "train_images": len(train_set),
-            "test_images": len(test_set)}
+            "test_images": len(test_set), "int8_test_accuracy": int8_accuracy(tensors, train_set, test_set)}
+
+
+def int8_accuracy(tensors, train_set, test_set) -> float:
+    """Test accuracy of the int8 model quantized from ``tensors`` (calibrated on training images, as
+    ``mobile-lenet quantize`` does), run by the integer-only NumPy engine."""
+    from mobile_lenet.quantize import (DEFAULT_CALIBRATION_COUNT, evaluate_quantized, pick_calibration_images,
+                                       quantize_model)
+
+    qmodel = quantize_model(tensors, pick_calibration_images(train_set.images, DEFAULT_CALIBRATION_COUNT))
+    return evaluate_quantized(qmodel, test_set, engine="reference")["accuracy"]
 
 
 def summary(label: str, runs: list[dict], epochs: int, defaults) -> dict:
     """Mean and spread of the test accuracy of a set of runs."""
     return {"dataset": label, "train_images": runs[0]["train_images"], "test_images": runs[0]["test_images"],
             "epochs": epochs, "default_epochs": defaults.epochs, "runs": runs,
-            "accuracy": mean_and_spread([run["test_accuracy"] for run in runs])}
+            "accuracy": mean_and_spread([run["test_accuracy"] for run in runs]),
+            "int8_accuracy": mean_and_spread([run["int8_test_accuracy"] for run in runs]),
+            "int8_max_drop": max(run["test_accuracy"] - run["int8_test_accuracy"] for run in runs)}
 
 
 def fashion_epochs(options: Options, defaults, mnist_runs: list[dict], train_images: int) -> tuple[int, float]:

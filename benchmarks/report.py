@@ -60,12 +60,13 @@ def accuracy_section(entry: dict) -> list[str]:
               f"{percent(recipe['val_fraction'], 0)} of the training images held out for validation; the run's "
               "best.pt (best validation epoch) is scored on the test set. Training runs go "
               f"{result['parallel_runs']} at a time in separate one-thread processes (times per run are "
-              "under that load).", ""]
+              "under that load). int8: each run's best.pt quantized as `mobile-lenet quantize` does (1,000 "
+              "calibration images from the training set) and run by the integer-only NumPy engine.", ""]
     rows = []
     for key in ("mnist", "fashion"):
         part = result[key]
         if part.get("available", True) is False:
-            rows.append([key, "-", "-", "-", f"not available: {part['reason']}", "-", "-"])
+            rows.append([key, "-", "-", "-", f"not available: {part['reason']}", "-", "-", "-"])
             continue
         epochs = str(part["epochs"])
         if part.get("epochs_limited_by_budget"):
@@ -75,15 +76,18 @@ def accuracy_section(entry: dict) -> list[str]:
         seconds = sum(run["seconds"] for run in part["runs"]) / len(part["runs"])
         spread = f"std {100 * acc['std']:.2f} points (min {percent(acc['min'])}, max {percent(acc['max'])})" \
             if acc["n"] > 1 else "one seed"
+        int8 = part.get("int8_accuracy")
+        int8_text = "-" if int8 is None else (f"{percent(int8['mean'])} (largest drop from float over the seeds: "
+                                              f"{100 * part['int8_max_drop']:.2f} points)")
         rows.append([part["dataset"], f"{part['train_images']:,} / {part['test_images']:,}", epochs,
                      ", ".join(str(run["seed"]) for run in part["runs"]), f"**{percent(acc['mean'])}**", spread,
-                     duration(seconds)])
+                     int8_text, duration(seconds)])
     for row in result["upstream"]:
         accuracy = f"not available: {row['reason']}" if row.get("available") is False else percent(row["test_accuracy"])
         rows.append([f"upstream published weights ({row['source']}), MNIST", f"- / {row['test_images']:,}",
-                     "(trained by the seed author)", "-", accuracy, "-", "-"])
+                     "(trained by the seed author)", "-", accuracy, "-", "-", "-"])
     lines.append(table(["model / data set", "train / test images", "epochs", "seeds", "test accuracy (mean)",
-                        "spread (std over seeds)", "training time per run"], rows))
+                        "spread (std over seeds)", "int8 test accuracy (mean)", "training time per run"], rows))
     return lines + [""]
 
 
