@@ -65,32 +65,42 @@ def compile_flags(sanitize: bool = False, defines: dict | None = None) -> list[s
     return flags
 
 
-def build_host_program(tensors: dict[str, np.ndarray], *, sanitize: bool = False, defines: dict | None = None,
-                       cache: str | Path | None = None) -> Path:
-    """Generate and compile the host program for these weights; returns the executable (cached by hash)."""
-    sources = cgen.generate_sources(tensors)
+def build_cached_program(sources: dict[str, str], program_name: str, *, flavour: str = "",
+                         sanitize: bool = False, defines: dict | None = None, cache: str | Path | None = None) -> Path:
+    """Write generated ``sources`` into a cache folder named by a hash of the sources and compiler flags, and
+    compile their ``.c`` files into ``program_name``; returns the executable, reused when already built.
+
+    ``flavour`` (e.g. ``"int8"``) prefixes the cache folder's name and names the C in a compile error."""
     cc = compiler()
     flags = compile_flags(sanitize, defines)
     digest = hashlib.sha256()
     for part in [cc, *flags] + [f"{name}\0{text}" for name, text in sorted(sources.items())]:
         digest.update(part.encode() + b"\0")
-    folder = Path(cache) if cache is not None else cache_root()
-    folder = folder / digest.hexdigest()[:20]
-    program = folder / PROGRAM_NAME
+    folder_name = (f"{flavour}-" if flavour else "") + digest.hexdigest()[:20]
+    folder = (Path(cache) if cache is not None else cache_root()) / folder_name
+    program = folder / program_name
     if program.is_file():
         return program
     cgen.write_sources(sources, folder)
     c_files = sorted(str(folder / name) for name in sources if name.endswith(".c"))
     # Compile to a temporary name, then rename: another process may be building the same folder.
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=PROGRAM_NAME + ".", delete=False) as tmp:
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=program_name + ".", delete=False) as tmp:
         partial = Path(tmp.name)
     result = subprocess.run([cc, *flags, "-o", str(partial), *c_files, "-lm"], capture_output=True, text=True)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         first_error = (result.stderr.strip().splitlines() or ["no message"])[0]
-        raise UserError(f"compiling the generated C failed ({cc}): {first_error}")
+        generated = f"generated {flavour} C" if flavour else "generated C"
+        raise UserError(f"compiling the {generated} failed ({cc}): {first_error}")
     os.replace(partial, program)
     return program
+
+
+def build_host_program(tensors: dict[str, np.ndarray], *, sanitize: bool = False, defines: dict | None = None,
+                       cache: str | Path | None = None) -> Path:
+    """Generate and compile the host program for these weights; returns the executable (cached by hash)."""
+    return build_cached_program(cgen.generate_sources(tensors), PROGRAM_NAME, sanitize=sanitize, defines=defines,
+                                cache=cache)
 
 
 def check_images(images: np.ndarray) -> np.ndarray:

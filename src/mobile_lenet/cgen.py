@@ -260,6 +260,38 @@ int mobile_lenet_predict(const uint8_t image[MOBILE_LENET_INPUT_SIZE], float pro
 #endif /* MOBILE_LENET_H */
 """
 
+# Softmax, argmax and the predict() entry point: the same C for the float and the int8 library (cgen_int8).
+SOFTMAX_ARGMAX_PREDICT_C = r"""void mobile_lenet_softmax(const float logits[MOBILE_LENET_NUM_CLASSES], float probs[MOBILE_LENET_NUM_CLASSES])
+{
+    float largest = logits[0], sum = 0.0f;
+    for (int i = 1; i < MOBILE_LENET_NUM_CLASSES; ++i) {
+        if (logits[i] > largest) largest = logits[i];
+    }
+    for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) {
+        probs[i] = expf(logits[i] - largest);
+        sum += probs[i];
+    }
+    for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) probs[i] /= sum;
+}
+
+int mobile_lenet_argmax(const float values[MOBILE_LENET_NUM_CLASSES])
+{
+    int best = 0;
+    for (int i = 1; i < MOBILE_LENET_NUM_CLASSES; ++i) {
+        if (values[i] > values[best]) best = i;
+    }
+    return best;
+}
+
+int mobile_lenet_predict(const uint8_t image[MOBILE_LENET_INPUT_SIZE], float probs[MOBILE_LENET_NUM_CLASSES])
+{
+    float logits[MOBILE_LENET_NUM_CLASSES];
+    mobile_lenet_logits(image, logits);
+    mobile_lenet_softmax(logits, probs);
+    return mobile_lenet_argmax(logits);
+}
+"""
+
 _SOURCE_TEMPLATE = r"""/* mobile_lenet.c - Mobile-LeNet inference: kernels, activation buffers and the layer sequence.
  * $note
  *
@@ -389,36 +421,7 @@ $layers
     for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) logits[i] = $result_buffer[i];
 }
 
-void mobile_lenet_softmax(const float logits[MOBILE_LENET_NUM_CLASSES], float probs[MOBILE_LENET_NUM_CLASSES])
-{
-    float largest = logits[0], sum = 0.0f;
-    for (int i = 1; i < MOBILE_LENET_NUM_CLASSES; ++i) {
-        if (logits[i] > largest) largest = logits[i];
-    }
-    for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) {
-        probs[i] = expf(logits[i] - largest);
-        sum += probs[i];
-    }
-    for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) probs[i] /= sum;
-}
-
-int mobile_lenet_argmax(const float values[MOBILE_LENET_NUM_CLASSES])
-{
-    int best = 0;
-    for (int i = 1; i < MOBILE_LENET_NUM_CLASSES; ++i) {
-        if (values[i] > values[best]) best = i;
-    }
-    return best;
-}
-
-int mobile_lenet_predict(const uint8_t image[MOBILE_LENET_INPUT_SIZE], float probs[MOBILE_LENET_NUM_CLASSES])
-{
-    float logits[MOBILE_LENET_NUM_CLASSES];
-    mobile_lenet_logits(image, logits);
-    mobile_lenet_softmax(logits, probs);
-    return mobile_lenet_argmax(logits);
-}
-"""
+""" + SOFTMAX_ARGMAX_PREDICT_C
 
 _SERIAL_HEADER = r"""/* mobile_lenet_serial.h - the seed's serial protocol as a state machine with no I/O of its own.
  *
@@ -566,28 +569,10 @@ void ml_serial_classify(ml_serial_link *link, ml_clock_us clock_us, char reply[M
 }
 """
 
-_HOST_PROGRAM = r"""/* mobile_lenet_host.c - run the generated Mobile-LeNet on a computer (POSIX).
- *
- *   mobile_lenet_host classify FILE   images from an IDX file (e.g. t10k-images-idx3-ubyte, not gzipped)
- *   mobile_lenet_host classify -      raw images on stdin, 784 bytes (28x28 uint8) each
- *       prints one line per image: the digit, the 10 logits, the 10 probabilities
- *       (%.9g: every float32 value reads back exactly)
- *   mobile_lenet_host serve           be the microcontroller: the serial protocol on stdin/stdout
- *
- * Build: cc -std=c99 -O2 -o mobile_lenet_host *.c -lm */
-#define _POSIX_C_SOURCE 200809L
-
-#include <errno.h>
-#include <poll.h>
-#include <stdio.h>
-#include <string.h>
-#include <time.h>
-#include <unistd.h>
-
-#include "mobile_lenet.h"
-#include "mobile_lenet_serial.h"
-
-#define IDX_IMAGES_MAGIC 0x00000803u
+# The host program's classify mode (reading raw or IDX images, one result line each): the same C for the float
+# and the int8 host program (cgen_int8). Each host program includes <errno.h>, <stdio.h>, <string.h> and
+# mobile_lenet.h, and defines classify_and_print(image), which prints the flavour's result line, before it.
+HOST_CLASSIFY_MODE_C = r"""#define IDX_IMAGES_MAGIC 0x00000803u
 
 static uint32_t read_big_endian(const unsigned char bytes[4])
 {
@@ -598,7 +583,6 @@ static uint32_t read_big_endian(const unsigned char bytes[4])
 static int classify_stream(FILE *in, long count, const char *name)
 {
     uint8_t image[MOBILE_LENET_INPUT_SIZE];
-    float logits[MOBILE_LENET_NUM_CLASSES], probs[MOBILE_LENET_NUM_CLASSES];
     for (long n = 0; count < 0 || n < count; ++n) {
         const size_t got = fread(image, 1, sizeof image, in);
         if (got == 0 && count < 0 && feof(in)) break;
@@ -607,12 +591,7 @@ static int classify_stream(FILE *in, long count, const char *name)
                     MOBILE_LENET_INPUT_SIZE);
             return 1;
         }
-        mobile_lenet_logits(image, logits);
-        mobile_lenet_softmax(logits, probs);
-        printf("%d", mobile_lenet_argmax(logits));
-        for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) printf(" %.9g", (double)logits[i]);
-        for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) printf(" %.9g", (double)probs[i]);
-        putchar('\n');
+        classify_and_print(image);
     }
     return fflush(stdout) == 0 ? 0 : 1;
 }
@@ -637,7 +616,42 @@ static int classify_idx_file(const char *path)
     fclose(in);
     return status;
 }
+"""
 
+_HOST_PROGRAM = r"""/* mobile_lenet_host.c - run the generated Mobile-LeNet on a computer (POSIX).
+ *
+ *   mobile_lenet_host classify FILE   images from an IDX file (e.g. t10k-images-idx3-ubyte, not gzipped)
+ *   mobile_lenet_host classify -      raw images on stdin, 784 bytes (28x28 uint8) each
+ *       prints one line per image: the digit, the 10 logits, the 10 probabilities
+ *       (%.9g: every float32 value reads back exactly)
+ *   mobile_lenet_host serve           be the microcontroller: the serial protocol on stdin/stdout
+ *
+ * Build: cc -std=c99 -O2 -o mobile_lenet_host *.c -lm */
+#define _POSIX_C_SOURCE 200809L
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mobile_lenet.h"
+#include "mobile_lenet_serial.h"
+
+/* Classify one image and print its line: the digit, the 10 logits, the 10 probabilities. */
+static void classify_and_print(const uint8_t image[MOBILE_LENET_INPUT_SIZE])
+{
+    float logits[MOBILE_LENET_NUM_CLASSES], probs[MOBILE_LENET_NUM_CLASSES];
+    mobile_lenet_logits(image, logits);
+    mobile_lenet_softmax(logits, probs);
+    printf("%d", mobile_lenet_argmax(logits));
+    for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) printf(" %.9g", (double)logits[i]);
+    for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) printf(" %.9g", (double)probs[i]);
+    putchar('\n');
+}
+
+""" + HOST_CLASSIFY_MODE_C + r"""
 /* ------------------------------------------------------------------------------ simulated device */
 
 static uint32_t clock_ms(void)

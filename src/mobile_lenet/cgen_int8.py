@@ -24,10 +24,6 @@ Files written:
 
 from __future__ import annotations
 
-import hashlib
-import os
-import subprocess
-import tempfile
 from pathlib import Path
 from string import Template
 
@@ -198,27 +194,8 @@ def export_int8(qmodel, fmt: str, out_dir: str | Path, **options) -> list[Path]:
 # ------------------------------------------------------------------------------------------------ host build
 def build_int8_host_program(qmodel, *, sanitize: bool = False, cache: str | Path | None = None) -> Path:
     """Generate and compile the int8 host program; returns the executable (cached by a hash of sources+flags)."""
-    sources = generate_sources(qmodel)
-    cc, flags = c_engine.compiler(), c_engine.compile_flags(sanitize)
-    digest = hashlib.sha256()
-    for part in [cc, *flags] + [f"{name}\0{text}" for name, text in sorted(sources.items())]:
-        digest.update(part.encode() + b"\0")
-    folder = (Path(cache) if cache is not None else c_engine.cache_root()) / f"int8-{digest.hexdigest()[:20]}"
-    program = folder / PROGRAM_NAME
-    if program.is_file():
-        return program
-    cgen.write_sources(sources, folder)
-    c_files = sorted(str(folder / name) for name in sources if name.endswith(".c"))
-    # compile to a temporary name, then rename: another process may be building the same folder
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=PROGRAM_NAME + ".", delete=False) as tmp:
-        partial = Path(tmp.name)
-    result = subprocess.run([cc, *flags, "-o", str(partial), *c_files, "-lm"], capture_output=True, text=True)
-    if result.returncode != 0:
-        partial.unlink(missing_ok=True)
-        first_error = (result.stderr.strip().splitlines() or ["no message"])[0]
-        raise UserError(f"compiling the generated int8 C failed ({cc}): {first_error}")
-    os.replace(partial, program)
-    return program
+    return c_engine.build_cached_program(generate_sources(qmodel), PROGRAM_NAME, flavour="int8", sanitize=sanitize,
+                                         cache=cache)
 
 
 def c_int8_logits(qmodel, images: np.ndarray, **build_options) -> np.ndarray:
@@ -407,36 +384,7 @@ void mobile_lenet_logits(const uint8_t image[MOBILE_LENET_INPUT_SIZE], float log
     }
 }
 
-void mobile_lenet_softmax(const float logits[MOBILE_LENET_NUM_CLASSES], float probs[MOBILE_LENET_NUM_CLASSES])
-{
-    float largest = logits[0], sum = 0.0f;
-    for (int i = 1; i < MOBILE_LENET_NUM_CLASSES; ++i) {
-        if (logits[i] > largest) largest = logits[i];
-    }
-    for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) {
-        probs[i] = expf(logits[i] - largest);
-        sum += probs[i];
-    }
-    for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) probs[i] /= sum;
-}
-
-int mobile_lenet_argmax(const float values[MOBILE_LENET_NUM_CLASSES])
-{
-    int best = 0;
-    for (int i = 1; i < MOBILE_LENET_NUM_CLASSES; ++i) {
-        if (values[i] > values[best]) best = i;
-    }
-    return best;
-}
-
-int mobile_lenet_predict(const uint8_t image[MOBILE_LENET_INPUT_SIZE], float probs[MOBILE_LENET_NUM_CLASSES])
-{
-    float logits[MOBILE_LENET_NUM_CLASSES];
-    mobile_lenet_logits(image, logits);
-    mobile_lenet_softmax(logits, probs);
-    return mobile_lenet_argmax(logits);
-}
-"""
+""" + cgen.SOFTMAX_ARGMAX_PREDICT_C
 
 _HOST_PROGRAM = r"""/* mobile_lenet_host.c - run the generated int8 Mobile-LeNet on a computer.
  *
@@ -451,61 +399,23 @@ _HOST_PROGRAM = r"""/* mobile_lenet_host.c - run the generated int8 Mobile-LeNet
 
 #include "mobile_lenet.h"
 
-#define IDX_IMAGES_MAGIC 0x00000803u
-
-static uint32_t read_big_endian(const unsigned char bytes[4])
+/* Classify one image and print its line: the digit, the 10 int8 logits, the 10 probabilities. */
+static void classify_and_print(const uint8_t image[MOBILE_LENET_INPUT_SIZE])
 {
-    return ((uint32_t)bytes[0] << 24) | ((uint32_t)bytes[1] << 16) | ((uint32_t)bytes[2] << 8) | bytes[3];
-}
-
-/* Classify images until the end of the input (count < 0) or count images. */
-static int classify_stream(FILE *in, long count, const char *name)
-{
-    uint8_t image[MOBILE_LENET_INPUT_SIZE];
     int8_t quantized[MOBILE_LENET_NUM_CLASSES];
     float logits[MOBILE_LENET_NUM_CLASSES], probs[MOBILE_LENET_NUM_CLASSES];
-    for (long n = 0; count < 0 || n < count; ++n) {
-        const size_t got = fread(image, 1, sizeof image, in);
-        if (got == 0 && count < 0 && feof(in)) break;
-        if (got != sizeof image) {
-            fprintf(stderr, "%s: image %ld is truncated (%lu of %d bytes)\n", name, n, (unsigned long)got,
-                    MOBILE_LENET_INPUT_SIZE);
-            return 1;
-        }
-        mobile_lenet_int8_logits(image, quantized);
-        for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) {
-            logits[i] = MOBILE_LENET_LOGIT_SCALE * (float)(quantized[i] - MOBILE_LENET_LOGIT_ZERO_POINT);
-        }
-        mobile_lenet_softmax(logits, probs);
-        printf("%d", mobile_lenet_argmax(logits));
-        for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) printf(" %d", quantized[i]);
-        for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) printf(" %.9g", (double)probs[i]);
-        putchar('\n');
+    mobile_lenet_int8_logits(image, quantized);
+    for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) {
+        logits[i] = MOBILE_LENET_LOGIT_SCALE * (float)(quantized[i] - MOBILE_LENET_LOGIT_ZERO_POINT);
     }
-    return fflush(stdout) == 0 ? 0 : 1;
+    mobile_lenet_softmax(logits, probs);
+    printf("%d", mobile_lenet_argmax(logits));
+    for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) printf(" %d", quantized[i]);
+    for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) printf(" %.9g", (double)probs[i]);
+    putchar('\n');
 }
 
-static int classify_idx_file(const char *path)
-{
-    unsigned char header[16];
-    FILE *in = fopen(path, "rb");
-    int status;
-    if (in == NULL) {
-        fprintf(stderr, "%s: %s\n", path, strerror(errno));
-        return 1;
-    }
-    if (fread(header, 1, sizeof header, in) != sizeof header || read_big_endian(header) != IDX_IMAGES_MAGIC
-        || read_big_endian(header + 8) != MOBILE_LENET_INPUT_HEIGHT
-        || read_big_endian(header + 12) != MOBILE_LENET_INPUT_WIDTH) {
-        fprintf(stderr, "%s: not an IDX file of 28x28 uint8 images (gzipped files must be unpacked)\n", path);
-        fclose(in);
-        return 1;
-    }
-    status = classify_stream(in, (long)read_big_endian(header + 4), path);
-    fclose(in);
-    return status;
-}
-
+""" + cgen.HOST_CLASSIFY_MODE_C + r"""
 int main(int argc, char **argv)
 {
     if (argc == 3 && strcmp(argv[1], "classify") == 0) {
