@@ -61,14 +61,14 @@ def set_threads(threads: int = TRAIN_THREADS) -> None:
 
 
 @torch.no_grad()
-def calibrate_batchnorm(model: MobileLeNet, images: np.ndarray, chunk: int = 128) -> None:
+def calibrate_batchnorm(model: MobileLeNet, images: np.ndarray, chunk: int = 256) -> None:
     """Set every BN layer's moving mean/variance to the exact statistics of its input over ``images``.
 
     Runs the network over the whole set in inference mode, from one BN layer to the next, so each BN sees
     inputs produced with the already-calibrated BN layers before it (exactly what inference will feed it).
     Only each BN's input is kept for the whole set; the layers between two BNs run chunk by chunk, which
     keeps the work in the CPU cache. Variance is the population (biased) variance, the one BN normalizes
-    with during training; sums and sums of squares are accumulated in float64.
+    with during training; sums and sums of squares are accumulated in float64 across chunks.
     """
     was_training = model.training
     model.eval()
@@ -81,9 +81,10 @@ def calibrate_batchnorm(model: MobileLeNet, images: np.ndarray, chunk: int = 128
             pending = []
             total = sq_total = 0
             for t in x:
-                pixels = t.permute(0, 2, 3, 1).reshape(-1, t.shape[1]).double()  # (N*H*W, C), a view when NHWC
-                total = total + pixels.sum(dim=0)
-                sq_total = sq_total + (pixels * pixels).sum(dim=0)
+                pixels = t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])  # (N*H*W, C), a view when NHWC
+                # float32 sums within a chunk (at most 256 images), float64 across chunks
+                total = total + pixels.sum(dim=0).double()
+                sq_total = sq_total + (pixels * pixels).sum(dim=0).double()
             n = sum(t.shape[0] * t.shape[2] * t.shape[3] for t in x)
             mean = total / n
             module.running_mean.copy_(mean.float())
@@ -187,7 +188,7 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
                    "val_loss": val_loss, "val_accuracy": val_acc, "lr": scheduler.get_last_lr()[0],
                    "seconds": time.perf_counter() - t0}
             history.append(row)
-            if val_acc > best_val:
+            if val_acc > best_val or not len(val_split):  # without a validation split, the last epoch is best
                 best_val = val_acc
                 save_checkpoint(out_dir / "best.pt", model, epoch=epoch + 1, val_accuracy=val_acc)
             save_checkpoint(out_dir / "last.pt", model, optimizer=optimizer.state_dict(),
@@ -211,13 +212,18 @@ def finalize_checkpoints(out_dir: Path, train_split: Dataset, val_split: Dataset
     split, which is plenty to validate and pick the best epoch; the checkpoints a finished run leaves
     carry the statistics of every training image. best.pt's val_accuracy is measured again afterwards.
     """
+    calibrated = {}  # weights already calibrated -> their BN statistics (best and last are often one epoch)
     for name in ("best.pt", "last.pt"):
         state = read_checkpoint(out_dir / name)
         if state.get("bn_calibration") == "full":
             continue
-        model = MobileLeNet()
+        model = MobileLeNet().to(memory_format=torch.channels_last)
         model.load_state_dict(state["model"])
-        calibrate_batchnorm(model, train_split.images)
+        key = tuple(p.detach().numpy().tobytes() for p in model.parameters())
+        if key not in calibrated:
+            calibrate_batchnorm(model, train_split.images)
+            calibrated[key] = {k: v.clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(calibrated[key])
         extra = {k: v for k, v in state.items() if k not in ("format", "model")}
         if name == "best.pt" and len(val_split):
             extra["val_accuracy"] = loss_and_accuracy(model, val_split)[1]
