@@ -5,10 +5,10 @@ AdamW with a one-cycle learning-rate schedule (peak 1e-2) over 60 epochs of batc
 random affine distortions of the digits (``--augment``, on by default).
 
 BatchNorm: the model trains with Keras' momentum (0.99), whose moving averages lag far behind the
-weights in short runs. Before every validation and every checkpoint, ``calibrate_batchnorm`` replaces
-them with the exact mean and variance of each BN layer's input over training images (a fixed 2,048 per
-epoch; all of them for the checkpoints a finished run leaves), computed layer by layer in inference mode,
-so what we save is what the network really sees.
+weights in short runs. Before every validation, and for the checkpoints a finished or interrupted run
+leaves, ``calibrate_batchnorm`` replaces them with the exact mean and variance of each BN layer's input
+over training images (a fixed 2,048 for the per-epoch validation, all of them for the checkpoints),
+computed layer by layer in inference mode, so what we save is what the network really sees.
 """
 
 from __future__ import annotations
@@ -182,14 +182,16 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
                 correct += (logits.argmax(1) == y).sum().item()
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
             bar.close()
-            calibrate_batchnorm(model, train_split.images[:EPOCH_CALIBRATION_IMAGES])
-            val_loss, val_acc = loss_and_accuracy(model, val_split) if len(val_split) else (float("nan"), 0.0)
+            val_loss, val_acc = float("nan"), float("nan")
+            if len(val_split):  # exact statistics first, or validation would measure lagging moving averages
+                calibrate_batchnorm(model, train_split.images[:EPOCH_CALIBRATION_IMAGES])
+                val_loss, val_acc = loss_and_accuracy(model, val_split)
             row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
                    "val_loss": val_loss, "val_accuracy": val_acc, "lr": scheduler.get_last_lr()[0],
                    "seconds": time.perf_counter() - t0}
             history.append(row)
-            if val_acc > best_val or not len(val_split):  # without a validation split, the last epoch is best
-                best_val = val_acc
+            if not len(val_split) or val_acc > best_val:  # without a validation split, the last epoch is best
+                best_val = val_acc if len(val_split) else best_val
                 save_checkpoint(out_dir / "best.pt", model, epoch=epoch + 1, val_accuracy=val_acc)
             save_checkpoint(out_dir / "last.pt", model, optimizer=optimizer.state_dict(),
                             scheduler=scheduler.state_dict(), generator=generator.get_state(), epoch=epoch + 1,
@@ -199,7 +201,9 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
                 f" | val loss {val_loss:.4f} acc {val_acc:.4f} | {row['seconds']:.1f}s")
     except KeyboardInterrupt:
         done = history[-1]["epoch"] if history else 0
-        log(f"interrupted: {out_dir / 'last.pt'} holds epoch {done}; continue with --resume")
+        if done:
+            finalize_checkpoints(out_dir, train_split, val_split)
+        log(f"interrupted: {out_dir / 'last.pt'} holds epoch {done}, ready to use; continue with --resume")
         raise
     finalize_checkpoints(out_dir, train_split, val_split)
     return row
@@ -208,9 +212,10 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
 def finalize_checkpoints(out_dir: Path, train_split: Dataset, val_split: Dataset) -> None:
     """Give best.pt and last.pt BatchNorm statistics exact over the whole training split.
 
-    During training each epoch calibrates on the first EPOCH_CALIBRATION_IMAGES images of the (shuffled)
-    split, which is plenty to validate and pick the best epoch; the checkpoints a finished run leaves
-    carry the statistics of every training image. best.pt's val_accuracy is measured again afterwards.
+    During training, each epoch with a validation split calibrates on the first EPOCH_CALIBRATION_IMAGES
+    images of the (shuffled) split, which is plenty to validate and pick the best epoch; the checkpoints a
+    finished or interrupted run leaves carry the statistics of every training image. best.pt's val_accuracy
+    is measured again afterwards.
     """
     calibrated = {}  # weights already calibrated -> their BN statistics (best and last are often one epoch)
     for name in ("best.pt", "last.pt"):
