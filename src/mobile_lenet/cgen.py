@@ -292,6 +292,20 @@ int mobile_lenet_predict(const uint8_t image[MOBILE_LENET_INPUT_SIZE], float pro
 }
 """
 
+# The padding bounds of one tap, hoisted out of the kernels' inner loops: shared by the float and int8 kernels.
+INSIDE_OUTPUTS_C = r"""/* The outputs o in [*first, *end) whose input index o * stride + tap - padding lies in [0, in_size). */
+static void inside_outputs(int tap, int padding, int stride, int in_size, int out_size, int *first, int *end)
+{
+    const int offset = tap - padding; /* input index = o * stride + offset */
+    const int lo = offset < 0 ? (-offset + stride - 1) / stride : 0;
+    int hi = in_size - 1 - offset < 0 ? 0 : (in_size - 1 - offset) / stride + 1;
+    if (hi > out_size) hi = out_size;
+    *first = lo;
+    *end = hi > lo ? hi : lo;
+}
+
+"""
+
 _SOURCE_TEMPLATE = r"""/* mobile_lenet.c - Mobile-LeNet inference: kernels, activation buffers and the layer sequence.
  * $note
  *
@@ -314,79 +328,108 @@ static float activation_b[$buffer_values];
 
 /* ----------------------------------------------------------------------------------------- kernels */
 
-/* Convolution: out[co][oy][ox] = bias[co] + sum over ci, ky, kx of
- *   in[ci][oy * stride - padding + ky][ox * stride - padding + kx] * weight[co][ci][ky][kx].
- * Taps on the zero padding contribute nothing and are skipped. bias may be NULL. */
-static void conv2d(const float *in, int in_h, int in_w, int in_c,
-                   float *out, int out_h, int out_w, int out_c,
-                   int kernel, int stride, int padding, const float *weight, const float *bias)
+/* Why the kernels look like this: the obvious loop (for each output value, for each tap, skip the taps on the
+ * zero padding) tests the padding bounds in the innermost loop and walks the input with a stride, so the
+ * compiler cannot vectorize it. Here each tap (ci, ky, kx) is instead applied to a whole output plane:
+ * out += weight * (input shifted by the tap), over the outputs whose input is inside the map (the others
+ * would read zero padding, which adds nothing). The padding test is done once per tap, and the inner loop
+ * is a plain "y += a * x" over a row that the compiler turns into SIMD code. The taps are added in the same
+ * order (ci, ky, kx) as in the obvious loop, so every output is the same float32 sum, bit for bit.
+ * restrict: the planner never gives a layer overlapping input and output buffers. */
+
+""" + INSIDE_OUTPUTS_C + r"""/* One tap on one plane: out[oy][ox] += weight * in[oy * stride + ky - padding][ox * stride + kx - padding]
+ * for every output whose input is inside the in_h x in_w map. */
+static void accumulate_tap(const float *restrict in, int in_h, int in_w, float *restrict out, int out_h, int out_w,
+                           int stride, int padding, int ky, int kx, float weight)
 {
+    int y_first, y_end, x_first, x_end;
+    inside_outputs(ky, padding, stride, in_h, out_h, &y_first, &y_end);
+    inside_outputs(kx, padding, stride, in_w, out_w, &x_first, &x_end);
+    for (int oy = y_first; oy < y_end; ++oy) {
+        const float *in_row = in + (oy * stride + ky - padding) * in_w;
+        float *out_row = out + oy * out_w;
+        const int offset = kx - padding;
+        if (stride == 1) {
+            for (int ox = x_first; ox < x_end; ++ox) out_row[ox] += weight * in_row[ox + offset];
+        } else {
+            for (int ox = x_first; ox < x_end; ++ox) out_row[ox] += weight * in_row[ox * stride + offset];
+        }
+    }
+}
+
+/* Convolution: out[co][oy][ox] = bias[co] + sum over ci, ky, kx of
+ *   in[ci][oy * stride - padding + ky][ox * stride - padding + kx] * weight[co][ci][ky][kx],
+ * the sum taken in that order from 0. Taps on the zero padding contribute nothing and are skipped.
+ * bias may be NULL. A 1x1 convolution (pointwise, no padding) is the common case: one "plane += weight * plane"
+ * over the contiguous planes per (out channel, in channel). */
+static void conv2d(const float *restrict in, int in_h, int in_w, int in_c,
+                   float *restrict out, int out_h, int out_w, int out_c,
+                   int kernel, int stride, int padding, const float *restrict weight, const float *restrict bias)
+{
+    const int plane = out_h * out_w;
+    const int pointwise = kernel == 1 && stride == 1 && padding == 0 && in_h == out_h && in_w == out_w;
     for (int co = 0; co < out_c; ++co) {
-        for (int oy = 0; oy < out_h; ++oy) {
-            for (int ox = 0; ox < out_w; ++ox) {
-                float sum = 0.0f;
-                for (int ci = 0; ci < in_c; ++ci) {
-                    for (int ky = 0; ky < kernel; ++ky) {
-                        const int iy = oy * stride - padding + ky;
-                        if (iy < 0 || iy >= in_h) continue;
-                        for (int kx = 0; kx < kernel; ++kx) {
-                            const int ix = ox * stride - padding + kx;
-                            if (ix < 0 || ix >= in_w) continue;
-                            sum += in[(ci * in_h + iy) * in_w + ix]
-                                 * weight[((co * in_c + ci) * kernel + ky) * kernel + kx];
-                        }
-                    }
-                }
-                out[(co * out_h + oy) * out_w + ox] = bias != NULL ? sum + bias[co] : sum;
+        float *out_plane = out + co * plane;
+        for (int i = 0; i < plane; ++i) out_plane[i] = 0.0f;
+        for (int ci = 0; ci < in_c; ++ci) {
+            const float *in_plane = in + ci * in_h * in_w;
+            const float *taps = weight + (co * in_c + ci) * kernel * kernel;
+            if (pointwise) {
+                const float w = taps[0];
+                for (int i = 0; i < plane; ++i) out_plane[i] += w * in_plane[i];
+                continue;
             }
+            for (int ky = 0; ky < kernel; ++ky) {
+                for (int kx = 0; kx < kernel; ++kx) {
+                    accumulate_tap(in_plane, in_h, in_w, out_plane, out_h, out_w, stride, padding, ky, kx,
+                                   taps[ky * kernel + kx]);
+                }
+            }
+        }
+        if (bias != NULL) {
+            for (int i = 0; i < plane; ++i) out_plane[i] += bias[co];
         }
     }
 }
 
 /* Depthwise convolution (depth multiplier 1, no bias): each channel c is filtered by its own
- * kernel weight[c][ky][kx] only. */
-static void depthwise_conv2d(const float *in, int in_h, int in_w, int channels,
-                             float *out, int out_h, int out_w,
-                             int kernel, int stride, int padding, const float *weight)
+ * kernel weight[c][ky][kx] only, tap by tap as in conv2d. */
+static void depthwise_conv2d(const float *restrict in, int in_h, int in_w, int channels,
+                             float *restrict out, int out_h, int out_w,
+                             int kernel, int stride, int padding, const float *restrict weight)
 {
+    const int plane = out_h * out_w;
     for (int c = 0; c < channels; ++c) {
-        for (int oy = 0; oy < out_h; ++oy) {
-            for (int ox = 0; ox < out_w; ++ox) {
-                float sum = 0.0f;
-                for (int ky = 0; ky < kernel; ++ky) {
-                    const int iy = oy * stride - padding + ky;
-                    if (iy < 0 || iy >= in_h) continue;
-                    for (int kx = 0; kx < kernel; ++kx) {
-                        const int ix = ox * stride - padding + kx;
-                        if (ix < 0 || ix >= in_w) continue;
-                        sum += in[(c * in_h + iy) * in_w + ix] * weight[(c * kernel + ky) * kernel + kx];
-                    }
-                }
-                out[(c * out_h + oy) * out_w + ox] = sum;
+        float *out_plane = out + c * plane;
+        for (int i = 0; i < plane; ++i) out_plane[i] = 0.0f;
+        for (int ky = 0; ky < kernel; ++ky) {
+            for (int kx = 0; kx < kernel; ++kx) {
+                accumulate_tap(in + c * in_h * in_w, in_h, in_w, out_plane, out_h, out_w, stride, padding, ky, kx,
+                               weight[(c * kernel + ky) * kernel + kx]);
             }
         }
     }
 }
 
-/* Inference BatchNorm, in place. params: gamma[channels], beta[channels], mean[channels], variance[channels]. */
+/* Inference BatchNorm, in place. params: gamma[channels], beta[channels], mean[channels], variance[channels].
+ * The square root is taken once per channel (the same value for every element of the plane); the division
+ * stays a division, as in the reference, so the results are the same float32 numbers. */
 static void batch_norm(float *x, int channels, int plane, const float *params)
 {
     const float *gamma = params, *beta = params + channels;
     const float *mean = params + 2 * channels, *variance = params + 3 * channels;
     for (int c = 0; c < channels; ++c) {
-        for (int i = 0; i < plane; ++i) {
-            float *v = &x[c * plane + i];
-            *v = gamma[c] * (*v - mean[c]) / sqrtf(variance[c] + BN_EPSILON) + beta[c];
-        }
+        const float g = gamma[c], b = beta[c], m = mean[c], deviation = sqrtf(variance[c] + BN_EPSILON);
+        float *x_plane = x + c * plane;
+        for (int i = 0; i < plane; ++i) x_plane[i] = g * (x_plane[i] - m) / deviation + b;
     }
 }
 
-/* ReLU, in place. */
+/* ReLU, in place. Written as a select, not "if (x[i] < 0) x[i] = 0": a store under a condition keeps the
+ * compiler from vectorizing the loop, a select stores every element and becomes SIMD code. */
 static void relu(float *x, int count)
 {
-    for (int i = 0; i < count; ++i) {
-        if (x[i] < 0.0f) x[i] = 0.0f;
-    }
+    for (int i = 0; i < count; ++i) x[i] = x[i] < 0.0f ? 0.0f : x[i];
 }
 
 /* Global average pooling: out[c] = mean of in[c][.][.]. out must not overlap in (see README). */

@@ -284,56 +284,104 @@ static int8_t requantize(int32_t acc, int16_t multiplier, int shift, int32_t zer
     return (int8_t)value;
 }
 
-/* Convolution: acc[co] = bias[co] + sum over ci, ky, kx of (in - in_zp) * weight[co][ci][ky][kx], then
- * requantized with the channel's multiplier. Taps on the zero padding (real value 0) are skipped. */
-static void conv2d_int8(const int8_t *in, int in_h, int in_w, int in_c, int32_t in_zp,
-                        int8_t *out, int out_h, int out_w, int out_c,
-                        int kernel, int stride, int padding, const int8_t *weight, const int32_t *bias,
-                        const int16_t *multiplier, int shift, int32_t out_zp, int32_t low)
+/* Why the convolutions look like this: the obvious loop (for each output value, for each tap, skip the taps
+ * on the zero padding) tests the padding bounds in its innermost loop and reads the input with a stride, so
+ * the compiler cannot vectorize it. Here a run of up to ROW_CHUNK outputs of one row is accumulated in a small
+ * local int32 array, one tap (ci, ky, kx) at a time: acc[i] += (in - in_zp) * weight over the outputs whose
+ * input is inside the map (the padding taps, real value 0, are skipped once per tap, not per value). The inner
+ * loop is then a plain "y += a * x" that becomes SIMD code. Integer sums do not depend on the order: the
+ * results are the NumPy engine's, bit for bit. The array lives on the stack (ROW_CHUNK * 4 bytes). */
+#define ROW_CHUNK 32
+
+""" + cgen.INSIDE_OUTPUTS_C + r"""
+/* acc[i] += sum over ky, kx of (in[oy * stride + ky - padding][ox * stride + kx - padding] - in_zp)
+ * * taps[ky][kx], for the outputs ox = ox_begin + i, i < count, of row oy (a kernel x kernel filter on one
+ * in_h x in_w plane; taps outside the plane are zero padding and add nothing). */
+static void accumulate_row_int8(const int8_t *restrict in, int in_h, int in_w, int32_t in_zp, int out_w,
+                                const int8_t *restrict taps, int kernel, int stride, int padding,
+                                int oy, int ox_begin, int count, int32_t *restrict acc)
 {
+    for (int ky = 0; ky < kernel; ++ky) {
+        const int iy = oy * stride + ky - padding;
+        if (iy < 0 || iy >= in_h) continue;
+        for (int kx = 0; kx < kernel; ++kx) {
+            const int8_t *in_row = in + iy * in_w;
+            const int32_t w = taps[ky * kernel + kx], offset = kx - padding;
+            int first, end;
+            inside_outputs(kx, padding, stride, in_w, out_w, &first, &end);
+            if (first < ox_begin) first = ox_begin;
+            if (end > ox_begin + count) end = ox_begin + count;
+            for (int ox = first; ox < end; ++ox) {
+                acc[ox - ox_begin] += ((int32_t)in_row[ox * stride + offset] - in_zp) * w;
+            }
+        }
+    }
+}
+
+/* Convolution: acc[co] = bias[co] + sum over ci, ky, kx of (in - in_zp) * weight[co][ci][ky][kx], then
+ * requantized with the channel's multiplier. Taps on the zero padding (real value 0) are skipped. A 1x1
+ * convolution (pointwise, no padding) sums contiguous runs of the input planes directly. */
+static void conv2d_int8(const int8_t *restrict in, int in_h, int in_w, int in_c, int32_t in_zp,
+                        int8_t *restrict out, int out_h, int out_w, int out_c,
+                        int kernel, int stride, int padding, const int8_t *restrict weight,
+                        const int32_t *restrict bias, const int16_t *restrict multiplier, int shift, int32_t out_zp,
+                        int32_t low)
+{
+    const int plane = out_h * out_w, in_plane = in_h * in_w;
+    const int pointwise = kernel == 1 && stride == 1 && padding == 0 && in_h == out_h && in_w == out_w;
+    int32_t acc[ROW_CHUNK];
     for (int co = 0; co < out_c; ++co) {
-        for (int oy = 0; oy < out_h; ++oy) {
-            for (int ox = 0; ox < out_w; ++ox) {
-                int32_t acc = bias[co];
+        int8_t *out_plane = out + co * plane;
+        if (pointwise) { /* the plane as one row: runs of ROW_CHUNK consecutive values */
+            for (int begin = 0; begin < plane; begin += ROW_CHUNK) {
+                const int count = plane - begin < ROW_CHUNK ? plane - begin : ROW_CHUNK;
+                for (int i = 0; i < count; ++i) acc[i] = bias[co];
                 for (int ci = 0; ci < in_c; ++ci) {
-                    for (int ky = 0; ky < kernel; ++ky) {
-                        const int iy = oy * stride - padding + ky;
-                        if (iy < 0 || iy >= in_h) continue;
-                        for (int kx = 0; kx < kernel; ++kx) {
-                            const int ix = ox * stride - padding + kx;
-                            if (ix < 0 || ix >= in_w) continue;
-                            acc += ((int32_t)in[(ci * in_h + iy) * in_w + ix] - in_zp)
-                                 * weight[((co * in_c + ci) * kernel + ky) * kernel + kx];
-                        }
-                    }
+                    const int8_t *run = in + ci * in_plane + begin;
+                    const int32_t w = weight[co * in_c + ci];
+                    for (int i = 0; i < count; ++i) acc[i] += ((int32_t)run[i] - in_zp) * w;
                 }
-                out[(co * out_h + oy) * out_w + ox] = requantize(acc, multiplier[co], shift, out_zp, low);
+                for (int i = 0; i < count; ++i) {
+                    out_plane[begin + i] = requantize(acc[i], multiplier[co], shift, out_zp, low);
+                }
+            }
+            continue;
+        }
+        for (int oy = 0; oy < out_h; ++oy) {
+            for (int begin = 0; begin < out_w; begin += ROW_CHUNK) {
+                const int count = out_w - begin < ROW_CHUNK ? out_w - begin : ROW_CHUNK;
+                for (int i = 0; i < count; ++i) acc[i] = bias[co];
+                for (int ci = 0; ci < in_c; ++ci) {
+                    accumulate_row_int8(in + ci * in_plane, in_h, in_w, in_zp, out_w,
+                                        weight + (co * in_c + ci) * kernel * kernel, kernel, stride, padding,
+                                        oy, begin, count, acc);
+                }
+                for (int i = 0; i < count; ++i) {
+                    out_plane[oy * out_w + begin + i] = requantize(acc[i], multiplier[co], shift, out_zp, low);
+                }
             }
         }
     }
 }
 
 /* Depthwise convolution (depth multiplier 1): channel c is filtered by weight[c][ky][kx] only. */
-static void depthwise_conv2d_int8(const int8_t *in, int in_h, int in_w, int channels, int32_t in_zp,
-                                  int8_t *out, int out_h, int out_w,
-                                  int kernel, int stride, int padding, const int8_t *weight, const int32_t *bias,
-                                  const int16_t *multiplier, int shift, int32_t out_zp, int32_t low)
+static void depthwise_conv2d_int8(const int8_t *restrict in, int in_h, int in_w, int channels, int32_t in_zp,
+                                  int8_t *restrict out, int out_h, int out_w,
+                                  int kernel, int stride, int padding, const int8_t *restrict weight,
+                                  const int32_t *restrict bias, const int16_t *restrict multiplier, int shift,
+                                  int32_t out_zp, int32_t low)
 {
+    int32_t acc[ROW_CHUNK];
     for (int c = 0; c < channels; ++c) {
         for (int oy = 0; oy < out_h; ++oy) {
-            for (int ox = 0; ox < out_w; ++ox) {
-                int32_t acc = bias[c];
-                for (int ky = 0; ky < kernel; ++ky) {
-                    const int iy = oy * stride - padding + ky;
-                    if (iy < 0 || iy >= in_h) continue;
-                    for (int kx = 0; kx < kernel; ++kx) {
-                        const int ix = ox * stride - padding + kx;
-                        if (ix < 0 || ix >= in_w) continue;
-                        acc += ((int32_t)in[(c * in_h + iy) * in_w + ix] - in_zp)
-                             * weight[(c * kernel + ky) * kernel + kx];
-                    }
+            for (int begin = 0; begin < out_w; begin += ROW_CHUNK) {
+                const int count = out_w - begin < ROW_CHUNK ? out_w - begin : ROW_CHUNK;
+                for (int i = 0; i < count; ++i) acc[i] = bias[c];
+                accumulate_row_int8(in + c * in_h * in_w, in_h, in_w, in_zp, out_w, weight + c * kernel * kernel,
+                                    kernel, stride, padding, oy, begin, count, acc);
+                for (int i = 0; i < count; ++i) {
+                    out[(c * out_h + oy) * out_w + begin + i] = requantize(acc[i], multiplier[c], shift, out_zp, low);
                 }
-                out[(c * out_h + oy) * out_w + ox] = requantize(acc, multiplier[c], shift, out_zp, low);
             }
         }
     }
