@@ -26,7 +26,9 @@ from .errors import UserError
 
 PROGRAM_NAME = "mobile_lenet_host"
 # -ffp-contract=off: no fused multiply-adds, so every product is rounded to float32 as in the reference.
-OPTIMIZE_FLAGS = ("-std=c99", "-O3", "-ffp-contract=off")
+# -funroll-loops: the kernels' inner loops are short rows (7 to 28 values); unrolling them is ~7% faster on
+# the host and portable (no instruction set assumed), and it changes no result.
+OPTIMIZE_FLAGS = ("-std=c99", "-O3", "-ffp-contract=off", "-funroll-loops")
 WARNING_FLAGS = ("-Wall", "-Wextra", "-Werror", "-pedantic")
 # -O1 (after -O3, so it wins): sanitizer builds at -O3 take several times longer to compile.
 SANITIZE_FLAGS = ("-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
