@@ -72,6 +72,7 @@ def test_train_evaluate_predict(tmp_path, capsys, mnist_train, mnist_test):
     (["train", "--resume", "--out", "{empty}"], "nothing to resume"),
     (["train", "--data-dir", MNIST_10K, "--epochs", "0", "--out", "{empty}/x"], "--epochs"),
     (["evaluate", "{run}", "--data-dir", MNIST_10K, "--engine", "gpu"], "unknown engine"),
+    (["evaluate", "{run}", "--data-dir", MNIST_10K, "--limit", "-5"], "--limit"),
 ])
 def test_bad_input_gives_one_line_error(tmp_path, capsys, trained_run, argv, message):
     (tmp_path / "junk.pt").write_bytes(b"garbage")

@@ -75,7 +75,9 @@ def cmd_evaluate(args) -> int:
     quantized = is_quantized_folder(args.model)
     model = load_quantized(args.model) if quantized else load_tensors(args.model)
     test_set = load_dataset(args.dataset, args.split, args.data_dir)
-    if args.limit:
+    if args.limit is not None:
+        if args.limit < 1:
+            raise UserError("--limit must be at least 1")
         test_set.images, test_set.labels = test_set.images[:args.limit], test_set.labels[:args.limit]
     if quantized:  # an int8 model runs on the integer engines: reference (NumPy) or c
         result = evaluate_quantized(model, test_set, engine=args.engine or "reference")
