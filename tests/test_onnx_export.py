@@ -11,7 +11,7 @@ from conftest import UPSTREAM
 from mobile_lenet import noodle, onnx_export
 from mobile_lenet.cli import main
 from mobile_lenet.evaluation import engine_logits
-from mobile_lenet.reference import images_to_input
+from mobile_lenet.data import to_tensor_input
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def run_onnx(path, images: np.ndarray) -> np.ndarray:
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1  # the test machines are small and shared
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run([onnx_export.OUTPUT_NAME], {onnx_export.INPUT_NAME: images_to_input(images)})[0]
+    return session.run([onnx_export.OUTPUT_NAME], {onnx_export.INPUT_NAME: to_tensor_input(images)})[0]
 
 
 def test_the_file_is_a_valid_self_contained_model_with_a_dynamic_batch(upstream_onnx):

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import MNIST_10K, UPSTREAM
+from mobile_lenet.data import to_tensor_input
 from mobile_lenet import noodle, reference, spec
 from mobile_lenet.cli import main
 from mobile_lenet.evaluation import engine_logits
@@ -95,7 +96,7 @@ def test_every_layer_matches_the_torch_model(mnist_test):
     """Layer by layer, driven by the table, the engine computes what the PyTorch model computes."""
     tensors = noodle.read_folder(UPSTREAM / "noodle")
     images = mnist_test.images[:16]
-    x = reference.images_to_input(images)
+    x = to_tensor_input(images)
     with torch.no_grad():
         torch_outputs = from_noodle(tensors).forward_all(torch_of(x.copy()))
     for layer in spec.LAYERS:

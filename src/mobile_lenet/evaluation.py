@@ -10,6 +10,7 @@ import numpy as np
 
 from .data import Dataset
 from .errors import UserError
+from .reference import softmax  # noqa: F401  (the device's softmax; re-exported for the CLI, report and demo)
 
 ENGINES = ("torch", "reference", "c")
 
@@ -30,12 +31,6 @@ def engine_logits(engine: str, tensors: dict[str, np.ndarray], images: np.ndarra
 
         return c_logits(tensors, images)
     raise UserError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, max-subtracted as on the microcontroller."""
-    z = np.exp(logits - logits.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
 
 
 def score(predictions: np.ndarray, labels: np.ndarray, num_classes: int = 10) -> dict:

@@ -13,8 +13,7 @@ from pathlib import Path
 from .data import DataError, dataset_available_offline, download, load_dataset
 from .errors import UserError
 from .evaluation import evaluate_tensors, format_report
-from .model import to_noodle
-from .sources import load_model
+from .sources import load_tensors
 from .train import TrainConfig, train
 
 
@@ -44,13 +43,13 @@ def run_pipeline(out: Path, dataset: str = "auto", data_dir: str | None = None, 
     train(config, load_dataset(dataset, "train", data_dir), out, resume=resume, progress=progress, log=log)
 
     log("[2/4] evaluating best.pt on the test split")
-    model = load_model(out)
-    result = evaluate_tensors(to_noodle(model), load_dataset(dataset, "test", data_dir))
+    tensors = load_tensors(out)
+    result = evaluate_tensors(tensors, load_dataset(dataset, "test", data_dir))
     (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     log(format_report(result))
 
     log("[3/4] exporting")
-    for line in export_all(out, model):
+    for line in export_all(out, tensors):
         log("  " + line)
 
     from .report import build_report
@@ -59,12 +58,12 @@ def run_pipeline(out: Path, dataset: str = "auto", data_dir: str | None = None, 
     return result
 
 
-def export_all(out: Path, model) -> list[str]:
+def export_all(out: Path, tensors) -> list[str]:
     """Write every export format that the package offers next to the run; returns what was written."""
     from .export import export_model
 
     written = []
     for fmt in ("noodle", "onnx", "c"):
-        export_model(to_noodle(model), fmt, out / fmt)
+        export_model(tensors, fmt, out / fmt)
         written.append(f"{fmt}: {out / fmt}")
     return written

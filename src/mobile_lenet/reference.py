@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import spec
+from .data import to_tensor_input
 
 BATCH_SIZE = 64  # images per step: keeps the activations (25 KB per image at 28x28x8) in the CPU cache
 
@@ -117,18 +118,13 @@ def run_layer(layer: spec.Layer, x: np.ndarray, tensors: dict[str, np.ndarray]) 
     raise ValueError(f"unknown layer kind {layer.kind!r}")
 
 
-def images_to_input(images: np.ndarray) -> np.ndarray:
-    """uint8 images (N, 28, 28) -> float32 CHW input (N, 1, 28, 28), ``pixel / 255.0f``."""
-    return (np.asarray(images, dtype=np.float32) / np.float32(255.0))[:, None, :, :]
-
-
 def reference_logits(tensors: dict[str, np.ndarray], images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
     """Logits (N, 10), float32, of uint8 images (N, 28, 28) through the network given by Noodle tensors."""
     tensors = {name: np.asarray(value, dtype=np.float32).reshape(shape)
                for name, _, shape in spec.noodle_tensors() for value in [tensors[name]]}
     outputs = []
     for start in range(0, len(images), batch_size):
-        x = images_to_input(images[start:start + batch_size])
+        x = to_tensor_input(images[start:start + batch_size])  # pixel / 255.0f, CHW with C=1
         for layer in spec.LAYERS:
             x = run_layer(layer, x, tensors)
         outputs.append(x)
