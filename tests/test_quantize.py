@@ -231,7 +231,11 @@ def test_cli_quantize_then_evaluate(tmp_path, trained_run, mnist_train, mnist_te
     assert "calibrated on 100 training images" in capsys.readouterr().out
     assert main(["evaluate", str(out), "--data-dir", str(data), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["n"] == 100 and result["engine"] == "reference (int8)" and result["accuracy"] > 0.8
+    assert result["n"] == 100 and result["engine"] == "reference (int8)"
+    # The CLI's figure is the int8 engine's, computed here directly; the 3-epoch fixture scores about 0.80 on
+    # these 100 images (0.80 on one CPU, 0.81 on another), so the sanity floor keeps a wide margin above chance.
+    expected = (int8_logits(load_quantized(out), mnist_test.images[:100]).argmax(axis=1) == mnist_test.labels[:100])
+    assert result["accuracy"] == expected.mean() and result["accuracy"] > 0.5
     assert main(["evaluate", str(out), "--data-dir", str(data), "--engine", "torch"]) == 2
     assert "reference or c" in capsys.readouterr().err
     assert main(["export", str(out), "--format", "noodle", "--out", str(tmp_path / "n")]) == 2
