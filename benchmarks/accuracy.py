@@ -1,6 +1,6 @@
 """Part 1, accuracy: the default training recipe on MNIST (3 seeds) and Fashion-MNIST, and the upstream weights.
 
-* MNIST: ``TrainConfig()`` as it is in ``mobile_lenet.train`` (the recipe is whatever the defaults are when
+* MNIST: ``TrainConfig()`` as it is in ``mobile_lenet.model.training`` (the recipe is whatever the defaults are when
   the benchmark runs) on the 10,000-image MNIST training subset, scored on the official 10,000 test images
   with the run's ``best.pt`` (the epoch with the best validation accuracy, as the CLI evaluates a run).
 * Fashion-MNIST: the same recipe on all 60,000 training images. If the default number of epochs would not
@@ -31,7 +31,7 @@ QUICK = {"seeds": (0, 1), "epochs": 1, "train_images": 600, "test_images": 500}
 
 def load(name: str, split: str, data_dir: Path | None, count: int | None):
     """One split of a data set, cut to its first ``count`` images when a count is given."""
-    from mobile_lenet.data import Dataset, load_dataset
+    from mobile_lenet.model.data import Dataset, load_dataset
 
     dataset = load_dataset(name, split, data_dir)
     if count is None:
@@ -47,9 +47,9 @@ def train_and_score(config, data: dict, run_dir: Path) -> dict:
     """
     import torch
 
-    from mobile_lenet.evaluation import evaluate_tensors
-    from mobile_lenet.sources import load_tensors
-    from mobile_lenet.train import train
+    from mobile_lenet.apps.evaluation import evaluate_tensors
+    from mobile_lenet.formats.model_files import load_tensors
+    from mobile_lenet.model.training import train
 
     torch.set_num_threads(1)
     train_set = load(data["name"], "train", data["data_dir"], data["train_images"])
@@ -68,7 +68,7 @@ def train_and_score(config, data: dict, run_dir: Path) -> dict:
 def int8_accuracy(tensors, train_set, test_set) -> float:
     """Test accuracy of the int8 model quantized from ``tensors`` (calibrated on training images, as
     ``mobile-lenet quantize`` does), run by the integer-only NumPy engine."""
-    from mobile_lenet.quantize import (DEFAULT_CALIBRATION_COUNT, evaluate_quantized, pick_calibration_images,
+    from mobile_lenet.quantization.quantize import (DEFAULT_CALIBRATION_COUNT, evaluate_quantized, pick_calibration_images,
                                        quantize_model)
 
     qmodel = quantize_model(tensors, pick_calibration_images(train_set.images, DEFAULT_CALIBRATION_COUNT))
@@ -98,7 +98,7 @@ def train_all(options: Options, defaults) -> tuple[dict, dict]:
     The first batch of MNIST seeds runs first; their measured speed sets Fashion-MNIST's epochs, which then
     trains alongside the remaining seeds.
     """
-    from mobile_lenet.data import dataset_available_offline
+    from mobile_lenet.model.data import dataset_available_offline
 
     quick = options.quick
     limits = {"train_images": QUICK["train_images"] if quick else None,
@@ -146,8 +146,8 @@ def train_all(options: Options, defaults) -> tuple[dict, dict]:
 
 def upstream(options: Options) -> list[dict]:
     """The seed author's published weights on the MNIST test set, read from each published format."""
-    from mobile_lenet.evaluation import evaluate_tensors
-    from mobile_lenet.sources import load_tensors
+    from mobile_lenet.apps.evaluation import evaluate_tensors
+    from mobile_lenet.formats.model_files import load_tensors
 
     test_set = load("mnist", "test", options.mnist_dir, QUICK["test_images"] if options.quick else None)
     rows = []
@@ -164,7 +164,7 @@ def upstream(options: Options) -> list[dict]:
 
 def run(options: Options) -> dict:
     """The accuracy part: MNIST over seeds, Fashion-MNIST, upstream weights."""
-    from mobile_lenet.train import TrainConfig
+    from mobile_lenet.model.training import TrainConfig
 
     defaults = TrainConfig()
     mnist, fashion = train_all(options, defaults)

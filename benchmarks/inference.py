@@ -98,7 +98,7 @@ class Case:
 
 def torch_batch_size() -> int:
     """The batch size of the ``torch`` evaluation engine (``train.predict_logits``' default)."""
-    from mobile_lenet.train import predict_logits
+    from mobile_lenet.model.training import predict_logits
 
     return inspect.signature(predict_logits).parameters["batch_size"].default
 
@@ -107,9 +107,9 @@ def torch_cases(tensors, threads: int) -> list[Case]:
     """PyTorch: the model called on one image at a time, and the ``torch`` engine of ``evaluation``."""
     import torch
 
-    from mobile_lenet.data import to_tensor_input
-    from mobile_lenet.evaluation import engine_logits
-    from mobile_lenet.model import from_noodle
+    from mobile_lenet.model.data import to_tensor_input
+    from mobile_lenet.apps.evaluation import engine_logits
+    from mobile_lenet.model.network import from_noodle
 
     torch.set_num_threads(threads)
 
@@ -130,14 +130,14 @@ def onnx_cases(tensors, threads: int, work_dir: Path) -> list[Case]:
     """onnxruntime on the exported ONNX file, one image at a time and in batches like the torch engine's."""
     batch = torch_batch_size()
     if not module_available("onnx_export"):
-        reason = "no ONNX exporter (mobile_lenet.onnx_export) yet"
+        reason = "no ONNX exporter (mobile_lenet.formats.onnx_export) yet"
         return [Case("onnxruntime", 1, threads, unavailable=reason), Case("onnxruntime", batch, threads, unavailable=reason)]
 
     def make_session():
         import onnxruntime
 
-        from mobile_lenet.data import to_tensor_input
-        from mobile_lenet.onnx_export import write_onnx
+        from mobile_lenet.model.data import to_tensor_input
+        from mobile_lenet.formats.onnx_export import write_onnx
 
         path = write_onnx(tensors, work_dir)[0]
         options = onnxruntime.SessionOptions()
@@ -156,27 +156,28 @@ def onnx_cases(tensors, threads: int, work_dir: Path) -> list[Case]:
 
 def float_c_and_reference_cases(tensors) -> list[Case]:
     """The NumPy reference engine and the generated float32 C, through ``evaluation.engine_logits``."""
-    from mobile_lenet.evaluation import engine_logits
+    from mobile_lenet.apps.evaluation import engine_logits
 
     cases = []
     if module_available("reference"):
-        from mobile_lenet import reference
+        from mobile_lenet.engines import reference
 
         cases.append(Case("NumPy reference", reference.BATCH_SIZE, "NumPy/BLAS default",
                           make=lambda: (lambda images: engine_logits("reference", tensors, images))))
     else:
-        cases.append(Case("NumPy reference", None, "-", unavailable="no reference engine (mobile_lenet.reference) yet"))
+        cases.append(Case("NumPy reference", None, "-", unavailable="no reference engine (mobile_lenet.engines.reference) yet"))
     if module_available("c_engine"):
         cases.append(Case("generated C, float32", 1, 1, make=lambda: (lambda images: engine_logits("c", tensors, images))))
     else:
-        cases.append(Case("generated C, float32", 1, 1, unavailable="no C engine (mobile_lenet.c_engine) yet"))
+        cases.append(Case("generated C, float32", 1, 1, unavailable="no C engine (mobile_lenet.engines.host_c) yet"))
     return cases
 
 
 def int8_cases(tensors, train_images: np.ndarray, settings: dict) -> list[Case]:
     """The int8 model (post-training quantization) on its NumPy integer engine and its generated C."""
     try:
-        from mobile_lenet import qreference, quantize
+        from mobile_lenet.engines import reference_int8 as qreference
+        from mobile_lenet.quantization import quantize
     except ImportError as error:  # the int8 modules are being written
         reason = f"no int8 quantizer yet ({error})"
         return [Case("NumPy int8 reference", None, 1, unavailable=reason),
@@ -200,8 +201,8 @@ def int8_cases(tensors, train_images: np.ndarray, settings: dict) -> list[Case]:
 
 def benchmark_weights(options: Options):
     """The seed's published weights if readable, else an untrained model's (accuracy then meaningless)."""
-    from mobile_lenet.model import MobileLeNet, to_noodle
-    from mobile_lenet.sources import load_tensors
+    from mobile_lenet.model.network import MobileLeNet, to_noodle
+    from mobile_lenet.formats.model_files import load_tensors
 
     source = options.upstream_dir / "noodle"
     try:
@@ -216,8 +217,8 @@ def benchmark_weights(options: Options):
 def run(options: Options) -> dict:
     """The inference part: peak FLOP/s, then every engine on the same test images."""
     from mobile_lenet import spec
-    from mobile_lenet.data import load_dataset
-    from mobile_lenet.evaluation import engine_logits
+    from mobile_lenet.model.data import load_dataset
+    from mobile_lenet.apps.evaluation import engine_logits
 
     settings = QUICK if options.quick else FULL
     test_set = load_dataset("mnist", "test", options.mnist_dir)

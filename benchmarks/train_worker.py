@@ -1,7 +1,7 @@
 """One training run for the training-speed benchmark, in its own process: ``python -m benchmarks.train_worker``.
 
 Trains either the upstream stack (``--stack keras``: Keras 3, PyTorch backend, ``keras.Model.fit``) or our
-trainer (``--stack ours``: ``mobile_lenet.train.train`` with a ``TrainConfig``) on the same images with the
+trainer (``--stack ours``: ``mobile_lenet.model.training.train`` with a ``TrainConfig``) on the same images with the
 same batch size, number of epochs and thread count, then scores the trained model on the test images.
 Writes one JSON object to ``--result``: wall time of the whole training call, images/second, time per
 epoch and test accuracy. The parent (``benchmarks.training``) sets the thread environment variables.
@@ -22,7 +22,7 @@ import numpy as np
 
 def load_data(data_dir: str, train_limit: int | None, test_limit: int | None):
     """The training and test sets, each cut to its first ``limit`` images when a limit is given."""
-    from mobile_lenet.data import Dataset, load_dataset
+    from mobile_lenet.model.data import Dataset, load_dataset
 
     train_set, test_set = load_dataset("mnist", "train", data_dir), load_dataset("mnist", "test", data_dir)
     cut = lambda ds, n: ds if n is None else Dataset(ds.images[:n], ds.labels[:n], ds.name)  # noqa: E731
@@ -75,12 +75,12 @@ def train_ours(args, train_set, test_set) -> dict:
     import csv
     from dataclasses import asdict
 
-    from mobile_lenet.evaluation import evaluate_tensors
-    from mobile_lenet.model import from_noodle
-    from mobile_lenet.sources import load_tensors
+    from mobile_lenet.apps.evaluation import evaluate_tensors
+    from mobile_lenet.model.network import from_noodle
+    from mobile_lenet.formats.model_files import load_tensors
     import torch
 
-    from mobile_lenet.train import EPOCH_CALIBRATION_IMAGES, TrainConfig, calibrate_batchnorm, train
+    from mobile_lenet.model.training import EPOCH_CALIBRATION_IMAGES, TrainConfig, calibrate_batchnorm, train
 
     # All images train (no validation split), as Keras' fit does here; the model after the last epoch is scored.
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, augment=args.augment, val_fraction=0.0,

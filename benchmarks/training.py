@@ -70,7 +70,7 @@ def run_worker(stack: str, extra_args: list[str], options: Options, epochs: int,
 
 def run(options: Options) -> dict:
     """The training-speed part: Keras vs ours, same data, batch size, epochs and threads."""
-    from mobile_lenet.train import TrainConfig
+    from mobile_lenet.model.training import TrainConfig
 
     defaults = TrainConfig()
     epochs = QUICK["epochs"] if options.quick else EPOCHS

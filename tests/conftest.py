@@ -17,7 +17,7 @@ UPSTREAM = SHARED / "data" / "upstream-mobile-lenet"
 @pytest.fixture(scope="session")
 def mnist_test():
     """The 10,000 official MNIST test images (from ../shared/data/mnist-10k)."""
-    from mobile_lenet.data import load_dataset
+    from mobile_lenet.model.data import load_dataset
 
     return load_dataset("mnist", "test", MNIST_10K)
 
@@ -25,7 +25,7 @@ def mnist_test():
 @pytest.fixture(scope="session")
 def mnist_train():
     """The first 10,000 official MNIST training images."""
-    from mobile_lenet.data import load_dataset
+    from mobile_lenet.model.data import load_dataset
 
     return load_dataset("mnist", "train", MNIST_10K)
 
@@ -36,8 +36,8 @@ def trained_run(tmp_path_factory, mnist_train):
 
     3 epochs on 4,000 images (about 80% accurate): enough to tell engines apart on real digits, cheap enough
     to train in every test session."""
-    from mobile_lenet.data import Dataset
-    from mobile_lenet.train import TrainConfig, train
+    from mobile_lenet.model.data import Dataset
+    from mobile_lenet.model.training import TrainConfig, train
 
     out = tmp_path_factory.mktemp("trained_run")
     subset = Dataset(mnist_train.images[:4000], mnist_train.labels[:4000], "mnist-10k[:4000]")
@@ -48,14 +48,14 @@ def trained_run(tmp_path_factory, mnist_train):
 @pytest.fixture(scope="session")
 def trained_tensors(trained_run):
     """Noodle tensors of the trained_run model."""
-    from mobile_lenet.sources import load_tensors
+    from mobile_lenet.formats.model_files import load_tensors
 
     return load_tensors(trained_run / "best.pt")
 
 
 def write_idx_set(folder: Path, images: np.ndarray, labels: np.ndarray, prefix: str = "train", gz: bool = False):
     """Write a pair of IDX files the way the official MNIST files are named."""
-    from mobile_lenet.data import write_idx
+    from mobile_lenet.model.data import write_idx
 
     folder.mkdir(parents=True, exist_ok=True)
     ext = ".gz" if gz else ""

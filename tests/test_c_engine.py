@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 
 from conftest import UPSTREAM
-from mobile_lenet import c_engine
-from mobile_lenet.cli import main
-from mobile_lenet.data import write_idx
+from mobile_lenet.engines import host_c as c_engine
+from mobile_lenet.apps.cli import main
+from mobile_lenet.model.data import write_idx
 from mobile_lenet.errors import UserError
-from mobile_lenet.reference import reference_logits, softmax
+from mobile_lenet.engines.reference import reference_logits, softmax
 
 
 @pytest.fixture(scope="session")
 def upstream_tensors():
     """The seed author's trained weights (97.55% on MNIST), read from the Noodle text files."""
-    from mobile_lenet.sources import load_tensors
+    from mobile_lenet.formats.model_files import load_tensors
 
     return load_tensors(UPSTREAM / "noodle")
 

@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 
 from conftest import UPSTREAM
-from mobile_lenet import c_engine, cgen, memory, spec
-from mobile_lenet.cli import main
+from mobile_lenet.engines import host_c as c_engine
+from mobile_lenet.codegen import c_float as cgen
+from mobile_lenet.codegen import memory
+from mobile_lenet import spec
+from mobile_lenet.apps.cli import main
 from mobile_lenet.errors import UserError
-from mobile_lenet.reference import reference_logits, softmax
+from mobile_lenet.engines.reference import reference_logits, softmax
 
 STRICT_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 
@@ -21,7 +24,7 @@ STRICT_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 @pytest.fixture(scope="session")
 def upstream_tensors():
     """The seed author's trained weights (97.55% on MNIST), read from the Noodle text files."""
-    from mobile_lenet.sources import load_tensors
+    from mobile_lenet.formats.model_files import load_tensors
 
     return load_tensors(UPSTREAM / "noodle")
 

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from conftest import UPSTREAM
-from mobile_lenet import c_engine, memory
-from mobile_lenet.cgen_int8 import build_int8_host_program, c_int8_logits, generate_sources, platformio_files
-from mobile_lenet.cli import main
-from mobile_lenet.qreference import int8_logits
-from mobile_lenet.quantize import quantize_model, save_quantized
+from mobile_lenet.engines import host_c as c_engine
+from mobile_lenet.codegen import memory
+from mobile_lenet.codegen.c_int8 import build_int8_host_program, c_int8_logits, generate_sources, platformio_files
+from mobile_lenet.apps.cli import main
+from mobile_lenet.engines.reference_int8 import int8_logits
+from mobile_lenet.quantization.quantize import quantize_model, save_quantized
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 
@@ -33,7 +34,7 @@ def test_c_and_numpy_agree_bit_for_bit_on_every_test_image(qmodel, mnist_test, t
 def test_saturating_inputs_agree_under_sanitizers(tmp_path, mnist_train):
     """A freshly initialised network calibrated on a few digits, fed white squares, noise and digits:
     many values saturate at -128 / 127. ASan and UBSan find overflows and bad shifts."""
-    from mobile_lenet.model import MobileLeNet, to_noodle
+    from mobile_lenet.model.network import MobileLeNet, to_noodle
 
     import torch
 
@@ -51,7 +52,7 @@ def test_saturating_inputs_agree_under_sanitizers(tmp_path, mnist_train):
 
 @pytest.mark.skipif(not (UPSTREAM / "noodle").is_dir(), reason="no upstream model")
 def test_upstream_model_agrees_bit_for_bit(mnist_train, mnist_test, tmp_path):
-    from mobile_lenet.sources import load_tensors
+    from mobile_lenet.formats.model_files import load_tensors
 
     qmodel = quantize_model(load_tensors(UPSTREAM / "noodle"), mnist_train.images[:500])
     images = mnist_test.images[:1000]

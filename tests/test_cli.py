@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mobile_lenet.cli import main
+from mobile_lenet.apps.cli import main
 
 from conftest import MNIST_10K, write_idx_set
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mobile_lenet.data import (DataError, load_dataset, read_csv, read_folder, read_idx, read_npz,
+from mobile_lenet.model.data import (DataError, load_dataset, read_csv, read_folder, read_idx, read_npz,
                                split_validation, to_tensor_input, write_idx)
 
 from conftest import MNIST_10K, write_idx_set
@@ -165,7 +165,7 @@ def test_download_uses_cache_and_checksum(tmp_path, monkeypatch):
 
     import pooch
 
-    from mobile_lenet import data
+    from mobile_lenet.model import data
 
     monkeypatch.setenv("MOBILE_LENET_CACHE", str(tmp_path))
     folder = tmp_path / "mnist"

@@ -15,7 +15,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx.*deprecated")
     from fastapi.testclient import TestClient
 
-from mobile_lenet import demo
+from mobile_lenet.apps import demo
 from mobile_lenet.errors import UserError
 
 
@@ -59,7 +59,7 @@ def test_info_lists_the_engines_that_import(client):
 
 
 def test_pixels_of_an_mnist_digit_give_the_engine_prediction(client, mnist_test, trained_tensors):
-    from mobile_lenet.evaluation import engine_logits, softmax
+    from mobile_lenet.apps.evaluation import engine_logits, softmax
 
     digit = mnist_test.images[0]
     answer = client.post("/api/predict", json={"pixels": digit.tolist()}).json()
@@ -76,7 +76,7 @@ def test_pixels_of_an_mnist_digit_give_the_engine_prediction(client, mnist_test,
 
 
 def test_a_canvas_drawing_is_preprocessed_mnist_style(client, mnist_test):
-    from mobile_lenet.images import mnist_style
+    from mobile_lenet.model.images import mnist_style
 
     canvas = canvas_like(mnist_test.images[0])
     answer = client.post("/api/predict", json={"image": data_url(canvas), "invert": "no"}).json()
@@ -186,7 +186,7 @@ def test_no_model_and_no_default_run_is_a_clear_user_error(tmp_path, monkeypatch
 
 
 def test_cli_demo_without_a_model_says_what_to_pass(tmp_path, monkeypatch, capsys):
-    from mobile_lenet.cli import main
+    from mobile_lenet.apps.cli import main
 
     monkeypatch.chdir(tmp_path)
     assert main(["demo"]) == 2
@@ -197,7 +197,7 @@ def test_cli_demo_without_a_model_says_what_to_pass(tmp_path, monkeypatch, capsy
 def test_cli_demo_refuses_a_port_in_use(trained_run, monkeypatch, capsys):
     import socket
 
-    from mobile_lenet.cli import main
+    from mobile_lenet.apps.cli import main
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -37,7 +37,7 @@ def demo_url(trained_tensors):
     """The demo app serving the trained_run model, in a background thread."""
     import uvicorn
 
-    from mobile_lenet.demo import create_app
+    from mobile_lenet.apps.demo import create_app
 
     server = uvicorn.Server(uvicorn.Config(create_app(trained_tensors, "trained_run"), host="127.0.0.1",
                                            port=free_port(), log_level="warning"))
@@ -102,8 +102,8 @@ def wait_until_answered(page) -> dict:
 
 
 def test_drawn_digit_is_recognised_in_the_browser(page, mnist_test, trained_tensors, tmp_path):
-    from mobile_lenet.demo import decode_data_url, decode_image, to_network_input
-    from mobile_lenet.evaluation import engine_logits
+    from mobile_lenet.apps.demo import decode_data_url, decode_image, to_network_input
+    from mobile_lenet.apps.evaluation import engine_logits
 
     digit, label = mnist_test.images[DIGIT_INDEX], int(mnist_test.labels[DIGIT_INDEX])
     page.click("#clear")

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from conftest import MNIST_10K, UPSTREAM
-from mobile_lenet import c_engine
-from mobile_lenet.cli import main
-from mobile_lenet.device import DeviceError, DeviceLink, parse_reply, rotate_images, run_on_device
-from mobile_lenet.reference import reference_logits, softmax
+from mobile_lenet.engines import host_c as c_engine
+from mobile_lenet.apps.cli import main
+from mobile_lenet.apps.device import DeviceError, DeviceLink, parse_reply, rotate_images, run_on_device
+from mobile_lenet.engines.reference import reference_logits, softmax
 
 TEST_TIMEOUT_MS = 300
 
@@ -28,7 +28,7 @@ TEST_TIMEOUT_MS = 300
 @pytest.fixture(scope="session")
 def upstream_tensors():
     """The seed author's trained weights (97.55% on MNIST), read from the Noodle text files."""
-    from mobile_lenet.sources import load_tensors
+    from mobile_lenet.formats.model_files import load_tensors
 
     return load_tensors(UPSTREAM / "noodle")
 

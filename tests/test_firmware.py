@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 
 from conftest import UPSTREAM
-from mobile_lenet import cgen, firmware
-from mobile_lenet.cli import main
-from mobile_lenet.reference import reference_logits, softmax
+from mobile_lenet.codegen import c_float as cgen
+from mobile_lenet.codegen import firmware
+from mobile_lenet.apps.cli import main
+from mobile_lenet.engines.reference import reference_logits, softmax
 
 ARDUINO_H = r"""
 // Minimal host stand-in for the Arduino API that main.cpp uses.
@@ -99,7 +100,7 @@ int main(int argc, char **argv)
 @pytest.fixture(scope="session")
 def upstream_tensors():
     """The seed author's trained weights (97.55% on MNIST), read from the Noodle text files."""
-    from mobile_lenet.sources import load_tensors
+    from mobile_lenet.formats.model_files import load_tensors
 
     return load_tensors(UPSTREAM / "noodle")
 

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 
 from conftest import UPSTREAM
-from mobile_lenet import keras_import, noodle, spec
-from mobile_lenet.cli import main
+from mobile_lenet.formats import keras as keras_import
+from mobile_lenet.formats import noodle
+from mobile_lenet import spec
+from mobile_lenet.apps.cli import main
 from mobile_lenet.errors import UserError
-from mobile_lenet.sources import load_tensors
+from mobile_lenet.formats.model_files import load_tensors
 
 KERAS_FILE = UPSTREAM / "mobile-lenet-5.keras"
 

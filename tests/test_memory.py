@@ -6,8 +6,10 @@ import json
 
 import numpy as np
 
-from mobile_lenet import memory, spec
-from mobile_lenet.cli import main
+from mobile_lenet.codegen import memory
+
+from mobile_lenet import spec
+from mobile_lenet.apps.cli import main
 
 
 def test_plan_matches_the_seed_buffers():

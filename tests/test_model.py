@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mobile_lenet import spec
-from mobile_lenet.model import MobileLeNet, from_noodle, to_noodle
+from mobile_lenet.model.network import MobileLeNet, from_noodle, to_noodle
 
 
 def test_every_layer_output_shape_matches_table():

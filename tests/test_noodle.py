@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from conftest import UPSTREAM
-from mobile_lenet import noodle, spec
-from mobile_lenet.cli import main
+from mobile_lenet.formats import noodle
+from mobile_lenet import spec
+from mobile_lenet.apps.cli import main
 from mobile_lenet.errors import UserError
 
 UPSTREAM_NOODLE = UPSTREAM / "noodle"

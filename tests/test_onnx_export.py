@@ -8,10 +8,11 @@ import onnxruntime as ort
 import pytest
 
 from conftest import UPSTREAM
-from mobile_lenet import noodle, onnx_export
-from mobile_lenet.cli import main
-from mobile_lenet.evaluation import engine_logits
-from mobile_lenet.data import to_tensor_input
+from mobile_lenet.formats import noodle
+from mobile_lenet.formats import onnx_export
+from mobile_lenet.apps.cli import main
+from mobile_lenet.apps.evaluation import engine_logits
+from mobile_lenet.model.data import to_tensor_input
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The main job's choice of data set: full MNIST when at hand, else the bundled sample, offline."""
 
-from mobile_lenet import pipeline
-from mobile_lenet.data import DataError
+from mobile_lenet.apps import pipeline
+from mobile_lenet.model.data import DataError
 
 
 def test_auto_falls_back_to_the_bundled_sample_offline(monkeypatch):

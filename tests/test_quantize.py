@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from conftest import write_idx_set
-from mobile_lenet import memory
-from mobile_lenet.cli import main
+from mobile_lenet.codegen import memory
+from mobile_lenet.apps.cli import main
 from mobile_lenet.errors import UserError
-from mobile_lenet.qreference import int8_logits, requantize, rounding_right_shift
-from mobile_lenet.quantize import (FORMAT, MANIFEST_NAME, NPZ_NAME, activation_params, calibrate, fold_batchnorm,
+from mobile_lenet.engines.reference_int8 import int8_logits, requantize, rounding_right_shift
+from mobile_lenet.quantization.quantize import (FORMAT, MANIFEST_NAME, NPZ_NAME, activation_params, calibrate, fold_batchnorm,
                                    folded_logits, int8_flash_bytes, is_quantized_folder, load_quantized,
                                    quantize_model, quantize_multipliers, quantize_source, quantize_weights,
                                    save_quantized)
@@ -111,7 +111,7 @@ def qmodel(trained_tensors, mnist_train):
 
 
 def test_folding_batchnorm_preserves_the_float_model(trained_tensors, mnist_test):
-    from mobile_lenet.evaluation import engine_logits
+    from mobile_lenet.apps.evaluation import engine_logits
 
     images = mnist_test.images[:300]
     folded = fold_batchnorm(trained_tensors)
@@ -123,9 +123,9 @@ def test_folding_batchnorm_preserves_the_float_model(trained_tensors, mnist_test
 
 def test_int8_accuracy_within_0_3_points_of_float(mnist_train, mnist_test):
     """A fully trained model (the seed author's: the 3-epoch fixture model is too unsettled to quantize well)."""
-    from mobile_lenet.evaluation import engine_logits
-    from mobile_lenet.quantize import DEFAULT_CALIBRATION_COUNT, pick_calibration_images, quantized_logits
-    from mobile_lenet.sources import load_tensors
+    from mobile_lenet.apps.evaluation import engine_logits
+    from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT, pick_calibration_images, quantized_logits
+    from mobile_lenet.formats.model_files import load_tensors
 
     from conftest import UPSTREAM
 
@@ -168,8 +168,8 @@ def test_calibration_uses_only_the_training_images_the_test_writes(tmp_path, tra
 
 
 def _save_model(tmp_path, tensors):
-    from mobile_lenet.checkpoint import save_checkpoint
-    from mobile_lenet.model import from_noodle
+    from mobile_lenet.model.checkpoints import save_checkpoint
+    from mobile_lenet.model.network import from_noodle
 
     path = tmp_path / "model.pt"
     save_checkpoint(path, from_noodle(tensors))

@@ -12,12 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import MNIST_10K, UPSTREAM
-from mobile_lenet.data import to_tensor_input
-from mobile_lenet import noodle, reference, spec
-from mobile_lenet.cli import main
-from mobile_lenet.evaluation import engine_logits
-from mobile_lenet.keras_import import read_keras
-from mobile_lenet.model import from_noodle
+from mobile_lenet.model.data import to_tensor_input
+from mobile_lenet.formats import noodle
+from mobile_lenet.engines import reference
+from mobile_lenet import spec
+from mobile_lenet.apps.cli import main
+from mobile_lenet.apps.evaluation import engine_logits
+from mobile_lenet.formats.keras import read_keras
+from mobile_lenet.model.network import from_noodle
 
 MAX_LOGIT_DIFF = 1e-4
 

@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from conftest import MNIST_10K
-from mobile_lenet import report, spec
-from mobile_lenet.cli import main
+from mobile_lenet.apps import report
+from mobile_lenet import spec
+from mobile_lenet.apps.cli import main
 from mobile_lenet.errors import UserError
 
 TEST_IMAGES = 300  # a small test subset keeps the evaluation quick
@@ -73,7 +74,7 @@ def test_block_costs_are_those_of_the_architecture_table():
 
 
 def test_stage_activations_follow_the_table(trained_tensors, mnist_test):
-    from mobile_lenet.model import from_noodle
+    from mobile_lenet.model.network import from_noodle
 
     maps = report.stage_activations(from_noodle(trained_tensors), mnist_test.images[0])
     assert list(maps) == list(report.STAGES)

@@ -5,7 +5,7 @@ import re
 import pytest
 
 from mobile_lenet import spec
-from mobile_lenet.summary import summary_dict, summary_text
+from mobile_lenet.apps.summary import summary_dict, summary_text
 
 from conftest import SHARED
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from mobile_lenet.checkpoint import load_checkpoint_model, read_checkpoint, save_checkpoint
-from mobile_lenet.data import Dataset, to_tensor_input
+from mobile_lenet.model.checkpoints import load_checkpoint_model, read_checkpoint, save_checkpoint
+from mobile_lenet.model.data import Dataset, to_tensor_input
 from mobile_lenet.errors import UserError
-from mobile_lenet.model import MobileLeNet
-from mobile_lenet.train import TrainConfig, calibrate_batchnorm, loss_and_accuracy, train
+from mobile_lenet.model.network import MobileLeNet
+from mobile_lenet.model.training import TrainConfig, calibrate_batchnorm, loss_and_accuracy, train
 
 
 def synthetic_digits(n: int, seed: int = 0) -> Dataset:

@@ -1,0 +1,327 @@
+"""The ``mobile-lenet`` command: one verb, one function.
+
+Each ``cmd_*`` function below is one verb; ``build_parser`` declares its flags. Errors the user can fix
+(``UserError``) are printed as one line and exit with status 2; Ctrl-C exits with 130.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mobile_lenet.errors import UserError
+
+
+def _dataset_args(p: argparse.ArgumentParser, default: str = "mnist") -> None:
+    from mobile_lenet.model.data import DATASETS
+
+    p.add_argument("--dataset", default=default, choices=DATASETS + (("auto",) if default == "auto" else ()),
+                   help=f"named data set (default {default}); mnist-sample is bundled and works offline")
+    p.add_argument("--data-dir", help="folder with IDX files, mnist.npz or mnist_{train,test}.csv (overrides "
+                                      "the download)")
+
+
+# ------------------------------------------------------------------------------------------------ verbs
+def cmd_summary(args) -> int:
+    """Print the architecture table (or JSON) with parameters and MACs per layer."""
+    from mobile_lenet.apps.summary import summary_dict, summary_text
+
+    if args.memory:
+        from mobile_lenet.codegen.memory import memory_dict, memory_text
+
+        print(json.dumps(memory_dict(int8=args.int8), indent=2) if args.json else memory_text(int8=args.int8))
+        return 0
+    print(json.dumps(summary_dict(), indent=2) if args.json else summary_text())
+    return 0
+
+
+def cmd_train(args) -> int:
+    """Train a model into a run folder."""
+    from mobile_lenet.model.data import load_dataset
+    from mobile_lenet.model.training import TrainConfig, train
+
+    out = Path(args.out)
+    if args.resume:
+        if not (out / "config.json").is_file() or not (out / "last.pt").is_file():
+            raise UserError(f"{out}: nothing to resume (no config.json and last.pt)")
+        config = TrainConfig(**json.loads((out / "config.json").read_text()))
+        if args.epochs is not None and args.epochs != config.epochs:
+            raise UserError(f"{out} was started for {config.epochs} epochs and its learning-rate schedule is fixed "
+                            f"by that; resume without --epochs, or start a new run")
+    else:
+        if (out / "last.pt").exists():
+            raise UserError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
+        config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, augment=args.augment)
+        for name in ("epochs", "batch_size", "lr"):
+            if getattr(args, name) is not None:
+                setattr(config, name, getattr(args, name))
+    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
+        raise UserError("--epochs and --batch-size must be at least 1 and --lr positive")
+    train_set = load_dataset(config.dataset, "train", config.data_dir)
+    train(config, train_set, out, resume=args.resume, progress=not args.quiet)
+    print(f"wrote {out / 'best.pt'}, {out / 'last.pt'} and {out / 'metrics.csv'}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """Accuracy, per-class accuracy and confusion matrix of MODEL on a test set."""
+    from mobile_lenet.model.data import load_dataset
+    from mobile_lenet.apps.evaluation import evaluate_tensors, format_report
+    from mobile_lenet.quantization.quantize import evaluate_quantized, is_quantized_folder, load_quantized
+    from mobile_lenet.formats.model_files import load_tensors
+
+    quantized = is_quantized_folder(args.model)
+    model = load_quantized(args.model) if quantized else load_tensors(args.model)
+    test_set = load_dataset(args.dataset, args.split, args.data_dir)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise UserError("--limit must be at least 1")
+        test_set.images, test_set.labels = test_set.images[:args.limit], test_set.labels[:args.limit]
+    if quantized:  # an int8 model runs on the integer engines: reference (NumPy) or c
+        result = evaluate_quantized(model, test_set, engine=args.engine or "reference")
+    else:
+        result = evaluate_tensors(model, test_set, engine=args.engine or "torch")
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    """Classify image files (PNG/JPEG, any size)."""
+    import numpy as np
+
+    from mobile_lenet.apps.evaluation import engine_logits, softmax
+    from mobile_lenet.model.images import load_digit
+    from mobile_lenet.formats.model_files import load_tensors
+
+    tensors = load_tensors(args.model)
+    images = np.stack([load_digit(p, invert=args.invert) for p in args.images])
+    probs = softmax(engine_logits(args.engine, tensors, images))
+    for path, p in zip(args.images, probs):
+        if args.json:
+            print(json.dumps({"image": str(path), "digit": int(p.argmax()), "probabilities": p.tolist()}))
+        else:
+            top = " ".join(f"{d}:{p[d]:.3f}" for d in np.argsort(-p)[:3])
+            print(f"{path}: {int(p.argmax())} (p={p.max():.4f}; top {top})")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Export MODEL as Noodle weight files, ONNX, a C library or a PlatformIO project."""
+    from mobile_lenet.apps.export import export_model
+    from mobile_lenet.formats.model_files import load_tensors
+
+    options = {"int8": True} if args.int8 else {}  # only formats that support int8 see the option
+    if args.int8:  # the int8 generators take a quantized model folder (``mobile-lenet quantize``)
+        from mobile_lenet.quantization.quantize import load_quantized
+
+        model = load_quantized(args.model)
+    else:
+        model = load_tensors(args.model)
+    written = export_model(model, args.format, args.out, **options)
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def cmd_import(args) -> int:
+    """Convert a folder of Noodle files or a Keras .keras file into a checkpoint."""
+    from mobile_lenet.model.checkpoints import save_checkpoint
+    from mobile_lenet.model.network import from_noodle
+    from mobile_lenet.formats.model_files import load_tensors
+
+    if Path(args.out).is_dir():
+        raise UserError(f"{args.out}: is a folder; --out names the checkpoint file to write")
+    save_checkpoint(args.out, from_noodle(load_tensors(args.source)), imported_from=str(args.source))
+    print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    """Quantize MODEL to int8 (BatchNorm folded, calibrated on training images) into a model folder."""
+    from mobile_lenet.quantization.quantize import quantize_source
+
+    qmodel = quantize_source(args.model, args.calibration_data, args.data_dir, args.calibration_count, args.out)
+    print(f"wrote {args.out}: {len(qmodel.layers)} int8 layers, calibrated on "
+          f"{qmodel.metadata['calibration']['count']} training images of {args.calibration_data}")
+    return 0
+
+
+def cmd_pipeline(args) -> int:
+    """The main job: train, evaluate on the test split, export the weights, all into one folder."""
+    from mobile_lenet.apps.pipeline import run_pipeline
+
+    run_pipeline(out=Path(args.out), dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
+                 seed=args.seed, progress=not args.quiet)
+    return 0
+
+
+def cmd_device(args) -> int:
+    """Classify test images on a board running the exported firmware: accuracy and on-device latency."""
+    from mobile_lenet.model.data import load_dataset
+    from mobile_lenet.apps.device import DeviceLink, format_report, rotate_images, run_on_device
+
+    if args.count < 1 or args.timeout <= 0:
+        raise UserError("--count must be at least 1 and --timeout positive")
+    test_set = load_dataset(args.dataset, "test", args.data_dir)
+    images, labels = rotate_images(test_set.images[:args.count], args.rotate), test_set.labels[:args.count]
+    with DeviceLink.open(args.port, timeout=args.timeout) as link:
+        result = run_on_device(link, images, labels, progress=not args.quiet and not args.json)
+    if args.model:
+        from mobile_lenet.apps.evaluation import engine_logits
+        from mobile_lenet.formats.model_files import load_tensors
+
+        host_digits = engine_logits("reference", load_tensors(args.model), images).argmax(axis=1)
+        result.update(agreement=int((host_digits == result["predictions"]).sum()), agreement_engine="reference")
+    result.update(dataset=test_set.name, rotate=args.rotate)
+    print(json.dumps(result) if args.json else format_report(result))
+    return 0
+
+
+def cmd_report(args) -> int:
+    """Write an HTML report of a training run: curves, confusion matrix, mistakes, costs, feature maps."""
+    from mobile_lenet.apps.report import build_report
+
+    html_path = build_report(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, out=args.out,
+                             limit=args.limit)
+    print(f"wrote {html_path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Serve the browser demo: draw a digit, see the probabilities and the activations of each stage."""
+    from mobile_lenet.apps.demo import serve
+
+    serve(model=args.model, host=args.host, port=args.port)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ parser
+def build_parser() -> argparse.ArgumentParser:
+    from mobile_lenet.model.data import DATASETS
+    from mobile_lenet.model.training import TrainConfig
+
+    defaults = TrainConfig()
+
+    parser = argparse.ArgumentParser(prog="mobile-lenet", description="Mobile-LeNet from training to microcontroller.")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    p = sub.add_parser("summary", help="print the architecture table with parameters and MACs")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--memory", action="store_true", help="flash and RAM of the microcontroller plan")
+    p.add_argument("--int8", action="store_true", help="with --memory: the int8 plan next to float")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("train", help="train a model into a run folder")
+    _dataset_args(p)
+    p.add_argument("--out", required=True, help="run folder (config.json, metrics.csv, best.pt, last.pt)")
+    p.add_argument("--epochs", type=int, help=f"number of epochs (default {defaults.epochs})")
+    p.add_argument("--batch-size", type=int, help=f"batch size (default {defaults.batch_size})")
+    p.add_argument("--lr", type=float, help=f"peak learning rate of the one-cycle schedule (default {defaults.lr:g})")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same weights")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="random affine distortions of the training digits (default on)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy and confusion matrix of a model on a test set")
+    p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files, .keras file, or a "
+                                 "quantized model folder (mobile-lenet quantize)")
+    _dataset_args(p)
+    p.add_argument("--split", default="test", choices=("train", "test"), help="which split (default test)")
+    p.add_argument("--engine", help="torch (default), reference (NumPy) or c (generated C on the host); "
+                                    "a quantized model: reference (default, integer NumPy) or c (int8 C)")
+    p.add_argument("--limit", type=int, help="only the first N images")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify PNG/JPEG images of digits")
+    p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files or .keras file")
+    p.add_argument("images", nargs="+", help="image files, any size")
+    p.add_argument("--invert", default="auto", choices=("auto", "yes", "no"),
+                   help="dark digit on light background? auto looks at the border (default)")
+    p.add_argument("--engine", default="torch", help="torch, reference or c")
+    p.add_argument("--json", action="store_true", help="one JSON line per image")
+    p.set_defaults(func=cmd_predict)
+
+    from mobile_lenet.apps.export import FORMATS as EXPORT_FORMATS
+
+    p = sub.add_parser("export", help="export a model: Noodle weight files, ONNX, C library or PlatformIO project")
+    p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files or .keras file")
+    p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="what to write")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--int8", action="store_true", help="int8 C (formats c and platformio); MODEL is then a "
+                                                       "quantized model folder (mobile-lenet quantize)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="convert a folder of Noodle files or a .keras file into a checkpoint")
+    p.add_argument("source", help="folder of Noodle files (.txt, .bin or .h) or Keras .keras file")
+    p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
+    p.set_defaults(func=cmd_import)
+
+    from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT
+
+    p = sub.add_parser("quantize", help="int8 quantization: fold BatchNorm, calibrate on training images")
+    p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files or .keras file")
+    p.add_argument("--calibration-data", required=True, choices=DATASETS,
+                   help="data set whose TRAINING images calibrate the activation ranges")
+    p.add_argument("--data-dir", help="folder with the data set's files (overrides the download)")
+    p.add_argument("--calibration-count", type=int, default=DEFAULT_CALIBRATION_COUNT,
+                   help=f"training images used (default {DEFAULT_CALIBRATION_COUNT}, drawn with a fixed seed)")
+    p.add_argument("--out", required=True, help="output folder (int8_tensors.npz and manifest.json)")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("pipeline", help="the main job: train, evaluate, export and report into one folder")
+    _dataset_args(p, default="auto")
+    p.add_argument("--out", default="runs/main", help="output folder (default runs/main)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs, help=f"training epochs (default {defaults.epochs})")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("device", help="classify test images on a board over its serial port")
+    p.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0 or COM3")
+    _dataset_args(p)
+    p.add_argument("--count", type=int, default=100, help="number of test images to send (default 100)")
+    p.add_argument("--rotate", type=float, default=0.0, help="rotate the images by DEG degrees first (default 0)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for READY or a reply (default 5)")
+    p.add_argument("--model", help="also classify the images on the host with MODEL (reference engine) and "
+                                   "report how often the board agrees")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_device)
+
+    p = sub.add_parser("report", help="HTML report of a training run, with plots")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder (config.json, metrics.csv, best.pt)")
+    p.add_argument("--dataset", choices=DATASETS, help="test set to evaluate on (default: the run's)")
+    p.add_argument("--data-dir", help="folder with the test files (default: the run's)")
+    p.add_argument("--out", help="HTML file to write; the PNGs go beside it (default RUN_DIR/report/index.html)")
+    p.add_argument("--limit", type=int, help="only the first N test images (quicker)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("demo", help="browser demo: draw a digit and watch the network classify it")
+    p.add_argument("--model", help="checkpoint, run folder, Noodle folder or .keras file (default runs/main)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"mobile-lenet: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mobile-lenet: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,315 @@
+"""``mobile-lenet demo``: a local web page to draw a digit and watch Mobile-LeNet classify it.
+
+The page (``demo_static/``) has a large drawing canvas (mouse, pen or finger), an image upload, a choice
+of engine, the class probabilities, the 28x28 image the network really sees and the activations after
+each stage. It talks to one JSON endpoint, ``POST /api/predict``.
+
+How a drawing becomes a network input
+-------------------------------------
+MNIST digits were made by scaling each digit to fit a 20x20 box (keeping its aspect ratio) and placing it
+in a 28x28 image so that its centre of mass sits at the centre. A digit drawn on a 280x280 canvas is
+nothing like that: it can be anywhere, of any size, with strokes of any width. So the server does not
+merely shrink the canvas: it runs ``images.mnist_style`` on the raw canvas pixels (crop to the ink,
+scale into 20x20 with a Lanczos filter, which is also the downsampling, centre by mass in 28x28). Only
+then do hand-drawn digits look like the training digits, and get recognised as well.
+
+Requests (at most ``MAX_BODY_BYTES``; everything else gets a 4xx with ``{"error": "..."}``):
+
+* ``application/json``: ``{"image": "data:image/png;base64,..."}`` (what the page sends: the canvas as
+  PNG) or ``{"pixels": [[0..255, ...], ...]}`` (grayscale rows, white digit on black), optionally with
+  ``"engine"`` (see ``GET /api/info``) and ``"invert"`` (``auto`` | ``yes`` | ``no``, as for
+  ``mobile-lenet predict``: auto inverts dark digits on light paper).
+* an image file as the body (``image/png``, ``image/jpeg``, ...), with ``?engine=`` and ``?invert=``.
+
+The answer: ``prediction``, ``probabilities`` (10), ``input`` (the 28x28 network input), ``blank`` (no
+ink at all) and ``stages``: for the stem and B1..B6, the output shape and a PNG mosaic of all channels.
+Probabilities come from the chosen engine; the activations always come from the PyTorch model
+(``forward_all``), which computes the same network.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib
+import io
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+from mobile_lenet import spec
+from mobile_lenet.errors import UserError
+from mobile_lenet.model.images import SIZE, looks_dark_on_light, mnist_style
+from mobile_lenet.apps.report import STAGES, stage_activations
+
+STATIC_DIR = Path(__file__).with_name("demo_static")
+DEFAULT_MODEL = Path("runs") / "main" / "best.pt"  # what the main job (`mobile-lenet pipeline`) writes
+MAX_BODY_BYTES = 2 * 1024 * 1024  # a 280x280 canvas PNG is ~10 kB; photos from a phone fit too
+MAX_IMAGE_SIDE = 4096  # checked before decoding, so a tiny PNG cannot unpack into gigabytes
+MAX_PIXEL_ROWS = 1024  # for {"pixels": ...}: at most 1024x1024 values
+MOSAIC_COLUMNS = 8  # channels per row in an activation mosaic
+# Which demo engine needs which module: listed only when the module imports (it may not exist yet).
+ENGINE_MODULES = {"torch": "mobile_lenet.model.network", "reference": "mobile_lenet.engines.reference",
+                  "c": "mobile_lenet.engines.host_c"}
+
+
+class RequestError(Exception):
+    """A bad request: answered with ``status`` and ``{"error": message}``, the server carries on."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+# ------------------------------------------------------------------------------------------------ engines, model
+def available_engines() -> list[str]:
+    """The engines whose modules import in this installation (torch always)."""
+    engines = []
+    for engine, module in ENGINE_MODULES.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+        engines.append(engine)
+    return engines
+
+
+def resolve_model(model: str | os.PathLike | None) -> Path:
+    """The MODEL to serve: the one given, else the main job's runs/main/best.pt, else a clear UserError."""
+    if model:
+        return Path(model)
+    if DEFAULT_MODEL.is_file():
+        return DEFAULT_MODEL
+    raise UserError(f"no model to serve: {DEFAULT_MODEL} does not exist here. Run the main job first "
+                    "(`mobile-lenet pipeline`, which trains into runs/main), or pass --model with a run folder, "
+                    "a checkpoint (.pt), a folder of Noodle files or a .keras file")
+
+
+# ------------------------------------------------------------------------------------------------ decoding
+def decode_image(data: bytes) -> np.ndarray:
+    """Image file bytes (PNG, JPEG, ...) -> grayscale uint8 array; RequestError if it is not one."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if max(width, height) > MAX_IMAGE_SIDE:
+                raise RequestError(413, f"image is {width}x{height}; at most {MAX_IMAGE_SIDE} pixels a side")
+            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+                # Transparent pixels count as background: flatten onto black (the canvas' background).
+                img = Image.alpha_composite(Image.new("RGBA", img.size, "black"), img.convert("RGBA"))
+            return np.asarray(img.convert("L"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise RequestError(400, f"not a readable image ({type(e).__name__})") from None
+
+
+def decode_data_url(text: object) -> bytes:
+    """The bytes of a ``data:image/...;base64,...`` URL (plain base64 is accepted too)."""
+    if not isinstance(text, str) or not text:
+        raise RequestError(400, '"image" must be a data URL string such as "data:image/png;base64,..."')
+    if text.startswith("data:"):
+        header, _, text = text.partition(",")
+        if not header.endswith(";base64"):
+            raise RequestError(400, '"image" data URL must be base64-encoded ("data:image/png;base64,...")')
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(400, '"image" is not valid base64') from None
+
+
+def decode_pixels(rows: object) -> np.ndarray:
+    """``[[0..255, ...], ...]`` -> grayscale uint8 array; RequestError naming what is wrong."""
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, list) for r in rows):
+        raise RequestError(400, '"pixels" must be a non-empty list of rows (lists of numbers 0..255)')
+    if len(rows) > MAX_PIXEL_ROWS or any(len(r) > MAX_PIXEL_ROWS for r in rows):
+        raise RequestError(413, f'"pixels" may have at most {MAX_PIXEL_ROWS} rows of {MAX_PIXEL_ROWS} values')
+    if len({len(r) for r in rows}) != 1 or not rows[0]:
+        raise RequestError(400, '"pixels" rows must all have the same, non-zero length')
+    try:
+        values = np.array(rows, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise RequestError(400, '"pixels" must hold numbers only') from None
+    if not np.isfinite(values).all() or values.min() < 0 or values.max() > 255:
+        raise RequestError(400, '"pixels" values must be numbers from 0 to 255')
+    return np.round(values).astype(np.uint8)
+
+
+def to_network_input(gray: np.ndarray, invert: str = "auto") -> np.ndarray:
+    """Grayscale picture -> the 28x28 uint8 network input, MNIST style (see the module docstring).
+
+    Same rule as ``images.load_digit``: invert dark-on-light pictures (``auto`` looks at the border), keep
+    a 28x28 picture as it is (it is an MNIST digit already), and pass anything else through ``mnist_style``.
+    """
+    if invert not in ("auto", "yes", "no"):
+        raise RequestError(400, f'"invert" must be auto, yes or no, not {invert!r}')
+    if invert == "yes" or (invert == "auto" and looks_dark_on_light(gray)):
+        gray = 255 - gray
+    if gray.shape == (SIZE, SIZE):
+        return gray.copy()
+    return mnist_style(gray)
+
+
+def parse_request(body: bytes, content_type: str, query: dict) -> tuple[np.ndarray, str, str]:
+    """Request body -> (grayscale picture, engine, invert), or RequestError."""
+    if not body:
+        raise RequestError(400, 'empty request body: send JSON {"image": "data:image/png;base64,..."} or '
+                                '{"pixels": [[...], ...]}, or an image file')
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type == "application/json":
+        try:
+            payload = json.loads(body)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise RequestError(400, f"body is not valid JSON ({e})") from None
+        if not isinstance(payload, dict):
+            raise RequestError(400, 'JSON body must be an object with "image" or "pixels"')
+        if ("image" in payload) == ("pixels" in payload):
+            raise RequestError(400, 'JSON body needs exactly one of "image" (a data URL) and "pixels" (rows)')
+        gray = (decode_image(decode_data_url(payload["image"])) if "image" in payload
+                else decode_pixels(payload["pixels"]))
+        return gray, payload.get("engine", "torch"), payload.get("invert", "auto")
+    if media_type.startswith("image/") or media_type == "application/octet-stream":
+        return decode_image(body), query.get("engine", "torch"), query.get("invert", "auto")
+    raise RequestError(415, f"unsupported Content-Type {media_type or '(none)'!r}: send application/json or "
+                            "an image (image/png, image/jpeg, ...)")
+
+
+# ------------------------------------------------------------------------------------------------ answers
+def activation_mosaic(maps: np.ndarray) -> str:
+    """All channels (C, H, W) of one stage as a PNG data URL: a grid of MOSAIC_COLUMNS maps a row.
+
+    Each map is scaled to its own maximum (ReLU outputs differ in range from channel to channel) and
+    coloured with matplotlib's "inferno" map, as in the report; 1-pixel gaps separate the maps.
+    """
+    from matplotlib import colormaps
+    from PIL import Image
+
+    channels, height, width = maps.shape
+    rows = -(-channels // MOSAIC_COLUMNS)
+    mosaic = np.full((rows * (height + 1) - 1, MOSAIC_COLUMNS * (width + 1) - 1), np.nan)
+    for c, feature_map in enumerate(maps):
+        top, left = (c // MOSAIC_COLUMNS) * (height + 1), (c % MOSAIC_COLUMNS) * (width + 1)
+        mosaic[top:top + height, left:left + width] = feature_map / max(float(feature_map.max()), 1e-6)
+    rgba = colormaps["inferno"](np.nan_to_num(mosaic), bytes=True)
+    rgba[np.isnan(mosaic)] = (255, 255, 255, 255)  # the gaps
+    buffer = io.BytesIO()
+    Image.fromarray(rgba[..., :3]).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class DemoModel:
+    """The served weights: Noodle tensors for the engines plus a PyTorch model for the activations."""
+
+    def __init__(self, tensors: dict[str, np.ndarray], label: str):
+        from mobile_lenet.model.network import from_noodle
+
+        self.tensors, self.label = tensors, label
+        self.torch_model = from_noodle(tensors)
+        self.engines = available_engines()
+
+    def predict(self, image: np.ndarray, engine: str = "torch") -> dict:
+        """Probabilities, prediction and per-stage activations of one 28x28 uint8 network input."""
+        from mobile_lenet.apps.evaluation import engine_logits, softmax
+
+        if engine not in self.engines:
+            raise RequestError(400, f"unknown engine {engine!r} (available: {', '.join(self.engines)})")
+        try:
+            probabilities = softmax(engine_logits(engine, self.tensors, image[None]).astype(np.float64))[0]
+        except UserError as e:
+            raise RequestError(503, f"engine {engine} failed: {e}") from None
+        stages = [{"name": stage, "shape": [maps.shape[1], maps.shape[2], maps.shape[0]],
+                   "image": activation_mosaic(maps)}
+                  for stage, maps in stage_activations(self.torch_model, image).items()]
+        return {"engine": engine, "prediction": int(probabilities.argmax()),
+                "probabilities": [float(p) for p in probabilities], "blank": not image.any(),
+                "input": image.tolist(), "stages": stages}
+
+
+# ------------------------------------------------------------------------------------------------ web app
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refusing (413) anything over ``limit`` bytes without reading it all."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"request body of {int(declared):,} bytes is too large (limit {limit:,})")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # a chunked upload without Content-Length
+            raise RequestError(413, f"request body is too large (limit {limit:,} bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(tensors: dict[str, np.ndarray], label: str = "model") -> FastAPI:
+    """The FastAPI application serving the page, ``GET /api/info`` and ``POST /api/predict``."""
+    demo_model = DemoModel(tensors, label)
+    app = FastAPI(title="Mobile-LeNet demo", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.demo_model = demo_model
+
+    @app.exception_handler(RequestError)
+    async def request_error(_request, error: RequestError):
+        return JSONResponse({"error": error.message}, status_code=error.status)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_request, error: Exception):
+        # Still JSON, so the page can show it; the server itself carries on.
+        return JSONResponse({"error": f"internal error: {type(error).__name__}: {error}"}, status_code=500)
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    @app.get("/api/info")
+    def info():
+        return {"model": demo_model.label, "engines": demo_model.engines, "classes": spec.NUM_CLASSES,
+                "stages": list(STAGES),
+                "max_body_bytes": MAX_BODY_BYTES}
+
+    @app.post("/api/predict")
+    async def predict(request: Request):
+        body = await read_body(request)
+        gray, engine, invert = parse_request(body, request.headers.get("content-type", ""),
+                                             dict(request.query_params))
+        image = to_network_input(gray, invert)
+        # The network runs in a worker thread so a slow engine does not block other requests.
+        return await run_in_threadpool(demo_model.predict, image, engine)
+
+    return app
+
+
+def port_is_free(host: str, port: int) -> bool:
+    """True if ``host:port`` can be bound now (so we can fail with one clear line instead of a traceback)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Load MODEL (default runs/main/best.pt) and serve the demo until Ctrl-C."""
+    import uvicorn
+
+    from mobile_lenet.formats.model_files import load_tensors
+
+    source = resolve_model(model)
+    tensors = load_tensors(source)
+    if not 0 < port < 65536:
+        raise UserError(f"--port must be between 1 and 65535, not {port}")
+    if not port_is_free(host, port):
+        raise UserError(f"cannot listen on {host}:{port} (in use, or not an address of this machine); "
+                        "choose another --port or --host")
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: listening on {host}: anyone who can reach this address can use the demo")
+    shown_host = f"[{host}]" if ":" in host else host
+    print(f"serving {source} at http://{shown_host}:{port}/ (Ctrl-C to stop)")
+    uvicorn.run(create_app(tensors, label=str(source)), host=host, port=port, log_level="warning")

@@ -1,0 +1,69 @@
+"""The main job, ``mobile-lenet pipeline``: train, evaluate, export and report, in one folder.
+
+With ``--dataset auto`` (the default) it uses full MNIST when it is at hand (``--data-dir``, the download
+cache, or a download that works) and otherwise the bundled sample, so it runs offline out of the box.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from mobile_lenet.model.data import DataError, dataset_available_offline, download, load_dataset
+from mobile_lenet.errors import UserError
+from mobile_lenet.apps.evaluation import evaluate_tensors, format_report
+from mobile_lenet.formats.model_files import load_tensors
+from mobile_lenet.model.training import TrainConfig, train
+
+
+def resolve_dataset(dataset: str, data_dir: str | None, log=print) -> str:
+    """Pick the data set for ``auto``: MNIST if available or downloadable, else the bundled sample."""
+    if dataset != "auto" or data_dir:
+        return "mnist" if dataset == "auto" else dataset
+    if dataset_available_offline("mnist"):
+        return "mnist"
+    try:
+        download("mnist")
+        return "mnist"
+    except DataError as e:
+        log(f"full MNIST is not at hand ({e}); using the bundled mnist-sample instead")
+        return "mnist-sample"
+
+
+def run_pipeline(out: Path, dataset: str = "auto", data_dir: str | None = None, epochs: int = TrainConfig.epochs, seed: int = 0,
+                 progress: bool = True, log=print) -> dict:
+    """Train into ``out``, evaluate best.pt on the test split, export it, write the report; returns the evaluation."""
+    dataset = resolve_dataset(dataset, data_dir, log)
+    config = TrainConfig(dataset=dataset, data_dir=data_dir, epochs=epochs, seed=seed)
+    log(f"[1/4] training on {dataset}{' from ' + data_dir if data_dir else ''} for {epochs} epochs -> {out}")
+    resume = (out / "last.pt").is_file()
+    if resume and json.loads((out / "config.json").read_text()) != asdict(config):
+        raise UserError(f"{out}: holds a run with other settings; choose another --out")
+    train(config, load_dataset(dataset, "train", data_dir), out, resume=resume, progress=progress, log=log)
+
+    log("[2/4] evaluating best.pt on the test split")
+    tensors = load_tensors(out)
+    result = evaluate_tensors(tensors, load_dataset(dataset, "test", data_dir))
+    (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
+    log(format_report(result))
+
+    log("[3/4] exporting")
+    for line in export_all(out, tensors):
+        log("  " + line)
+
+    from mobile_lenet.apps.report import build_report
+
+    log(f"[4/4] report: {build_report(out, dataset=dataset, data_dir=data_dir)}")
+    return result
+
+
+def export_all(out: Path, tensors) -> list[str]:
+    """Write every export format that the package offers next to the run; returns what was written."""
+    from mobile_lenet.apps.export import export_model
+
+    written = []
+    for fmt in ("noodle", "onnx", "c"):
+        export_model(tensors, fmt, out / fmt)
+        written.append(f"{fmt}: {out / fmt}")
+    return written

@@ -1,0 +1,32 @@
+"""``mobile-lenet summary``: the architecture table with parameters and MACs per layer."""
+
+from __future__ import annotations
+
+from mobile_lenet import spec
+
+
+def shape_text(shape: tuple) -> str:
+    return "x".join(str(d) for d in shape)
+
+
+def summary_dict() -> dict:
+    """The table and totals as plain data (what ``summary --json`` prints)."""
+    return {"layers": [layer.to_dict() for layer in spec.LAYERS], "totals": spec.totals()}
+
+
+def summary_text() -> str:
+    """The seed's table, plus kernel/stride/padding and MACs per layer, as aligned text."""
+    header = f"{'#':>3}  {'layer':<14} {'type':<22} {'K/S/P':<7} {'output':<9} {'params':>7} {'MACs':>8}  files"
+    lines = [header, "-" * len(header)]
+    for layer in spec.LAYERS:
+        ksp = f"{layer.kernel}/{layer.stride}/{layer.padding}" if layer.kind in ("conv", "dwconv") else ""
+        if layer.kind == "pad":
+            ksp = f"-/-/{layer.padding}"
+        lines.append(f"{layer.index:>3}  {layer.name:<14} {layer.keras_type:<22} {ksp:<7} "
+                     f"{shape_text(layer.out_shape):<9} {layer.params:>7,} {layer.macs:>8,}  "
+                     f"{', '.join(layer.files) or '-'}")
+    t = spec.totals()
+    lines += ["-" * len(header),
+              f"Total params: {t['total_params']:,}  Trainable: {t['trainable_params']:,}  "
+              f"Non-trainable: {t['non_trainable_params']:,}  MACs per image: {t['macs']:,}"]
+    return "\n".join(lines)

@@ -1,0 +1,209 @@
+"""The microcontroller's memory plan: where every activation lives, and what the weights cost in flash.
+
+The plan is what the C generator (``cgen``) emits and what ``mobile-lenet summary --memory`` prints, so the
+report and the code cannot disagree. It follows the seed's program:
+
+* Two ping-pong buffers (``A`` and ``B``), each sized for the largest activation the network stores.
+  A convolution, the GAP and the dense layer read one buffer and write the other; BatchNorm and ReLU work
+  in place.
+* A ``ZeroPadding2D`` row is never stored: the convolution after it reads the unpadded input and treats
+  the missing border as zeros (the same sums, and it keeps the 30x30x8 padded map out of RAM).
+* GAP writes into the *other* buffer. Averaging in place, as the upstream Noodle library does, overwrites
+  channel 0's plane with the averages of channels 1..23 before channel 0 is averaged (NOODLE_FORMAT.md).
+
+``plan()`` builds the float32 plan; ``int8_plan`` the int8 one, with the same buffers and steps at one byte per
+activation and the int8 model's weight bytes (``quantize.int8_flash_bytes``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mobile_lenet import spec
+from mobile_lenet.errors import UserError
+
+FLOAT32 = "float32"
+BUFFERS = ("A", "B")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One layer of the plan: which buffer it reads, which it writes, and what it stores or reads from flash."""
+
+    layer: spec.Layer
+    source: str  # "A" or "B" (the image is converted to floats into A before the first layer)
+    target: str  # "A" or "B"; the same as source for in-place layers
+    input_shape: tuple  # (H, W, C) of the input as stored in the source buffer (before any folded padding)
+    padding: int  # zero padding the convolution applies itself (including a folded ZeroPadding2D row)
+    stored: bool  # False for a ZeroPadding2D row folded into the next convolution
+    activation_values: int  # values this layer's output occupies in its buffer (0 if not stored)
+    live_values: int  # values live in RAM while the layer runs (input plus output unless in place)
+    weight_values: int  # values of the weight files this layer reads
+
+    @property
+    def in_place(self) -> bool:
+        return self.source == self.target
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The whole activation plan for one value type."""
+
+    precision: str
+    bytes_per_value: int
+    steps: tuple
+    buffer_values: int  # size of each ping-pong buffer, in values
+
+    @property
+    def buffer_bytes(self) -> int:
+        return self.buffer_values * self.bytes_per_value
+
+    @property
+    def ram_bytes(self) -> int:
+        """Static activation RAM: both ping-pong buffers."""
+        return len(BUFFERS) * self.buffer_bytes
+
+    @property
+    def flash_bytes(self) -> int:
+        """Bytes of all weight arrays (what the model costs in flash, code excluded)."""
+        return sum(step.weight_values for step in self.steps) * self.bytes_per_value
+
+    @property
+    def result_buffer(self) -> str:
+        """The buffer that holds the logits when the last layer is done."""
+        return self.steps[-1].target
+
+
+def weight_values(layer: spec.Layer) -> int:
+    """Number of values in the weight files of ``layer`` (kernel, bias or BatchNorm parameters)."""
+    shapes = {name: shape for name, _, shape in spec.noodle_tensors()}
+    return sum(int(np.prod(shapes[f])) for f in layer.files)
+
+
+def _values(shape: tuple) -> int:
+    return int(np.prod(shape))
+
+
+def plan(precision: str = FLOAT32) -> Plan:
+    """The float32 ping-pong plan of ``spec.LAYERS`` (see the module docstring)."""
+    if precision == "int8":
+        return int8_plan()
+    if precision != FLOAT32:
+        raise UserError(f"unknown precision {precision!r} (float32 or int8)")
+    steps = []
+    current = BUFFERS[0]  # the input image is converted to floats into buffer A
+    carried_padding = 0  # padding of a ZeroPadding2D row waiting for its convolution
+    stored_shape = spec.INPUT_SHAPE  # what the current buffer really holds
+    for layer in spec.LAYERS:
+        other = BUFFERS[1] if current == BUFFERS[0] else BUFFERS[0]
+        in_values, out_values = _values(layer.in_shape), _values(layer.out_shape)
+        if layer.kind == "pad":
+            steps.append(Step(layer, current, current, stored_shape, layer.padding, False, 0, in_values, 0))
+            carried_padding += layer.padding
+            continue
+        if layer.kind in ("bn", "relu"):
+            steps.append(Step(layer, current, current, stored_shape, 0, True, out_values, out_values,
+                              weight_values(layer)))
+            continue
+        # conv, dwconv, gap, dense: read one buffer, write the other
+        padding = layer.padding + carried_padding if layer.kind in ("conv", "dwconv") else 0
+        if layer.kind not in ("conv", "dwconv") and carried_padding:
+            raise ValueError(f"{layer.name}: a ZeroPadding2D row must be followed by a convolution")
+        carried_padding = 0
+        in_values = _values(stored_shape)
+        steps.append(Step(layer, current, other, stored_shape, padding, True, out_values, in_values + out_values,
+                          weight_values(layer)))
+        current, stored_shape = other, layer.out_shape
+    buffer_values = max([_values(spec.INPUT_SHAPE)] + [s.activation_values for s in steps])
+    return Plan(FLOAT32, 4, tuple(steps), buffer_values)
+
+
+def int8_plan() -> Plan:
+    """The int8 plan (``quantize``): the float plan's buffers and steps with one byte per activation.
+
+    BatchNorm is folded into the convolutions and ReLU into their requantization, so the BN and ReLU rows
+    cost nothing. ``weight_values`` counts bytes here (int8 kernels, int32 biases, int16 multipliers; see
+    ``quantize.int8_flash_bytes``), so ``flash_bytes`` is the int8 model's weight data.
+    """
+    from dataclasses import replace
+
+    from mobile_lenet.quantization.quantize import int8_flash_bytes
+
+    float_plan = plan(FLOAT32)
+    steps = tuple(replace(s, weight_values=int8_flash_bytes(s.layer)) for s in float_plan.steps)
+    return Plan("int8", 1, steps, float_plan.buffer_values)
+
+
+# ------------------------------------------------------------------------------------------------ report
+def plan_dict(p: Plan) -> dict:
+    """One plan as plain data: per layer and in total."""
+    layers = []
+    for s in p.steps:
+        layers.append({
+            "index": s.layer.index, "name": s.layer.name, "kind": s.layer.kind,
+            "source": s.source, "target": s.target, "padding": s.padding, "stored": s.stored,
+            "output_shape": list(s.layer.out_shape),
+            "activation_bytes": s.activation_values * p.bytes_per_value,
+            "live_bytes": s.live_values * p.bytes_per_value,
+            "flash_bytes": s.weight_values * p.bytes_per_value,
+            "files": list(s.layer.files),
+        })
+    return {
+        "precision": p.precision, "bytes_per_value": p.bytes_per_value,
+        "buffers": {"count": len(BUFFERS), "values_each": p.buffer_values, "bytes_each": p.buffer_bytes},
+        "peak_live_bytes": max(s.live_values for s in p.steps) * p.bytes_per_value,
+        "ram_bytes": p.ram_bytes, "flash_bytes": p.flash_bytes, "layers": layers,
+    }
+
+
+def memory_dict(int8: bool = False) -> dict:
+    """What ``summary --memory --json`` prints: the float32 plan, and the int8 plan next to it if asked."""
+    plans = [plan(FLOAT32)] + ([plan("int8")] if int8 else [])
+    result = {"plans": [plan_dict(p) for p in plans]}
+    if int8:
+        result["int8_vs_float32"] = int8_ratios(*plans)
+    return result
+
+
+def int8_ratios(float_plan: Plan, int8_plan: Plan) -> dict:
+    """How many times smaller the int8 plan is: weight bytes in flash and activation RAM."""
+    return {"flash": float_plan.flash_bytes / int8_plan.flash_bytes, "ram": float_plan.ram_bytes / int8_plan.ram_bytes}
+
+
+def _plan_text(p: Plan) -> list[str]:
+    header = (f"{'#':>3}  {'layer':<14} {'kind':<7} {'buffers':<12} {'output':<9} {'activation':>10} "
+              f"{'live RAM':>9} {'flash':>7}  files")
+    lines = [f"{p.precision} plan: two ping-pong buffers A and B of {p.buffer_values:,} values "
+             f"({p.buffer_bytes:,} bytes each)", header, "-" * len(header)]
+    for s in p.steps:
+        buffers = f"{s.source} in place" if s.in_place else f"{s.source} -> {s.target}"
+        if not s.stored:
+            buffers = f"folded P{s.padding}"
+        output = "x".join(str(d) for d in s.layer.out_shape)
+        lines.append(f"{s.layer.index:>3}  {s.layer.name:<14} {s.layer.kind:<7} {buffers:<12} {output:<9} "
+                     f"{s.activation_values * p.bytes_per_value:>10,} {s.live_values * p.bytes_per_value:>9,} "
+                     f"{s.weight_values * p.bytes_per_value:>7,}  {', '.join(s.layer.files) or '-'}")
+    lines += ["-" * len(header),
+              f"flash (weights): {p.flash_bytes:,} bytes   RAM (activations): {p.ram_bytes:,} bytes "
+              f"(2 x {p.buffer_bytes:,}; peak live {max(s.live_values for s in p.steps) * p.bytes_per_value:,})"]
+    return lines
+
+
+def memory_text(int8: bool = False) -> str:
+    """What ``summary --memory`` prints: per-layer buffers, activation and flash bytes, and totals."""
+    plans = [plan(FLOAT32)] + ([plan("int8")] if int8 else [])
+    lines = []
+    for p in plans:
+        lines += _plan_text(p) + [""]
+    if int8:
+        ratios = int8_ratios(*plans)
+        lines += [f"int8 vs float32: flash {plans[1].flash_bytes:,} vs {plans[0].flash_bytes:,} bytes "
+                  f"({ratios['flash']:.2f}x smaller), RAM {plans[1].ram_bytes:,} vs {plans[0].ram_bytes:,} bytes "
+                  f"({ratios['ram']:.2f}x smaller). In the int8 plan BatchNorm and ReLU are folded into the "
+                  f"convolution before them (no work, no flash); flash counts int8 kernels, int32 biases and "
+                  f"int16 multipliers.", ""]
+    lines.append("Activation bytes: the layer's output in its buffer. Live RAM: input plus output while it runs. "
+                 "ZeroPadding2D rows are folded into the next convolution and never stored.")
+    return "\n".join(lines)

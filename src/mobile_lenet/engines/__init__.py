@@ -1,0 +1,1 @@
+"""Engines that run a model outside training: PyTorch, the NumPy references, the C on the host."""

@@ -1,0 +1,146 @@
+"""The generated C on the host: ``mobile-lenet evaluate MODEL --engine c``.
+
+``build_host_program`` writes the C export (``cgen``) into a cache folder named by a hash of the sources
+and compiler flags, and compiles ``mobile_lenet_host`` with the system C compiler (``$CC``, else ``cc``).
+Building again with the same weights and flags reuses the binary.
+
+The program has two modes (see ``cgen``): ``classify -`` reads raw images on stdin and prints, per image,
+the digit, 10 logits and 10 probabilities with ``%.9g`` (so the float32 values come back exactly); ``serve``
+is the microcontroller's serial protocol on stdin/stdout, the simulated device of the ``device`` tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mobile_lenet.codegen import c_float as cgen
+
+from mobile_lenet import spec
+from mobile_lenet.errors import UserError
+
+PROGRAM_NAME = "mobile_lenet_host"
+# -ffp-contract=off: no fused multiply-adds, so every product is rounded to float32 as in the reference.
+# -funroll-loops: the kernels' inner loops are short rows (7 to 28 values); unrolling them is ~7% faster on
+# the host and portable (no instruction set assumed), and it changes no result.
+OPTIMIZE_FLAGS = ("-std=c99", "-O3", "-ffp-contract=off", "-funroll-loops")
+WARNING_FLAGS = ("-Wall", "-Wextra", "-Werror", "-pedantic")
+# -O1 (after -O3, so it wins): sanitizer builds at -O3 take several times longer to compile.
+SANITIZE_FLAGS = ("-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
+                  "-g")
+
+
+@dataclass
+class COutputs:
+    """What the host program prints per image."""
+
+    digits: np.ndarray  # (N,) int
+    logits: np.ndarray  # (N, 10) float32
+    probs: np.ndarray  # (N, 10) float32
+
+
+def cache_root() -> Path:
+    """Where host builds go: ``<cache>/c`` with the package's cache folder ($MOBILE_LENET_CACHE or the user's)."""
+    env = os.environ.get("MOBILE_LENET_CACHE")
+    return Path(env) / "c" if env else Path.home() / ".cache" / "mobile-lenet" / "c"
+
+
+def compiler() -> str:
+    """The C compiler: $CC, else ``cc``."""
+    name = os.environ.get("CC", "cc")
+    if shutil.which(name) is None:
+        raise UserError(f"no C compiler found ({name}); install one (e.g. gcc) or set CC")
+    return name
+
+
+def compile_flags(sanitize: bool = False, defines: dict | None = None) -> list[str]:
+    """The flags of a host build: C99, warnings as errors, optional sanitizers, ``-DNAME=VALUE`` defines."""
+    flags = list(OPTIMIZE_FLAGS + WARNING_FLAGS)
+    if sanitize:
+        flags += SANITIZE_FLAGS
+    flags += [f"-D{name}={value}" for name, value in sorted((defines or {}).items())]
+    return flags
+
+
+def build_cached_program(sources: dict[str, str], program_name: str, *, flavour: str = "",
+                         sanitize: bool = False, defines: dict | None = None, cache: str | Path | None = None) -> Path:
+    """Write generated ``sources`` into a cache folder named by a hash of the sources and compiler flags, and
+    compile their ``.c`` files into ``program_name``; returns the executable, reused when already built.
+
+    ``flavour`` (e.g. ``"int8"``) prefixes the cache folder's name and names the C in a compile error."""
+    cc = compiler()
+    flags = compile_flags(sanitize, defines)
+    digest = hashlib.sha256()
+    for part in [cc, *flags] + [f"{name}\0{text}" for name, text in sorted(sources.items())]:
+        digest.update(part.encode() + b"\0")
+    folder_name = (f"{flavour}-" if flavour else "") + digest.hexdigest()[:20]
+    folder = (Path(cache) if cache is not None else cache_root()) / folder_name
+    program = folder / program_name
+    if program.is_file():
+        return program
+    cgen.write_sources(sources, folder)
+    c_files = sorted(str(folder / name) for name in sources if name.endswith(".c"))
+    # Compile to a temporary name, then rename: another process may be building the same folder.
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=program_name + ".", delete=False) as tmp:
+        partial = Path(tmp.name)
+    result = subprocess.run([cc, *flags, "-o", str(partial), *c_files, "-lm"], capture_output=True, text=True)
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        first_error = (result.stderr.strip().splitlines() or ["no message"])[0]
+        generated = f"generated {flavour} C" if flavour else "generated C"
+        raise UserError(f"compiling the {generated} failed ({cc}): {first_error}")
+    os.replace(partial, program)
+    return program
+
+
+def build_host_program(tensors: dict[str, np.ndarray], *, sanitize: bool = False, defines: dict | None = None,
+                       cache: str | Path | None = None) -> Path:
+    """Generate and compile the host program for these weights; returns the executable (cached by hash)."""
+    return build_cached_program(cgen.generate_sources(tensors), PROGRAM_NAME, sanitize=sanitize, defines=defines,
+                                cache=cache)
+
+
+def check_images(images: np.ndarray) -> np.ndarray:
+    """uint8 images (N, 28, 28), C-contiguous."""
+    images = np.asarray(images)
+    h, w, _ = spec.INPUT_SHAPE
+    if images.ndim != 3 or images.shape[1:] != (h, w) or images.dtype != np.uint8:
+        raise UserError(f"images must be uint8 of shape (N, {h}, {w}), got {images.dtype} {images.shape}")
+    return np.ascontiguousarray(images)
+
+
+def parse_classify_output(text: str, count: int) -> COutputs:
+    """Parse ``classify`` lines: digit, 10 logits, 10 probabilities."""
+    n = spec.NUM_CLASSES
+    rows = [line.split() for line in text.splitlines() if line.strip()]
+    if len(rows) != count or any(len(row) != 1 + 2 * n for row in rows):
+        raise UserError(f"the C program printed {len(rows)} well-formed lines for {count} images")
+    table = np.array(rows, dtype=np.float64)
+    return COutputs(table[:, 0].astype(np.int64), table[:, 1:1 + n].astype(np.float32),
+                    table[:, 1 + n:].astype(np.float32))
+
+
+def run_classify(program: Path, images: np.ndarray) -> COutputs:
+    """Classify ``images`` with a built host program."""
+    images = check_images(images)
+    result = subprocess.run([str(program), "classify", "-"], input=images.tobytes(), capture_output=True)
+    if result.returncode != 0:
+        raise UserError(f"the C program failed: {result.stderr.decode(errors='replace').strip()}")
+    return parse_classify_output(result.stdout.decode("ascii"), len(images))
+
+
+def c_outputs(tensors: dict[str, np.ndarray], images: np.ndarray, **build_options) -> COutputs:
+    """Digits, logits and probabilities of ``images`` computed by the generated C, built on this host."""
+    return run_classify(build_host_program(tensors, **build_options), images)
+
+
+def c_logits(tensors: dict[str, np.ndarray], images: np.ndarray) -> np.ndarray:
+    """Logits (N, 10) from the generated C (the ``c`` engine of ``evaluation.engine_logits``)."""
+    return c_outputs(tensors, images).logits

@@ -1,0 +1,346 @@
+"""Folders of Noodle weight files: the three encodings, reading and writing (see NOODLE_FORMAT.md).
+
+A Noodle folder holds one file per tensor (w01..w14, b01..b02, bn01..bn13, names and order from
+``spec.noodle_tensors``) in any of three encodings of the same float32 numbers:
+
+- ``.txt``: one value per line, printf ``%.6e`` (what the seed author's exporter writes, byte for byte);
+- ``.h``:   a C header declaring ``static const float w01[] = { ... };`` (``%.6e`` plus ``f``, 8 per line);
+- ``.bin``: raw little-endian float32.
+
+The text encodings keep 7 significant digits, so before writing, ``write_folder`` rounds every value to the
+float32 nearest its ``%.6e`` text. All three files of a tensor then hold exactly the same numbers, whichever
+one a reader picks, and export -> import -> export reproduces every file byte for byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from mobile_lenet import spec
+from mobile_lenet.errors import UserError
+
+ENCODINGS = (".txt", ".bin", ".h")  # also the reading preference when a tensor exists in several
+VALUES_PER_HEADER_LINE = 8
+MANIFEST = "manifest.json"
+README = "README.md"
+MANIFEST_FORMAT = "mobile-lenet-noodle/1"
+# Any file named like a Noodle tensor (w07.txt, bn13.h, b02.bin), in the table or not.
+_TENSOR_FILE = re.compile(r"^(w|b|bn)\d+\.(txt|bin|h)$")
+
+
+def tensor_table() -> dict[str, tuple[spec.Layer, tuple]]:
+    """Tensor name -> (layer, Noodle shape), in the seed's file order."""
+    return {name: (layer, shape) for name, layer, shape in spec.noodle_tensors()}
+
+
+# ------------------------------------------------------------------------------------------------ encodings
+def format_value(value: np.float32) -> str:
+    """One value as printf's ``%.6e`` (Python's formatting is correctly rounded, like glibc's printf)."""
+    return "%.6e" % float(value)
+
+
+def round_to_text(values: np.ndarray) -> np.ndarray:
+    """The float32 nearest to each value's ``%.6e`` text: what a reader of the .txt or .h file gets back."""
+    flat = np.asarray(values, dtype=np.float32).ravel()
+    return np.array([float(format_value(v)) for v in flat], dtype=np.float32).reshape(np.shape(values))
+
+
+def encode_txt(values: np.ndarray) -> bytes:
+    """The .txt encoding: one ``%.6e`` value per line, ``\\n`` line ends, no header."""
+    return "".join(format_value(v) + "\n" for v in np.asarray(values, np.float32).ravel()).encode("ascii")
+
+
+def encode_bin(values: np.ndarray) -> bytes:
+    """The .bin encoding: raw little-endian float32."""
+    return np.asarray(values, dtype="<f4").ravel().tobytes()
+
+
+def encode_h(name: str, values: np.ndarray) -> bytes:
+    """The .h encoding: a C array ``static const float <name>[]`` with comments naming kind, layout and dims."""
+    layer, shape = tensor_table()[name]
+    kind, layout = _describe(name, layer)
+    flat = np.asarray(values, np.float32).ravel()
+    lines = [
+        "#pragma once",
+        f"// {name}: {kind} of layer {layer.name} (Mobile-LeNet, exported by mobile-lenet)",
+        f"// layout: {layout}, row-major, float32",
+        f"// dims: {' x '.join(str(d) for d in shape)} = {flat.size} values",
+        f"static const float {name}[] = {{",
+    ]
+    for start in range(0, flat.size, VALUES_PER_HEADER_LINE):
+        chunk = flat[start:start + VALUES_PER_HEADER_LINE]
+        lines.append("  " + ", ".join(format_value(v) + "f" for v in chunk) + ",")
+    lines.append("};")
+    return ("\n".join(lines) + "\n").encode("ascii")
+
+
+def _describe(name: str, layer: spec.Layer) -> tuple[str, str]:
+    """(kind, layout) of a tensor for the .h comments and the README."""
+    if name == layer.bias_file:
+        return "bias", "[Cout]"
+    return {
+        "conv": ("convolution kernel", "[Cout][Cin][Kh][Kw]"),
+        "dwconv": ("depthwise kernel", "[C][Kh][Kw]"),
+        "dense": ("dense weights", "[Dout][Din]"),
+        "bn": ("BatchNorm parameters", "[gamma(C)][beta(C)][moving_mean(C)][moving_var(C)]"),
+    }[layer.kind]
+
+
+def parse_txt(path: Path, data: bytes) -> np.ndarray:
+    """Values of a .txt file: one number per line (blank lines ignored)."""
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file of numbers") from None
+    return _parse_numbers(path, text.split())
+
+
+def parse_bin(path: Path, data: bytes) -> np.ndarray:
+    """Values of a .bin file: raw little-endian float32."""
+    if len(data) % 4:
+        raise UserError(f"{path}: {len(data)} bytes is not a whole number of float32 values")
+    return np.frombuffer(data, dtype="<f4").astype(np.float32)
+
+
+_C_ARRAY = re.compile(r"\bfloat\s+(\w+)\s*\[\s*\d*\s*\]\s*=\s*\{(.*?)\}\s*;", re.DOTALL)
+_C_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.DOTALL)
+
+
+def parse_h(path: Path, data: bytes) -> np.ndarray:
+    """Values of a .h file: the one ``float <name>[] = { ... };`` array, which must be named after the file."""
+    try:
+        text = _C_COMMENT.sub(" ", data.decode("ascii"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a C header") from None
+    arrays = _C_ARRAY.findall(text)
+    if len(arrays) != 1:
+        raise UserError(f"{path}: expected one 'float {path.stem}[] = {{ ... }};' array, found {len(arrays)}")
+    name, body = arrays[0]
+    if name != path.stem:
+        raise UserError(f"{path}: declares array {name!r}, expected {path.stem!r}")
+    items = [item.strip() for item in body.split(",")]
+    if items and items[-1] == "":  # a trailing comma is legal C
+        items.pop()
+    return _parse_numbers(path, [item[:-1] if item[-1:] in ("f", "F") else item for item in items])
+
+
+def _parse_numbers(path: Path, tokens: list[str]) -> np.ndarray:
+    """float32 values of number tokens; one UserError naming the file for anything else."""
+    values = np.empty(len(tokens), dtype=np.float32)
+    with np.errstate(over="ignore"):  # beyond float32's range becomes inf, reported by read_folder
+        for i, token in enumerate(tokens):
+            try:
+                values[i] = float(token)
+            except ValueError:
+                raise UserError(f"{path}: value {i + 1} is not a number: {token[:40]!r}") from None
+    return values
+
+
+PARSERS = {".txt": parse_txt, ".bin": parse_bin, ".h": parse_h}
+
+
+# ------------------------------------------------------------------------------------------------ reading
+def looks_like_noodle_folder(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds any file named like a Noodle tensor (e.g. ``w01.txt``, ``bn03.bin``)."""
+    folder = Path(folder)
+    return folder.is_dir() and any(_TENSOR_FILE.match(p.name) for p in folder.iterdir())
+
+
+def read_folder(folder: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Noodle tensors from a folder of weight files, each in .txt, .bin or .h (preferred in that order).
+
+    Every tensor of the table must be present with the right number of finite values, and no other
+    tensor-named file may be there; a manifest.json, if present, must match the files' sha256.
+    Anything else raises one UserError naming the file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: not a folder")
+    table = tensor_table()
+    present = {p.name for p in folder.iterdir() if _TENSOR_FILE.match(p.name)}
+    unknown = sorted(n for n in present if n.split(".")[0] not in table)
+    if unknown:
+        raise UserError(f"{folder / unknown[0]}: not a Mobile-LeNet tensor (expected only {_expected_names()})")
+    missing = [n for n in table if not any(n + ext in present for ext in ENCODINGS)]
+    if missing:
+        raise UserError(f"{folder}: missing weight file(s) {', '.join(missing)} (Mobile-LeNet has "
+                        f"{len(table)}: {_expected_names()})")
+    checksums = _manifest_checksums(folder)
+    tensors = {}
+    for name, (_, shape) in table.items():
+        ext = next(e for e in ENCODINGS if name + e in present)
+        path = folder / (name + ext)
+        data = path.read_bytes()
+        if path.name in checksums and hashlib.sha256(data).hexdigest() != checksums[path.name]:
+            raise UserError(f"{path}: contents do not match the sha256 in {MANIFEST} (changed or corrupted)")
+        values = PARSERS[ext](path, data)
+        expected = int(np.prod(shape))
+        if values.size != expected:
+            raise UserError(f"{path}: expected {expected} values, found {values.size}")
+        if not np.all(np.isfinite(values)):
+            bad = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise UserError(f"{path}: value {bad + 1} is {values[bad]} (must be finite, within float32's range)")
+        tensors[name] = values.reshape(shape)
+    return tensors
+
+
+def _expected_names() -> str:
+    return "w01..w14, b01..b02, bn01..bn13"
+
+
+def _manifest_checksums(folder: Path) -> dict[str, str]:
+    """file name -> sha256 from the folder's manifest.json (empty if there is none)."""
+    path = folder / MANIFEST
+    if not path.is_file():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+        return {entry["file"]: entry["sha256"] for entry in manifest["files"]}
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path}: not a mobile-lenet Noodle manifest") from None
+
+
+# ------------------------------------------------------------------------------------------------ writing
+def encode_folder(tensors: dict[str, np.ndarray]) -> dict[str, bytes]:
+    """Every file of a Noodle export (all three encodings, manifest.json, README.md) as file name -> bytes."""
+    table = tensor_table()
+    files: dict[str, bytes] = {}
+    entries = []
+    for name, (layer, shape) in table.items():
+        if name not in tensors:
+            raise UserError(f"cannot export: tensor {name} is missing")
+        values = np.asarray(tensors[name], dtype=np.float32)
+        if values.size != int(np.prod(shape)):
+            raise UserError(f"cannot export: tensor {name} has {values.size} values, expected {int(np.prod(shape))}")
+        if not np.all(np.isfinite(values)):
+            raise UserError(f"cannot export: tensor {name} holds non-finite values (NaN or infinity)")
+        values = round_to_text(values.reshape(shape))  # the same numbers in every encoding (module docstring)
+        for ext, data in ((".txt", encode_txt(values)), (".h", encode_h(name, values)), (".bin", encode_bin(values))):
+            files[name + ext] = data
+            entries.append({"file": name + ext, "tensor": name, "layer": layer.name, "shape": list(shape),
+                            "length": int(values.size), "sha256": hashlib.sha256(data).hexdigest()})
+    files[MANIFEST] = _manifest_json(entries).encode("ascii")
+    files[README] = readme_text().encode("utf-8")
+    return files
+
+
+def _manifest_json(entries: list[dict]) -> str:
+    """manifest.json with one line per file, so that it reads (and diffs) like a table."""
+    lines = ",\n".join("    " + json.dumps(entry) for entry in entries)
+    return (f'{{\n  "format": "{MANIFEST_FORMAT}",\n  "model": "Mobile-LeNet",\n'
+            f'  "files": [\n{lines}\n  ]\n}}\n')
+
+
+def write_folder(tensors: dict[str, np.ndarray], out_dir: str | os.PathLike) -> list[Path]:
+    """Export ``tensors`` as a Noodle folder; returns the paths written.
+
+    All files are first written to a temporary folder next to ``out_dir``; only when every one is complete
+    are they moved into place (renames), so a failure never leaves a half-written export.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a folder")
+    files = encode_folder(tensors)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    try:
+        os.chmod(staging, umasked(0o777))  # mkdtemp makes it private; the export is an ordinary folder
+        for file_name, data in files.items():
+            (staging / file_name).write_bytes(data)
+        if not out_dir.exists():
+            staging.rename(out_dir)  # the whole folder appears at once
+        else:
+            for file_name in files:
+                os.replace(staging / file_name, out_dir / file_name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return [out_dir / file_name for file_name in files]
+
+
+def umasked(mode: int) -> int:
+    """``mode`` less the process' umask: the permissions a plainly created file or folder would get."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def readme_text() -> str:
+    """README.md of an export: the files, how they plug into the seed's predict(), and the GAP pitfall."""
+    rows = []
+    for name, (layer, shape) in tensor_table().items():
+        kind, layout = _describe(name, layer)
+        rows.append(f"| `{name}` | `{layer.name}` | {kind} | `{layout}` | {int(np.prod(shape))} |")
+    table = "\n".join(rows)
+    return f"""# Mobile-LeNet weights for the Noodle library
+
+Exported by `mobile-lenet export --format noodle`. Every tensor is here in three encodings of the same
+float32 numbers:
+
+- `wNN.txt`, `bNN.txt`, `bnNN.txt`: one value per line (`%.6e`), as written by the seed's own exporter;
+- `wNN.h`, ...: C headers declaring `static const float wNN[]`, to compile the weights into the firmware;
+- `wNN.bin`, ...: raw little-endian float32, to stream from flash or an SD card.
+
+`manifest.json` lists every file with its tensor, layer, shape, length and sha256.
+
+| file | layer | kind | layout (row-major) | values |
+|---|---|---|---|---|
+{table}
+
+BatchNorm uses epsilon 1e-3: `y = max(0, gamma * (x - mean) / sqrt(var + 1e-3) + beta)`.
+
+## Plugging the files into the seed's `predict()`
+
+Include the headers and the names the seed's program uses are defined:
+
+```cpp
+#include "w01.h"  // ... and every other .h file of this folder: w01..w14, b01..b02, bn01..bn13
+#include "b01.h"
+#include "bn01.h"
+
+// in predict(), exactly as in the seed:
+stem.weight = w01;  stem.bias = b01;          // stem conv 3x3, 1 -> 8
+head.weight = w14;  head.bias = b02;          // dense 24 -> 10, row-major [10][24]
+noodle_bn_relu(FEAT_B, 8, W, bn01, 1e-3f);
+W = noodle_dw_pw_block(in, out, W, 8, 8, 1, w02, bn02, w03, bn03);     // B1
+W = noodle_dw_pw_block(in, out, W, 8, 8, 1, w04, bn04, w05, bn05);     // B2
+W = noodle_dw_pw_block(in, out, W, 8, 16, 2, w06, bn06, w07, bn07);    // B3
+W = noodle_dw_pw_block(in, out, W, 16, 16, 1, w08, bn08, w09, bn09);   // B4
+W = noodle_dw_pw_block(in, out, W, 16, 24, 2, w10, bn10, w11, bn11);   // B5
+W = noodle_dw_pw_block(in, out, W, 24, 24, 1, w12, bn12, w13, bn13);   // B6
+```
+
+Or copy the `.txt` files where the seed's program reads its weight files from; they are byte-compatible
+with the seed author's exporter.
+
+## Pitfall: global average pooling in place
+
+The Noodle library's `noodle_gap(in, 24, W)`, as published, averages in place and writes the 24 averages
+from the highest channel down to channel 0. With 7x7 planes, the averages of channels 1..23 land on
+elements 1..23 of channel 0's plane before channel 0 itself is averaged, so channel 0's average is wrong.
+With the seed's own weights this changes the answer on 46 of the 10,000 MNIST test images. These weights assume the
+correct average (Keras' semantics), so compute GAP **into the other ping-pong buffer** instead:
+
+```cpp
+// ---- GAP: (W x W x 24) -> (24,) into the other buffer, not in place ----
+for (uint16_t c = 0; c < 24; ++c) {{
+  float sum = 0.0f;
+  for (uint16_t i = 0; i < W * W; ++i) sum += in[c * W * W + i];
+  out[c] = sum / (float)(W * W);
+}}
+W = 24;
+// ---- Dense: (24,) -> (10,), now reading `out` and writing `in` ----
+W = noodle_fcn(out, W, 10, in, head, nullptr);
+noodle_soft_max(in, 10);
+```
+
+(Writing the averages from channel 0 upward also works: channel 0 is then read completely before its
+plane is overwritten, and the later channels' planes are never overwritten.)
+"""

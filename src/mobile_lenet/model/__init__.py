@@ -1,0 +1,1 @@
+"""The network and how it is trained: data, images, the PyTorch model, checkpoints, training."""

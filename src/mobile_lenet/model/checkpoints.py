@@ -1,0 +1,60 @@
+"""Checkpoints: written atomically (temp file + rename), read without unpickling code.
+
+A checkpoint is a ``torch.save`` of plain tensors, numbers and strings, loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from mobile_lenet.errors import UserError
+from mobile_lenet.model.network import MobileLeNet
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call ``write(tmp_path)`` then rename the result onto ``path``, so no half-written file is ever seen."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, model: MobileLeNet, **extra) -> None:
+    """Save the model's state dict plus any extra plain data (optimizer state, epoch, metrics, ...)."""
+    state = {"format": "mobile-lenet-checkpoint/1", "model": model.state_dict(), **extra}
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Load a checkpoint dict safely; raises UserError naming the file if it is not one of ours."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except Exception as e:  # torch raises many types for a corrupt or foreign file
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != "mobile-lenet-checkpoint/1":
+        raise UserError(f"{path}: not a mobile-lenet checkpoint")
+    return state
+
+
+def load_checkpoint_model(path: str | os.PathLike) -> MobileLeNet:
+    """A model in eval mode from a checkpoint file."""
+    state = read_checkpoint(path)
+    model = MobileLeNet()
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as e:
+        raise UserError(f"{path}: weights do not fit Mobile-LeNet ({str(e).splitlines()[0]})") from None
+    return model.eval()
