@@ -30,7 +30,7 @@ typedef struct {
             int smp_vcpus;
             int max_vcpus;
         } system;
-    };
+    } u; /* anonymous in QEMU's header; named here for C99 (same layout) */
 } qemu_info_t;
 
 /* Opaque handles, valid only inside the translation callback. */

@@ -26,9 +26,9 @@ void board_init(void)
     UCSR0C = _BV(UCSZ01) | _BV(UCSZ00);                              /* 8N1 */
     UCSR0B = _BV(RXEN0) | _BV(TXEN0);
 
-    OCR1A = TIMER1_TICKS_PER_MS - 1u;
     TCCR1A = 0;
     TCCR1B = _BV(WGM12) | _BV(CS11) | _BV(CS10); /* CTC on OCR1A, clock / 64 */
+    OCR1A = TIMER1_TICKS_PER_MS - 1u;             /* after the mode: simavr ignores OCR writes in mode 0 */
     TIMSK1 = _BV(OCIE1A);
     sei();
 }
