@@ -47,7 +47,7 @@ def train_and_score(config, data: dict, run_dir: Path) -> dict:
     """
     import torch
 
-    from mobile_lenet.apps.evaluation import evaluate_tensors
+    from mobile_lenet.apps.evaluation import evaluate
     from mobile_lenet.formats.model_files import load_tensors
     from mobile_lenet.model.training import train
 
@@ -58,7 +58,7 @@ def train_and_score(config, data: dict, run_dir: Path) -> dict:
     train(config, train_set, run_dir, progress=False, log=lambda message: None)
     seconds = time.perf_counter() - start
     tensors = load_tensors(run_dir)
-    result = evaluate_tensors(tensors, test_set, engine="torch")
+    result = evaluate(tensors, test_set, engine="torch")
     trained_images = round(len(train_set) * (1 - config.val_fraction)) * config.epochs
     return {"seed": config.seed, "epochs": config.epochs, "test_accuracy": result["accuracy"], "seconds": seconds,
             "images_per_second": trained_images / seconds, "train_images": len(train_set),
@@ -68,11 +68,11 @@ def train_and_score(config, data: dict, run_dir: Path) -> dict:
 def int8_accuracy(tensors, train_set, test_set) -> float:
     """Test accuracy of the int8 model quantized from ``tensors`` (calibrated on training images, as
     ``mobile-lenet quantize`` does), run by the integer-only NumPy engine."""
-    from mobile_lenet.quantization.quantize import (DEFAULT_CALIBRATION_COUNT, evaluate_quantized, pick_calibration_images,
-                                       quantize_model)
+    from mobile_lenet.apps.evaluation import evaluate
+    from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT, pick_calibration_images, quantize_model
 
     qmodel = quantize_model(tensors, pick_calibration_images(train_set.images, DEFAULT_CALIBRATION_COUNT))
-    return evaluate_quantized(qmodel, test_set, engine="reference")["accuracy"]
+    return evaluate(qmodel, test_set, engine="reference")["accuracy"]
 
 
 def summary(label: str, runs: list[dict], epochs: int, defaults) -> dict:
@@ -146,7 +146,7 @@ def train_all(options: Options, defaults) -> tuple[dict, dict]:
 
 def upstream(options: Options) -> list[dict]:
     """The seed author's published weights on the MNIST test set, read from each published format."""
-    from mobile_lenet.apps.evaluation import evaluate_tensors
+    from mobile_lenet.apps.evaluation import evaluate
     from mobile_lenet.formats.model_files import load_tensors
 
     test_set = load("mnist", "test", options.mnist_dir, QUICK["test_images"] if options.quick else None)
@@ -155,7 +155,7 @@ def upstream(options: Options) -> list[dict]:
                         (".keras file", options.upstream_dir / "mobile-lenet-5.keras")):
         row = {"source": label, "path": path.name, "test_images": len(test_set)}
         try:
-            row["test_accuracy"] = evaluate_tensors(load_tensors(path), test_set, engine="torch")["accuracy"]
+            row["test_accuracy"] = evaluate(load_tensors(path), test_set, engine="torch")["accuracy"]
         except Exception as error:  # importer not written yet, file missing, or a format error: say which
             row.update(not_available(f"{type(error).__name__}: {error}"))
         rows.append(row)

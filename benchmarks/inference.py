@@ -16,7 +16,6 @@ the peak float32 FLOP/s of a large ``torch.mm`` on this machine, with 1 thread f
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import tempfile
 import time
@@ -34,11 +33,6 @@ FULL = {"images": None, "max_seconds": 120.0, "repeats": 3, "matmul_size": 2048,
 WARM_UP_IMAGES = 16
 PROBE_IMAGES = 200
 PERCENTILES = (50, 90, 99)
-
-
-def module_available(name: str) -> bool:
-    """Whether ``mobile_lenet.<name>`` exists (engines being written may not yet)."""
-    return importlib.util.find_spec(f"mobile_lenet.{name}") is not None
 
 
 def time_batched(logits_of, images: np.ndarray, settings: dict) -> dict:
@@ -83,22 +77,20 @@ class Case:
     """One engine configuration to time.
 
     ``make`` builds the function from uint8 images (N, 28, 28) to logits (N, 10); ``per_image`` cases are
-    timed image by image (batch 1, with latencies), the others on the whole set at once. ``unavailable``
-    says why a case cannot run (then ``make`` is None). ``threads`` is what the engine computes with: an
-    int, or a description when the engine's library decides.
+    timed image by image (batch 1, with latencies), the others on the whole set at once. ``threads`` is
+    what the engine computes with: an int, or a description when the engine's library decides.
     """
 
     engine: str
     batch: int | str | None
     threads: int | str
+    make: Callable[[], Callable[[np.ndarray], np.ndarray]]
     per_image: bool = False
-    make: Callable[[], Callable[[np.ndarray], np.ndarray]] | None = None
-    unavailable: str | None = None
 
 
 def torch_batch_size() -> int:
-    """The batch size of the ``torch`` evaluation engine (``train.predict_logits``' default)."""
-    from mobile_lenet.model.training import predict_logits
+    """The batch size of the ``torch`` evaluation engine (``network.predict_logits``' default)."""
+    from mobile_lenet.model.network import predict_logits
 
     return inspect.signature(predict_logits).parameters["batch_size"].default
 
@@ -108,7 +100,7 @@ def torch_cases(tensors, threads: int) -> list[Case]:
     import torch
 
     from mobile_lenet.model.data import to_tensor_input
-    from mobile_lenet.apps.evaluation import engine_logits
+    from mobile_lenet.engines.registry import logits
     from mobile_lenet.model.network import from_noodle
 
     torch.set_num_threads(threads)
@@ -123,15 +115,12 @@ def torch_cases(tensors, threads: int) -> list[Case]:
 
     return [Case("PyTorch", 1, threads, per_image=True, make=make_single),
             Case("PyTorch", torch_batch_size(), threads,
-                 make=lambda: (lambda images: engine_logits("torch", tensors, images)))]
+                 make=lambda: (lambda images: logits(tensors, images, "torch")))]
 
 
 def onnx_cases(tensors, threads: int, work_dir: Path) -> list[Case]:
     """onnxruntime on the exported ONNX file, one image at a time and in batches like the torch engine's."""
     batch = torch_batch_size()
-    if not module_available("onnx_export"):
-        reason = "no ONNX exporter (mobile_lenet.formats.onnx_export) yet"
-        return [Case("onnxruntime", 1, threads, unavailable=reason), Case("onnxruntime", batch, threads, unavailable=reason)]
 
     def make_session():
         import onnxruntime
@@ -155,33 +144,20 @@ def onnx_cases(tensors, threads: int, work_dir: Path) -> list[Case]:
 
 
 def float_c_and_reference_cases(tensors) -> list[Case]:
-    """The NumPy reference engine and the generated float32 C, through ``evaluation.engine_logits``."""
-    from mobile_lenet.apps.evaluation import engine_logits
+    """The NumPy reference engine and the generated float32 C, through ``engines.registry.logits``."""
+    from mobile_lenet.engines import reference
+    from mobile_lenet.engines.registry import logits
 
-    cases = []
-    if module_available("reference"):
-        from mobile_lenet.engines import reference
-
-        cases.append(Case("NumPy reference", reference.BATCH_SIZE, "NumPy/BLAS default",
-                          make=lambda: (lambda images: engine_logits("reference", tensors, images))))
-    else:
-        cases.append(Case("NumPy reference", None, "-", unavailable="no reference engine (mobile_lenet.engines.reference) yet"))
-    if module_available("c_engine"):
-        cases.append(Case("generated C, float32", 1, 1, make=lambda: (lambda images: engine_logits("c", tensors, images))))
-    else:
-        cases.append(Case("generated C, float32", 1, 1, unavailable="no C engine (mobile_lenet.engines.host_c) yet"))
-    return cases
+    return [Case("NumPy reference", reference.BATCH_SIZE, "NumPy/BLAS default",
+                 make=lambda: (lambda images: logits(tensors, images, "reference"))),
+            Case("generated C, float32", 1, 1, make=lambda: (lambda images: logits(tensors, images, "c")))]
 
 
 def int8_cases(tensors, train_images: np.ndarray, settings: dict) -> list[Case]:
     """The int8 model (post-training quantization) on its NumPy integer engine and its generated C."""
-    try:
-        from mobile_lenet.engines import reference_int8 as qreference
-        from mobile_lenet.quantization import quantize
-    except ImportError as error:  # the int8 modules are being written
-        reason = f"no int8 quantizer yet ({error})"
-        return [Case("NumPy int8 reference", None, 1, unavailable=reason),
-                Case("generated C, int8", 1, 1, unavailable=reason)]
+    from mobile_lenet.engines import reference_int8
+    from mobile_lenet.engines.registry import logits
+    from mobile_lenet.quantization import quantize
 
     quantized = {}
 
@@ -193,9 +169,9 @@ def int8_cases(tensors, train_images: np.ndarray, settings: dict) -> list[Case]:
 
     def make(engine):
         qmodel = model()
-        return lambda images: quantize.quantized_logits(qmodel, images, engine)
+        return lambda images: logits(qmodel, images, engine)
 
-    return [Case("NumPy int8 reference", qreference.BATCH, 1, make=lambda: make("reference")),
+    return [Case("NumPy int8 reference", reference_int8.BATCH, 1, make=lambda: make("reference")),
             Case("generated C, int8", 1, 1, make=lambda: make("c"))]
 
 
@@ -218,7 +194,7 @@ def run(options: Options) -> dict:
     """The inference part: peak FLOP/s, then every engine on the same test images."""
     from mobile_lenet import spec
     from mobile_lenet.model.data import load_dataset
-    from mobile_lenet.apps.evaluation import engine_logits
+    from mobile_lenet.engines.registry import logits
 
     settings = QUICK if options.quick else FULL
     test_set = load_dataset("mnist", "test", options.mnist_dir)
@@ -230,7 +206,7 @@ def run(options: Options) -> dict:
     options.log("  inference: peak float32 FLOP/s (torch.mm) ...")
     peaks = {"single_core": measure_peak(1, settings["matmul_size"]),
              "all_cores": measure_peak(options.threads, settings["matmul_size"])}
-    expected = engine_logits("torch", tensors, images).argmax(axis=1)  # what every engine should predict
+    expected = logits(tensors, images, "torch").argmax(axis=1)  # what every engine should predict
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as work_dir:
         cases = (torch_cases(tensors, options.threads) + onnx_cases(tensors, options.threads, Path(work_dir))
@@ -243,9 +219,6 @@ def run(options: Options) -> dict:
 def measure_case(case: Case, images, labels, expected, peaks: dict, macs: int, settings: dict, log) -> dict:
     """Time one engine case and check its predictions; a case that cannot run gives a not-available row."""
     row = {"engine": case.engine, "batch": case.batch, "threads": case.threads}
-    if case.unavailable:
-        log(f"  inference: {case.engine}: not available ({case.unavailable})")
-        return {**row, **not_available(case.unavailable)}
     log(f"  inference: {case.engine}, batch {case.batch} ...")
     try:
         logits_of = case.make()

@@ -75,7 +75,7 @@ def train_ours(args, train_set, test_set) -> dict:
     import csv
     from dataclasses import asdict
 
-    from mobile_lenet.apps.evaluation import evaluate_tensors
+    from mobile_lenet.apps.evaluation import evaluate
     from mobile_lenet.model.network import from_noodle
     from mobile_lenet.formats.model_files import load_tensors
     import torch
@@ -92,7 +92,7 @@ def train_ours(args, train_set, test_set) -> dict:
         with open(Path(out_dir) / "metrics.csv") as f:
             epoch_seconds = [float(row["seconds"]) for row in csv.DictReader(f)]
         tensors = load_tensors(Path(out_dir) / "last.pt")
-    result = evaluate_tensors(tensors, test_set, engine="torch")
+    result = evaluate(tensors, test_set, engine="torch")
     # Diagnostic: what the trainer's BatchNorm calibrations cost: the per-epoch one (a fixed subset of the
     # training images) and the final one over all of them.
     model = from_noodle(tensors).to(memory_format=torch.channels_last)

@@ -11,6 +11,7 @@ CHW, as the microcontroller does.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 
 INPUT_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
@@ -28,15 +29,28 @@ BLOCKS = (
     ("B6", 1, 24),
 )
 
-# Layer kinds, with the Keras class name the seed's table shows for each.
+
+class LayerKind(StrEnum):
+    """What a row of the table computes. Every engine and every generator handles each kind (a test checks)."""
+
+    CONV = "conv"
+    DWCONV = "dwconv"
+    BN = "bn"
+    RELU = "relu"
+    PAD = "pad"
+    GAP = "gap"
+    DENSE = "dense"
+
+
+# The Keras class name the seed's table shows for each kind.
 KERAS_TYPES = {
-    "conv": "Conv2D",
-    "dwconv": "DepthwiseConv2D",
-    "bn": "BatchNorm",
-    "relu": "ReLU",
-    "pad": "ZeroPadding2D",
-    "gap": "GlobalAveragePooling2D",
-    "dense": "Dense",
+    LayerKind.CONV: "Conv2D",
+    LayerKind.DWCONV: "DepthwiseConv2D",
+    LayerKind.BN: "BatchNorm",
+    LayerKind.RELU: "ReLU",
+    LayerKind.PAD: "ZeroPadding2D",
+    LayerKind.GAP: "GlobalAveragePooling2D",
+    LayerKind.DENSE: "Dense",
 }
 
 
@@ -46,7 +60,7 @@ class Layer:
 
     index: int  # 1-based row number, as in the seed
     name: str  # the seed's layer name, e.g. "B3_dw3x3_s2"
-    kind: str  # one of KERAS_TYPES
+    kind: LayerKind
     block: str  # "stem", "B1".."B6" or "head"
     in_shape: tuple  # (H, W, C)
     out_shape: tuple  # (H, W, C), or (C,) after GAP
@@ -115,7 +129,7 @@ class _TableBuilder:
             weights, macs = cin * kernel * kernel, ho * wo * cin * kernel * kernel
         else:
             weights, macs = cout * cin * kernel * kernel, ho * wo * cout * cin * kernel * kernel
-        self.add(name, "dwconv" if depthwise else "conv", block, (ho, wo, cout), kernel=kernel, stride=stride,
+        self.add(name, LayerKind.DWCONV if depthwise else LayerKind.CONV, block, (ho, wo, cout), kernel=kernel, stride=stride,
                  padding=padding, bias=bias, weight_file=self._next("w"),
                  bias_file=self._next("b") if bias else None,
                  trainable_params=weights + (cout if bias else 0), macs=macs)
@@ -123,9 +137,9 @@ class _TableBuilder:
     def bn_relu(self, bn_name, relu_name, block):
         c = self.shape[-1]
         # gamma, beta trainable; moving mean and variance not (Keras' split, as in the seed's totals)
-        self.add(bn_name, "bn", block, self.shape, weight_file=self._next("bn"), trainable_params=2 * c,
+        self.add(bn_name, LayerKind.BN, block, self.shape, weight_file=self._next("bn"), trainable_params=2 * c,
                  non_trainable_params=2 * c)
-        self.add(relu_name, "relu", block, self.shape)
+        self.add(relu_name, LayerKind.RELU, block, self.shape)
 
 
 def _build() -> tuple[Layer, ...]:
@@ -138,14 +152,14 @@ def _build() -> tuple[Layer, ...]:
         else:
             # The seed's padding strategy: explicit symmetric zero padding, then a VALID stride-2 convolution.
             h, w, c = t.shape
-            t.add(f"{block}_pad1", "pad", block, (h + 2, w + 2, c), padding=1)
+            t.add(f"{block}_pad1", LayerKind.PAD, block, (h + 2, w + 2, c), padding=1)
             t.conv(f"{block}_dw3x3_s{stride}", block, None, kernel=3, stride=stride, padding=0, depthwise=True)
         t.bn_relu(f"{block}_dw_bn", f"{block}_dw_relu", block)
         t.conv(f"{block}_pw1x1", block, cout, kernel=1, stride=1, padding=0)
         t.bn_relu(f"{block}_pw_bn", f"{block}_pw_relu", block)
     c = t.shape[-1]
-    t.add("GAP", "gap", "head", (c,))
-    t.add("OUT", "dense", "head", (NUM_CLASSES,), bias=True, weight_file=t._next("w"), bias_file=t._next("b"),
+    t.add("GAP", LayerKind.GAP, "head", (c,))
+    t.add("OUT", LayerKind.DENSE, "head", (NUM_CLASSES,), bias=True, weight_file=t._next("w"), bias_file=t._next("b"),
           trainable_params=c * NUM_CLASSES + NUM_CLASSES, macs=c * NUM_CLASSES)
     return tuple(t.rows)
 
@@ -164,13 +178,13 @@ def noodle_tensors() -> list[tuple[str, Layer, tuple]]:
     out = []
     for layer in LAYERS:
         c_in, c_out, k = layer.in_channels, layer.out_channels, layer.kernel
-        if layer.kind == "conv":
+        if layer.kind == LayerKind.CONV:
             out.append((layer.weight_file, layer, (c_out, c_in, k, k)))
-        elif layer.kind == "dwconv":
+        elif layer.kind == LayerKind.DWCONV:
             out.append((layer.weight_file, layer, (c_out, k, k)))
-        elif layer.kind == "dense":
+        elif layer.kind == LayerKind.DENSE:
             out.append((layer.weight_file, layer, (c_out, c_in)))
-        elif layer.kind == "bn":
+        elif layer.kind == LayerKind.BN:
             out.append((layer.weight_file, layer, (4, c_out)))
         if layer.bias_file:
             out.append((layer.bias_file, layer, (c_out,)))

@@ -71,7 +71,9 @@ def test_train_evaluate_predict(tmp_path, capsys, mnist_train, mnist_test):
     (["evaluate", "{run}", "--data-dir", "{empty}"], "no t10k-images"),
     (["train", "--resume", "--out", "{empty}"], "nothing to resume"),
     (["train", "--data-dir", MNIST_10K, "--epochs", "0", "--out", "{empty}/x"], "--epochs"),
-    (["evaluate", "{run}", "--data-dir", MNIST_10K, "--engine", "gpu"], "unknown engine"),
+    (["evaluate", "{run}", "--data-dir", MNIST_10K, "--engine", "gpu"], "invalid choice: 'gpu'"),
+    (["predict", "{run}", "{junk}", "--engine", "gpu"], "invalid choice: 'gpu'"),
+    (["train", "--out", "{empty}/x", "--epochs", "many"], "invalid int value: 'many'"),
     (["evaluate", "{run}", "--data-dir", MNIST_10K, "--limit", "-5"], "--limit"),
 ])
 def test_bad_input_gives_one_line_error(tmp_path, capsys, trained_run, argv, message):

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from conftest import MNIST_10K, UPSTREAM
-from mobile_lenet.engines import host_c as c_engine
+from mobile_lenet.engines import host_c
 from mobile_lenet.apps.cli import main
 from mobile_lenet.apps.device import DeviceError, DeviceLink, parse_reply, rotate_images, run_on_device
 from mobile_lenet.engines.reference import reference_logits, softmax
@@ -35,7 +35,7 @@ def upstream_tensors():
 
 @pytest.fixture(scope="module")
 def device_program(upstream_tensors, tmp_path_factory):
-    return c_engine.build_host_program(upstream_tensors, defines={"ML_TIMEOUT_MS": TEST_TIMEOUT_MS},
+    return host_c.build_host_program(upstream_tensors, defines={"ML_TIMEOUT_MS": TEST_TIMEOUT_MS},
                                        cache=tmp_path_factory.mktemp("device_build"))
 
 

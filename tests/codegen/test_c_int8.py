@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 
 from conftest import UPSTREAM
-from mobile_lenet.engines import host_c as c_engine
-from mobile_lenet.codegen import memory
-from mobile_lenet.codegen.c_int8 import build_int8_host_program, c_int8_logits, generate_sources, platformio_files
 from mobile_lenet.apps.cli import main
+from mobile_lenet.codegen import memory
+from mobile_lenet.codegen.c_int8 import generate_sources
+from mobile_lenet.codegen.firmware import project_files
+from mobile_lenet.engines import host_c
+from mobile_lenet.engines.host_c import build_host_program, c_logits
 from mobile_lenet.engines.reference_int8 import int8_logits
-from mobile_lenet.quantization.quantize import quantize_model, save_quantized
+from mobile_lenet.formats.int8_folder import save_quantized
+from mobile_lenet.quantization.quantize import quantize_model
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 
@@ -25,10 +28,10 @@ def qmodel(trained_tensors, mnist_train):
 
 
 def test_c_and_numpy_agree_bit_for_bit_on_every_test_image(qmodel, mnist_test, tmp_path):
-    c_logits = c_int8_logits(qmodel, mnist_test.images, cache=tmp_path)
+    int8_c_logits = c_logits(qmodel, mnist_test.images, cache=tmp_path)
     numpy_logits = int8_logits(qmodel, mnist_test.images)
-    assert c_logits.shape == (10000, 10) and c_logits.dtype == np.int8
-    np.testing.assert_array_equal(c_logits, numpy_logits)
+    assert int8_c_logits.shape == (10000, 10) and int8_c_logits.dtype == np.int8
+    np.testing.assert_array_equal(int8_c_logits, numpy_logits)
 
 
 def test_saturating_inputs_agree_under_sanitizers(tmp_path, mnist_train):
@@ -43,10 +46,10 @@ def test_saturating_inputs_agree_under_sanitizers(tmp_path, mnist_train):
     rng = np.random.default_rng(0)
     images = np.concatenate([np.full((2, 28, 28), 255, np.uint8), np.zeros((2, 28, 28), np.uint8),
                              rng.integers(0, 256, (30, 28, 28), dtype=np.uint8), mnist_train.images[100:130]])
-    program = build_int8_host_program(qmodel, sanitize=True, cache=tmp_path)
-    c_logits = c_engine.run_classify(program, images).logits.astype(np.int8)
+    program = build_host_program(qmodel, sanitize=True, cache=tmp_path)
+    sanitized_logits = host_c.run_classify(program, images).logits.astype(np.int8)
     numpy_logits = int8_logits(qmodel, images)
-    np.testing.assert_array_equal(c_logits, numpy_logits)
+    np.testing.assert_array_equal(sanitized_logits, numpy_logits)
     assert (numpy_logits == 127).any() or (numpy_logits == -128).any()  # the clamps were exercised
 
 
@@ -56,21 +59,22 @@ def test_upstream_model_agrees_bit_for_bit(mnist_train, mnist_test, tmp_path):
 
     qmodel = quantize_model(load_tensors(UPSTREAM / "noodle"), mnist_train.images[:500])
     images = mnist_test.images[:1000]
-    np.testing.assert_array_equal(c_int8_logits(qmodel, images, cache=tmp_path), int8_logits(qmodel, images))
+    np.testing.assert_array_equal(c_logits(qmodel, images, cache=tmp_path), int8_logits(qmodel, images))
 
 
 def test_generated_library_keeps_the_float_api_and_the_planned_buffers(qmodel):
     sources = generate_sources(qmodel)
-    source, header = sources["mobile_lenet.c"], sources["mobile_lenet.h"]
+    source, header = sources["mobile_lenet.c"], sources["mobile_lenet.h"] + sources["mobile_lenet_api.c"]
     for name in ("mobile_lenet_predict", "mobile_lenet_logits", "mobile_lenet_softmax", "mobile_lenet_argmax",
                  "mobile_lenet_int8_logits"):
         assert name in header
     assert f"static int8_t activation_a[{memory.int8_plan().buffer_values}];" in source
-    assert "float" not in source.split("void mobile_lenet_int8_logits")[1].split("void mobile_lenet_logits")[0]
-    assert source.count("conv2d_int8(activation") == 13 and "B3_pad1 + B3_dw3x3_s2" in source
+    assert "float" not in source.split("void mobile_lenet_int8_logits")[1]
+    assert "float" not in sources["ml_kernels_s8.c"]
+    assert source.count("conv2d_s8(activation") == 13 and "B3_pad1 + B3_dw3x3_s2" in source
     weights = sources["mobile_lenet_weights.c"]
     assert "const int8_t ml_OUT_weight[240]" in weights and "const int16_t ml_GAP_multiplier[1]" in weights
-    files = platformio_files(qmodel)
+    files = project_files(qmodel)
     assert files["src/mobile_lenet.c"] == source and "src/main.cpp" in files and "platformio.ini" in files
 
 
@@ -86,7 +90,7 @@ def test_export_c_int8_builds_with_the_readme_command(tmp_path, qmodel, mnist_te
                               capture_output=True, text=True)
     assert compiled.returncode == 0, compiled.stderr
     images = mnist_test.images[:20]
-    outputs = c_engine.run_classify(out / "host", images)
+    outputs = host_c.run_classify(out / "host", images)
     np.testing.assert_array_equal(outputs.logits.astype(np.int8), int8_logits(qmodel, images))
     np.testing.assert_allclose(outputs.probs.sum(axis=1), 1, atol=1e-5)
     assert main(["export", str(tmp_path / "q"), "--format", "onnx", "--int8", "--out", str(tmp_path / "x")]) == 2

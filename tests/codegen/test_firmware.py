@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from conftest import UPSTREAM
-from mobile_lenet.codegen import c_float as cgen
+from mobile_lenet.codegen import c_float
+from mobile_lenet.codegen import c_library as lib
 from mobile_lenet.codegen import firmware
 from mobile_lenet.apps.cli import main
 from mobile_lenet.engines.reference import reference_logits, softmax
@@ -109,14 +110,14 @@ def test_project_layout(upstream_tensors, tmp_path):
     written = firmware.write_platformio_project(upstream_tensors, tmp_path)
     names = sorted(str(p.relative_to(tmp_path)) for p in written)
     assert names == sorted(["platformio.ini", "README.md", "src/main.cpp"] +
-                           [f"src/{n}" for n in cgen.LIBRARY_FILES])
+                           [f"src/{n}" for n in lib.library_file_names("float32")])
     ini = configparser.ConfigParser()
     ini.read(tmp_path / "platformio.ini")
     assert ini["env"]["framework"] == "arduino" and ini["env"]["monitor_speed"] == "115200"
     assert ini["env:esp32dev"]["platform"] == "espressif32" and ini["env:esp32dev"]["board"] == "esp32dev"
     assert ini["env:pico"]["platform"] == "raspberrypi" and ini["env:pico"]["board"] == "pico"
     # the firmware carries exactly the library the host tests run
-    library = cgen.generate_library(upstream_tensors)
+    library = c_float.generate_library(upstream_tensors)
     for name, text in library.items():
         assert (tmp_path / "src" / name).read_text() == text
     assert "mobile_lenet_host" not in " ".join(names)  # no second main() in the firmware

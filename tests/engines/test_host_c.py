@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import UPSTREAM
-from mobile_lenet.engines import host_c as c_engine
+from mobile_lenet.engines import host_c
 from mobile_lenet.apps.cli import main
 from mobile_lenet.model.data import write_idx
 from mobile_lenet.errors import UserError
@@ -30,7 +30,7 @@ def c_cache(tmp_path_factory):
 
 
 def test_c_matches_reference_on_all_mnist_test_images(upstream_tensors, mnist_test, c_cache):
-    outputs = c_engine.c_outputs(upstream_tensors, mnist_test.images, cache=c_cache)
+    outputs = host_c.c_outputs(upstream_tensors, mnist_test.images, cache=c_cache)
     expected_logits = reference_logits(upstream_tensors, mnist_test.images)
     expected = softmax(expected_logits)
     assert len(outputs.digits) == 10_000
@@ -46,7 +46,7 @@ def test_c_matches_reference_on_all_mnist_test_images(upstream_tensors, mnist_te
 
 def test_idx_file_mode_equals_stdin_mode(upstream_tensors, mnist_test, c_cache, tmp_path):
     images = mnist_test.images[:50]
-    program = c_engine.build_host_program(upstream_tensors, cache=c_cache)
+    program = host_c.build_host_program(upstream_tensors, cache=c_cache)
     write_idx(tmp_path / "images-idx3-ubyte", images)
     from_file = subprocess.run([str(program), "classify", str(tmp_path / "images-idx3-ubyte")],
                                capture_output=True, text=True, check=True).stdout
@@ -58,29 +58,29 @@ def test_idx_file_mode_equals_stdin_mode(upstream_tensors, mnist_test, c_cache, 
 
 
 def test_builds_are_cached_by_source_and_flags(upstream_tensors, c_cache):
-    first = c_engine.build_host_program(upstream_tensors, cache=c_cache)
+    first = host_c.build_host_program(upstream_tensors, cache=c_cache)
     stamp = first.stat().st_mtime_ns
-    assert c_engine.build_host_program(upstream_tensors, cache=c_cache) == first
+    assert host_c.build_host_program(upstream_tensors, cache=c_cache) == first
     assert first.stat().st_mtime_ns == stamp  # not rebuilt
     other = dict(upstream_tensors)
     other["b02"] = other["b02"] + np.float32(1.0)
-    assert c_engine.build_host_program(other, cache=c_cache) != first
+    assert host_c.build_host_program(other, cache=c_cache) != first
 
 
 def test_truncated_input_and_bad_images_are_errors(upstream_tensors, c_cache):
-    program = c_engine.build_host_program(upstream_tensors, cache=c_cache)
+    program = host_c.build_host_program(upstream_tensors, cache=c_cache)
     truncated = subprocess.run([str(program), "classify", "-"], input=bytes(784 + 100), capture_output=True)
     assert truncated.returncode == 1 and b"image 1 is truncated (100 of 784 bytes)" in truncated.stderr
     with pytest.raises(UserError, match="uint8"):
-        c_engine.run_classify(program, np.zeros((2, 28, 28), np.float32))
+        host_c.run_classify(program, np.zeros((2, 28, 28), np.float32))
     with pytest.raises(UserError, match="uint8"):
-        c_engine.run_classify(program, np.zeros((2, 28, 27), np.uint8))
+        host_c.run_classify(program, np.zeros((2, 28, 27), np.uint8))
 
 
 def test_missing_compiler_is_a_user_error(monkeypatch, upstream_tensors, tmp_path):
     monkeypatch.setenv("CC", "no-such-compiler-anywhere")
     with pytest.raises(UserError, match="no C compiler"):
-        c_engine.build_host_program(upstream_tensors, cache=tmp_path)
+        host_c.build_host_program(upstream_tensors, cache=tmp_path)
 
 
 def test_evaluate_cli_with_the_c_engine(monkeypatch, tmp_path, capsys):

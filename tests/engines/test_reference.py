@@ -17,7 +17,7 @@ from mobile_lenet.formats import noodle
 from mobile_lenet.engines import reference
 from mobile_lenet import spec
 from mobile_lenet.apps.cli import main
-from mobile_lenet.apps.evaluation import engine_logits
+from mobile_lenet.engines.registry import logits
 from mobile_lenet.formats.keras import read_keras
 from mobile_lenet.model.network import from_noodle
 
@@ -96,13 +96,13 @@ def test_batch_norm_relu_gap_dense_softmax_match_torch(n, channels, size, seed):
 # ------------------------------------------------------------------------------------------------ the network
 def test_every_layer_matches_the_torch_model(mnist_test):
     """Layer by layer, driven by the table, the engine computes what the PyTorch model computes."""
-    tensors = noodle.read_folder(UPSTREAM / "noodle")
+    tensors = noodle.read_noodle_folder(UPSTREAM / "noodle")
     images = mnist_test.images[:16]
     x = to_tensor_input(images)
     with torch.no_grad():
         torch_outputs = from_noodle(tensors).forward_all(torch_of(x.copy()))
     for layer in spec.LAYERS:
-        x = reference.run_layer(layer, x, tensors)
+        x = reference.run_float_layer(layer, x, tensors)
         expected = torch_outputs[layer.name].numpy()
         assert x.dtype == np.float32 and x.shape == expected.shape, layer.name
         np.testing.assert_allclose(x, expected, rtol=1e-4, atol=2e-5, err_msg=layer.name)
@@ -110,8 +110,8 @@ def test_every_layer_matches_the_torch_model(mnist_test):
 
 def test_upstream_noodle_files_agree_with_the_keras_model_on_all_test_images(mnist_test):
     """The reference engine on the seed's Noodle files vs PyTorch with the weights read from the .keras file."""
-    ref = reference.reference_logits(noodle.read_folder(UPSTREAM / "noodle"), mnist_test.images)
-    torch_logits = engine_logits("torch", read_keras(UPSTREAM / "mobile-lenet-5.keras"), mnist_test.images)
+    ref = reference.reference_logits(noodle.read_noodle_folder(UPSTREAM / "noodle"), mnist_test.images)
+    torch_logits = logits(read_keras(UPSTREAM / "mobile-lenet-5.keras"), mnist_test.images, "torch")
     assert len(ref) == 10_000 and ref.dtype == np.float32
     max_diff = float(np.abs(ref - torch_logits).max())
     accuracy = float((ref.argmax(1) == mnist_test.labels).mean())
@@ -122,10 +122,10 @@ def test_upstream_noodle_files_agree_with_the_keras_model_on_all_test_images(mni
 
 
 def test_exported_trained_model_agrees_with_torch_on_all_test_images(tmp_path, trained_tensors, mnist_test):
-    noodle.write_folder(trained_tensors, tmp_path / "export")
-    exported = noodle.read_folder(tmp_path / "export")
+    noodle.write_noodle_folder(trained_tensors, tmp_path / "export")
+    exported = noodle.read_noodle_folder(tmp_path / "export")
     ref = reference.reference_logits(exported, mnist_test.images)
-    torch_logits = engine_logits("torch", trained_tensors, mnist_test.images)
+    torch_logits = logits(trained_tensors, mnist_test.images, "torch")
     max_diff = float(np.abs(ref - torch_logits).max())
     print(f"trained: reference(export) vs torch max |logit diff| {max_diff:.3g}, "
           f"accuracy {100 * (ref.argmax(1) == mnist_test.labels).mean():.2f}%")
@@ -153,7 +153,7 @@ def test_cli_evaluate_with_the_reference_engine(capsys):
 
 
 def test_cli_evaluate_reference_on_a_broken_folder(tmp_path, capsys):
-    noodle.write_folder(noodle.read_folder(UPSTREAM / "noodle"), tmp_path / "w")
+    noodle.write_noodle_folder(noodle.read_noodle_folder(UPSTREAM / "noodle"), tmp_path / "w")
     (tmp_path / "w" / "bn13.bin").unlink()
     (tmp_path / "w" / "bn13.h").unlink()
     (tmp_path / "w" / "bn13.txt").write_text("1\n2\n")

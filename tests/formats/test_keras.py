@@ -64,7 +64,7 @@ def layer_config(config: dict, name: str) -> dict:
 
 # ------------------------------------------------------------------------------------------------ the upstream file
 def test_keras_export_reproduces_upstream_noodle_txt_byte_for_byte(tmp_path, keras_tensors):
-    noodle.write_folder(keras_tensors, tmp_path / "out")
+    noodle.write_noodle_folder(keras_tensors, tmp_path / "out")
     upstream_txt = sorted((UPSTREAM / "noodle").glob("*.txt"))
     assert len(upstream_txt) == 29
     for path in upstream_txt:
@@ -72,7 +72,7 @@ def test_keras_export_reproduces_upstream_noodle_txt_byte_for_byte(tmp_path, ker
 
 
 def test_keras_tensors_have_table_shapes_and_match_the_noodle_files(keras_tensors):
-    upstream = noodle.read_folder(UPSTREAM / "noodle")
+    upstream = noodle.read_noodle_folder(UPSTREAM / "noodle")
     assert set(keras_tensors) == set(upstream) == set(noodle.tensor_table())
     for name, _, shape in spec.noodle_tensors():
         assert keras_tensors[name].shape == shape and keras_tensors[name].dtype == np.float32

@@ -38,13 +38,13 @@ def keep_only(folder: Path, ext: str) -> Path:
 
 @pytest.fixture(scope="module")
 def upstream_tensors():
-    return noodle.read_folder(UPSTREAM_NOODLE)
+    return noodle.read_noodle_folder(UPSTREAM_NOODLE)
 
 
 @pytest.fixture()
 def txt_folder(tmp_path, upstream_tensors):
     """An export of the upstream weights reduced to its .txt files (no manifest)."""
-    noodle.write_folder(upstream_tensors, tmp_path / "export")
+    noodle.write_noodle_folder(upstream_tensors, tmp_path / "export")
     return keep_only(tmp_path / "export", ".txt")
 
 
@@ -57,7 +57,7 @@ def test_upstream_folder_reads_with_table_shapes(upstream_tensors):
 
 
 def test_upstream_folder_export_is_byte_identical(tmp_path, upstream_tensors):
-    written = noodle.write_folder(upstream_tensors, tmp_path / "out")
+    written = noodle.write_noodle_folder(upstream_tensors, tmp_path / "out")
     assert len(written) == 3 * 29 + 2 and all(p.is_file() for p in written)
     for name in TENSOR_NAMES:
         assert (tmp_path / "out" / f"{name}.txt").read_bytes() == (UPSTREAM_NOODLE / f"{name}.txt").read_bytes()
@@ -65,7 +65,7 @@ def test_upstream_folder_export_is_byte_identical(tmp_path, upstream_tensors):
 
 def test_export_files_manifest_and_readme(tmp_path, upstream_tensors):
     out = tmp_path / "out"
-    noodle.write_folder(upstream_tensors, out)
+    noodle.write_noodle_folder(upstream_tensors, out)
     manifest = json.loads((out / "manifest.json").read_text())
     assert [e["file"] for e in manifest["files"]] == [n + ext for n in TENSOR_NAMES for ext in (".txt", ".h", ".bin")]
     table = noodle.tensor_table()
@@ -84,7 +84,7 @@ def test_export_files_manifest_and_readme(tmp_path, upstream_tensors):
 
 
 def test_header_lines_hold_eight_values(tmp_path, upstream_tensors):
-    noodle.write_folder(upstream_tensors, tmp_path / "out")
+    noodle.write_noodle_folder(upstream_tensors, tmp_path / "out")
     lines = (tmp_path / "out" / "w01.h").read_text().splitlines()
     value_lines = [line for line in lines if line.startswith("  ")]
     assert [line.count("f,") for line in value_lines] == [8] * 9  # 72 values
@@ -94,34 +94,34 @@ def test_header_lines_hold_eight_values(tmp_path, upstream_tensors):
 # ------------------------------------------------------------------------------------------------ round trips
 def test_trained_model_export_import_export_is_byte_identical(tmp_path, trained_tensors):
     first, second = tmp_path / "first", tmp_path / "second"
-    noodle.write_folder(trained_tensors, first)
-    noodle.write_folder(noodle.read_folder(first), second)
+    noodle.write_noodle_folder(trained_tensors, first)
+    noodle.write_noodle_folder(noodle.read_noodle_folder(first), second)
     assert folder_bytes(first) == folder_bytes(second)
     # the encodings hold the same numbers: each one alone reads back to the same tensors
     for ext in noodle.ENCODINGS:
         single = tmp_path / ext.lstrip(".")
-        noodle.write_folder(trained_tensors, single)
-        tensors = noodle.read_folder(keep_only(single, ext))
-        noodle.write_folder(tensors, tmp_path / f"again{ext}")
+        noodle.write_noodle_folder(trained_tensors, single)
+        tensors = noodle.read_noodle_folder(keep_only(single, ext))
+        noodle.write_noodle_folder(tensors, tmp_path / f"again{ext}")
         assert folder_bytes(tmp_path / f"again{ext}") == folder_bytes(first)
     # the export differs from the float32 weights by the 7 significant digits of the text formats only
-    for name, value in noodle.read_folder(first).items():
+    for name, value in noodle.read_noodle_folder(first).items():
         np.testing.assert_allclose(value, trained_tensors[name], rtol=6e-7, atol=1e-30)
 
 
 def test_reader_prefers_txt_then_bin_then_h(tmp_path, upstream_tensors):
     folder = tmp_path / "mixed"
-    noodle.write_folder(upstream_tensors, folder)
+    noodle.write_noodle_folder(upstream_tensors, folder)
     (folder / "manifest.json").unlink()
     # make the encodings of b02 disagree, then remove them one by one
     (folder / "b02.txt").write_text("".join(f"{i}\n" for i in range(10)))
     (folder / "b02.bin").write_bytes(np.full(10, 20, "<f4").tobytes())
     (folder / "b02.h").write_text("static const float b02[] = {" + ",".join(["3.0f"] * 10) + "};\n")
-    assert noodle.read_folder(folder)["b02"].tolist() == list(range(10))
+    assert noodle.read_noodle_folder(folder)["b02"].tolist() == list(range(10))
     (folder / "b02.txt").unlink()
-    assert noodle.read_folder(folder)["b02"].tolist() == [20] * 10
+    assert noodle.read_noodle_folder(folder)["b02"].tolist() == [20] * 10
     (folder / "b02.bin").unlink()
-    assert noodle.read_folder(folder)["b02"].tolist() == [3] * 10
+    assert noodle.read_noodle_folder(folder)["b02"].tolist() == [3] * 10
 
 
 @given(arrays(np.float32, st.integers(0, 50), elements=finite_float32))
@@ -153,7 +153,7 @@ def test_text_rounding_is_idempotent_on_many_values():
 # ------------------------------------------------------------------------------------------------ errors
 def expect_error(folder: Path, *fragments: str) -> str:
     with pytest.raises(UserError) as info:
-        noodle.read_folder(folder)
+        noodle.read_noodle_folder(folder)
     message = str(info.value)
     assert "\n" not in message
     for fragment in fragments:
@@ -178,7 +178,7 @@ def test_wrong_length(txt_folder):
 
 
 def test_manifest_catches_a_changed_file(tmp_path, upstream_tensors):
-    noodle.write_folder(upstream_tensors, tmp_path / "out")
+    noodle.write_noodle_folder(upstream_tensors, tmp_path / "out")
     path = tmp_path / "out" / "w03.txt"
     path.write_text(path.read_text().replace("e", "E", 1))  # still a valid number, but not the exported file
     expect_error(tmp_path / "out", "w03.txt", "sha256", "manifest.json")
@@ -207,7 +207,7 @@ def test_corrupted_txt_value_gives_user_error(txt_folder, name, position, replac
 def test_corrupted_bin_gives_user_error(tmp_path, upstream_tensors, data):
     folder = tmp_path / "bin"
     if not folder.exists():
-        noodle.write_folder(upstream_tensors, folder)
+        noodle.write_noodle_folder(upstream_tensors, folder)
         keep_only(folder, ".bin")
     values = np.frombuffer(data[: len(data) // 4 * 4], "<f4")
     assume(len(data) % 4 or len(values) != 10 or not np.all(np.isfinite(values)))
@@ -227,7 +227,7 @@ def test_corrupted_bin_gives_user_error(tmp_path, upstream_tensors, data):
 ])
 def test_bad_header_gives_user_error(tmp_path, upstream_tensors, text, fragment):
     folder = tmp_path / "h"
-    noodle.write_folder(upstream_tensors, folder)
+    noodle.write_noodle_folder(upstream_tensors, folder)
     keep_only(folder, ".h")
     target = "b02.h" if "b02" in text else "w01.h"
     (folder / target).write_text(text)
@@ -252,9 +252,9 @@ def test_looks_like_noodle_folder(tmp_path, txt_folder):
 
 def test_export_refuses_bad_tensors(tmp_path, upstream_tensors):
     with pytest.raises(UserError, match="w05"):
-        noodle.write_folder({**upstream_tensors, "w05": np.full(64, np.nan, np.float32)}, tmp_path / "x")
+        noodle.write_noodle_folder({**upstream_tensors, "w05": np.full(64, np.nan, np.float32)}, tmp_path / "x")
     with pytest.raises(UserError, match="bn02"):
-        noodle.write_folder({k: v for k, v in upstream_tensors.items() if k != "bn02"}, tmp_path / "x")
+        noodle.write_noodle_folder({k: v for k, v in upstream_tensors.items() if k != "bn02"}, tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 
@@ -276,16 +276,16 @@ def fail_after(monkeypatch, n_files: int):
 def test_failed_export_leaves_nothing_behind(tmp_path, monkeypatch, upstream_tensors):
     fail_after(monkeypatch, 40)
     with pytest.raises(OSError):
-        noodle.write_folder(upstream_tensors, tmp_path / "out")
+        noodle.write_noodle_folder(upstream_tensors, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []  # no output folder, no temporary folder
 
 
 def test_failed_export_keeps_the_previous_one(tmp_path, monkeypatch, upstream_tensors, trained_tensors):
-    noodle.write_folder(upstream_tensors, tmp_path / "out")
+    noodle.write_noodle_folder(upstream_tensors, tmp_path / "out")
     before = folder_bytes(tmp_path / "out")
     fail_after(monkeypatch, 40)
     with pytest.raises(OSError):
-        noodle.write_folder(trained_tensors, tmp_path / "out")
+        noodle.write_noodle_folder(trained_tensors, tmp_path / "out")
     assert folder_bytes(tmp_path / "out") == before
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
 

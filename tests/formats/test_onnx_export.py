@@ -11,14 +11,14 @@ from conftest import UPSTREAM
 from mobile_lenet.formats import noodle
 from mobile_lenet.formats import onnx_export
 from mobile_lenet.apps.cli import main
-from mobile_lenet.apps.evaluation import engine_logits
+from mobile_lenet.engines.registry import logits
 from mobile_lenet.model.data import to_tensor_input
 
 
 @pytest.fixture(scope="module")
 def upstream_onnx(tmp_path_factory):
     """The seed's weights exported to ONNX: (path, tensors)."""
-    tensors = noodle.read_folder(UPSTREAM / "noodle")
+    tensors = noodle.read_noodle_folder(UPSTREAM / "noodle")
     out = tmp_path_factory.mktemp("onnx")
     written = onnx_export.write_onnx(tensors, out)
     assert written == [out / onnx_export.ONNX_FILE]
@@ -47,7 +47,7 @@ def test_onnxruntime_matches_torch_on_real_digits(upstream_onnx, mnist_test):
     path, tensors = upstream_onnx
     images = mnist_test.images[:2000]
     ours = run_onnx(path, images)
-    theirs = engine_logits("torch", tensors, images)
+    theirs = logits(tensors, images, "torch")
     print(f"onnxruntime vs torch on 2000 test images: max |logit diff| {np.abs(ours - theirs).max():.3g}")
     assert np.array_equal(ours.argmax(1), theirs.argmax(1))
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=1e-4)
@@ -57,7 +57,7 @@ def test_onnxruntime_matches_torch_on_real_digits(upstream_onnx, mnist_test):
 def test_any_batch_size_runs(upstream_onnx, mnist_test, batch):
     path, tensors = upstream_onnx
     images = mnist_test.images[100:100 + batch]
-    np.testing.assert_allclose(run_onnx(path, images), engine_logits("torch", tensors, images), atol=1e-4)
+    np.testing.assert_allclose(run_onnx(path, images), logits(tensors, images, "torch"), atol=1e-4)
 
 
 def test_cli_export_onnx_from_a_noodle_folder(tmp_path, capsys, mnist_test):
@@ -66,4 +66,4 @@ def test_cli_export_onnx_from_a_noodle_folder(tmp_path, capsys, mnist_test):
     assert "wrote 1 files" in capsys.readouterr().out
     images = mnist_test.images[:500]
     np.testing.assert_allclose(run_onnx(tmp_path / "onnx" / "mobile_lenet.onnx", images),
-                               engine_logits("torch", noodle.read_folder(model_folder), images), atol=1e-4)
+                               logits(noodle.read_noodle_folder(model_folder), images, "torch"), atol=1e-4)

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mobile_lenet.model.data import (DataError, load_dataset, read_csv, read_folder, read_idx, read_npz,
+from mobile_lenet.model.data import (DataError, load_dataset, read_csv, read_data_folder, read_idx, read_npz,
                                split_validation, to_tensor_input, write_idx)
 
 from conftest import MNIST_10K, write_idx_set
@@ -23,8 +23,8 @@ def test_real_mnist_files(mnist_train, mnist_test):
 
 def test_plain_and_gzip_idx_agree(tmp_path, mnist_test):
     images, labels = mnist_test.images[:50], mnist_test.labels[:50]
-    a = read_folder(write_idx_set(tmp_path / "a", images, labels, gz=False), "train")
-    b = read_folder(write_idx_set(tmp_path / "b", images, labels, gz=True), "train")
+    a = read_data_folder(write_idx_set(tmp_path / "a", images, labels, gz=False), "train")
+    b = read_data_folder(write_idx_set(tmp_path / "b", images, labels, gz=True), "train")
     np.testing.assert_array_equal(a.images, images)
     np.testing.assert_array_equal(b.labels, labels)
 
@@ -65,7 +65,7 @@ def test_count_mismatch(tmp_path):
     write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((5, 28, 28), np.uint8))
     write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(4, np.uint8))
     with pytest.raises(DataError, match="5 images but .* 4 labels"):
-        read_folder(tmp_path, "train")
+        read_data_folder(tmp_path, "train")
 
 
 def test_wrong_image_size(tmp_path):
@@ -78,14 +78,14 @@ def test_corrupt_gzip(tmp_path):
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b not really gzip")
     write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(1, np.uint8))
     with pytest.raises(DataError, match="train-images-idx3-ubyte.gz"):
-        read_folder(tmp_path, "train")
+        read_data_folder(tmp_path, "train")
 
 
 def test_missing_files(tmp_path):
     with pytest.raises(DataError, match="no train-images"):
-        read_folder(tmp_path, "train")
+        read_data_folder(tmp_path, "train")
     with pytest.raises(DataError, match="not a folder"):
-        read_folder(tmp_path / "nope", "train")
+        read_data_folder(tmp_path / "nope", "train")
 
 
 def _csv(path, rows, header=True):
@@ -97,7 +97,7 @@ def _csv(path, rows, header=True):
 def test_csv_reader(tmp_path, mnist_test):
     rows = [[int(lbl)] + img.ravel().tolist() for img, lbl in zip(mnist_test.images[:7], mnist_test.labels[:7])]
     _csv(tmp_path / "mnist_test.csv", rows)
-    ds = read_folder(tmp_path, "test")
+    ds = read_data_folder(tmp_path, "test")
     np.testing.assert_array_equal(ds.images, mnist_test.images[:7])
     np.testing.assert_array_equal(ds.labels, mnist_test.labels[:7])
     _csv(tmp_path / "noheader.csv", rows, header=False)
@@ -120,8 +120,8 @@ def test_csv_errors(tmp_path, row, message):
 def test_npz_reader(tmp_path, mnist_test):
     np.savez(tmp_path / "mnist.npz", x_train=mnist_test.images[:20], y_train=mnist_test.labels[:20],
              x_test=mnist_test.images[20:30], y_test=mnist_test.labels[20:30])
-    assert len(read_folder(tmp_path, "train")) == 20
-    np.testing.assert_array_equal(read_folder(tmp_path, "test").images, mnist_test.images[20:30])
+    assert len(read_data_folder(tmp_path, "train")) == 20
+    np.testing.assert_array_equal(read_data_folder(tmp_path, "test").images, mnist_test.images[20:30])
     np.savez(tmp_path / "bad.npz", x_train=mnist_test.images[:20])
     with pytest.raises(DataError, match="no array"):
         read_npz(tmp_path / "bad.npz", "train")

@@ -16,11 +16,14 @@ from conftest import write_idx_set
 from mobile_lenet.codegen import memory
 from mobile_lenet.apps.cli import main
 from mobile_lenet.errors import UserError
-from mobile_lenet.engines.reference_int8 import int8_logits, requantize, rounding_right_shift
-from mobile_lenet.quantization.quantize import (FORMAT, MANIFEST_NAME, NPZ_NAME, activation_params, calibrate, fold_batchnorm,
-                                   folded_logits, int8_flash_bytes, is_quantized_folder, load_quantized,
-                                   quantize_model, quantize_multipliers, quantize_source, quantize_weights,
-                                   save_quantized)
+from mobile_lenet.apps.evaluation import evaluate
+from mobile_lenet.apps.quantization import quantize_source
+from mobile_lenet.codegen.memory import int8_flash_bytes
+from mobile_lenet.engines.reference_int8 import int8_logits
+from mobile_lenet.formats.int8_folder import FORMAT, MANIFEST_NAME, NPZ_NAME, is_quantized_folder, load_quantized, save_quantized
+from mobile_lenet.quantization.arithmetic import requantize, rounding_right_shift
+from mobile_lenet.quantization.quantize import (activation_params, calibrate, fold_batchnorm, folded_logits, quantize_model,
+                                                quantize_multipliers, quantize_weights)
 
 INT32 = st.integers(-2 ** 31, 2 ** 31 - 1)
 
@@ -111,31 +114,30 @@ def qmodel(trained_tensors, mnist_train):
 
 
 def test_folding_batchnorm_preserves_the_float_model(trained_tensors, mnist_test):
-    from mobile_lenet.apps.evaluation import engine_logits
+    from mobile_lenet.engines.registry import logits
 
     images = mnist_test.images[:300]
     folded = fold_batchnorm(trained_tensors)
     assert [op.kind for op in folded] == ["conv"] + ["dwconv", "conv"] * 6 + ["gap", "dense"]
     assert all(op.relu for op in folded[:-2]) and folded[5].rows[0] == "B3_pad1" and folded[5].padding == 1
-    np.testing.assert_allclose(folded_logits(folded, images), engine_logits("torch", trained_tensors, images),
+    np.testing.assert_allclose(folded_logits(folded, images), logits(trained_tensors, images, "torch"),
                                atol=1e-4)
 
 
 def test_int8_accuracy_within_0_3_points_of_float(mnist_train, mnist_test):
     """A fully trained model (the seed author's: the 3-epoch fixture model is too unsettled to quantize well)."""
-    from mobile_lenet.apps.evaluation import engine_logits
-    from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT, pick_calibration_images, quantized_logits
-    from mobile_lenet.formats.model_files import load_tensors
-
     from conftest import UPSTREAM
+    from mobile_lenet.engines.registry import logits
+    from mobile_lenet.formats.model_files import load_tensors
+    from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT, pick_calibration_images
 
     tensors = load_tensors(UPSTREAM / "noodle")
     upstream_q = quantize_model(tensors, pick_calibration_images(mnist_train.images, DEFAULT_CALIBRATION_COUNT))
-    float_accuracy = (engine_logits("torch", tensors, mnist_test.images).argmax(1) == mnist_test.labels).mean()
-    # The int8 C program: faster than the NumPy engine, and equal to it bit for bit (test_cgen_int8.py).
-    logits = quantized_logits(upstream_q, mnist_test.images, engine="c")
-    assert logits.dtype == np.int8 and logits.shape == (10000, 10)
-    int8_accuracy = (logits.argmax(1) == mnist_test.labels).mean()
+    float_accuracy = (logits(tensors, mnist_test.images, "torch").argmax(1) == mnist_test.labels).mean()
+    # The int8 C program: faster than the NumPy engine, and equal to it bit for bit (tests/codegen/test_c_int8.py).
+    int8_c_logits = logits(upstream_q, mnist_test.images, "c")
+    assert int8_c_logits.dtype == np.int8 and int8_c_logits.shape == (10000, 10)
+    int8_accuracy = (int8_c_logits.argmax(1) == mnist_test.labels).mean()
     print(f"float {100 * float_accuracy:.2f}%  int8 {100 * int8_accuracy:.2f}%")
     assert float_accuracy > 0.97
     assert abs(int8_accuracy - float_accuracy) <= 0.003

@@ -67,22 +67,19 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     """Accuracy, per-class accuracy and confusion matrix of MODEL on a test set."""
+    from mobile_lenet.apps.evaluation import evaluate, format_report
+    from mobile_lenet.engines.registry import check_engine
+    from mobile_lenet.formats.model_files import load_model
     from mobile_lenet.model.data import load_dataset
-    from mobile_lenet.apps.evaluation import evaluate_tensors, format_report
-    from mobile_lenet.quantization.quantize import evaluate_quantized, is_quantized_folder, load_quantized
-    from mobile_lenet.formats.model_files import load_tensors
 
-    quantized = is_quantized_folder(args.model)
-    model = load_quantized(args.model) if quantized else load_tensors(args.model)
+    if args.limit is not None and args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    model = load_model(args.model)
+    engine = check_engine(model, args.engine)
     test_set = load_dataset(args.dataset, args.split, args.data_dir)
     if args.limit is not None:
-        if args.limit < 1:
-            raise UserError("--limit must be at least 1")
         test_set.images, test_set.labels = test_set.images[:args.limit], test_set.labels[:args.limit]
-    if quantized:  # an int8 model runs on the integer engines: reference (NumPy) or c
-        result = evaluate_quantized(model, test_set, engine=args.engine or "reference")
-    else:
-        result = evaluate_tensors(model, test_set, engine=args.engine or "torch")
+    result = evaluate(model, test_set, engine)
     print(json.dumps(result) if args.json else format_report(result))
     return 0
 
@@ -91,13 +88,15 @@ def cmd_predict(args) -> int:
     """Classify image files (PNG/JPEG, any size)."""
     import numpy as np
 
-    from mobile_lenet.apps.evaluation import engine_logits, softmax
-    from mobile_lenet.model.images import load_digit
+    from mobile_lenet.engines.reference import softmax
+    from mobile_lenet.engines.registry import check_engine, real_logits
     from mobile_lenet.formats.model_files import load_tensors
+    from mobile_lenet.model.images import load_digit
 
     tensors = load_tensors(args.model)
+    engine = check_engine(tensors, args.engine)
     images = np.stack([load_digit(p, invert=args.invert) for p in args.images])
-    probs = softmax(engine_logits(args.engine, tensors, images))
+    probs = softmax(real_logits(tensors, images, engine))
     for path, p in zip(args.images, probs):
         if args.json:
             print(json.dumps({"image": str(path), "digit": int(p.argmax()), "probabilities": p.tolist()}))
@@ -109,17 +108,13 @@ def cmd_predict(args) -> int:
 
 def cmd_export(args) -> int:
     """Export MODEL as Noodle weight files, ONNX, a C library or a PlatformIO project."""
-    from mobile_lenet.apps.export import export_model
+    from mobile_lenet.apps.export import export
+    from mobile_lenet.formats.int8_folder import load_quantized
     from mobile_lenet.formats.model_files import load_tensors
 
-    options = {"int8": True} if args.int8 else {}  # only formats that support int8 see the option
-    if args.int8:  # the int8 generators take a quantized model folder (``mobile-lenet quantize``)
-        from mobile_lenet.quantization.quantize import load_quantized
-
-        model = load_quantized(args.model)
-    else:
-        model = load_tensors(args.model)
-    written = export_model(model, args.format, args.out, **options)
+    # --int8 takes a quantized model folder (mobile-lenet quantize); without it MODEL holds float weights
+    model = load_quantized(args.model) if args.int8 else load_tensors(args.model)
+    written = export(model, args.format, args.out)
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -139,7 +134,7 @@ def cmd_import(args) -> int:
 
 def cmd_quantize(args) -> int:
     """Quantize MODEL to int8 (BatchNorm folded, calibrated on training images) into a model folder."""
-    from mobile_lenet.quantization.quantize import quantize_source
+    from mobile_lenet.apps.quantization import quantize_source
 
     qmodel = quantize_source(args.model, args.calibration_data, args.data_dir, args.calibration_count, args.out)
     print(f"wrote {args.out}: {len(qmodel.layers)} int8 layers, calibrated on "
@@ -168,10 +163,10 @@ def cmd_device(args) -> int:
     with DeviceLink.open(args.port, timeout=args.timeout) as link:
         result = run_on_device(link, images, labels, progress=not args.quiet and not args.json)
     if args.model:
-        from mobile_lenet.apps.evaluation import engine_logits
+        from mobile_lenet.engines.registry import logits
         from mobile_lenet.formats.model_files import load_tensors
 
-        host_digits = engine_logits("reference", load_tensors(args.model), images).argmax(axis=1)
+        host_digits = logits(load_tensors(args.model), images, "reference").argmax(axis=1)
         result.update(agreement=int((host_digits == result["predictions"]).sum()), agreement_engine="reference")
     result.update(dataset=test_set.name, rotate=args.rotate)
     print(json.dumps(result) if args.json else format_report(result))
@@ -197,13 +192,22 @@ def cmd_demo(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------ parser
+class OneLineErrorParser(argparse.ArgumentParser):
+    """An argument parser whose errors (a bad flag or value) are one line, like every other error."""
+
+    def error(self, message: str):
+        verb = self.prog.partition(" ")[2]  # "mobile-lenet evaluate" -> "evaluate"
+        raise UserError(f"{verb}: {message}" if verb else message)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from mobile_lenet.engines.registry import ENGINES
     from mobile_lenet.model.data import DATASETS
     from mobile_lenet.model.training import TrainConfig
 
     defaults = TrainConfig()
 
-    parser = argparse.ArgumentParser(prog="mobile-lenet", description="Mobile-LeNet from training to microcontroller.")
+    parser = OneLineErrorParser(prog="mobile-lenet", description="Mobile-LeNet from training to microcontroller.")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = sub.add_parser("summary", help="print the architecture table with parameters and MACs")
@@ -230,8 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
                                  "quantized model folder (mobile-lenet quantize)")
     _dataset_args(p)
     p.add_argument("--split", default="test", choices=("train", "test"), help="which split (default test)")
-    p.add_argument("--engine", help="torch (default), reference (NumPy) or c (generated C on the host); "
-                                    "a quantized model: reference (default, integer NumPy) or c (int8 C)")
+    p.add_argument("--engine", choices=ENGINES, help="torch (default), reference (NumPy) or c (generated C on the "
+                                                     "host); a quantized model: reference (default, integer NumPy) "
+                                                     "or c (int8 C)")
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_evaluate)
@@ -241,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", help="image files, any size")
     p.add_argument("--invert", default="auto", choices=("auto", "yes", "no"),
                    help="dark digit on light background? auto looks at the border (default)")
-    p.add_argument("--engine", default="torch", help="torch, reference or c")
+    p.add_argument("--engine", default="torch", choices=ENGINES, help="torch (default), reference or c")
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.set_defaults(func=cmd_predict)
 
@@ -310,8 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         return args.func(args)
     except UserError as e:
         print(f"mobile-lenet: error: {e}", file=sys.stderr)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import importlib
 import io
 import json
 import os
@@ -48,6 +47,8 @@ from mobile_lenet import spec
 from mobile_lenet.errors import UserError
 from mobile_lenet.model.images import SIZE, looks_dark_on_light, mnist_style
 from mobile_lenet.apps.report import STAGES, stage_activations
+from mobile_lenet.engines.reference import softmax
+from mobile_lenet.engines.registry import engines_for, logits
 
 STATIC_DIR = Path(__file__).with_name("demo_static")
 DEFAULT_MODEL = Path("runs") / "main" / "best.pt"  # what the main job (`mobile-lenet pipeline`) writes
@@ -55,9 +56,6 @@ MAX_BODY_BYTES = 2 * 1024 * 1024  # a 280x280 canvas PNG is ~10 kB; photos from 
 MAX_IMAGE_SIDE = 4096  # checked before decoding, so a tiny PNG cannot unpack into gigabytes
 MAX_PIXEL_ROWS = 1024  # for {"pixels": ...}: at most 1024x1024 values
 MOSAIC_COLUMNS = 8  # channels per row in an activation mosaic
-# Which demo engine needs which module: listed only when the module imports (it may not exist yet).
-ENGINE_MODULES = {"torch": "mobile_lenet.model.network", "reference": "mobile_lenet.engines.reference",
-                  "c": "mobile_lenet.engines.host_c"}
 
 
 class RequestError(Exception):
@@ -69,18 +67,6 @@ class RequestError(Exception):
 
 
 # ------------------------------------------------------------------------------------------------ engines, model
-def available_engines() -> list[str]:
-    """The engines whose modules import in this installation (torch always)."""
-    engines = []
-    for engine, module in ENGINE_MODULES.items():
-        try:
-            importlib.import_module(module)
-        except ImportError:
-            continue
-        engines.append(engine)
-    return engines
-
-
 def resolve_model(model: str | os.PathLike | None) -> Path:
     """The MODEL to serve: the one given, else the main job's runs/main/best.pt, else a clear UserError."""
     if model:
@@ -211,16 +197,14 @@ class DemoModel:
 
         self.tensors, self.label = tensors, label
         self.torch_model = from_noodle(tensors)
-        self.engines = available_engines()
+        self.engines = engines_for(tensors)
 
     def predict(self, image: np.ndarray, engine: str = "torch") -> dict:
         """Probabilities, prediction and per-stage activations of one 28x28 uint8 network input."""
-        from mobile_lenet.apps.evaluation import engine_logits, softmax
-
         if engine not in self.engines:
             raise RequestError(400, f"unknown engine {engine!r} (available: {', '.join(self.engines)})")
         try:
-            probabilities = softmax(engine_logits(engine, self.tensors, image[None]).astype(np.float64))[0]
+            probabilities = softmax(logits(self.tensors, image[None], engine).astype(np.float64))[0]
         except UserError as e:
             raise RequestError(503, f"engine {engine} failed: {e}") from None
         stages = [{"name": stage, "shape": [maps.shape[1], maps.shape[2], maps.shape[0]],

@@ -1,36 +1,14 @@
-"""Evaluation: accuracy, per-class accuracy and the confusion matrix, through any engine.
+"""Evaluation: accuracy, per-class accuracy and the confusion matrix of a model, through any engine.
 
-An engine turns Noodle tensors plus uint8 images (N, 28, 28) into logits (N, 10). ``torch`` is the
-PyTorch model; the interop and C modules add ``reference`` (NumPy) and ``c`` (generated C on the host).
+The model may be float weights or a quantized model; ``engines.registry`` picks the code that runs it.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from mobile_lenet.engines import registry
 from mobile_lenet.model.data import Dataset
-from mobile_lenet.errors import UserError
-from mobile_lenet.engines.reference import softmax  # noqa: F401  (the device's softmax; re-exported for the CLI, report and demo)
-
-ENGINES = ("torch", "reference", "c")
-
-
-def engine_logits(engine: str, tensors: dict[str, np.ndarray], images: np.ndarray) -> np.ndarray:
-    """Logits (N, 10) of ``images`` computed by ``engine`` with the weights ``tensors``."""
-    if engine == "torch":
-        from mobile_lenet.model.network import from_noodle
-        from mobile_lenet.model.training import predict_logits
-
-        return predict_logits(from_noodle(tensors), images)
-    if engine == "reference":
-        from mobile_lenet.engines.reference import reference_logits
-
-        return reference_logits(tensors, images)
-    if engine == "c":
-        from mobile_lenet.engines.host_c import c_logits
-
-        return c_logits(tensors, images)
-    raise UserError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
 
 
 def score(predictions: np.ndarray, labels: np.ndarray, num_classes: int = 10) -> dict:
@@ -44,11 +22,12 @@ def score(predictions: np.ndarray, labels: np.ndarray, num_classes: int = 10) ->
             "confusion": confusion.tolist()}
 
 
-def evaluate_tensors(tensors: dict[str, np.ndarray], dataset: Dataset, engine: str = "torch") -> dict:
-    """Score ``dataset`` with the given weights and engine."""
-    logits = engine_logits(engine, tensors, dataset.images)
+def evaluate(model, dataset: Dataset, engine: str | None = None) -> dict:
+    """Score ``dataset`` with a float or int8 model on ``engine`` (default: the model's first engine)."""
+    engine = registry.check_engine(model, engine)
+    logits = registry.logits(model, dataset.images, engine)
     result = score(logits.argmax(axis=1), dataset.labels)
-    result.update(engine=engine, dataset=dataset.name)
+    result.update(engine=f"{engine} (int8)" if registry.is_int8(model) else engine, dataset=dataset.name)
     return result
 
 

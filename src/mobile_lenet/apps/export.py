@@ -1,40 +1,32 @@
-"""``mobile-lenet export``: one entry point, one module per format.
+"""``mobile-lenet export``: one entry point; the model's type and the format pick the writer.
 
-Every exporter takes Noodle tensors (the common currency, see ``model.to_noodle``) and an output folder.
+A float model (Noodle tensors) exports to every format; a quantized model to the C library and the
+PlatformIO project, in int8.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
+from mobile_lenet.codegen.c_float import write_c_library
+from mobile_lenet.codegen.c_int8 import write_c_library_int8
+from mobile_lenet.codegen.firmware import write_platformio_project
+from mobile_lenet.engines.registry import is_int8
 from mobile_lenet.errors import UserError
+from mobile_lenet.formats.noodle import write_noodle_folder
+from mobile_lenet.formats.onnx_export import write_onnx
 
-FORMATS = ("noodle", "onnx", "c", "platformio")
+FLOAT_WRITERS = {"noodle": write_noodle_folder, "onnx": write_onnx, "c": write_c_library,
+                 "platformio": write_platformio_project}
+INT8_WRITERS = {"c": write_c_library_int8, "platformio": write_platformio_project}
+FORMATS = tuple(FLOAT_WRITERS)
 
 
-def export_model(tensors: dict[str, np.ndarray], fmt: str, out_dir: str | Path, **options) -> list[Path]:
-    """Write ``tensors`` in format ``fmt`` into ``out_dir``; returns the files written."""
-    out_dir = Path(out_dir)
-    if options.pop("int8", False):  # then ``tensors`` is a quantized model (quantize.load_quantized)
-        from mobile_lenet.codegen.c_int8 import export_int8
-
-        return export_int8(tensors, fmt, out_dir, **options)
-    if fmt == "noodle":
-        from mobile_lenet.formats.noodle import write_folder
-
-        return write_folder(tensors, out_dir, **options)
-    if fmt == "onnx":
-        from mobile_lenet.formats.onnx_export import write_onnx
-
-        return write_onnx(tensors, out_dir, **options)
-    if fmt == "c":
-        from mobile_lenet.codegen.c_float import write_c_library
-
-        return write_c_library(tensors, out_dir, **options)
-    if fmt == "platformio":
-        from mobile_lenet.codegen.firmware import write_platformio_project
-
-        return write_platformio_project(tensors, out_dir, **options)
-    raise UserError(f"unknown export format {fmt!r} (choose from {', '.join(FORMATS)})")
+def export(model, fmt: str, out_dir: str | Path) -> list[Path]:
+    """Write a float or int8 ``model`` in format ``fmt`` into ``out_dir``; returns the files written."""
+    writers = INT8_WRITERS if is_int8(model) else FLOAT_WRITERS
+    if fmt not in writers:
+        names = list(writers)
+        kind = "--int8 exports" if is_int8(model) else "export writes"
+        raise UserError(f"{kind} formats {', '.join(names[:-1])} and {names[-1]}, not {fmt!r}")
+    return writers[fmt](model, Path(out_dir))

@@ -10,10 +10,12 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from mobile_lenet.model.data import DataError, dataset_available_offline, download, load_dataset
+from mobile_lenet.apps.evaluation import evaluate, format_report
+from mobile_lenet.apps.export import export
+from mobile_lenet.apps.report import build_report
 from mobile_lenet.errors import UserError
-from mobile_lenet.apps.evaluation import evaluate_tensors, format_report
 from mobile_lenet.formats.model_files import load_tensors
+from mobile_lenet.model.data import DataError, dataset_available_offline, download, load_dataset
 from mobile_lenet.model.training import TrainConfig, train
 
 
@@ -44,7 +46,7 @@ def run_pipeline(out: Path, dataset: str = "auto", data_dir: str | None = None, 
 
     log("[2/4] evaluating best.pt on the test split")
     tensors = load_tensors(out)
-    result = evaluate_tensors(tensors, load_dataset(dataset, "test", data_dir))
+    result = evaluate(tensors, load_dataset(dataset, "test", data_dir))
     (out / "evaluation.json").write_text(json.dumps(result, indent=2) + "\n")
     log(format_report(result))
 
@@ -52,18 +54,14 @@ def run_pipeline(out: Path, dataset: str = "auto", data_dir: str | None = None, 
     for line in export_all(out, tensors):
         log("  " + line)
 
-    from mobile_lenet.apps.report import build_report
-
     log(f"[4/4] report: {build_report(out, dataset=dataset, data_dir=data_dir)}")
     return result
 
 
 def export_all(out: Path, tensors) -> list[str]:
-    """Write every export format that the package offers next to the run; returns what was written."""
-    from mobile_lenet.apps.export import export_model
-
+    """Write the weight files, ONNX and the C library next to the run; returns what was written."""
     written = []
     for fmt in ("noodle", "onnx", "c"):
-        export_model(tensors, fmt, out / fmt)
+        export(tensors, fmt, out / fmt)
         written.append(f"{fmt}: {out / fmt}")
     return written

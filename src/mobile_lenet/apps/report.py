@@ -432,7 +432,9 @@ def build_report(run_dir: str | os.PathLike, dataset: str | None = None, data_di
     images (quicker, for tests and previews).
     """
     from mobile_lenet.model.data import load_dataset
-    from mobile_lenet.apps.evaluation import engine_logits, score, softmax
+    from mobile_lenet.apps.evaluation import score
+    from mobile_lenet.engines.reference import softmax
+    from mobile_lenet.engines.registry import logits
     from mobile_lenet.model.network import from_noodle
     from mobile_lenet.formats.model_files import load_tensors
 
@@ -453,7 +455,7 @@ def build_report(run_dir: str | os.PathLike, dataset: str | None = None, data_di
         raise UserError(f"{dataset}: the test split is empty")
     log(f"evaluating {run_dir / 'best.pt'} on {len(labels):,} test images of {dataset}")
     tensors = load_tensors(run_dir / "best.pt")
-    probabilities = softmax(engine_logits("torch", tensors, images))
+    probabilities = softmax(logits(tensors, images, "torch"))
     predictions = probabilities.argmax(axis=1)
     result = score(predictions, labels)
 

@@ -12,17 +12,18 @@ report and the code cannot disagree. It follows the seed's program:
   channel 0's plane with the averages of channels 1..23 before channel 0 is averaged (NOODLE_FORMAT.md).
 
 ``plan()`` builds the float32 plan; ``int8_plan`` the int8 one, with the same buffers and steps at one byte per
-activation and the int8 model's weight bytes (``quantize.int8_flash_bytes``).
+activation and the int8 model's weight bytes (``int8_flash_bytes``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from mobile_lenet import spec
 from mobile_lenet.errors import UserError
+from mobile_lenet.spec import LayerKind
 
 FLOAT32 = "float32"
 BUFFERS = ("A", "B")
@@ -99,17 +100,18 @@ def plan(precision: str = FLOAT32) -> Plan:
     for layer in spec.LAYERS:
         other = BUFFERS[1] if current == BUFFERS[0] else BUFFERS[0]
         in_values, out_values = _values(layer.in_shape), _values(layer.out_shape)
-        if layer.kind == "pad":
+        if layer.kind == LayerKind.PAD:
             steps.append(Step(layer, current, current, stored_shape, layer.padding, False, 0, in_values, 0))
             carried_padding += layer.padding
             continue
-        if layer.kind in ("bn", "relu"):
+        if layer.kind in (LayerKind.BN, LayerKind.RELU):
             steps.append(Step(layer, current, current, stored_shape, 0, True, out_values, out_values,
                               weight_values(layer)))
             continue
         # conv, dwconv, gap, dense: read one buffer, write the other
-        padding = layer.padding + carried_padding if layer.kind in ("conv", "dwconv") else 0
-        if layer.kind not in ("conv", "dwconv") and carried_padding:
+        convolution = layer.kind in (LayerKind.CONV, LayerKind.DWCONV)
+        padding = layer.padding + carried_padding if convolution else 0
+        if not convolution and carried_padding:
             raise ValueError(f"{layer.name}: a ZeroPadding2D row must be followed by a convolution")
         carried_padding = 0
         in_values = _values(stored_shape)
@@ -120,17 +122,28 @@ def plan(precision: str = FLOAT32) -> Plan:
     return Plan(FLOAT32, 4, tuple(steps), buffer_values)
 
 
+def int8_flash_bytes(layer: spec.Layer) -> int:
+    """Flash bytes of the int8 arrays a table row contributes (what ``int8_plan`` counts).
+
+    A convolution or dense row: int8 kernel, int32 bias and int16 multiplier per output channel, with its
+    BatchNorm folded in (so a BN row costs nothing); GAP: one int16 multiplier. Shifts and zero points are
+    constants in the generated code, like the layer sizes.
+    """
+    if layer.kind in (LayerKind.CONV, LayerKind.DWCONV, LayerKind.DENSE):
+        kernel = layer.trainable_params - (layer.out_channels if layer.bias else 0)
+        return kernel * 1 + layer.out_channels * (4 + 2)
+    if layer.kind == LayerKind.GAP:
+        return 2
+    return 0
+
+
 def int8_plan() -> Plan:
     """The int8 plan (``quantize``): the float plan's buffers and steps with one byte per activation.
 
     BatchNorm is folded into the convolutions and ReLU into their requantization, so the BN and ReLU rows
     cost nothing. ``weight_values`` counts bytes here (int8 kernels, int32 biases, int16 multipliers; see
-    ``quantize.int8_flash_bytes``), so ``flash_bytes`` is the int8 model's weight data.
+    ``int8_flash_bytes``), so ``flash_bytes`` is the int8 model's weight data.
     """
-    from dataclasses import replace
-
-    from mobile_lenet.quantization.quantize import int8_flash_bytes
-
     float_plan = plan(FLOAT32)
     steps = tuple(replace(s, weight_values=int8_flash_bytes(s.layer)) for s in float_plan.steps)
     return Plan("int8", 1, steps, float_plan.buffer_values)

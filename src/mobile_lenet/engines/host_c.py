@@ -1,12 +1,13 @@
-"""The generated C on the host: ``mobile-lenet evaluate MODEL --engine c``.
+"""The generated C on the host: ``mobile-lenet evaluate MODEL --engine c``, float or int8.
 
-``build_host_program`` writes the C export (``cgen``) into a cache folder named by a hash of the sources
-and compiler flags, and compiles ``mobile_lenet_host`` with the system C compiler (``$CC``, else ``cc``).
-Building again with the same weights and flags reuses the binary.
+``build_host_program`` writes the C export of a model (``codegen.c_float`` or ``codegen.c_int8``) into a cache
+folder named by a hash of the sources and compiler flags, and compiles ``mobile_lenet_host`` (``c/``) with the
+system C compiler (``$CC``, else ``cc``). Building again with the same weights and flags reuses the binary.
 
-The program has two modes (see ``cgen``): ``classify -`` reads raw images on stdin and prints, per image,
-the digit, 10 logits and 10 probabilities with ``%.9g`` (so the float32 values come back exactly); ``serve``
-is the microcontroller's serial protocol on stdin/stdout, the simulated device of the ``device`` tests.
+The program has two modes: ``classify -`` reads raw images on stdin and prints, per image, the digit, 10
+logits (an int8 library: its 10 int8 logits) and 10 probabilities with ``%.9g`` (so the float32 values come
+back exactly); ``serve`` is the microcontroller's serial protocol on stdin/stdout, the simulated device of
+the ``device`` tests.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mobile_lenet.codegen import c_float as cgen
-
 from mobile_lenet import spec
+from mobile_lenet.codegen import c_float, c_int8
 from mobile_lenet.errors import UserError
+from mobile_lenet.files import write_text_files
+from mobile_lenet.quantization.quantize import QuantizedModel
 
 PROGRAM_NAME = "mobile_lenet_host"
 # -ffp-contract=off: no fused multiply-adds, so every product is rounded to float32 as in the reference.
@@ -85,7 +87,7 @@ def build_cached_program(sources: dict[str, str], program_name: str, *, flavour:
     program = folder / program_name
     if program.is_file():
         return program
-    cgen.write_sources(sources, folder)
+    write_text_files(sources, folder)
     c_files = sorted(str(folder / name) for name in sources if name.endswith(".c"))
     # Compile to a temporary name, then rename: another process may be building the same folder.
     with tempfile.NamedTemporaryFile(dir=folder, prefix=program_name + ".", delete=False) as tmp:
@@ -100,10 +102,13 @@ def build_cached_program(sources: dict[str, str], program_name: str, *, flavour:
     return program
 
 
-def build_host_program(tensors: dict[str, np.ndarray], *, sanitize: bool = False, defines: dict | None = None,
-                       cache: str | Path | None = None) -> Path:
-    """Generate and compile the host program for these weights; returns the executable (cached by hash)."""
-    return build_cached_program(cgen.generate_sources(tensors), PROGRAM_NAME, sanitize=sanitize, defines=defines,
+def build_host_program(model: dict[str, np.ndarray] | QuantizedModel, *, sanitize: bool = False,
+                       defines: dict | None = None, cache: str | Path | None = None) -> Path:
+    """Generate and compile the host program for a float or an int8 model; returns the executable (cached)."""
+    if isinstance(model, QuantizedModel):
+        return build_cached_program(c_int8.generate_sources(model), PROGRAM_NAME, flavour="int8", sanitize=sanitize,
+                                    defines=defines, cache=cache)
+    return build_cached_program(c_float.generate_sources(model), PROGRAM_NAME, sanitize=sanitize, defines=defines,
                                 cache=cache)
 
 
@@ -136,11 +141,12 @@ def run_classify(program: Path, images: np.ndarray) -> COutputs:
     return parse_classify_output(result.stdout.decode("ascii"), len(images))
 
 
-def c_outputs(tensors: dict[str, np.ndarray], images: np.ndarray, **build_options) -> COutputs:
+def c_outputs(model: dict[str, np.ndarray] | QuantizedModel, images: np.ndarray, **build_options) -> COutputs:
     """Digits, logits and probabilities of ``images`` computed by the generated C, built on this host."""
-    return run_classify(build_host_program(tensors, **build_options), images)
+    return run_classify(build_host_program(model, **build_options), images)
 
 
-def c_logits(tensors: dict[str, np.ndarray], images: np.ndarray) -> np.ndarray:
-    """Logits (N, 10) from the generated C (the ``c`` engine of ``evaluation.engine_logits``)."""
-    return c_outputs(tensors, images).logits
+def c_logits(model: dict[str, np.ndarray] | QuantizedModel, images: np.ndarray, **build_options) -> np.ndarray:
+    """Logits (N, 10) from the generated C: float32, or int8 for a quantized model (printed as integers: exact)."""
+    logits = c_outputs(model, images, **build_options).logits
+    return logits.astype(np.int8) if isinstance(model, QuantizedModel) else logits

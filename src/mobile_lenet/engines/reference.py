@@ -97,7 +97,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ network
-def run_layer(layer: spec.Layer, x: np.ndarray, tensors: dict[str, np.ndarray]) -> np.ndarray:
+def run_float_layer(layer: spec.Layer, x: np.ndarray, tensors: dict[str, np.ndarray]) -> np.ndarray:
     """Apply one row of the architecture table to activations ``x``."""
     weight = tensors[layer.weight_file] if layer.weight_file else None
     if layer.kind == "conv":
@@ -126,7 +126,7 @@ def reference_logits(tensors: dict[str, np.ndarray], images: np.ndarray, batch_s
     for start in range(0, len(images), batch_size):
         x = to_tensor_input(images[start:start + batch_size])  # pixel / 255.0f, CHW with C=1
         for layer in spec.LAYERS:
-            x = run_layer(layer, x, tensors)
+            x = run_float_layer(layer, x, tensors)
         outputs.append(x)
     return np.concatenate(outputs) if outputs else np.zeros((0, spec.NUM_CLASSES), np.float32)
 

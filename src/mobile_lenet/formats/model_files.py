@@ -1,8 +1,9 @@
-"""Resolving a MODEL argument to weights.
+"""Resolving a MODEL argument to a model: float weights or a quantized model.
 
-A MODEL may be a checkpoint (``.pt``) or a run folder (its ``best.pt``); the interop module adds folders of
-Noodle files and Keras ``.keras`` files. Whatever the source, ``load_tensors`` returns the common currency:
-Noodle tensors (file name -> float32 array, see ``spec.noodle_tensors``).
+A MODEL may be a checkpoint (``.pt``), a run folder (its ``best.pt``), a folder of Noodle files, a Keras
+``.keras`` file, or a quantized model folder (``mobile-lenet quantize``). A float model, whatever its source,
+is the common currency: Noodle tensors (file name -> float32 array, see ``spec.noodle_tensors``). A
+quantized one is a ``QuantizedModel``.
 """
 
 from __future__ import annotations
@@ -12,23 +13,23 @@ from pathlib import Path
 
 import numpy as np
 
-from mobile_lenet.model.checkpoints import load_checkpoint_model
 from mobile_lenet.errors import UserError
-from mobile_lenet.model.network import MobileLeNet, from_noodle, to_noodle
+from mobile_lenet.formats.int8_folder import is_quantized_folder, load_quantized
+from mobile_lenet.formats.keras import read_keras
+from mobile_lenet.formats.noodle import looks_like_noodle_folder, read_noodle_folder
+from mobile_lenet.model.checkpoints import load_checkpoint_model
+from mobile_lenet.model.network import to_noodle
+from mobile_lenet.quantization.quantize import QuantizedModel
 
 
 def load_tensors(source: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Noodle tensors from any supported MODEL source."""
+    """The float weights (Noodle tensors) of MODEL; a quantized folder is refused with one line."""
     path = Path(source)
     if path.is_dir():
         if (path / "best.pt").is_file():
             return to_noodle(load_checkpoint_model(path / "best.pt"))
-        from mobile_lenet.formats import noodle
-
-        if noodle.looks_like_noodle_folder(path):
-            return noodle.read_folder(path)
-        from mobile_lenet.quantization.quantize import is_quantized_folder
-
+        if looks_like_noodle_folder(path):
+            return read_noodle_folder(path)
         if is_quantized_folder(path):  # int8 integers, not float weights: only some verbs take it
             raise UserError(f"{path}: an int8 model (mobile-lenet quantize); use it with evaluate, or export "
                             f"--format c/platformio --int8")
@@ -36,12 +37,10 @@ def load_tensors(source: str | os.PathLike) -> dict[str, np.ndarray]:
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
     if path.suffix == ".keras":
-        from mobile_lenet.formats import keras as keras_import
-
-        return keras_import.read_keras(path)
+        return read_keras(path)
     return to_noodle(load_checkpoint_model(path))
 
 
-def load_model(source: str | os.PathLike) -> MobileLeNet:
-    """A PyTorch model in eval mode from any supported MODEL source."""
-    return from_noodle(load_tensors(source))
+def load_model(source: str | os.PathLike) -> dict[str, np.ndarray] | QuantizedModel:
+    """MODEL as it is: a quantized model from a quantized folder, else the float weights."""
+    return load_quantized(source) if is_quantized_folder(source) else load_tensors(source)

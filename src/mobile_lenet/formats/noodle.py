@@ -7,7 +7,7 @@ A Noodle folder holds one file per tensor (w01..w14, b01..b02, bn01..bn13, names
 - ``.h``:   a C header declaring ``static const float w01[] = { ... };`` (``%.6e`` plus ``f``, 8 per line);
 - ``.bin``: raw little-endian float32.
 
-The text encodings keep 7 significant digits, so before writing, ``write_folder`` rounds every value to the
+The text encodings keep 7 significant digits, so before writing, ``write_noodle_folder`` rounds every value to the
 float32 nearest its ``%.6e`` text. All three files of a tensor then hold exactly the same numbers, whichever
 one a reader picks, and export -> import -> export reproduces every file byte for byte.
 """
@@ -154,7 +154,7 @@ def looks_like_noodle_folder(folder: str | os.PathLike) -> bool:
     return folder.is_dir() and any(_TENSOR_FILE.match(p.name) for p in folder.iterdir())
 
 
-def read_folder(folder: str | os.PathLike) -> dict[str, np.ndarray]:
+def read_noodle_folder(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     """Noodle tensors from a folder of weight files, each in .txt, .bin or .h (preferred in that order).
 
     Every tensor of the table must be present with the right number of finite values, and no other
@@ -239,7 +239,7 @@ def _manifest_json(entries: list[dict]) -> str:
             f'  "files": [\n{lines}\n  ]\n}}\n')
 
 
-def write_folder(tensors: dict[str, np.ndarray], out_dir: str | os.PathLike) -> list[Path]:
+def write_noodle_folder(tensors: dict[str, np.ndarray], out_dir: str | os.PathLike) -> list[Path]:
     """Export ``tensors`` as a Noodle folder; returns the paths written.
 
     All files are first written to a temporary folder next to ``out_dir``; only when every one is complete

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mobile_lenet.model.checkpoints import atomic_write
+from mobile_lenet.files import atomic_write
 from mobile_lenet.errors import UserError
 from mobile_lenet.model.network import from_noodle
 from mobile_lenet.formats.noodle import umasked

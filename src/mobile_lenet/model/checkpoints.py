@@ -6,27 +6,13 @@ A checkpoint is a ``torch.save`` of plain tensors, numbers and strings, loaded w
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from mobile_lenet.errors import UserError
+from mobile_lenet.files import atomic_write
 from mobile_lenet.model.network import MobileLeNet
-
-
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then rename the result onto ``path``, so no half-written file is ever seen."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_checkpoint(path: str | os.PathLike, model: MobileLeNet, **extra) -> None:

@@ -175,7 +175,7 @@ def read_csv(path: Path) -> Dataset:
     return Dataset(images, np.array(labels, dtype=np.uint8), str(path))
 
 
-def read_folder(folder: str | os.PathLike, split: str = "train") -> Dataset:
+def read_data_folder(folder: str | os.PathLike, split: str = "train") -> Dataset:
     """Read one split ("train" or "test") from a folder of IDX, npz or CSV files."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -262,12 +262,12 @@ def load_dataset(name: str = "mnist", split: str = "train", data_dir: str | os.P
     if split not in ("train", "test"):
         raise UserError(f"unknown split {split!r} (use train or test)")
     if data_dir is not None:
-        ds = read_folder(data_dir, split)
+        ds = read_data_folder(data_dir, split)
     elif name == "mnist-sample":
         ds = load_sample(split)
     elif name in DOWNLOADS:
         folder = next((f for f in SYSTEM_FOLDERS.get(name, []) if _find(f, "train-images-idx3-ubyte")), None)
-        ds = read_folder(folder if folder else download(name), split)
+        ds = read_data_folder(folder if folder else download(name), split)
     else:
         raise UserError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")
     ds.name = f"{name}/{split}" if data_dir is None else f"{data_dir}/{split}"

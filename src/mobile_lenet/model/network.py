@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from mobile_lenet import spec
+from mobile_lenet.model.data import to_tensor_input
 
 
 class GlobalAveragePool(nn.Module):
@@ -124,3 +125,12 @@ def from_noodle(tensors: dict[str, np.ndarray]) -> MobileLeNet:
             else:
                 module.weight.copy_(value.reshape(module.weight.shape))
     return model.eval()
+
+
+@torch.no_grad()
+def predict_logits(model: MobileLeNet, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """Logits (N, 10) of the model in inference mode for uint8 images (N, 28, 28)."""
+    model.eval()
+    out = [model(torch.from_numpy(to_tensor_input(images[i:i + batch_size])))
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, 10), np.float32)

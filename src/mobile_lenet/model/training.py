@@ -28,7 +28,7 @@ from torch import nn
 from mobile_lenet.model.checkpoints import read_checkpoint, save_checkpoint
 from mobile_lenet.model.data import Dataset, split_validation, to_tensor_input
 from mobile_lenet.errors import UserError
-from mobile_lenet.model.network import MobileLeNet
+from mobile_lenet.model.network import MobileLeNet, predict_logits
 
 
 @dataclass
@@ -103,15 +103,6 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     theta = torch.stack([torch.stack([cos, -sin + shear, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-
-@torch.no_grad()
-def predict_logits(model: MobileLeNet, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Logits (N, 10) of the model in inference mode for uint8 images (N, 28, 28)."""
-    model.eval()
-    out = [model(torch.from_numpy(to_tensor_input(images[i:i + batch_size])))
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, 10), np.float32)
 
 
 def loss_and_accuracy(model: MobileLeNet, ds: Dataset) -> tuple[float, float]:

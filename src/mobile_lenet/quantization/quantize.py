@@ -29,31 +29,23 @@ for Efficient Integer-Arithmetic-Only Inference", the scheme of TFLite / CMSIS-N
 * **Dense** 24 -> 10 like a convolution, without ReLU. Its int8 outputs are the logits; only a user of the
   result (softmax, confidence) dequantizes them with ``scale_out`` and ``zp_out``. The argmax needs nothing.
 
-A quantized model is a folder: ``int8_tensors.npz`` (int8 weights, int32 biases, int16 multipliers, one
-array each per layer) and ``manifest.json`` (format, layers with shift, scales and zero points, calibration
-details, the npz's sha256), written into a temporary folder renamed into place.
+On disk a quantized model is a folder (``formats.int8_folder``); the int8 engines are
+``engines.reference_int8`` (NumPy) and the generated C (``codegen.c_int8``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from mobile_lenet import spec
 from mobile_lenet.errors import UserError
-from mobile_lenet.engines.reference_int8 import INPUT_ZERO_POINT, INT8_MAX, INT8_MIN, convolve, int8_logits
+from mobile_lenet.model.data import to_tensor_input
+from mobile_lenet.quantization.arithmetic import INPUT_ZERO_POINT, INT8_MAX, INT8_MIN, convolve
+from mobile_lenet.spec import LayerKind
 
-FORMAT = "mobile-lenet-int8/1"
-NPZ_NAME = "int8_tensors.npz"
-MANIFEST_NAME = "manifest.json"
 INPUT_SCALE = 1.0 / 255.0
 WEIGHT_QMAX = 127  # symmetric weights use [-127, 127], so -w is always representable
 MULTIPLIER_BITS = 15  # the requantization multipliers are int16 (positive: at most 2**15 - 1)
@@ -66,7 +58,7 @@ class FoldedLayer:
     """One float operation of the folded network: conv/dwconv (+ folded BN, + ReLU), gap or dense."""
 
     name: str  # the seed's name of the main row, e.g. "B3_dw3x3_s2"
-    kind: str  # "conv", "dwconv", "gap" or "dense"
+    kind: LayerKind  # CONV, DWCONV, GAP or DENSE
     rows: tuple  # every row of spec.LAYERS this operation covers, e.g. ("B3_pad1", "B3_dw3x3_s2", ...)
     in_shape: tuple  # (H, W, C) or (C,), as in spec
     out_shape: tuple
@@ -83,7 +75,7 @@ class QLayer:
     """One integer operation (see the module docstring); what both int8 engines execute."""
 
     name: str
-    kind: str
+    kind: LayerKind
     rows: tuple
     in_shape: tuple
     out_shape: tuple
@@ -135,9 +127,9 @@ def fold_batchnorm(tensors: dict[str, np.ndarray]) -> list[FoldedLayer]:
     layers: list[FoldedLayer] = []
     pad = None  # a ZeroPadding2D row waiting for its convolution
     for row in spec.LAYERS:
-        if row.kind == "pad":
+        if row.kind == LayerKind.PAD:
             pad = row
-        elif row.kind in ("conv", "dwconv", "dense"):
+        elif row.kind in (LayerKind.CONV, LayerKind.DWCONV, LayerKind.DENSE):
             weight = np.asarray(tensors[row.weight_file], dtype=np.float64)
             bias = (np.asarray(tensors[row.bias_file], dtype=np.float64) if row.bias_file
                     else np.zeros(row.out_channels))
@@ -147,18 +139,18 @@ def fold_batchnorm(tensors: dict[str, np.ndarray]) -> list[FoldedLayer]:
                 pad = None
             layers.append(FoldedLayer(row.name, row.kind, rows, in_shape, row.out_shape, row.kernel, row.stride,
                                       padding, weight=weight.copy(), bias=bias.copy()))
-        elif row.kind == "bn":
+        elif row.kind == LayerKind.BN:
             op = layers[-1]
             gamma, beta, mean, var = np.asarray(tensors[row.weight_file], dtype=np.float64).reshape(4, -1)
             factor = gamma / np.sqrt(var + spec.BN_EPSILON)
             op.weight *= factor.reshape((-1,) + (1,) * (op.weight.ndim - 1))
             op.bias = (op.bias - mean) * factor + beta
             op.rows += (row.name,)
-        elif row.kind == "relu":
+        elif row.kind == LayerKind.RELU:
             layers[-1].relu = True
             layers[-1].rows += (row.name,)
-        elif row.kind == "gap":
-            layers.append(FoldedLayer(row.name, "gap", (row.name,), row.in_shape, row.out_shape))
+        elif row.kind == LayerKind.GAP:
+            layers.append(FoldedLayer(row.name, LayerKind.GAP, (row.name,), row.in_shape, row.out_shape))
         else:
             raise ValueError(f"cannot quantize layer kind {row.kind!r}")
     return layers
@@ -166,10 +158,10 @@ def fold_batchnorm(tensors: dict[str, np.ndarray]) -> list[FoldedLayer]:
 
 def run_folded_layer(op: FoldedLayer, x: np.ndarray) -> np.ndarray:
     """One folded float layer on float32 activations (N, C, H, W) or (N, C)."""
-    if op.kind in ("conv", "dwconv"):
-        y = convolve(x, op.weight.astype(np.float32), op.stride, op.padding, op.kind == "dwconv")
+    if op.kind in (LayerKind.CONV, LayerKind.DWCONV):
+        y = convolve(x, op.weight.astype(np.float32), op.stride, op.padding, op.kind == LayerKind.DWCONV)
         y += op.bias.astype(np.float32)[None, :, None, None]
-    elif op.kind == "gap":
+    elif op.kind == LayerKind.GAP:
         y = x.mean(axis=(2, 3))
     else:
         y = x @ op.weight.astype(np.float32).T + op.bias.astype(np.float32)
@@ -178,8 +170,6 @@ def run_folded_layer(op: FoldedLayer, x: np.ndarray) -> np.ndarray:
 
 def folded_logits(folded: list[FoldedLayer], images: np.ndarray, batch: int = 500) -> np.ndarray:
     """Float logits of the folded network (a check that folding preserves the float model)."""
-    from mobile_lenet.model.data import to_tensor_input
-
     out = []
     for start in range(0, len(images), batch):
         x = to_tensor_input(images[start:start + batch])
@@ -192,8 +182,6 @@ def folded_logits(folded: list[FoldedLayer], images: np.ndarray, batch: int = 50
 # ------------------------------------------------------------------------------------------------ calibration
 def calibrate(folded: list[FoldedLayer], images: np.ndarray, batch: int = 500) -> list[tuple[float, float]]:
     """The (min, max) of every folded layer's output over the calibration ``images`` (float network)."""
-    from mobile_lenet.model.data import to_tensor_input
-
     if len(images) == 0:
         raise UserError("calibration needs at least one image")
     ranges = [(math.inf, -math.inf)] * len(folded)
@@ -261,7 +249,7 @@ def quantize_model(tensors: dict[str, np.ndarray], calibration_images: np.ndarra
         common = dict(name=op.name, kind=op.kind, rows=op.rows, in_shape=op.in_shape, out_shape=op.out_shape,
                       kernel=op.kernel, stride=op.stride, padding=op.padding, relu=op.relu, in_scale=in_scale,
                       in_zero_point=in_zero_point, out_scale=out_scale, out_zero_point=out_zero_point)
-        if op.kind == "gap":
+        if op.kind == LayerKind.GAP:
             plane = op.in_shape[0] * op.in_shape[1]
             multiplier, shift = quantize_multipliers(in_scale / (plane * out_scale))
             layers.append(QLayer(**common, shift=shift, multiplier=multiplier))
@@ -288,165 +276,3 @@ def pick_calibration_images(images: np.ndarray, count: int, seed: int = 0) -> np
         return images
     chosen = np.sort(np.random.default_rng(seed).choice(len(images), size=count, replace=False))
     return images[chosen]
-
-
-# ------------------------------------------------------------------------------------------------ engines
-def quantized_logits(qmodel: QuantizedModel, images: np.ndarray, engine: str = "reference") -> np.ndarray:
-    """int8 logits (N, 10) from the integer NumPy engine (``reference``) or the int8 C program (``c``)."""
-    if engine == "reference":
-        return int8_logits(qmodel, images)
-    if engine == "c":
-        from mobile_lenet.codegen.c_int8 import c_int8_logits
-
-        return c_int8_logits(qmodel, images)
-    raise UserError(f"a quantized model runs on engine reference or c, not {engine!r}")
-
-
-def evaluate_quantized(qmodel: QuantizedModel, dataset, engine: str = "reference") -> dict:
-    """Accuracy, per-class accuracy and confusion matrix of the int8 model (same report as a float model)."""
-    from mobile_lenet.apps.evaluation import score
-
-    logits = quantized_logits(qmodel, dataset.images, engine)
-    result = score(logits.argmax(axis=1), dataset.labels)
-    result.update(engine=f"{engine} (int8)", dataset=dataset.name)
-    return result
-
-
-# ------------------------------------------------------------------------------------------------ folder
-def _layer_manifest(layer: QLayer) -> dict:
-    entry = {k: getattr(layer, k) for k in ("name", "kind", "kernel", "stride", "padding", "relu", "shift",
-                                            "in_scale", "in_zero_point", "out_scale", "out_zero_point")}
-    entry.update(rows=list(layer.rows), in_shape=list(layer.in_shape), out_shape=list(layer.out_shape))
-    if layer.weight_scale is not None:
-        entry["weight_scale"] = [float(s) for s in layer.weight_scale]
-    return entry
-
-
-def save_quantized(qmodel: QuantizedModel, out: str | os.PathLike) -> list[Path]:
-    """Write the model folder atomically: built in a temporary sibling folder, then renamed onto ``out``."""
-    out = Path(out)
-    if out.exists() and not is_quantized_folder(out) and not (out.is_dir() and not any(out.iterdir())):
-        raise UserError(f"{out}: exists and is not a quantized model; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    old = None
-    try:
-        arrays = {f"{layer.name}.{key}": value for layer in qmodel.layers for key, value in layer.arrays().items()}
-        np.savez(tmp / NPZ_NAME, **arrays)
-        manifest = {"format": FORMAT, "scheme": "int8 activations (per tensor), int8 weights (symmetric, per "
-                    "output channel), int32 biases, int16 multiplier per channel + shift per layer, "
-                    "rounding half up; see mobile_lenet.quantization.quantize",
-                    "input": {"scale": INPUT_SCALE, "zero_point": INPUT_ZERO_POINT, "from": "pixel - 128"},
-                    "output": {"scale": qmodel.output_scale, "zero_point": qmodel.output_zero_point},
-                    "npz": NPZ_NAME, "npz_sha256": hashlib.sha256((tmp / NPZ_NAME).read_bytes()).hexdigest(),
-                    **qmodel.metadata, "layers": [_layer_manifest(layer) for layer in qmodel.layers]}
-        (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
-        if out.exists():  # replace a previous quantized model: move it aside, move the new one in
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.rename(out, old)
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None and not out.exists():
-            os.rename(old, out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return [out / NPZ_NAME, out / MANIFEST_NAME]
-
-
-def is_quantized_folder(path: str | os.PathLike) -> bool:
-    """True if ``path`` is a folder written by ``save_quantized``."""
-    manifest = Path(path) / MANIFEST_NAME
-    if not manifest.is_file():
-        return False
-    try:
-        return json.loads(manifest.read_text()).get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def load_quantized(path: str | os.PathLike) -> QuantizedModel:
-    """Read a quantized model folder, checking its hash and every array against the architecture."""
-    path = Path(path)
-    if not is_quantized_folder(path):
-        raise UserError(f"{path}: not a quantized model folder (no {MANIFEST_NAME} of format {FORMAT}); make one "
-                        f"with: mobile-lenet quantize MODEL --calibration-data mnist --out Q")
-    manifest = json.loads((path / MANIFEST_NAME).read_text())
-    npz_path = path / manifest.get("npz", NPZ_NAME)
-    try:
-        raw = npz_path.read_bytes()
-    except OSError as e:
-        raise UserError(f"{npz_path}: cannot read ({e.strerror})") from None
-    if hashlib.sha256(raw).hexdigest() != manifest.get("npz_sha256"):
-        raise UserError(f"{npz_path}: contents do not match the manifest's sha256 (damaged or edited)")
-    expected = expected_arrays()
-    entries = manifest["layers"]
-    if [(e["name"], e["kind"]) for e in entries] != [(name, kind) for name, kind, _ in expected]:
-        raise UserError(f"{path}: layers do not match Mobile-LeNet's architecture")
-    layers = []
-    with np.load(npz_path, allow_pickle=False) as arrays:
-        for entry, (name, kind, shapes) in zip(entries, expected):
-            values = {}
-            for key, (dtype, shape) in shapes.items():
-                value = arrays.get(f"{name}.{key}")
-                if value is None or value.dtype != dtype or value.shape != shape:
-                    raise UserError(f"{npz_path}: {name}.{key} should be {np.dtype(dtype).name} {shape}")
-                values[key] = value
-            scale = entry.get("weight_scale")
-            layers.append(QLayer(name=name, kind=kind, rows=tuple(entry["rows"]), in_shape=tuple(entry["in_shape"]),
-                                 out_shape=tuple(entry["out_shape"]), kernel=entry["kernel"], stride=entry["stride"],
-                                 padding=entry["padding"], relu=entry["relu"], in_scale=entry["in_scale"],
-                                 in_zero_point=entry["in_zero_point"], out_scale=entry["out_scale"],
-                                 out_zero_point=entry["out_zero_point"], shift=entry["shift"],
-                                 weight_scale=None if scale is None else np.array(scale), **values))
-    meta = {k: v for k, v in manifest.items() if k in ("source", "calibration")}
-    return QuantizedModel(layers, meta)
-
-
-def expected_arrays() -> list[tuple[str, str, dict]]:
-    """(name, kind, {array: (dtype, shape)}) of every quantized layer, derived from the architecture."""
-    zeros = {name: np.zeros(shape, np.float32) for name, _, shape in spec.noodle_tensors()}
-    for name, _, shape in spec.noodle_tensors():
-        if name.startswith("bn"):
-            zeros[name][3] = 1.0  # unit variance keeps the folding finite
-    out = []
-    for op in fold_batchnorm(zeros):
-        if op.kind == "gap":
-            out.append((op.name, op.kind, {"multiplier": (np.int16, (1,))}))
-        else:
-            c_out = op.weight.shape[0]
-            out.append((op.name, op.kind, {"multiplier": (np.int16, (c_out,)), "weight": (np.int8, op.weight.shape),
-                                           "bias": (np.int32, (c_out,))}))
-    return out
-
-
-def int8_flash_bytes(layer: spec.Layer) -> int:
-    """Flash bytes of the int8 arrays a table row contributes (what ``memory.int8_plan`` counts).
-
-    A convolution or dense row: int8 kernel, int32 bias and int16 multiplier per output channel, with its
-    BatchNorm folded in (so a BN row costs nothing); GAP: one int16 multiplier. Shifts and zero points are
-    constants in the generated code, like the layer sizes.
-    """
-    if layer.kind in ("conv", "dwconv", "dense"):
-        kernel = layer.trainable_params - (layer.out_channels if layer.bias else 0)
-        return kernel * 1 + layer.out_channels * (4 + 2)
-    if layer.kind == "gap":
-        return 2
-    return 0
-
-
-def quantize_source(model: str | os.PathLike, calibration_data: str, data_dir: str | None, count: int,
-                    out: str | os.PathLike) -> QuantizedModel:
-    """``mobile-lenet quantize``: quantize MODEL with ``count`` images of the TRAINING split, save to ``out``."""
-    from mobile_lenet.model.data import load_dataset
-    from mobile_lenet.formats.model_files import load_tensors
-
-    tensors = load_tensors(model)
-    train_set = load_dataset(calibration_data, "train", data_dir)  # never the test split
-    images = pick_calibration_images(train_set.images, count)
-    metadata = {"source": str(model),
-                "calibration": {"dataset": train_set.name, "split": "train", "seed": 0}}
-    qmodel = quantize_model(tensors, images, metadata)
-    save_quantized(qmodel, out)
-    return qmodel

@@ -1,0 +1,161 @@
+/* mobile_lenet_host.c - run the generated Mobile-LeNet on a computer (POSIX).
+ *
+ *   mobile_lenet_host classify FILE   images from an IDX file (e.g. t10k-images-idx3-ubyte, not gzipped)
+ *   mobile_lenet_host classify -      raw images on stdin, 784 bytes (28x28 uint8) each
+ *       prints one line per image: the digit, the 10 logits, the 10 probabilities
+ *       (%.9g: every float32 value reads back exactly; an int8 library prints its 10 int8 logits)
+ *   mobile_lenet_host serve           be the microcontroller: the serial protocol on stdin/stdout
+ *
+ * Build: cc -std=c99 -O2 -o mobile_lenet_host *.c -lm */
+#define _POSIX_C_SOURCE 200809L
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "mobile_lenet.h"
+#include "mobile_lenet_serial.h"
+
+/* Classify one image and print its line: the digit, the 10 logits (an int8 library: its 10 int8 logits), the
+ * 10 probabilities. */
+static void classify_and_print(const uint8_t image[MOBILE_LENET_INPUT_SIZE])
+{
+    float logits[MOBILE_LENET_NUM_CLASSES], probs[MOBILE_LENET_NUM_CLASSES];
+#if MOBILE_LENET_INT8
+    int8_t quantized[MOBILE_LENET_NUM_CLASSES];
+    mobile_lenet_int8_logits(image, quantized);
+    for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) {
+        logits[i] = MOBILE_LENET_LOGIT_SCALE * (float)(quantized[i] - MOBILE_LENET_LOGIT_ZERO_POINT);
+    }
+#else
+    mobile_lenet_logits(image, logits);
+#endif
+    mobile_lenet_softmax(logits, probs);
+    printf("%d", mobile_lenet_argmax(logits));
+#if MOBILE_LENET_INT8
+    for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) printf(" %d", quantized[i]);
+#else
+    for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) printf(" %.9g", (double)logits[i]);
+#endif
+    for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) printf(" %.9g", (double)probs[i]);
+    putchar('\n');
+}
+
+/* ------------------------------------------------------------------------------ classify mode */
+
+#define IDX_IMAGES_MAGIC 0x00000803u
+
+static uint32_t read_big_endian(const unsigned char bytes[4])
+{
+    return ((uint32_t)bytes[0] << 24) | ((uint32_t)bytes[1] << 16) | ((uint32_t)bytes[2] << 8) | bytes[3];
+}
+
+/* Classify images until the end of the input (count < 0) or count images. */
+static int classify_stream(FILE *in, long count, const char *name)
+{
+    uint8_t image[MOBILE_LENET_INPUT_SIZE];
+    for (long n = 0; count < 0 || n < count; ++n) {
+        const size_t got = fread(image, 1, sizeof image, in);
+        if (got == 0 && count < 0 && feof(in)) break;
+        if (got != sizeof image) {
+            fprintf(stderr, "%s: image %ld is truncated (%lu of %d bytes)\n", name, n, (unsigned long)got,
+                    MOBILE_LENET_INPUT_SIZE);
+            return 1;
+        }
+        classify_and_print(image);
+    }
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
+static int classify_idx_file(const char *path)
+{
+    unsigned char header[16];
+    FILE *in = fopen(path, "rb");
+    int status;
+    if (in == NULL) {
+        fprintf(stderr, "%s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    if (fread(header, 1, sizeof header, in) != sizeof header || read_big_endian(header) != IDX_IMAGES_MAGIC
+        || read_big_endian(header + 8) != MOBILE_LENET_INPUT_HEIGHT
+        || read_big_endian(header + 12) != MOBILE_LENET_INPUT_WIDTH) {
+        fprintf(stderr, "%s: not an IDX file of 28x28 uint8 images (gzipped files must be unpacked)\n", path);
+        fclose(in);
+        return 1;
+    }
+    status = classify_stream(in, (long)read_big_endian(header + 4), path);
+    fclose(in);
+    return status;
+}
+
+/* ------------------------------------------------------------------------------ simulated device */
+
+static uint32_t clock_ms(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint32_t)((uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u);
+}
+
+static uint32_t clock_us(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint32_t)((uint64_t)now.tv_sec * 1000000u + (uint64_t)now.tv_nsec / 1000u);
+}
+
+/* Print one line with the Arduino's println line end. */
+static int send_line(const char *text)
+{
+    char line[ML_REPLY_MAX + 2];
+    size_t length = strlen(text), sent = 0;
+    memcpy(line, text, length);
+    line[length++] = '\r';
+    line[length++] = '\n';
+    while (sent < length) {
+        const ssize_t n = write(STDOUT_FILENO, line + sent, length - sent);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        sent += (size_t)n;
+    }
+    return 0;
+}
+
+static int serve(void)
+{
+    ml_serial_link link;
+    char reply[ML_REPLY_MAX];
+    uint8_t chunk[1024];
+    ml_serial_start(&link, clock_ms());
+    if (send_line("READY") != 0) return 1;
+    for (;;) {
+        struct pollfd input = {STDIN_FILENO, POLLIN, 0};
+        /* wake up every few milliseconds even without input, to notice the timeout */
+        const int ready = poll(&input, 1, 10);
+        if (ready < 0 && errno != EINTR) return 1;
+        if (ml_serial_tick(&link, clock_ms()) == ML_SERIAL_SEND_READY && send_line("READY") != 0) return 1;
+        if (ready <= 0) continue;
+        const ssize_t got = read(STDIN_FILENO, chunk, sizeof chunk);
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) return 0; /* end of input, or the terminal went away: the device powers off */
+        for (ssize_t i = 0; i < got; ++i) {
+            if (ml_serial_receive(&link, chunk[i], clock_ms()) == ML_SERIAL_IMAGE_COMPLETE) {
+                ml_serial_classify(&link, clock_us, reply);
+                if (send_line(reply) != 0) return 1;
+            }
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 3 && strcmp(argv[1], "classify") == 0) {
+        return strcmp(argv[2], "-") == 0 ? classify_stream(stdin, -1, "stdin") : classify_idx_file(argv[2]);
+    }
+    if (argc == 2 && strcmp(argv[1], "serve") == 0) return serve();
+    fprintf(stderr, "usage: %s classify FILE|-  or  %s serve\n", argv[0], argv[0]);
+    return 2;
+}
