@@ -16,7 +16,6 @@ from conftest import write_idx_set
 from mobile_lenet.codegen import memory
 from mobile_lenet.apps.cli import main
 from mobile_lenet.errors import UserError
-from mobile_lenet.apps.evaluation import evaluate
 from mobile_lenet.apps.quantization import quantize_source
 from mobile_lenet.codegen.memory import int8_flash_bytes
 from mobile_lenet.engines.reference_int8 import int8_logits

@@ -11,12 +11,31 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from mobile_lenet.apps import device
+from mobile_lenet.apps.demo import serve
+from mobile_lenet.apps.evaluation import evaluate, format_report
+from mobile_lenet.apps.export import FORMATS as EXPORT_FORMATS, export
+from mobile_lenet.apps.pipeline import run_pipeline
+from mobile_lenet.apps.quantization import quantize_source
+from mobile_lenet.apps.report import build_report
+from mobile_lenet.apps.summary import summary_dict, summary_text
+from mobile_lenet.codegen.memory import memory_dict, memory_text
+from mobile_lenet.engines.reference import softmax
+from mobile_lenet.engines.registry import ENGINES, check_engine, logits, real_logits
 from mobile_lenet.errors import UserError
+from mobile_lenet.formats.int8_folder import load_quantized
+from mobile_lenet.formats.model_files import load_model, load_tensors
+from mobile_lenet.model.checkpoints import save_checkpoint
+from mobile_lenet.model.data import DATASETS, load_dataset
+from mobile_lenet.model.images import load_digit
+from mobile_lenet.model.network import from_noodle
+from mobile_lenet.model.training import TrainConfig, train
+from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT
 
 
 def _dataset_args(p: argparse.ArgumentParser, default: str = "mnist") -> None:
-    from mobile_lenet.model.data import DATASETS
-
     p.add_argument("--dataset", default=default, choices=DATASETS + (("auto",) if default == "auto" else ()),
                    help=f"named data set (default {default}); mnist-sample is bundled and works offline")
     p.add_argument("--data-dir", help="folder with IDX files, mnist.npz or mnist_{train,test}.csv (overrides "
@@ -26,11 +45,7 @@ def _dataset_args(p: argparse.ArgumentParser, default: str = "mnist") -> None:
 # ------------------------------------------------------------------------------------------------ verbs
 def cmd_summary(args) -> int:
     """Print the architecture table (or JSON) with parameters and MACs per layer."""
-    from mobile_lenet.apps.summary import summary_dict, summary_text
-
     if args.memory:
-        from mobile_lenet.codegen.memory import memory_dict, memory_text
-
         print(json.dumps(memory_dict(int8=args.int8), indent=2) if args.json else memory_text(int8=args.int8))
         return 0
     print(json.dumps(summary_dict(), indent=2) if args.json else summary_text())
@@ -39,9 +54,6 @@ def cmd_summary(args) -> int:
 
 def cmd_train(args) -> int:
     """Train a model into a run folder."""
-    from mobile_lenet.model.data import load_dataset
-    from mobile_lenet.model.training import TrainConfig, train
-
     out = Path(args.out)
     if args.resume:
         if not (out / "config.json").is_file() or not (out / "last.pt").is_file():
@@ -67,11 +79,6 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     """Accuracy, per-class accuracy and confusion matrix of MODEL on a test set."""
-    from mobile_lenet.apps.evaluation import evaluate, format_report
-    from mobile_lenet.engines.registry import check_engine
-    from mobile_lenet.formats.model_files import load_model
-    from mobile_lenet.model.data import load_dataset
-
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
     model = load_model(args.model)
@@ -86,12 +93,6 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     """Classify image files (PNG/JPEG, any size)."""
-    import numpy as np
-
-    from mobile_lenet.engines.reference import softmax
-    from mobile_lenet.engines.registry import check_engine, real_logits
-    from mobile_lenet.formats.model_files import load_tensors
-    from mobile_lenet.model.images import load_digit
 
     tensors = load_tensors(args.model)
     engine = check_engine(tensors, args.engine)
@@ -108,10 +109,6 @@ def cmd_predict(args) -> int:
 
 def cmd_export(args) -> int:
     """Export MODEL as Noodle weight files, ONNX, a C library or a PlatformIO project."""
-    from mobile_lenet.apps.export import export
-    from mobile_lenet.formats.int8_folder import load_quantized
-    from mobile_lenet.formats.model_files import load_tensors
-
     # --int8 takes a quantized model folder (mobile-lenet quantize); without it MODEL holds float weights
     model = load_quantized(args.model) if args.int8 else load_tensors(args.model)
     written = export(model, args.format, args.out)
@@ -121,10 +118,6 @@ def cmd_export(args) -> int:
 
 def cmd_import(args) -> int:
     """Convert a folder of Noodle files or a Keras .keras file into a checkpoint."""
-    from mobile_lenet.model.checkpoints import save_checkpoint
-    from mobile_lenet.model.network import from_noodle
-    from mobile_lenet.formats.model_files import load_tensors
-
     if Path(args.out).is_dir():
         raise UserError(f"{args.out}: is a folder; --out names the checkpoint file to write")
     save_checkpoint(args.out, from_noodle(load_tensors(args.source)), imported_from=str(args.source))
@@ -134,8 +127,6 @@ def cmd_import(args) -> int:
 
 def cmd_quantize(args) -> int:
     """Quantize MODEL to int8 (BatchNorm folded, calibrated on training images) into a model folder."""
-    from mobile_lenet.apps.quantization import quantize_source
-
     qmodel = quantize_source(args.model, args.calibration_data, args.data_dir, args.calibration_count, args.out)
     print(f"wrote {args.out}: {len(qmodel.layers)} int8 layers, calibrated on "
           f"{qmodel.metadata['calibration']['count']} training images of {args.calibration_data}")
@@ -144,8 +135,6 @@ def cmd_quantize(args) -> int:
 
 def cmd_pipeline(args) -> int:
     """The main job: train, evaluate on the test split, export the weights, all into one folder."""
-    from mobile_lenet.apps.pipeline import run_pipeline
-
     run_pipeline(out=Path(args.out), dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                  seed=args.seed, progress=not args.quiet)
     return 0
@@ -153,30 +142,22 @@ def cmd_pipeline(args) -> int:
 
 def cmd_device(args) -> int:
     """Classify test images on a board running the exported firmware: accuracy and on-device latency."""
-    from mobile_lenet.model.data import load_dataset
-    from mobile_lenet.apps.device import DeviceLink, format_report, rotate_images, run_on_device
-
     if args.count < 1 or args.timeout <= 0:
         raise UserError("--count must be at least 1 and --timeout positive")
     test_set = load_dataset(args.dataset, "test", args.data_dir)
-    images, labels = rotate_images(test_set.images[:args.count], args.rotate), test_set.labels[:args.count]
-    with DeviceLink.open(args.port, timeout=args.timeout) as link:
-        result = run_on_device(link, images, labels, progress=not args.quiet and not args.json)
+    images, labels = device.rotate_images(test_set.images[:args.count], args.rotate), test_set.labels[:args.count]
+    with device.DeviceLink.open(args.port, timeout=args.timeout) as link:
+        result = device.run_on_device(link, images, labels, progress=not args.quiet and not args.json)
     if args.model:
-        from mobile_lenet.engines.registry import logits
-        from mobile_lenet.formats.model_files import load_tensors
-
         host_digits = logits(load_tensors(args.model), images, "reference").argmax(axis=1)
         result.update(agreement=int((host_digits == result["predictions"]).sum()), agreement_engine="reference")
     result.update(dataset=test_set.name, rotate=args.rotate)
-    print(json.dumps(result) if args.json else format_report(result))
+    print(json.dumps(result) if args.json else device.format_report(result))
     return 0
 
 
 def cmd_report(args) -> int:
     """Write an HTML report of a training run: curves, confusion matrix, mistakes, costs, feature maps."""
-    from mobile_lenet.apps.report import build_report
-
     html_path = build_report(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, out=args.out,
                              limit=args.limit)
     print(f"wrote {html_path}")
@@ -185,8 +166,6 @@ def cmd_report(args) -> int:
 
 def cmd_demo(args) -> int:
     """Serve the browser demo: draw a digit, see the probabilities and the activations of each stage."""
-    from mobile_lenet.apps.demo import serve
-
     serve(model=args.model, host=args.host, port=args.port)
     return 0
 
@@ -201,10 +180,6 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mobile_lenet.engines.registry import ENGINES
-    from mobile_lenet.model.data import DATASETS
-    from mobile_lenet.model.training import TrainConfig
-
     defaults = TrainConfig()
 
     parser = OneLineErrorParser(prog="mobile-lenet", description="Mobile-LeNet from training to microcontroller.")
@@ -250,7 +225,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.set_defaults(func=cmd_predict)
 
-    from mobile_lenet.apps.export import FORMATS as EXPORT_FORMATS
 
     p = sub.add_parser("export", help="export a model: Noodle weight files, ONNX, C library or PlatformIO project")
     p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files or .keras file")
@@ -265,7 +239,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
     p.set_defaults(func=cmd_import)
 
-    from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT
 
     p = sub.add_parser("quantize", help="int8 quantization: fold BatchNorm, calibrate on training images")
     p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files or .keras file")

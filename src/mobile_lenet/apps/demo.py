@@ -38,17 +38,22 @@ import socket
 from pathlib import Path
 
 import numpy as np
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from matplotlib import colormaps
+from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
 
 from mobile_lenet import spec
-from mobile_lenet.errors import UserError
-from mobile_lenet.model.images import SIZE, looks_dark_on_light, mnist_style
 from mobile_lenet.apps.report import STAGES, stage_activations
 from mobile_lenet.engines.reference import softmax
 from mobile_lenet.engines.registry import engines_for, logits
+from mobile_lenet.errors import UserError
+from mobile_lenet.formats.model_files import load_tensors
+from mobile_lenet.model.images import SIZE, looks_dark_on_light, mnist_style
+from mobile_lenet.model.network import from_noodle
 
 STATIC_DIR = Path(__file__).with_name("demo_static")
 DEFAULT_MODEL = Path("runs") / "main" / "best.pt"  # what the main job (`mobile-lenet pipeline`) writes
@@ -81,8 +86,6 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
 # ------------------------------------------------------------------------------------------------ decoding
 def decode_image(data: bytes) -> np.ndarray:
     """Image file bytes (PNG, JPEG, ...) -> grayscale uint8 array; RequestError if it is not one."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
@@ -173,9 +176,6 @@ def activation_mosaic(maps: np.ndarray) -> str:
     Each map is scaled to its own maximum (ReLU outputs differ in range from channel to channel) and
     coloured with matplotlib's "inferno" map, as in the report; 1-pixel gaps separate the maps.
     """
-    from matplotlib import colormaps
-    from PIL import Image
-
     channels, height, width = maps.shape
     rows = -(-channels // MOSAIC_COLUMNS)
     mosaic = np.full((rows * (height + 1) - 1, MOSAIC_COLUMNS * (width + 1) - 1), np.nan)
@@ -193,8 +193,6 @@ class DemoModel:
     """The served weights: Noodle tensors for the engines plus a PyTorch model for the activations."""
 
     def __init__(self, tensors: dict[str, np.ndarray], label: str):
-        from mobile_lenet.model.network import from_noodle
-
         self.tensors, self.label = tensors, label
         self.torch_model = from_noodle(tensors)
         self.engines = engines_for(tensors)
@@ -281,9 +279,6 @@ def port_is_free(host: str, port: int) -> bool:
 
 def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Load MODEL (default runs/main/best.pt) and serve the demo until Ctrl-C."""
-    import uvicorn
-
-    from mobile_lenet.formats.model_files import load_tensors
 
     source = resolve_model(model)
     tensors = load_tensors(source)

@@ -14,6 +14,9 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import serial
+from PIL import Image
+from tqdm import tqdm
 
 from mobile_lenet.errors import UserError
 
@@ -59,8 +62,6 @@ class DeviceLink:
     @classmethod
     def open(cls, port_name: str, timeout: float = 5.0) -> "DeviceLink":
         """Open a serial port at 115200 baud."""
-        import serial
-
         try:
             port = serial.Serial(port_name, BAUD_RATE, timeout=READ_SLICE_S, write_timeout=timeout)
         except (serial.SerialException, OSError, ValueError) as e:
@@ -78,8 +79,6 @@ class DeviceLink:
 
     def read_line(self, deadline: float) -> str | None:
         """The next line (without its line end), or None if none is complete by ``deadline`` (monotonic)."""
-        import serial
-
         while b"\n" not in self._pending:
             if len(self._pending) > MAX_LINE_BYTES:
                 raise DeviceError(f"{self.name}: unreadable data from the device, no line end in "
@@ -107,8 +106,6 @@ class DeviceLink:
 
     def send_image(self, image: np.ndarray) -> None:
         """Write one 28x28 uint8 image (784 raw bytes)."""
-        import serial
-
         data = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
         if len(data) != IMAGE_BYTES:
             raise ValueError(f"an image is {IMAGE_BYTES} bytes, got {len(data)}")
@@ -144,7 +141,6 @@ def rotate_images(images: np.ndarray, degrees: float) -> np.ndarray:
     """Rotate every image by ``degrees`` (counter-clockwise, bilinear, black fill): a robustness probe."""
     if not degrees:
         return images
-    from PIL import Image
 
     return np.stack([np.asarray(Image.fromarray(img).rotate(degrees, resample=Image.BILINEAR), dtype=np.uint8)
                      for img in images])
@@ -161,8 +157,6 @@ def latency_summary(seconds: np.ndarray) -> dict:
 
 def run_on_device(link: DeviceLink, images: np.ndarray, labels: np.ndarray, progress: bool = True) -> dict:
     """Wait for READY, classify every image on the device, and tally accuracy and latency."""
-    from tqdm import tqdm
-
     link.wait_ready()
     replies, round_trips = [], []
     for index, image in enumerate(tqdm(images, desc="device", unit="img", disable=not progress)):

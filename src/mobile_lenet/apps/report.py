@@ -25,9 +25,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
 
 from mobile_lenet import spec
+from mobile_lenet.apps.evaluation import score
+from mobile_lenet.engines.reference import softmax
+from mobile_lenet.engines.registry import logits
 from mobile_lenet.errors import UserError
+from mobile_lenet.formats.model_files import load_tensors
+from mobile_lenet.model.data import load_dataset, to_tensor_input
+from mobile_lenet.model.network import from_noodle
+from mobile_lenet.spec import LayerKind
 
 STAGES = ("stem",) + tuple(name for name, _, _ in spec.BLOCKS)  # what "after each stage" means
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
@@ -35,8 +46,8 @@ MAX_MISCLASSIFIED = 40  # digits shown in the grid of mistakes
 
 # Colour of each layer kind in the architecture diagram.
 KIND_COLOURS = {
-    "conv": "#4c78a8", "dwconv": "#f58518", "bn": "#bab0ac", "relu": "#e0e0e0", "pad": "#ffffff",
-    "gap": "#54a24b", "dense": "#b279a2",
+    LayerKind.CONV: "#4c78a8", LayerKind.DWCONV: "#f58518", LayerKind.BN: "#bab0ac", LayerKind.RELU: "#e0e0e0",
+    LayerKind.PAD: "#ffffff", LayerKind.GAP: "#54a24b", LayerKind.DENSE: "#b279a2",
 }
 
 
@@ -52,9 +63,6 @@ def stage_output_layers() -> dict[str, str]:
 
 def stage_activations(model, image: np.ndarray) -> dict[str, np.ndarray]:
     """Feature maps (C, H, W) after each stage for one uint8 28x28 image, via ``forward_all``."""
-    import torch
-
-    from mobile_lenet.model.data import to_tensor_input
 
     model.eval()
     with torch.no_grad():
@@ -90,8 +98,8 @@ def block_costs() -> list[BlockCost]:
     costs = []
     for block, stride, _ in spec.BLOCKS:
         rows = [layer for layer in spec.LAYERS if layer.block == block]
-        depthwise = next(layer for layer in rows if layer.kind == "dwconv")
-        pointwise = next(layer for layer in rows if layer.kind == "conv")
+        depthwise = next(layer for layer in rows if layer.kind == LayerKind.DWCONV)
+        pointwise = next(layer for layer in rows if layer.kind == LayerKind.CONV)
         h, w, c_out = pointwise.out_shape
         c_in, k = depthwise.in_channels, depthwise.kernel
         standard_params = k * k * c_in * c_out
@@ -147,9 +155,6 @@ def check_run_dir(run_dir: Path) -> dict:
 # ------------------------------------------------------------------------------------------------ figures
 def _new_figure(width: float, height: float):
     """A matplotlib Figure bound to the Agg canvas (safe in threads and without a display)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -241,11 +246,11 @@ def plot_costs(costs: list[BlockCost], path: Path) -> str:
 
 def _short_label(layer: spec.Layer) -> str:
     """A box label for the diagram: what the layer does, without the block prefix."""
-    if layer.kind in ("conv", "dwconv"):
-        what = "dw" if layer.kind == "dwconv" else ("pw" if layer.kernel == 1 else "conv")
+    if layer.kind in (LayerKind.CONV, LayerKind.DWCONV):
+        what = "dw" if layer.kind == LayerKind.DWCONV else ("pw" if layer.kernel == 1 else "conv")
         return f"{what} {layer.kernel}x{layer.kernel} s{layer.stride}"
-    return {"bn": "BatchNorm", "relu": "ReLU", "pad": f"pad {layer.padding}", "gap": "GAP",
-            "dense": "dense"}[layer.kind]
+    return {LayerKind.BN: "BatchNorm", LayerKind.RELU: "ReLU", LayerKind.PAD: f"pad {layer.padding}",
+            LayerKind.GAP: "GAP", LayerKind.DENSE: "dense"}[layer.kind]
 
 
 def _shape_text(shape: tuple) -> str:
@@ -254,8 +259,6 @@ def _shape_text(shape: tuple) -> str:
 
 def plot_architecture(path: Path) -> str:
     """The network as columns of boxes, one column per stage and one box per row of ``spec.LAYERS``."""
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
-
     groups = ["input"] + list(STAGES) + ["head"]
     rows_of = {group: [layer for layer in spec.LAYERS if layer.block == group] for group in groups}
     tallest = max(len(rows) for rows in rows_of.values())
@@ -280,7 +283,7 @@ def plot_architecture(path: Path) -> str:
             ax.add_patch(FancyBboxPatch((x, y), box_w, box_h, boxstyle="round,pad=0.03",
                                         fc=KIND_COLOURS[layer.kind], ec="black", lw=0.8))
             ax.text(x + box_w / 2, y + box_h / 2, _short_label(layer), ha="center", va="center", fontsize=8.5,
-                    color="white" if layer.kind in ("conv", "dwconv", "dense") else "black")
+                    color="white" if layer.kind in (LayerKind.CONV, LayerKind.DWCONV, LayerKind.DENSE) else "black")
             if i:  # the data flows down the column
                 ax.add_patch(FancyArrowPatch((x + box_w / 2, y + box_h + gap_y), (x + box_w / 2, y + box_h),
                                              arrowstyle="-|>", mutation_scale=7, lw=0.7))
@@ -431,13 +434,6 @@ def build_report(run_dir: str | os.PathLike, dataset: str | None = None, data_di
     ``dataset`` / ``data_dir`` default to the run's config.json; ``limit`` evaluates only the first N test
     images (quicker, for tests and previews).
     """
-    from mobile_lenet.model.data import load_dataset
-    from mobile_lenet.apps.evaluation import score
-    from mobile_lenet.engines.reference import softmax
-    from mobile_lenet.engines.registry import logits
-    from mobile_lenet.model.network import from_noodle
-    from mobile_lenet.formats.model_files import load_tensors
-
     run_dir = Path(run_dir)
     config = check_run_dir(run_dir)
     if limit is not None and limit < 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from mobile_lenet import spec
+from mobile_lenet.spec import LayerKind
 
 
 def shape_text(shape: tuple) -> str:
@@ -19,8 +20,8 @@ def summary_text() -> str:
     header = f"{'#':>3}  {'layer':<14} {'type':<22} {'K/S/P':<7} {'output':<9} {'params':>7} {'MACs':>8}  files"
     lines = [header, "-" * len(header)]
     for layer in spec.LAYERS:
-        ksp = f"{layer.kernel}/{layer.stride}/{layer.padding}" if layer.kind in ("conv", "dwconv") else ""
-        if layer.kind == "pad":
+        ksp = f"{layer.kernel}/{layer.stride}/{layer.padding}" if layer.kind in (LayerKind.CONV, LayerKind.DWCONV) else ""
+        if layer.kind == LayerKind.PAD:
             ksp = f"-/-/{layer.padding}"
         lines.append(f"{layer.index:>3}  {layer.name:<14} {layer.keras_type:<22} {ksp:<7} "
                      f"{shape_text(layer.out_shape):<9} {layer.params:>7,} {layer.macs:>8,}  "

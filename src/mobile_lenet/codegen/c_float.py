@@ -23,8 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mobile_lenet import spec
-from mobile_lenet.codegen import c_library as lib
-from mobile_lenet.codegen import memory
+from mobile_lenet.codegen import c_library as lib, memory
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import write_text_files
 from mobile_lenet.spec import LayerKind

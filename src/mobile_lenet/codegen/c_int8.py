@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobile_lenet.codegen import c_library as lib
-from mobile_lenet.codegen import memory
+from mobile_lenet.codegen import c_library as lib, memory
 from mobile_lenet.codegen.c_float import c_float
 from mobile_lenet.files import write_text_files
 from mobile_lenet.quantization.arithmetic import INPUT_ZERO_POINT, INT8_MIN

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mobile_lenet.codegen import c_float, c_int8, memory
-from mobile_lenet.codegen import c_library as lib
+from mobile_lenet.codegen import c_float, c_int8, c_library as lib, memory
 from mobile_lenet.files import write_text_files
 from mobile_lenet.quantization.quantize import QuantizedModel
 

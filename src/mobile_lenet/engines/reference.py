@@ -15,6 +15,7 @@ import numpy as np
 
 from mobile_lenet import spec
 from mobile_lenet.model.data import to_tensor_input
+from mobile_lenet.spec import LayerKind
 
 BATCH_SIZE = 64  # images per step: keeps the activations (25 KB per image at 28x28x8) in the CPU cache
 
@@ -100,20 +101,20 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def run_float_layer(layer: spec.Layer, x: np.ndarray, tensors: dict[str, np.ndarray]) -> np.ndarray:
     """Apply one row of the architecture table to activations ``x``."""
     weight = tensors[layer.weight_file] if layer.weight_file else None
-    if layer.kind == "conv":
+    if layer.kind == LayerKind.CONV:
         bias = tensors[layer.bias_file] if layer.bias_file else None
         return conv2d(x, weight, bias, layer.stride, layer.padding)
-    if layer.kind == "dwconv":
+    if layer.kind == LayerKind.DWCONV:
         return depthwise_conv2d(x, weight, layer.stride, layer.padding)
-    if layer.kind == "bn":
+    if layer.kind == LayerKind.BN:
         return batch_norm(x, weight)
-    if layer.kind == "relu":
+    if layer.kind == LayerKind.RELU:
         return relu(x)
-    if layer.kind == "pad":
+    if layer.kind == LayerKind.PAD:
         return zero_pad(x, layer.padding)
-    if layer.kind == "gap":
+    if layer.kind == LayerKind.GAP:
         return global_average_pool(x)
-    if layer.kind == "dense":
+    if layer.kind == LayerKind.DENSE:
         return dense(x, weight, tensors[layer.bias_file])
     raise ValueError(f"unknown layer kind {layer.kind!r}")
 

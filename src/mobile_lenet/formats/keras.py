@@ -26,16 +26,17 @@ import numpy as np
 
 from mobile_lenet import spec
 from mobile_lenet.errors import UserError
+from mobile_lenet.spec import LayerKind
 
 # The Keras class of each layer kind of the table.
 KERAS_CLASSES = {
-    "conv": "Conv2D",
-    "dwconv": "DepthwiseConv2D",
-    "bn": "BatchNormalization",
-    "relu": "ReLU",
-    "pad": "ZeroPadding2D",
-    "gap": "GlobalAveragePooling2D",
-    "dense": "Dense",
+    LayerKind.CONV: "Conv2D",
+    LayerKind.DWCONV: "DepthwiseConv2D",
+    LayerKind.BN: "BatchNormalization",
+    LayerKind.RELU: "ReLU",
+    LayerKind.PAD: "ZeroPadding2D",
+    LayerKind.GAP: "GlobalAveragePooling2D",
+    LayerKind.DENSE: "Dense",
 }
 # The seed's .keras names its stem convolution "stem_conv"; its table says "stem_conv3x3".
 KERAS_NAME_ALIASES = {"stem_conv": "stem_conv3x3"}
@@ -118,7 +119,7 @@ def _check_layer(keras: _KerasFile, layer: spec.Layer, entry: dict) -> None:
             raise keras.fail(f"layer {layer.name}: {what} (not Mobile-LeNet)")
 
     require(config.get("data_format", "channels_last") == "channels_last", "data_format must be channels_last")
-    if layer.kind in ("conv", "dwconv"):
+    if layer.kind in (LayerKind.CONV, LayerKind.DWCONV):
         k, s = layer.kernel, layer.stride
         require(list(config.get("kernel_size", [])) == [k, k],
                 f"kernel_size {config.get('kernel_size')}, expected {k}x{k}")
@@ -128,23 +129,23 @@ def _check_layer(keras: _KerasFile, layer: spec.Layer, entry: dict) -> None:
         require(config.get("activation", "linear") == "linear", "activation must be linear (BN and ReLU follow)")
         require(_keras_padding(config.get("padding"), k, s) == layer.padding,
                 f"padding {config.get('padding')!r} is not the table's symmetric P={layer.padding}")
-        if layer.kind == "conv":
+        if layer.kind == LayerKind.CONV:
             require(config.get("filters") == layer.out_channels,
                     f"filters {config.get('filters')}, expected {layer.out_channels}")
             require(config.get("groups", 1) == 1, "groups must be 1")
         else:
             require(config.get("depth_multiplier") == 1, "depth_multiplier must be 1")
-    elif layer.kind == "bn":
+    elif layer.kind == LayerKind.BN:
         require(abs(float(config.get("epsilon", 0)) - spec.BN_EPSILON) < 1e-9, f"epsilon must be {spec.BN_EPSILON}")
         require(config.get("center", True) and config.get("scale", True), "needs both gamma and beta")
         require(config.get("axis") in (-1, 3, [-1], [3]), "must normalise the channel axis")
-    elif layer.kind == "pad":
+    elif layer.kind == LayerKind.PAD:
         p = layer.padding
         require(config.get("padding") in ([[p, p], [p, p]], [p, p], p), f"padding must be {p} on every side")
-    elif layer.kind == "relu":
+    elif layer.kind == LayerKind.RELU:
         require(config.get("max_value") is None and not config.get("negative_slope") and not config.get("threshold"),
                 "must be a plain ReLU")
-    elif layer.kind == "dense":
+    elif layer.kind == LayerKind.DENSE:
         require(config.get("units") == layer.out_channels,
                 f"units {config.get('units')}, expected {layer.out_channels}")
         require(config.get("use_bias") is True, "needs a bias")
@@ -204,10 +205,10 @@ def _to_noodle(keras: _KerasFile, layer: spec.Layer, variables: list[np.ndarray]
     """One layer's Keras variables as Noodle tensors, shapes checked."""
     k, cin, cout = layer.kernel, layer.in_channels, layer.out_channels
     expected = {
-        "conv": [(k, k, cin, cout)] + ([(cout,)] if layer.bias else []),
-        "dwconv": [(k, k, cin, 1)],
-        "bn": [(cout,)] * 4,
-        "dense": [(cin, cout), (cout,)],
+        LayerKind.CONV: [(k, k, cin, cout)] + ([(cout,)] if layer.bias else []),
+        LayerKind.DWCONV: [(k, k, cin, 1)],
+        LayerKind.BN: [(cout,)] * 4,
+        LayerKind.DENSE: [(cin, cout), (cout,)],
     }[layer.kind]
     shapes = [v.shape for v in variables]
     if shapes != expected:
@@ -215,11 +216,11 @@ def _to_noodle(keras: _KerasFile, layer: spec.Layer, variables: list[np.ndarray]
     for v in variables:
         if not np.all(np.isfinite(v)):
             raise keras.fail(f"layer {layer.name} has non-finite weights")
-    if layer.kind == "conv":
+    if layer.kind == LayerKind.CONV:
         tensors = {layer.weight_file: variables[0].transpose(3, 2, 0, 1)}  # (Kh,Kw,Cin,Cout) -> (Cout,Cin,Kh,Kw)
-    elif layer.kind == "dwconv":
+    elif layer.kind == LayerKind.DWCONV:
         tensors = {layer.weight_file: variables[0][:, :, :, 0].transpose(2, 0, 1)}  # (Kh,Kw,C,1) -> (C,Kh,Kw)
-    elif layer.kind == "bn":
+    elif layer.kind == LayerKind.BN:
         tensors = {layer.weight_file: np.stack(variables)}  # gamma, beta, moving_mean, moving_variance
     else:
         tensors = {layer.weight_file: variables[0].T}  # (Din,Dout) -> (Dout,Din)

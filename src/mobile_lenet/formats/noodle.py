@@ -26,6 +26,7 @@ import numpy as np
 
 from mobile_lenet import spec
 from mobile_lenet.errors import UserError
+from mobile_lenet.spec import LayerKind
 
 ENCODINGS = (".txt", ".bin", ".h")  # also the reading preference when a tensor exists in several
 VALUES_PER_HEADER_LINE = 8
@@ -87,10 +88,10 @@ def _describe(name: str, layer: spec.Layer) -> tuple[str, str]:
     if name == layer.bias_file:
         return "bias", "[Cout]"
     return {
-        "conv": ("convolution kernel", "[Cout][Cin][Kh][Kw]"),
-        "dwconv": ("depthwise kernel", "[C][Kh][Kw]"),
-        "dense": ("dense weights", "[Dout][Din]"),
-        "bn": ("BatchNorm parameters", "[gamma(C)][beta(C)][moving_mean(C)][moving_var(C)]"),
+        LayerKind.CONV: ("convolution kernel", "[Cout][Cin][Kh][Kw]"),
+        LayerKind.DWCONV: ("depthwise kernel", "[C][Kh][Kw]"),
+        LayerKind.DENSE: ("dense weights", "[Dout][Din]"),
+        LayerKind.BN: ("BatchNorm parameters", "[gamma(C)][beta(C)][moving_mean(C)][moving_var(C)]"),
     }[layer.kind]
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mobile_lenet.files import atomic_write
 from mobile_lenet.errors import UserError
-from mobile_lenet.model.network import from_noodle
+from mobile_lenet.files import atomic_write
 from mobile_lenet.formats.noodle import umasked
+from mobile_lenet.model.network import from_noodle
 
 ONNX_FILE = "mobile_lenet.onnx"
 INPUT_NAME = "image"

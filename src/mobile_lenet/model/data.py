@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import pooch
 
 from mobile_lenet.errors import UserError
 
@@ -220,15 +221,12 @@ def cache_dir() -> Path:
     env = os.environ.get("MOBILE_LENET_CACHE")
     if env:
         return Path(env)
-    import pooch
 
     return Path(pooch.os_cache("mobile-lenet"))
 
 
 def download(name: str) -> Path:
     """Download (once) and md5-check the official IDX files of ``name``; returns the folder."""
-    import pooch
-
     info, folder = DOWNLOADS[name], cache_dir() / name
     for file_name, md5 in info["md5"].items():
         if (folder / file_name).is_file() and pooch.file_hash(str(folder / file_name), alg="md5") == md5:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from mobile_lenet.errors import UserError
 
@@ -19,8 +20,6 @@ SIZE = 28  # ... inside a 28x28 image, centred by centre of mass
 
 def mnist_style(gray: np.ndarray) -> np.ndarray:
     """White-on-black grayscale image of any size -> 28x28 uint8, MNIST-normalized as described above."""
-    from PIL import Image
-
     gray = np.asarray(gray, dtype=np.uint8)
     ys, xs = np.nonzero(gray > 0)
     if len(ys) == 0:
@@ -58,8 +57,6 @@ def load_digit(path: str | os.PathLike, invert: str = "auto") -> np.ndarray:
     ``invert``: "auto" (inverts when the background is light), "yes" (dark digit on light paper) or "no".
     A 28x28 image is taken as is (only inverted if asked), as it is presumably an MNIST digit already.
     """
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as img:
             gray = np.asarray(img.convert("L"), dtype=np.uint8)

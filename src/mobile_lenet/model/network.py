@@ -18,6 +18,7 @@ from torch import nn
 
 from mobile_lenet import spec
 from mobile_lenet.model.data import to_tensor_input
+from mobile_lenet.spec import LayerKind
 
 
 class GlobalAveragePool(nn.Module):
@@ -29,22 +30,22 @@ class GlobalAveragePool(nn.Module):
 
 def make_layer(layer: spec.Layer) -> nn.Module:
     """The PyTorch module for one table row."""
-    if layer.kind == "conv":
+    if layer.kind == LayerKind.CONV:
         return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel, layer.stride, layer.padding,
                          bias=layer.bias)
-    if layer.kind == "dwconv":
+    if layer.kind == LayerKind.DWCONV:
         return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel, layer.stride, layer.padding,
                          groups=layer.in_channels, bias=layer.bias)
-    if layer.kind == "bn":
+    if layer.kind == LayerKind.BN:
         # PyTorch's momentum is the weight of the new batch; Keras' is the weight of the old average.
         return nn.BatchNorm2d(layer.out_channels, eps=spec.BN_EPSILON, momentum=1 - spec.BN_MOMENTUM_KERAS)
-    if layer.kind == "relu":
+    if layer.kind == LayerKind.RELU:
         return nn.ReLU(inplace=True)  # in place: ~10% faster training on a CPU, and BN's backward doesn't need it
-    if layer.kind == "pad":
+    if layer.kind == LayerKind.PAD:
         return nn.ZeroPad2d(layer.padding)
-    if layer.kind == "gap":
+    if layer.kind == LayerKind.GAP:
         return GlobalAveragePool()
-    if layer.kind == "dense":
+    if layer.kind == LayerKind.DENSE:
         return nn.Linear(layer.in_channels, layer.out_channels, bias=layer.bias)
     raise ValueError(f"unknown layer kind {layer.kind!r}")
 
@@ -97,7 +98,7 @@ def to_noodle(model: MobileLeNet) -> dict[str, np.ndarray]:
         module = model.layers[layer.name]
         if file_name == layer.bias_file:
             value = module.bias
-        elif layer.kind == "bn":
+        elif layer.kind == LayerKind.BN:
             value = torch.stack([module.weight, module.bias, module.running_mean, module.running_var])
         else:
             value = module.weight  # conv (Cout,Cin,K,K), depthwise (C,1,K,K), dense (Dout,Din)
@@ -119,7 +120,7 @@ def from_noodle(tensors: dict[str, np.ndarray]) -> MobileLeNet:
             module = model.layers[layer.name]
             if file_name == layer.bias_file:
                 module.bias.copy_(value)
-            elif layer.kind == "bn":
+            elif layer.kind == LayerKind.BN:
                 for param, row in zip((module.weight, module.bias, module.running_mean, module.running_var), value):
                     param.copy_(row)
             else:

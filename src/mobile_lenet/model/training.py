@@ -24,10 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
+from mobile_lenet.errors import UserError
 from mobile_lenet.model.checkpoints import read_checkpoint, save_checkpoint
 from mobile_lenet.model.data import Dataset, split_validation, to_tensor_input
-from mobile_lenet.errors import UserError
 from mobile_lenet.model.network import MobileLeNet, predict_logits
 
 
@@ -118,8 +119,6 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
     Returns the final metrics row. ``resume`` continues from ``out_dir/last.pt`` with the saved config.
     Ctrl-C stops after writing nothing half-done: last.pt always holds the last finished epoch, usable as is.
     """
-    from tqdm import tqdm
-
     out_dir = Path(out_dir)
     set_threads(threads)
     torch.manual_seed(config.seed)
