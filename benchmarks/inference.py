@@ -223,7 +223,7 @@ def measure_case(case: Case, images, labels, expected, peaks: dict, macs: int, s
     try:
         logits_of = case.make()
         timing = (time_single if case.per_image else time_batched)(logits_of, images, settings)
-    except Exception as error:  # an engine still being written, or failing: report, never fake
+    except Exception as error:  # an engine failing (e.g. no C compiler): report it, never fake a number
         reason = f"{type(error).__name__}: {error}".splitlines()[0]
         log(f"    not available: {reason}")
         return {**row, **not_available(reason)}

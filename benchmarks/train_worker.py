@@ -71,7 +71,7 @@ def train_keras(args, train_set, test_set) -> dict:
 
 
 def train_ours(args, train_set, test_set) -> dict:
-    """Run our real trainer (``train.train``) with the default TrainConfig except what the benchmark fixes."""
+    """Run our real trainer (``training.train``) with the default TrainConfig except what the benchmark fixes."""
     import csv
     from dataclasses import asdict
 

@@ -6,7 +6,7 @@ same number of epochs and the same thread count, one after the other, each in it
 
 1. ``keras``: the seed's model and recipe in Keras 3 (Adam lr 1e-3, categorical cross-entropy), built from
    our architecture table and checked against the seed's published ``config.json``;
-2. ``ours, augmentation off``: our trainer, ``train.train`` with ``TrainConfig`` defaults except
+2. ``ours, augmentation off``: our trainer, ``training.train`` with ``TrainConfig`` defaults except
    ``augment=False`` (and no validation split, as Keras' ``fit`` here) - the like-for-like comparison;
 3. ``ours, default recipe``: the same with the default augmentation.
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import UPSTREAM
-from mobile_lenet.formats import keras as keras_import
+from mobile_lenet.formats import keras
 from mobile_lenet.formats import noodle
 from mobile_lenet import spec
 from mobile_lenet.apps.cli import main
@@ -24,7 +24,7 @@ KERAS_FILE = UPSTREAM / "mobile-lenet-5.keras"
 
 @pytest.fixture(scope="module")
 def keras_tensors():
-    return keras_import.read_keras(KERAS_FILE)
+    return keras.read_keras(KERAS_FILE)
 
 
 def read_parts(path: Path = KERAS_FILE) -> dict[str, bytes]:
@@ -82,14 +82,14 @@ def test_keras_tensors_have_table_shapes_and_match_the_noodle_files(keras_tensor
 
 def test_keras_layers_map_by_name_and_by_keras_numbering():
     """Both ways of finding a layer's weights in model.weights.h5 agree on the seed's file."""
-    paths = keras_import._h5_paths()
+    paths = keras._h5_paths()
     assert paths["stem_conv3x3"] == "layers/conv2d" and paths["B2_dw_bn"] == "layers/batch_normalization_3"
     assert paths["B6_pw1x1"] == "layers/conv2d_6" and paths["OUT"] == "layers/dense"
     with h5py.File(io.BytesIO(read_parts()["model.weights.h5"])) as h5:
         for layer in spec.LAYERS:
             if layer.weight_file:
                 stored = h5[paths[layer.name] + "/vars"].attrs["name"]
-                assert keras_import.KERAS_NAME_ALIASES.get(stored, stored) == layer.name
+                assert keras.KERAS_NAME_ALIASES.get(stored, stored) == layer.name
 
 
 def test_sources_resolve_a_keras_file(keras_tensors):
@@ -102,14 +102,14 @@ def test_files_without_the_h5_name_attribute_still_import(tmp_path, keras_tensor
         for group in h5["layers"].values():
             del group["vars"].attrs["name"]
 
-    tensors = keras_import.read_keras(with_weights(tmp_path, drop_names))
+    tensors = keras.read_keras(with_weights(tmp_path, drop_names))
     assert all(np.array_equal(tensors[k], keras_tensors[k]) for k in keras_tensors)
 
 
 # ------------------------------------------------------------------------------------------------ errors
 def expect_error(path: Path, *fragments: str) -> None:
     with pytest.raises(UserError) as info:
-        keras_import.read_keras(path)
+        keras.read_keras(path)
     message = str(info.value)
     assert message.startswith(str(path)) and "\n" not in message
     for fragment in fragments:

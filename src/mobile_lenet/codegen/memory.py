@@ -1,6 +1,6 @@
 """The microcontroller's memory plan: where every activation lives, and what the weights cost in flash.
 
-The plan is what the C generator (``cgen``) emits and what ``mobile-lenet summary --memory`` prints, so the
+The plan is what the C generators (``c_float``, ``c_int8``) emit and what ``mobile-lenet summary --memory`` prints, so the
 report and the code cannot disagree. It follows the seed's program:
 
 * Two ping-pong buffers (``A`` and ``B``), each sized for the largest activation the network stores.

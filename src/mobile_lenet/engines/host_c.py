@@ -32,7 +32,10 @@ PROGRAM_NAME = "mobile_lenet_host"
 # -ffp-contract=off: no fused multiply-adds, so every product is rounded to float32 as in the reference.
 # -funroll-loops: the kernels' inner loops are short rows (7 to 28 values); unrolling them is ~7% faster on
 # the host and portable (no instruction set assumed), and it changes no result.
-OPTIMIZE_FLAGS = ("-std=c99", "-O3", "-ffp-contract=off", "-funroll-loops")
+# -flto: the kernels live in their own file (c/ml_kernels_*.c); link-time optimization lets the compiler inline
+# them into the layer calls with their constant sizes, as when they were in one file (measured 1.45x faster on
+# 10,000 images, same output bytes).
+OPTIMIZE_FLAGS = ("-std=c99", "-O3", "-ffp-contract=off", "-funroll-loops", "-flto")
 WARNING_FLAGS = ("-Wall", "-Wextra", "-Werror", "-pedantic")
 # -O1 (after -O3, so it wins): sanitizer builds at -O3 take several times longer to compile.
 SANITIZE_FLAGS = ("-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
