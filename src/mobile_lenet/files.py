@@ -1,30 +1,168 @@
-"""Writing files: atomically (temporary file + rename), so a reader never sees a half-written file."""
+"""Writing files: atomically (temporary file in the same folder, fsync, rename), so a reader never sees a
+half-written file, and a kill at any moment leaves either the old file or the new one.
+
+Temporary names are ``.NAME.PID.XXXX.tmp`` (files and folders alike): a temporary whose process is gone is
+stale (a ``kill -9`` left it) and the next write into that folder removes it. Whole folders (exports, the
+quantized model) are built in such a temporary folder and swapped in with renames (``replace_folder``).
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import tempfile
 from pathlib import Path
 
 from mobile_lenet.errors import UserError
 
+class WriteError(UserError, OSError):
+    """A file or folder could not be written (full disk, no permission): one line, and still an OSError."""
+
+
+_TMP_NAME = re.compile(r"^\..+\.(\d+)\.[^.]+\.tmp$")
+
+
+def umasked(mode: int) -> int:
+    """``mode`` less the process' umask: the permissions a plainly created file or folder would get."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but not ours
+        return True
+    return True
+
+
+def clean_stale_tmp(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files and folders that a killed writer left in ``folder``; returns them."""
+    folder = Path(folder)
+    removed = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = _TMP_NAME.match(entry.name)
+        if match is None or _pid_alive(int(match[1])):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed.append(entry)
+        except OSError:
+            pass
+    return removed
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.{os.getpid()}."
+
+
+def _fsync_path(path: str | os.PathLike, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if directory else os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _check_parent(path: Path) -> None:
+    """One line, before anything is written, when ``path``'s folder cannot be made or written to."""
+    parent = path.parent
+    for above in [parent, *parent.parents]:
+        if above.exists():
+            if not above.is_dir():
+                raise UserError(f"{path}: cannot write: {above} is a file, not a folder")
+            if not os.access(above, os.W_OK | os.X_OK):
+                raise UserError(f"{path}: cannot write: no permission to write in {above}")
+            return
+
+
+def check_writable_file(path: str | os.PathLike) -> None:
+    """UserError unless a file could be written at ``path`` (not a folder; its folder can be made and written)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a file")
+    _check_parent(path)
+
+
+def check_writable_folder(path: str | os.PathLike) -> None:
+    """UserError unless ``path`` is or can become a folder we can write into."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path}: exists and is not a folder")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"{path}: cannot write: no permission")
+        return
+    _check_parent(path)
+
 
 def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call ``write(tmp_path)`` then rename the result onto ``path``, so no half-written file is ever seen."""
+    """Call ``write(tmp_path)`` then fsync and rename the result onto ``path``: no half-written file is ever seen.
+
+    The temporary file is in ``path``'s folder (so the rename is atomic) and gets the permissions of a
+    plainly created file; stale temporaries of killed writers in that folder are removed first.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write ({e.strerror or e})") from None
+    clean_stale_tmp(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write ({e.strerror or e})") from None
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, umasked(0o666))  # mkstemp makes it private; the result is an ordinary file
+        _fsync_path(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, UserError):
+            raise
+        raise WriteError(f"{path}: cannot write ({e.strerror or e})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_path(path.parent, directory=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (see ``atomic_write``)."""
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` atomically (see ``atomic_write``)."""
+    atomic_write_bytes(path, text.encode(encoding))
 
 
 def write_text_files(files: dict[str, str], out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``files`` (relative path -> text) into ``out_dir`` (created if needed), each atomically."""
+    """Write ``files`` (relative path -> text) into ``out_dir`` (created if needed), each atomically.
+
+    Other files in ``out_dir`` are kept (a build cache); exports use ``replace_folder`` instead."""
     out_dir = Path(out_dir)
     written = []
     try:
@@ -34,5 +172,66 @@ def write_text_files(files: dict[str, str], out_dir: str | os.PathLike) -> list[
             atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text, encoding="ascii"))
             written.append(path)
     except OSError as e:
-        raise UserError(f"{out_dir}: cannot write ({e.strerror or e})") from None
+        raise WriteError(f"{out_dir}: cannot write ({e.strerror or e})") from None
     return written
+
+
+def folder_files(folder: Path) -> set[str]:
+    """Relative paths (``/``-separated) of every file under ``folder``."""
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if not p.is_dir()}
+
+
+def replace_folder(files: dict[str, str | bytes], out_dir: str | os.PathLike, what: str = "export",
+                   replaceable=None) -> list[Path]:
+    """Write ``files`` (relative path -> text or bytes) as the whole of ``out_dir``, atomically.
+
+    Everything is written (and fsynced) into a temporary sibling folder first, which then takes
+    ``out_dir``'s place by renames: a failure or a kill never leaves a half-written or half-replaced folder.
+    An existing ``out_dir`` is replaced whole if it is empty, holds no file that this write would not write,
+    or ``replaceable(out_dir)`` says it is a previous ``what``; otherwise it is refused with one line, so no
+    unrelated file is lost or mixed in.
+    """
+    out_dir = Path(out_dir)
+    check_writable_folder(out_dir)
+    if out_dir.is_dir():
+        present = folder_files(out_dir)
+        ok = present <= set(files) or (replaceable is not None and replaceable(out_dir))
+        if not ok:
+            extra = sorted(present - set(files)) or sorted(present)
+            raise UserError(f"{out_dir}: not empty and not a previous {what} (holds {extra[0]}"
+                            f"{f' and {len(extra) - 1} more' if len(extra) > 1 else ''}); choose a new or empty folder")
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(out_dir.parent)
+        staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=_tmp_prefix(out_dir), suffix=".tmp"))
+    except OSError as e:
+        raise WriteError(f"{out_dir}: cannot write ({e.strerror or e})") from None
+    old = None
+    try:
+        os.chmod(staging, umasked(0o777))  # mkdtemp makes it private; the result is an ordinary folder
+        for name, data in files.items():
+            path = staging / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+            _fsync_path(path)
+        for folder in sorted({(staging / n).parent for n in files}, key=lambda p: -len(p.parts)):
+            _fsync_path(folder, directory=True)
+        if out_dir.exists():  # move the old folder aside (a stale temporary if we are killed now), then swap
+            old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=_tmp_prefix(out_dir), suffix=".tmp"))
+            os.rename(out_dir, old / "old")
+        os.rename(staging, out_dir)
+        _fsync_path(out_dir.parent, directory=True)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None and (old / "old").exists() and not out_dir.exists():
+            os.rename(old / "old", out_dir)
+        raise WriteError(f"{out_dir}: cannot write ({e.strerror or e})") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None and (old / "old").exists() and not out_dir.exists():
+            os.rename(old / "old", out_dir)
+        raise
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return [out_dir / name for name in files]

@@ -52,7 +52,7 @@ from mobile_lenet.engines.reference import softmax
 from mobile_lenet.engines.registry import engines_for, logits
 from mobile_lenet.errors import UserError
 from mobile_lenet.formats.model_files import load_tensors
-from mobile_lenet.model.images import SIZE, looks_dark_on_light, mnist_style
+from mobile_lenet.model.images import SIZE, looks_dark_on_light, mnist_style, to_gray
 from mobile_lenet.model.network import from_noodle
 
 STATIC_DIR = Path(__file__).with_name("demo_static")
@@ -91,11 +91,9 @@ def decode_image(data: bytes) -> np.ndarray:
             width, height = img.size
             if max(width, height) > MAX_IMAGE_SIDE:
                 raise RequestError(413, f"image is {width}x{height}; at most {MAX_IMAGE_SIDE} pixels a side")
-            if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
-                # Transparent pixels count as background: flatten onto black (the canvas' background).
-                img = Image.alpha_composite(Image.new("RGBA", img.size, "black"), img.convert("RGBA"))
-            return np.asarray(img.convert("L"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+            # Transparent pixels count as background: flattened onto black (the canvas' background).
+            return to_gray(img)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise RequestError(400, f"not a readable image ({type(e).__name__})") from None
 
 
@@ -121,9 +119,12 @@ def decode_pixels(rows: object) -> np.ndarray:
         raise RequestError(413, f'"pixels" may have at most {MAX_PIXEL_ROWS} rows of {MAX_PIXEL_ROWS} values')
     if len({len(r) for r in rows}) != 1 or not rows[0]:
         raise RequestError(400, '"pixels" rows must all have the same, non-zero length')
+    # numbers only: no strings ("12" would otherwise be converted), no booleans, no nested lists
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for r in rows for v in r):
+        raise RequestError(400, '"pixels" must hold numbers only')
     try:
         values = np.array(rows, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise RequestError(400, '"pixels" must hold numbers only') from None
     if not np.isfinite(values).all() or values.min() < 0 or values.max() > 255:
         raise RequestError(400, '"pixels" values must be numbers from 0 to 255')
@@ -156,6 +157,8 @@ def parse_request(body: bytes, content_type: str, query: dict) -> tuple[np.ndarr
             payload = json.loads(body)
         except (UnicodeDecodeError, ValueError) as e:
             raise RequestError(400, f"body is not valid JSON ({e})") from None
+        except RecursionError:
+            raise RequestError(400, "body is not usable JSON (nested too deeply)") from None
         if not isinstance(payload, dict):
             raise RequestError(400, 'JSON body must be an object with "image" or "pixels"')
         if ("image" in payload) == ("pixels" in payload):
@@ -280,10 +283,10 @@ def port_is_free(host: str, port: int) -> bool:
 def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
     """Load MODEL (default runs/main/best.pt) and serve the demo until Ctrl-C."""
 
-    source = resolve_model(model)
-    tensors = load_tensors(source)
     if not 0 < port < 65536:
         raise UserError(f"--port must be between 1 and 65535, not {port}")
+    source = resolve_model(model)
+    tensors = load_tensors(source)
     if not port_is_free(host, port):
         raise UserError(f"cannot listen on {host}:{port} (in use, or not an address of this machine); "
                         "choose another --port or --host")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from mobile_lenet.engines import registry
+from mobile_lenet.errors import UserError
 from mobile_lenet.model.data import Dataset
 
 
@@ -25,6 +26,8 @@ def score(predictions: np.ndarray, labels: np.ndarray, num_classes: int = 10) ->
 def evaluate(model, dataset: Dataset, engine: str | None = None) -> dict:
     """Score ``dataset`` with a float or int8 model on ``engine`` (default: the model's first engine)."""
     engine = registry.check_engine(model, engine)
+    if len(dataset) == 0:
+        raise UserError(f"{dataset.name or 'the test set'}: holds no images; nothing to evaluate")
     logits = registry.logits(model, dataset.images, engine)
     result = score(logits.argmax(axis=1), dataset.labels)
     result.update(engine=f"{engine} (int8)" if registry.is_int8(model) else engine, dataset=dataset.name)

@@ -35,6 +35,7 @@ from mobile_lenet.apps.evaluation import score
 from mobile_lenet.engines.reference import softmax
 from mobile_lenet.engines.registry import logits
 from mobile_lenet.errors import UserError
+from mobile_lenet.files import atomic_write, atomic_write_text, check_writable_file
 from mobile_lenet.formats.model_files import load_tensors
 from mobile_lenet.model.data import load_dataset, to_tensor_input
 from mobile_lenet.model.network import from_noodle
@@ -161,7 +162,7 @@ def _new_figure(width: float, height: float):
 
 
 def _save(fig, path: Path) -> str:
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     return path.name
 
 
@@ -443,7 +444,7 @@ def build_report(run_dir: str | os.PathLike, dataset: str | None = None, data_di
     data_dir = data_dir or config.get("data_dir")
     html_path = Path(out) if out else run_dir / "report" / "index.html"
     folder = html_path.parent
-    folder.mkdir(parents=True, exist_ok=True)
+    check_writable_file(html_path)  # before the test set is loaded
 
     test_set = load_dataset(dataset, "test", data_dir)
     images, labels = test_set.images[:limit], test_set.labels[:limit]
@@ -478,5 +479,5 @@ def build_report(run_dir: str | os.PathLike, dataset: str | None = None, data_di
         ("parameters", f"{spec.totals()['total_params']:,}"),
         ("MACs per image", f"{spec.totals()['macs']:,}"),
     ]
-    html_path.write_text(render_html(facts, figures, result, costs, str(run_dir)))
+    atomic_write_text(html_path, render_html(facts, figures, result, costs, str(run_dir)))
     return html_path

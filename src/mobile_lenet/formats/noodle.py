@@ -18,14 +18,13 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from mobile_lenet import spec
 from mobile_lenet.errors import UserError
+from mobile_lenet.files import replace_folder
 from mobile_lenet.spec import LayerKind
 
 ENCODINGS = (".txt", ".bin", ".h")  # also the reading preference when a tensor exists in several
@@ -133,12 +132,19 @@ def parse_h(path: Path, data: bytes) -> np.ndarray:
     return _parse_numbers(path, [item[:-1] if item[-1:] in ("f", "F") else item for item in items])
 
 
+# A C / printf number (Python's float() also takes "1_000", which a C reader does not). NaN and infinity parse,
+# to be refused as non-finite by read_noodle_folder.
+_NUMBER = re.compile(r"[+-]?((\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|nan|inf|infinity)", re.IGNORECASE)
+
+
 def _parse_numbers(path: Path, tokens: list[str]) -> np.ndarray:
     """float32 values of number tokens; one UserError naming the file for anything else."""
     values = np.empty(len(tokens), dtype=np.float32)
     with np.errstate(over="ignore"):  # beyond float32's range becomes inf, reported by read_folder
         for i, token in enumerate(tokens):
             try:
+                if not _NUMBER.fullmatch(token):
+                    raise ValueError(token)
                 values[i] = float(token)
             except ValueError:
                 raise UserError(f"{path}: value {i + 1} is not a number: {token[:40]!r}") from None
@@ -167,6 +173,9 @@ def read_noodle_folder(folder: str | os.PathLike) -> dict[str, np.ndarray]:
         raise UserError(f"{folder}: not a folder")
     table = tensor_table()
     present = {p.name for p in folder.iterdir() if _TENSOR_FILE.match(p.name)}
+    not_files = sorted(n for n in present if not (folder / n).is_file())
+    if not_files:
+        raise UserError(f"{folder / not_files[0]}: is not a file")
     unknown = sorted(n for n in present if n.split(".")[0] not in table)
     if unknown:
         raise UserError(f"{folder / unknown[0]}: not a Mobile-LeNet tensor (expected only {_expected_names()})")
@@ -179,7 +188,10 @@ def read_noodle_folder(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     for name, (_, shape) in table.items():
         ext = next(e for e in ENCODINGS if name + e in present)
         path = folder / (name + ext)
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise UserError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
         if path.name in checksums and hashlib.sha256(data).hexdigest() != checksums[path.name]:
             raise UserError(f"{path}: contents do not match the sha256 in {MANIFEST} (changed or corrupted)")
         values = PARSERS[ext](path, data)
@@ -243,34 +255,11 @@ def _manifest_json(entries: list[dict]) -> str:
 def write_noodle_folder(tensors: dict[str, np.ndarray], out_dir: str | os.PathLike) -> list[Path]:
     """Export ``tensors`` as a Noodle folder; returns the paths written.
 
-    All files are first written to a temporary folder next to ``out_dir``; only when every one is complete
-    are they moved into place (renames), so a failure never leaves a half-written export.
+    The folder is written whole into a temporary sibling and swapped in (``files.replace_folder``): a
+    failure never leaves a half-written export, and an existing folder is replaced only if it is empty or
+    a previous Noodle export (anything else, e.g. a stray ``w15.txt``, is refused with one line).
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"{out_dir}: exists and is not a folder")
-    files = encode_folder(tensors)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
-    try:
-        os.chmod(staging, umasked(0o777))  # mkdtemp makes it private; the export is an ordinary folder
-        for file_name, data in files.items():
-            (staging / file_name).write_bytes(data)
-        if not out_dir.exists():
-            staging.rename(out_dir)  # the whole folder appears at once
-        else:
-            for file_name in files:
-                os.replace(staging / file_name, out_dir / file_name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return [out_dir / file_name for file_name in files]
-
-
-def umasked(mode: int) -> int:
-    """``mode`` less the process' umask: the permissions a plainly created file or folder would get."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return mode & ~umask
+    return replace_folder(encode_folder(tensors), out_dir, what="Noodle export")
 
 
 def readme_text() -> str:

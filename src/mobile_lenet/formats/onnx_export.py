@@ -11,15 +11,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mobile_lenet.errors import UserError
-from mobile_lenet.files import atomic_write
-from mobile_lenet.formats.noodle import umasked
+from mobile_lenet.files import check_writable_folder, folder_files, replace_folder
 from mobile_lenet.model.network import from_noodle
 
 ONNX_FILE = "mobile_lenet.onnx"
@@ -28,23 +27,21 @@ OUTPUT_NAME = "logits"
 
 
 def write_onnx(tensors: dict[str, np.ndarray], out_dir: str | os.PathLike) -> list[Path]:
-    """Write ``out_dir/mobile_lenet.onnx`` (atomically); returns [that path]."""
-    if Path(out_dir).exists() and not Path(out_dir).is_dir():
-        raise UserError(f"{out_dir}: exists and is not a folder")
+    """Write ``out_dir/mobile_lenet.onnx`` (the folder replaced whole, atomically); returns [that path]."""
+    check_writable_folder(out_dir)
+    if Path(out_dir).is_dir() and not folder_files(Path(out_dir)) <= {ONNX_FILE}:
+        replace_folder({ONNX_FILE: b""}, out_dir, what="ONNX export")  # refuses, before the slow export
     model = from_noodle(tensors).eval()
     example = torch.zeros(2, 1, 28, 28)  # batch 2, not 1: torch.export would specialise a batch of 1
     batch = torch.export.Dim("batch")
-    path = Path(out_dir) / ONNX_FILE
-
-    def export(tmp_path: str) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp_path = os.path.join(scratch, ONNX_FILE)
         with _quiet_exporter():
             torch.onnx.export(model, (example,), tmp_path, dynamo=True, input_names=[INPUT_NAME],
                               output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},), external_data=False,
                               verbose=False)
-        os.chmod(tmp_path, umasked(0o666))  # the temp file is private; the export is an ordinary file
-
-    atomic_write(path, export)
-    return [path]
+        data = Path(tmp_path).read_bytes()
+    return replace_folder({ONNX_FILE: data}, out_dir, what="ONNX export")
 
 
 @contextlib.contextmanager

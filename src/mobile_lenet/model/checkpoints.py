@@ -35,12 +35,23 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return state
 
 
+def check_finite_state(path, state_dict: dict) -> None:
+    """UserError naming the first tensor holding NaN or infinity (such a model must not be used or exported)."""
+    for name, value in state_dict.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise UserError(f"{path}: weight {name} holds NaN or infinity (a diverged run?); not a usable model")
+
+
 def load_checkpoint_model(path: str | os.PathLike) -> MobileLeNet:
-    """A model in eval mode from a checkpoint file."""
+    """A model in eval mode from a checkpoint file; its weights must fit the architecture and be finite."""
     state = read_checkpoint(path)
+    weights = state.get("model")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in weights.items()):
+        raise UserError(f"{path}: its \"model\" is not a dict of tensors")
     model = MobileLeNet()
     try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as e:
-        raise UserError(f"{path}: weights do not fit Mobile-LeNet ({str(e).splitlines()[0]})") from None
+        model.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise UserError(f"{path}: weights do not fit Mobile-LeNet ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    check_finite_state(path, weights)
     return model.eval()

@@ -19,6 +19,7 @@ import csv
 import gzip
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -50,37 +51,56 @@ class Dataset:
 
 
 # --------------------------------------------------------------------------------------------------- IDX
-def _read_bytes(path: Path) -> bytes:
+MAX_IDX_ITEMS = 10_000_000  # far beyond any MNIST-like set (70,000); refuses absurd headers before reading
+
+
+def _open(path: Path):
+    return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
+
+
+def _read_at_most(path: Path, f, count: int) -> bytes:
+    """Up to ``count`` bytes of an open (possibly gzipped) file; DataError naming the file on any failure."""
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
-            return f.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"{path}: cannot read ({e})") from None
+        return f.read(count)
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file of unsigned bytes (optionally gzipped); returns images (N,28,28) or labels (N,)."""
+    """Read an IDX file of unsigned bytes (optionally gzipped); returns images (N,28,28) or labels (N,).
+
+    The header is read first and the body only up to the size it declares (plus one byte to detect
+    trailing data), so a small gzip that expands to gigabytes costs no more than the declared size."""
     path = Path(path)
-    raw = _read_bytes(path)
-    if len(raw) < 8:
-        raise DataError(f"{path}: truncated header ({len(raw)} bytes)")
-    magic = int.from_bytes(raw[:4], "big")
-    if magic not in (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC):
-        raise DataError(f"{path}: bad magic number 0x{magic:08x} (expected 0x{IDX_IMAGES_MAGIC:08x} for images "
-                        f"or 0x{IDX_LABELS_MAGIC:08x} for labels)")
-    ndim = magic & 0xFF
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated header ({len(raw)} bytes, need {header})")
-    dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
-    if ndim == 3 and dims[1:] != [IMAGE_SIZE, IMAGE_SIZE]:
-        raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
-    expected = int(np.prod(dims))
-    body = len(raw) - header
-    if body != expected:
-        what = "truncated" if body < expected else "has trailing bytes"
-        raise DataError(f"{path}: {what}: header says {dims[0]} items ({expected} bytes), file has {body} bytes")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    try:
+        f = _open(path)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    with f:
+        raw = _read_at_most(path, f, 4)
+        if len(raw) < 4:
+            raise DataError(f"{path}: truncated header ({len(raw)} bytes)")
+        magic = int.from_bytes(raw[:4], "big")
+        if magic not in (IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC):
+            raise DataError(f"{path}: bad magic number 0x{magic:08x} (expected 0x{IDX_IMAGES_MAGIC:08x} for images "
+                            f"or 0x{IDX_LABELS_MAGIC:08x} for labels)")
+        ndim = magic & 0xFF
+        header = 4 + 4 * ndim
+        raw += _read_at_most(path, f, header - 4)
+        if len(raw) < header:
+            raise DataError(f"{path}: truncated header ({len(raw)} bytes, need {header})")
+        dims = [int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(ndim)]
+        if ndim == 3 and dims[1:] != [IMAGE_SIZE, IMAGE_SIZE]:
+            raise DataError(f"{path}: images are {dims[1]}x{dims[2]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
+        if dims[0] > MAX_IDX_ITEMS:
+            raise DataError(f"{path}: header says {dims[0]:,} items, more than the {MAX_IDX_ITEMS:,} accepted")
+        expected = int(np.prod(dims))
+        body = _read_at_most(path, f, expected + 1)
+    if len(body) != expected:
+        what = "truncated" if len(body) < expected else "has trailing bytes"
+        size = f"{len(body)} bytes" if len(body) <= expected else "more"
+        raise DataError(f"{path}: {what}: header says {dims[0]} items ({expected} bytes), file has {size}")
+    return np.frombuffer(body, dtype=np.uint8).reshape(dims)
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -100,7 +120,9 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, where: str) -> None:
         raise DataError(f"{where}: labels have shape {labels.shape}, expected (N,)")
     if len(images) != len(labels):
         raise DataError(f"{where}: {len(images)} images but {len(labels)} labels")
-    if len(labels) and labels.max() > 9:
+    if len(labels) == 0:
+        raise DataError(f"{where}: holds no images")
+    if labels.max() > 9:
         raise DataError(f"{where}: label {int(labels.max())} out of range 0..9")
 
 
@@ -140,6 +162,9 @@ def read_npz(path: Path, split: str) -> Dataset:
         raise DataError(f"{path}: not a readable .npz file ({e})") from None
     if images.dtype != np.uint8:
         raise DataError(f"{path}: x_{split} has dtype {images.dtype}, expected uint8")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise DataError(f"{path}: y_{split} must be a 1-D array of integers 0..9, not {labels.dtype} "
+                        f"{labels.shape}")
     labels = labels.astype(np.int64)
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
         raise DataError(f"{path}: labels out of range 0..9")

@@ -8,12 +8,14 @@ so a photo, a scan or a drawing on a canvas looks to the network like the digits
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mobile_lenet.errors import UserError
 
+MAX_IMAGE_SIDE = 4096  # checked before decoding, so a small file cannot unpack into gigabytes
 INNER_BOX = 20  # MNIST: the digit fits in 20x20 ...
 SIZE = 28  # ... inside a 28x28 image, centred by centre of mass
 
@@ -51,21 +53,39 @@ def looks_dark_on_light(gray: np.ndarray) -> bool:
     return float(border.mean()) > 127
 
 
+def to_gray(img: Image.Image) -> np.ndarray:
+    """A PIL image -> grayscale uint8; transparent pixels count as background (flattened onto black), so a
+    white digit drawn on a transparent canvas stays a white digit on black."""
+    if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
+        img = Image.alpha_composite(Image.new("RGBA", img.size, "black"), img.convert("RGBA"))
+    return np.asarray(img.convert("L"), dtype=np.uint8)
+
+
 def load_digit(path: str | os.PathLike, invert: str = "auto") -> np.ndarray:
     """Read a PNG/JPEG (any size, colour or not) as an MNIST-style 28x28 uint8 image.
 
     ``invert``: "auto" (inverts when the background is light), "yes" (dark digit on light paper) or "no".
     A 28x28 image is taken as is (only inverted if asked), as it is presumably an MNIST digit already.
     """
-    try:
-        with Image.open(path) as img:
-            gray = np.asarray(img.convert("L"), dtype=np.uint8)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such file") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise UserError(f"{path}: not a readable image ({type(e).__name__})") from None
     if invert not in ("auto", "yes", "no"):
         raise UserError(f"invert must be auto, yes or no, not {invert!r}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused below, not printed
+            with Image.open(path) as img:
+                width, height = img.size
+                if max(width, height) > MAX_IMAGE_SIDE:
+                    raise UserError(f"{path}: image is {width}x{height}; at most {MAX_IMAGE_SIDE} pixels a side")
+                gray = to_gray(img)
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, not an image") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning) as e:
+        raise UserError(f"{path}: not a readable image ({type(e).__name__})") from None
+    if gray.ndim != 2 or gray.size == 0:
+        raise UserError(f"{path}: not a readable image (empty)")
     if invert == "yes" or (invert == "auto" and looks_dark_on_light(gray)):
         gray = 255 - gray
     if gray.shape == (SIZE, SIZE):

@@ -17,7 +17,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +27,8 @@ from torch import nn
 from tqdm import tqdm
 
 from mobile_lenet.errors import UserError
-from mobile_lenet.model.checkpoints import read_checkpoint, save_checkpoint
+from mobile_lenet.files import atomic_write, atomic_write_text, clean_stale_tmp
+from mobile_lenet.model.checkpoints import check_finite_state, read_checkpoint, save_checkpoint
 from mobile_lenet.model.data import Dataset, split_validation, to_tensor_input
 from mobile_lenet.model.network import MobileLeNet, predict_logits
 
@@ -46,6 +47,70 @@ class TrainConfig:
     augment: bool = True
     val_fraction: float = 0.1
     seed: int = 0
+
+
+# Ranges a run's settings must fall in (checked before any data is loaded, and when config.json is read back).
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_LR = 1.0  # AdamW's peak learning rate; beyond it training only diverges
+RESUME_KEYS = ("model", "optimizer", "scheduler", "generator", "epoch", "best_val_accuracy", "history")
+
+
+def check_config(config: TrainConfig, where: str = "") -> TrainConfig:
+    """UserError (naming ``where``, e.g. a config.json, or the flag) unless every setting is of the right type
+    and in range; returns ``config``."""
+    def bad(flag: str, message: str):
+        raise UserError(f"{where}: {flag} {message}" if where else f"--{flag.replace('_', '-')} {message}")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_real(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not isinstance(config.dataset, str) or not config.dataset:
+        bad("dataset", "must be a data set name")
+    if config.data_dir is not None and not isinstance(config.data_dir, str):
+        bad("data_dir", "must be a folder name or null")
+    if not is_int(config.epochs) or not 1 <= config.epochs <= MAX_EPOCHS:
+        bad("epochs", f"must be an integer from 1 to {MAX_EPOCHS:,}, not {config.epochs!r}")
+    if not is_int(config.batch_size) or not 1 <= config.batch_size <= MAX_BATCH_SIZE:
+        bad("batch_size", f"must be an integer from 1 to {MAX_BATCH_SIZE:,}, not {config.batch_size!r}")
+    if not is_real(config.lr) or not 0 < config.lr <= MAX_LR:
+        bad("lr", f"must be a finite number above 0 and at most {MAX_LR:g}, not {config.lr!r}")
+    if not is_real(config.weight_decay) or not 0 <= config.weight_decay < 1:
+        bad("weight_decay", f"must be a finite number from 0 to below 1, not {config.weight_decay!r}")
+    if not is_real(config.label_smoothing) or not 0 <= config.label_smoothing < 1:
+        bad("label_smoothing", f"must be from 0 to below 1, not {config.label_smoothing!r}")
+    if not isinstance(config.augment, bool):
+        bad("augment", f"must be true or false, not {config.augment!r}")
+    if not is_real(config.val_fraction) or not 0 <= config.val_fraction < 1:
+        bad("val_fraction", f"must be from 0 to below 1, not {config.val_fraction!r}")
+    if not is_int(config.seed) or not 0 <= config.seed < 2 ** 63:
+        bad("seed", f"must be a non-negative integer, not {config.seed!r}")
+    return config
+
+
+def read_config(path: Path) -> TrainConfig:
+    """A run's config.json, checked: a JSON object with exactly TrainConfig's keys, each valid."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{path}: not readable JSON ({type(e).__name__}); it was not written by mobile-lenet "
+                        f"train, or was edited") from None
+    names = [f.name for f in fields(TrainConfig)]
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object with the run's settings")
+    extra, missing = sorted(set(data) - set(names)), [n for n in names if n not in data]
+    if extra or missing:
+        what = f"unknown key {extra[0]!r}" if extra else f"no {missing[0]!r}"
+        raise UserError(f"{path}: {what} (expected exactly {', '.join(names)})")
+    return check_config(TrainConfig(**data), str(path))
+
+
+def write_config(out_dir: Path, config: TrainConfig) -> None:
+    """config.json of a run, written atomically."""
+    atomic_write_text(Path(out_dir) / "config.json", json.dumps(asdict(config), indent=2) + "\n")
 
 
 # Measured on a 2-core machine (batch 64): one thread with channels-last tensors trains ~1.1x faster than two
@@ -133,18 +198,22 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
                                                     steps_per_epoch=steps_per_epoch, pct_start=0.2)
     start_epoch, best_val, history = 0, -1.0, []
 
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(out_dir)  # what a kill during a write left
     if resume:
-        state = read_checkpoint(out_dir / "last.pt")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        start_epoch, best_val, history = state["epoch"], state["best_val_accuracy"], state["history"]
-        log(f"resuming {out_dir} at epoch {start_epoch + 1}/{config.epochs}" if start_epoch < config.epochs
-            else f"{out_dir} already finished all {config.epochs} epochs")
-    else:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
+        why = resume_problem(out_dir / "last.pt", config, scheduler.total_steps)
+        if why is None:
+            state = read_checkpoint(out_dir / "last.pt")
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            generator.set_state(state["generator"])
+            start_epoch, best_val, history = state["epoch"], state["best_val_accuracy"], state["history"]
+            log(f"resuming {out_dir} at epoch {start_epoch + 1}/{config.epochs}" if start_epoch < config.epochs
+                else f"{out_dir} already finished all {config.epochs} epochs")
+        else:
+            log(f"cannot resume {out_dir} ({why}): starting it again from epoch 1")
+    write_config(out_dir, config)
 
     images = torch.from_numpy(to_tensor_input(train_split.images))
     labels = torch.from_numpy(train_split.labels.astype(np.int64))
@@ -163,6 +232,9 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
                     x = augment_batch(x, generator)
                 logits = model(x.contiguous(memory_format=torch.channels_last))
                 loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                if not math.isfinite(loss.item()):  # diverged: stop before NaN reaches the weights
+                    raise UserError(f"training diverged in epoch {epoch + 1} (loss {loss.item()}); lower --lr "
+                                    f"(now {config.lr:g}); {out_dir} keeps the epochs finished before")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -199,6 +271,38 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
     return row
 
 
+def resume_problem(path: Path, config: TrainConfig, total_steps: int) -> str | None:
+    """Why ``path`` (a run's last.pt) cannot be resumed with ``config``, or None if it can."""
+    if not path.is_file():
+        return f"no {path.name}: killed before its first epoch ended?"
+    try:
+        state = read_checkpoint(path)
+    except UserError as e:
+        return str(e).removeprefix(f"{path}: ")
+    missing = [k for k in RESUME_KEYS if k not in state]
+    if missing:
+        return f"{path.name} has no {missing[0]!r}: not a training state (a copy of best.pt?)"
+    epoch, history = state["epoch"], state["history"]
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 1 <= epoch <= config.epochs \
+            or not isinstance(history, list) or len(history) != epoch:
+        return f"{path.name} holds an epoch count that does not fit this run"
+    try:
+        if int(state["scheduler"]["total_steps"]) != total_steps:
+            return f"{path.name} was made with another data set size or batch size"
+        model = MobileLeNet().to(memory_format=torch.channels_last)
+        model.load_state_dict(state["model"])
+        check_finite_state(path, state["model"])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        optimizer.load_state_dict(state["optimizer"])
+        torch.Generator().set_state(state["generator"])
+        float(state["best_val_accuracy"])
+    except UserError as e:
+        return str(e).removeprefix(f"{path}: ")
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError) as e:
+        return f"{path.name} is not a usable training state ({type(e).__name__})"
+    return None
+
+
 def finalize_checkpoints(out_dir: Path, train_split: Dataset, val_split: Dataset) -> None:
     """Give best.pt and last.pt BatchNorm statistics exact over the whole training split.
 
@@ -227,7 +331,10 @@ def finalize_checkpoints(out_dir: Path, train_split: Dataset, val_split: Dataset
 
 def write_metrics(path: Path, history: list[dict]) -> None:
     """Per-epoch metrics as CSV (one row per epoch)."""
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(history[0]))
+            writer.writeheader()
+            writer.writerows(history)
+
+    atomic_write(path, write)

@@ -1,0 +1,145 @@
+"""Resume survives anything a kill can leave (issue 13).
+
+``train`` is killed with SIGKILL at 20 random moments (during data loading, in the first epoch, while a
+checkpoint or metrics.csv is being written, between files, while the final checkpoints are calibrated);
+``train --resume`` must then either resume or start again from epoch 1 saying why in one line, and finish
+with a complete run and no temporary file left, 20 times out of 20.
+
+To kill at precise moments without paying PyTorch's import for every run, the runs are forked from a
+"zygote" subprocess that has imported the CLI once (it never runs PyTorch itself, so forking it is safe).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from conftest import write_idx_set
+from mobile_lenet.apps.cli import main
+from mobile_lenet.model.checkpoints import read_checkpoint
+
+EPOCHS = 4
+KILLS = 20
+
+ZYGOTE = r"""
+import json, os, sys
+import mobile_lenet.apps.cli as cli
+print("ready", flush=True)
+for line in sys.stdin:
+    argv = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os._exit(cli.main(argv))
+    print(pid, flush=True)
+    _, status = os.waitpid(pid, 0)
+    print(status, flush=True)
+"""
+
+
+class Zygote:
+    def __init__(self):
+        self.process = subprocess.Popen([sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True, bufsize=1)
+        assert self.process.stdout.readline().strip() == "ready"
+
+    def start(self, argv: list[str]) -> int:
+        self.process.stdin.write(json.dumps([str(a) for a in argv]) + "\n")
+        self.process.stdin.flush()
+        return int(self.process.stdout.readline())
+
+    def wait(self) -> int:
+        """The raw wait status of the last started run."""
+        return int(self.process.stdout.readline())
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=30)
+
+
+def check_complete(run) -> None:
+    """A finished run: last.pt at the final epoch, best.pt usable, one metrics row per epoch, no temporaries."""
+    assert read_checkpoint(run / "last.pt")["epoch"] == EPOCHS
+    assert read_checkpoint(run / "best.pt")["bn_calibration"] == "full"
+    with open(run / "metrics.csv") as f:
+        assert [int(r["epoch"]) for r in csv.DictReader(f)] == list(range(1, EPOCHS + 1))
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.slow
+def test_resume_after_kill_at_random_moments(tmp_path, capsys):
+    rng = np.random.default_rng(2024)
+    images = rng.integers(0, 256, (160, 28, 28), dtype=np.uint8)
+    data = write_idx_set(tmp_path / "data", images, np.arange(160, dtype=np.uint8) % 10)
+    command = ["train", "--data-dir", data, "--epochs", EPOCHS, "--batch-size", 32, "--no-augment", "--quiet"]
+    zygote = Zygote()
+    try:
+        # an uninterrupted run: how long one takes (the window the kills are drawn from), and that it completes
+        started = time.time()
+        zygote.start(command + ["--out", tmp_path / "whole"])
+        assert os.waitstatus_to_exitcode(zygote.wait()) == 0
+        duration = time.time() - started
+        check_complete(tmp_path / "whole")
+        # when the run folder came to hold a run (config.json): most kills fall after it, in the epochs,
+        # checkpoint writes and final calibration; a few anywhere, also before the run has begun
+        begun = (tmp_path / "whole" / "config.json").stat().st_mtime - started
+        assert 0 < begun < duration
+
+        outcomes = []
+        for i in range(KILLS):
+            run = tmp_path / f"run{i}"
+            pid = zygote.start(command + ["--out", run])
+            time.sleep(rng.uniform(0, duration) if i < 4 else rng.uniform(begun, duration * 1.05))
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            status = zygote.wait()
+            killed = os.WIFSIGNALED(status)
+            capsys.readouterr()
+            code = main([str(a) for a in ["train", "--resume", "--out", run, "--quiet"]])
+            out, err = capsys.readouterr()
+            if code == 2:  # killed before the run began: nothing of it exists, and a plain train starts it
+                assert "nothing to resume" in err and not (run / "config.json").exists(), (i, err)
+                assert len(err.strip().splitlines()) == 1
+                assert main([str(a) for a in command + ["--out", run]]) == 0
+                outcomes.append("not started")
+            else:
+                assert code == 0, (i, out, err)
+                said = [line for line in out.splitlines()
+                        if line.startswith(("resuming ", "cannot resume ")) or " already finished all " in line]
+                assert len(said) == 1, (i, out)
+                outcomes.append("started again" if "starting it again" in said[0] else
+                                "resumed" if killed else "had finished")
+            check_complete(run)
+        assert len(outcomes) == KILLS
+        print({o: outcomes.count(o) for o in set(outcomes)})
+    finally:
+        zygote.close()
+
+
+def test_resume_with_a_copy_of_best_pt_starts_again(tmp_path, capsys):
+    """last.pt replaced by a copy of best.pt (no optimizer state): starts again from epoch 1, saying why."""
+    rng = np.random.default_rng(1)
+    data = write_idx_set(tmp_path / "data", rng.integers(0, 256, (80, 28, 28), dtype=np.uint8),
+                         np.arange(80, dtype=np.uint8) % 10)
+    run = tmp_path / "run"
+    argv = ["train", "--data-dir", str(data), "--epochs", "2", "--batch-size", "32", "--no-augment", "--quiet",
+            "--out", str(run)]
+    assert main(argv) == 0
+    (run / "last.pt").write_bytes((run / "best.pt").read_bytes())
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "cannot resume" in out and "copy of best.pt" in out and "starting it again from epoch 1" in out
+    assert read_checkpoint(run / "last.pt")["epoch"] == 2
