@@ -13,6 +13,7 @@
 
 #include "ml_kernels_f32.c"
 #include "ml_kernels_s8.c"
+#include "ml_kernels_s8_fast.c"
 #include "mobile_lenet_serial.c"
 
 static int failures = 0, checks = 0;

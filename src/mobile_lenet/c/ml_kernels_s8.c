@@ -1,4 +1,7 @@
-/* ml_kernels_s8.c - the int8 layer kernels (see ml_kernels_s8.h).
+/* ml_kernels_s8.c - the int8 layer kernels (see ml_kernels_s8.h): the reference (contract) versions of the
+ * convolutions, ml_conv2d_s8_ref and ml_depthwise_conv2d_s8_ref (the public ml_conv2d_s8 and
+ * ml_depthwise_conv2d_s8 are the optimized ones of ml_kernels_s8_fast.c, bit for bit the same), and the only
+ * versions of requantization, global average pooling and dense.
  *
  * Why the convolutions look like this: the obvious loop (for each output value, for each tap, skip the taps
  * on the zero padding) tests the padding bounds in its innermost loop and reads the input with a stride, so
@@ -9,6 +12,7 @@
  * results are the NumPy engine's, bit for bit. The array lives on the stack (ROW_CHUNK * 4 bytes). */
 #include "ml_kernels_s8.h"
 
+#include "ml_flash.h"
 #include "ml_padding.h"
 
 #define ROW_CHUNK 32
@@ -37,7 +41,7 @@ static void accumulate_row(const int8_t *restrict in, int in_h, int in_w, int32_
         if (iy < 0 || iy >= in_h) continue;
         for (int kx = 0; kx < kernel; ++kx) {
             const int8_t *in_row = in + iy * in_w;
-            const int32_t w = taps[ky * kernel + kx], offset = kx - padding;
+            const int32_t w = ML_FLASH_S8(&taps[ky * kernel + kx]), offset = kx - padding;
             int first, end;
             ml_inside_outputs(kx, padding, stride, in_w, out_w, &first, &end);
             if (first < ox_begin) first = ox_begin;
@@ -50,27 +54,29 @@ static void accumulate_row(const int8_t *restrict in, int in_h, int in_w, int32_
 }
 
 /* A 1x1 convolution (pointwise, no padding) sums contiguous runs of the input planes directly. */
-void ml_conv2d_s8(const int8_t *restrict in, int in_h, int in_w, int in_c, int32_t in_zp,
-                  int8_t *restrict out, int out_h, int out_w, int out_c, int kernel, int stride, int padding,
-                  const int8_t *restrict weight, const int32_t *restrict bias, const int16_t *restrict multiplier,
-                  int shift, int32_t out_zp, int32_t low)
+void ml_conv2d_s8_ref(const int8_t *restrict in, int in_h, int in_w, int in_c, int32_t in_zp,
+                      int8_t *restrict out, int out_h, int out_w, int out_c, int kernel, int stride, int padding,
+                      const int8_t *restrict weight, const int32_t *restrict bias, const int16_t *restrict multiplier,
+                      int shift, int32_t out_zp, int32_t low)
 {
     const int plane = out_h * out_w, in_plane = in_h * in_w;
     const int pointwise = kernel == 1 && stride == 1 && padding == 0 && in_h == out_h && in_w == out_w;
     int32_t acc[ROW_CHUNK];
     for (int co = 0; co < out_c; ++co) {
         int8_t *out_plane = out + co * plane;
+        const int32_t b = ML_FLASH_S32(&bias[co]);
+        const int16_t m = ML_FLASH_S16(&multiplier[co]);
         if (pointwise) { /* the plane as one row: runs of ROW_CHUNK consecutive values */
             for (int begin = 0; begin < plane; begin += ROW_CHUNK) {
                 const int count = plane - begin < ROW_CHUNK ? plane - begin : ROW_CHUNK;
-                for (int i = 0; i < count; ++i) acc[i] = bias[co];
+                for (int i = 0; i < count; ++i) acc[i] = b;
                 for (int ci = 0; ci < in_c; ++ci) {
                     const int8_t *run = in + ci * in_plane + begin;
-                    const int32_t w = weight[co * in_c + ci];
+                    const int32_t w = ML_FLASH_S8(&weight[co * in_c + ci]);
                     for (int i = 0; i < count; ++i) acc[i] += ((int32_t)run[i] - in_zp) * w;
                 }
                 for (int i = 0; i < count; ++i) {
-                    out_plane[begin + i] = ml_requantize_s8(acc[i], multiplier[co], shift, out_zp, low);
+                    out_plane[begin + i] = ml_requantize_s8(acc[i], m, shift, out_zp, low);
                 }
             }
             continue;
@@ -78,36 +84,38 @@ void ml_conv2d_s8(const int8_t *restrict in, int in_h, int in_w, int in_c, int32
         for (int oy = 0; oy < out_h; ++oy) {
             for (int begin = 0; begin < out_w; begin += ROW_CHUNK) {
                 const int count = out_w - begin < ROW_CHUNK ? out_w - begin : ROW_CHUNK;
-                for (int i = 0; i < count; ++i) acc[i] = bias[co];
+                for (int i = 0; i < count; ++i) acc[i] = b;
                 for (int ci = 0; ci < in_c; ++ci) {
                     accumulate_row(in + ci * in_plane, in_h, in_w, in_zp, out_w,
                                    weight + (co * in_c + ci) * kernel * kernel, kernel, stride, padding,
                                    oy, begin, count, acc);
                 }
                 for (int i = 0; i < count; ++i) {
-                    out_plane[oy * out_w + begin + i] = ml_requantize_s8(acc[i], multiplier[co], shift, out_zp, low);
+                    out_plane[oy * out_w + begin + i] = ml_requantize_s8(acc[i], m, shift, out_zp, low);
                 }
             }
         }
     }
 }
 
-void ml_depthwise_conv2d_s8(const int8_t *restrict in, int in_h, int in_w, int channels, int32_t in_zp,
-                            int8_t *restrict out, int out_h, int out_w, int kernel, int stride, int padding,
-                            const int8_t *restrict weight, const int32_t *restrict bias,
-                            const int16_t *restrict multiplier, int shift, int32_t out_zp, int32_t low)
+void ml_depthwise_conv2d_s8_ref(const int8_t *restrict in, int in_h, int in_w, int channels, int32_t in_zp,
+                                int8_t *restrict out, int out_h, int out_w, int kernel, int stride, int padding,
+                                const int8_t *restrict weight, const int32_t *restrict bias,
+                                const int16_t *restrict multiplier, int shift, int32_t out_zp, int32_t low)
 {
     int32_t acc[ROW_CHUNK];
     for (int c = 0; c < channels; ++c) {
+        const int32_t b = ML_FLASH_S32(&bias[c]);
+        const int16_t m = ML_FLASH_S16(&multiplier[c]);
         for (int oy = 0; oy < out_h; ++oy) {
             for (int begin = 0; begin < out_w; begin += ROW_CHUNK) {
                 const int count = out_w - begin < ROW_CHUNK ? out_w - begin : ROW_CHUNK;
-                for (int i = 0; i < count; ++i) acc[i] = bias[c];
+                for (int i = 0; i < count; ++i) acc[i] = b;
                 accumulate_row(in + c * in_h * in_w, in_h, in_w, in_zp, out_w, weight + c * kernel * kernel,
                                kernel, stride, padding, oy, begin, count, acc);
                 for (int i = 0; i < count; ++i) {
                     out[(c * out_h + oy) * out_w + begin + i] =
-                        ml_requantize_s8(acc[i], multiplier[c], shift, out_zp, low);
+                        ml_requantize_s8(acc[i], m, shift, out_zp, low);
                 }
             }
         }
@@ -129,8 +137,8 @@ void ml_dense_s8(const int8_t *in, int in_size, int32_t in_zp, int8_t *out, int 
                  int32_t low)
 {
     for (int o = 0; o < out_size; ++o) {
-        int32_t acc = bias[o];
-        for (int i = 0; i < in_size; ++i) acc += ((int32_t)in[i] - in_zp) * weight[o * in_size + i];
-        out[o] = ml_requantize_s8(acc, multiplier[o], shift, out_zp, low);
+        int32_t acc = ML_FLASH_S32(&bias[o]);
+        for (int i = 0; i < in_size; ++i) acc += ((int32_t)in[i] - in_zp) * ML_FLASH_S8(&weight[o * in_size + i]);
+        out[o] = ml_requantize_s8(acc, ML_FLASH_S16(&multiplier[o]), shift, out_zp, low);
     }
 }

@@ -26,6 +26,18 @@ void ml_depthwise_conv2d_s8(const int8_t *in, int in_h, int in_w, int channels, 
                             const int8_t *weight, const int32_t *bias, const int16_t *multiplier, int shift,
                             int32_t out_zp, int32_t low);
 
+/* The reference versions of the two convolutions (ml_kernels_s8.c): the plain loops the optimized kernels
+ * above (ml_kernels_s8_fast.c) must match bit for bit, and what they fall back to for shapes they do not cover.
+ * Built with -DML_S8_REFERENCE, the public names are these. */
+void ml_conv2d_s8_ref(const int8_t *in, int in_h, int in_w, int in_c, int32_t in_zp,
+                      int8_t *out, int out_h, int out_w, int out_c, int kernel, int stride, int padding,
+                      const int8_t *weight, const int32_t *bias, const int16_t *multiplier, int shift,
+                      int32_t out_zp, int32_t low);
+void ml_depthwise_conv2d_s8_ref(const int8_t *in, int in_h, int in_w, int channels, int32_t in_zp,
+                                int8_t *out, int out_h, int out_w, int kernel, int stride, int padding,
+                                const int8_t *weight, const int32_t *bias, const int16_t *multiplier, int shift,
+                                int32_t out_zp, int32_t low);
+
 /* Global average pooling: the int32 sum of (in - in_zp) over the plane, requantized with a multiplier that
  * includes the 1 / plane of the mean. out must not overlap in. */
 void ml_global_average_pool_s8(const int8_t *in, int channels, int plane, int32_t in_zp,

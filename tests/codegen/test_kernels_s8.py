@@ -1,0 +1,53 @@
+"""The optimized int8 convolutions (c/ml_kernels_s8_fast.c) against the reference ones, bit for bit:
+tests/c/test_kernels_s8.c on the host (strict C99, also under the sanitizers and as a reference-only build) and, when
+the ARM toolchain and QEMU are here, on the Cortex-M0+ (plain C path) and the Cortex-M4F (SMLAD path)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from mobile_lenet.codegen import c_library as lib
+
+C_DIR = Path(str(lib.c_folder()))
+TARGETS_DIR = C_DIR / "targets"
+TEST_SOURCE = ROOT / "tests" / "c" / "test_kernels_s8.c"
+STRICT = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-ffp-contract=off"]
+ARM_FLAGS = {"cortex-m0plus": ["-mcpu=cortex-m0plus", "-mthumb", "-mfloat-abi=soft"],
+             "cortex-m4f": ["-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"]}
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+@pytest.mark.parametrize("flags", [["-O2"], ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"],
+                                   ["-O2", "-DML_S8_REFERENCE"]], ids=["O2", "asan-ubsan", "reference-build"])
+def test_fast_kernels_match_the_reference_on_the_host(flags, tmp_path):
+    program = tmp_path / "test_kernels_s8"
+    built = subprocess.run(["cc", *STRICT, *flags, f"-I{C_DIR}", "-o", str(program), str(TEST_SOURCE)],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    result = subprocess.run([str(program)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.endswith(" passed, 0 failed") and int(last.split()[0]) >= 6000
+
+
+@pytest.mark.parametrize("target", ["cortex-m0plus", "cortex-m4f"])
+def test_fast_kernels_match_the_reference_in_qemu(target, tmp_path):
+    from mobile_lenet.engines.mcu_simulators import QEMU, QEMU_MACHINES
+
+    if shutil.which("arm-none-eabi-gcc") is None or shutil.which(QEMU) is None:
+        pytest.skip("no ARM toolchain or QEMU")
+    elf = tmp_path / "test_kernels_s8.elf"
+    built = subprocess.run(["arm-none-eabi-gcc", *ARM_FLAGS[target], *STRICT, "-O2", "-DML_TEST_BAREMETAL",
+                            f"-I{C_DIR}", f"-I{TARGETS_DIR}", str(TEST_SOURCE), str(TARGETS_DIR / "startup_cortexm.c"),
+                            f"-T{TARGETS_DIR / (target + '.ld')}", f"-L{TARGETS_DIR}", "-nostartfiles",
+                            "--specs=nano.specs", "--specs=nosys.specs", "-o", str(elf)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    result = subprocess.run([QEMU, *QEMU_MACHINES[target], "-nographic", "-monitor", "none", "-serial", "none",
+                             "-semihosting-config", "enable=on,target=native", "-kernel", str(elf)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "all passed" in result.stdout + result.stderr, result.stdout + result.stderr
