@@ -19,10 +19,11 @@ import time
 import traceback
 from pathlib import Path
 
-from . import accuracy, inference, machine, report, training
+from . import accuracy, inference, machine, microcontrollers, report, training
 from .common import PARTS, ROOT, Options, default_shared_data
 
-MODULES = {"accuracy": accuracy, "training": training, "inference": inference}
+MODULES = {"accuracy": accuracy, "training": training, "inference": inference,
+           "microcontrollers": microcontrollers}
 FULL_OUTPUTS = (ROOT / "benchmarks" / "results.json", ROOT / "BENCHMARKS.md")
 QUICK_DIR = ROOT / "build" / "benchmarks-quick"
 

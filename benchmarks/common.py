@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("accuracy", "training", "inference")
+PARTS = ("accuracy", "training", "inference", "microcontrollers")
 
 
 def default_shared_data() -> Path:

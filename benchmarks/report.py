@@ -183,7 +183,34 @@ def inference_section(entry: dict) -> list[str]:
     return lines + [""]
 
 
-SECTIONS = {"accuracy": accuracy_section, "training": training_section, "inference": inference_section}
+# ------------------------------------------------------------------------------------------------ microcontrollers
+def microcontrollers_section(entry: dict) -> list[str]:
+    result = entry["result"]
+    lines = part_header("Microcontrollers (simulated)", entry)
+    lines += [f"`mobile-lenet simulate` on the first {result['test_images']} MNIST test images, weights: "
+              f"{result['weights']} (int8: quantized on 1,000 training images). The firmware is built with "
+              "Debian's cross compilers (`-O2`) and run in QEMU (ARM: executed instructions, counted exactly by a "
+              "TCG plugin; the latency assumes one cycle per instruction) or simavr (AVR: cycles). Flash and static "
+              "RAM from the ELF; peak stack measured (lowest store or stack pointer). Per MAC: instructions or "
+              f"cycles per image / {result['macs_per_image']:,} multiply-accumulates. Agreement: same prediction "
+              "as the reference engine.", ""]
+    rows = []
+    for row in result["rows"]:
+        head = [row["target"], row["precision"], row["memory"]]
+        if row.get("available") is False:
+            rows.append(head + [f"not available: {row['reason']}"] + ["-"] * 6)
+            continue
+        rows.append(head + [f"{row['flash_bytes']:,}", f"{row['static_ram_bytes']:,}", f"{row['peak_stack_bytes']:,}",
+                            f"{row['per_image']['mean'] / 1e6:,.2f} M {row['counts']}",
+                            f"{row['ms_per_image_at_clock']:,.1f} at {row['clock_hz'] / 1e6:g} MHz",
+                            number(row["per_mac"], 1), f"{row['agreement_with_reference']}/{row['n']}"])
+    lines.append(table(["target", "precision", "RAM", "flash B", "static RAM B", "peak stack B", "per image",
+                        "ms per image", "per MAC", "agreement"], rows))
+    return lines + [""]
+
+
+SECTIONS = {"accuracy": accuracy_section, "training": training_section, "inference": inference_section,
+            "microcontrollers": microcontrollers_section}
 
 
 def machine_section(machine: dict) -> list[str]:

@@ -136,4 +136,4 @@ def test_every_int8_engine_and_generator_handles_every_kind(kind):
             x = np.zeros((1,) + ((layer.in_shape[2],) + tuple(layer.in_shape[:2]) if len(layer.in_shape) == 3
                                  else layer.in_shape), np.int8)
             assert reference_int8.run_int8_layer(layer, x).dtype == np.int8
-            assert c_int8.layer_statements(layer, steps[layer.name])
+            assert c_int8.layer_statements(layer, steps[layer.name], 1)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from mobile_lenet.apps import device
+from mobile_lenet.apps import device, simulate
 from mobile_lenet.apps.demo import serve
 from mobile_lenet.apps.evaluation import evaluate, format_report
 from mobile_lenet.apps.export import FORMATS as EXPORT_FORMATS, export
@@ -21,17 +22,19 @@ from mobile_lenet.apps.pipeline import run_pipeline
 from mobile_lenet.apps.quantization import quantize_source
 from mobile_lenet.apps.report import build_report
 from mobile_lenet.apps.summary import summary_dict, summary_text
-from mobile_lenet.codegen.memory import memory_dict, memory_text
+from mobile_lenet.codegen.mcu_firmware import TARGETS, get_target
+from mobile_lenet.codegen.memory import memory_dict, memory_text, row_plan, row_plan_dict, row_plan_text
 from mobile_lenet.engines.reference import softmax
 from mobile_lenet.engines.registry import ENGINES, check_engine, logits, real_logits
 from mobile_lenet.errors import UserError
+from mobile_lenet.files import check_writable_file, check_writable_folder
 from mobile_lenet.formats.int8_folder import load_quantized
 from mobile_lenet.formats.model_files import load_model, load_tensors
 from mobile_lenet.model.checkpoints import save_checkpoint
 from mobile_lenet.model.data import DATASETS, load_dataset
 from mobile_lenet.model.images import load_digit
 from mobile_lenet.model.network import from_noodle
-from mobile_lenet.model.training import TrainConfig, train
+from mobile_lenet.model.training import TrainConfig, check_config, read_config, train
 from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT
 
 
@@ -45,6 +48,12 @@ def _dataset_args(p: argparse.ArgumentParser, default: str = "mnist") -> None:
 # ------------------------------------------------------------------------------------------------ verbs
 def cmd_summary(args) -> int:
     """Print the architecture table (or JSON) with parameters and MACs per layer."""
+    if args.target and not (args.memory and args.int8):
+        raise UserError("--target goes with --memory --int8 (the int8 schedule of that microcontroller)")
+    if args.memory and args.target and get_target(args.target).int8_schedule == "rows":
+        plan = row_plan()
+        print(json.dumps(row_plan_dict(plan), indent=2) if args.json else "\n".join(row_plan_text(plan)))
+        return 0
     if args.memory:
         print(json.dumps(memory_dict(int8=args.int8), indent=2) if args.json else memory_text(int8=args.int8))
         return 0
@@ -55,22 +64,22 @@ def cmd_summary(args) -> int:
 def cmd_train(args) -> int:
     """Train a model into a run folder."""
     out = Path(args.out)
+    check_writable_folder(out)  # before any data is loaded
     if args.resume:
-        if not (out / "config.json").is_file() or not (out / "last.pt").is_file():
+        if not (out / "config.json").is_file():
             raise UserError(f"{out}: nothing to resume (no config.json and last.pt)")
-        config = TrainConfig(**json.loads((out / "config.json").read_text()))
+        config = read_config(out / "config.json")
         if args.epochs is not None and args.epochs != config.epochs:
             raise UserError(f"{out} was started for {config.epochs} epochs and its learning-rate schedule is fixed "
                             f"by that; resume without --epochs, or start a new run")
     else:
-        if (out / "last.pt").exists():
+        if (out / "last.pt").exists() or (out / "config.json").exists():
             raise UserError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
         config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, augment=args.augment)
         for name in ("epochs", "batch_size", "lr"):
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))
-    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
-        raise UserError("--epochs and --batch-size must be at least 1 and --lr positive")
+        check_config(config)
     train_set = load_dataset(config.dataset, "train", config.data_dir)
     train(config, train_set, out, resume=args.resume, progress=not args.quiet)
     print(f"wrote {out / 'best.pt'}, {out / 'last.pt'} and {out / 'metrics.csv'}")
@@ -110,6 +119,7 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     """Export MODEL as Noodle weight files, ONNX, a C library or a PlatformIO project."""
     # --int8 takes a quantized model folder (mobile-lenet quantize); without it MODEL holds float weights
+    check_writable_folder(args.out)
     model = load_quantized(args.model) if args.int8 else load_tensors(args.model)
     written = export(model, args.format, args.out)
     print(f"wrote {len(written)} files to {args.out}")
@@ -120,6 +130,7 @@ def cmd_import(args) -> int:
     """Convert a folder of Noodle files or a Keras .keras file into a checkpoint."""
     if Path(args.out).is_dir():
         raise UserError(f"{args.out}: is a folder; --out names the checkpoint file to write")
+    check_writable_file(args.out)
     save_checkpoint(args.out, from_noodle(load_tensors(args.source)), imported_from=str(args.source))
     print(f"wrote {args.out}")
     return 0
@@ -127,6 +138,8 @@ def cmd_import(args) -> int:
 
 def cmd_quantize(args) -> int:
     """Quantize MODEL to int8 (BatchNorm folded, calibrated on training images) into a model folder."""
+    if args.calibration_count < 1:
+        raise UserError("--calibration-count must be at least 1")
     qmodel = quantize_source(args.model, args.calibration_data, args.data_dir, args.calibration_count, args.out)
     print(f"wrote {args.out}: {len(qmodel.layers)} int8 layers, calibrated on "
           f"{qmodel.metadata['calibration']['count']} training images of {args.calibration_data}")
@@ -135,6 +148,8 @@ def cmd_quantize(args) -> int:
 
 def cmd_pipeline(args) -> int:
     """The main job: train, evaluate on the test split, export the weights, all into one folder."""
+    check_config(TrainConfig(epochs=args.epochs, seed=args.seed))
+    check_writable_folder(args.out)
     run_pipeline(out=Path(args.out), dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                  seed=args.seed, progress=not args.quiet)
     return 0
@@ -142,8 +157,13 @@ def cmd_pipeline(args) -> int:
 
 def cmd_device(args) -> int:
     """Classify test images on a board running the exported firmware: accuracy and on-device latency."""
-    if args.count < 1 or args.timeout <= 0:
-        raise UserError("--count must be at least 1 and --timeout positive")
+    if args.count < 1:
+        raise UserError("--count must be at least 1")
+    if not math.isfinite(args.timeout) or not 0 < args.timeout <= device.MAX_TIMEOUT_S:
+        raise UserError(f"--timeout must be a number of seconds above 0 and at most {device.MAX_TIMEOUT_S:g}, "
+                        f"not {args.timeout:g}")
+    if not math.isfinite(args.rotate):
+        raise UserError(f"--rotate must be a finite number of degrees, not {args.rotate:g}")
     test_set = load_dataset(args.dataset, "test", args.data_dir)
     images, labels = device.rotate_images(test_set.images[:args.count], args.rotate), test_set.labels[:args.count]
     with device.DeviceLink.open(args.port, timeout=args.timeout) as link:
@@ -153,6 +173,25 @@ def cmd_device(args) -> int:
         result.update(agreement=int((host_digits == result["predictions"]).sum()), agreement_engine="reference")
     result.update(dataset=test_set.name, rotate=args.rotate)
     print(json.dumps(result) if args.json else device.format_report(result))
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    """Build MODEL's firmware for a microcontroller, run it in a simulator and measure it."""
+    if args.count < 1 or not 0 < args.timeout < float("inf"):
+        raise UserError("--count must be at least 1 and --timeout a positive number of seconds")
+    get_target(args.target)
+    model = load_model(args.model)
+    test_set = load_dataset(args.dataset, "test", args.data_dir)
+    if args.layers:  # the layer debugger on the first test image
+        report = simulate.trace_layers(model, args.target, test_set.images[0], external_ram=args.xmem)
+        print(json.dumps(report) if args.json else simulate.format_layers(report))
+        return 0
+    images, labels = test_set.images[:args.count], test_set.labels[:args.count]
+    report = simulate.simulate(model, args.target, images, labels, external_ram=args.xmem, timeout=args.timeout,
+                               progress=not args.quiet and not args.json)
+    report["dataset"] = test_set.name
+    print(json.dumps(report) if args.json else simulate.format_report(report))
     return 0
 
 
@@ -189,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--memory", action="store_true", help="flash and RAM of the microcontroller plan")
     p.add_argument("--int8", action="store_true", help="with --memory: the int8 plan next to float")
+    p.add_argument("--target", choices=tuple(TARGETS), help="with --memory --int8: the int8 schedule the firmware of "
+                                                           "this microcontroller uses (atmega2560: row by row)")
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("train", help="train a model into a run folder")
@@ -269,6 +310,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_device)
+
+    p = sub.add_parser("simulate", help="build the firmware for a microcontroller and measure it in a simulator")
+    p.add_argument("model", help="checkpoint (.pt), run folder, Noodle folder, .keras file or quantized model folder")
+    p.add_argument("--target", required=True, choices=tuple(TARGETS),
+                   help="cortex-m0plus (RP2040-class, QEMU), cortex-m4f (STM32F4-class, QEMU) or atmega2560 "
+                        "(8 KB SRAM, simavr)")
+    _dataset_args(p)
+    p.add_argument("--count", type=int, default=10, help="test images to classify in the simulator (default 10)")
+    p.add_argument("--layers", action="store_true", help="layer debugger: every layer's output for the first "
+                                                         "test image, firmware vs host C vs reference engine")
+    p.add_argument("--xmem", action="store_true", help="atmega2560: link for 64 KB of external SRAM (XMEM "
+                                                       "interface; simavr adds no wait states)")
+    p.add_argument("--timeout", type=float, default=simulate.REPLY_TIMEOUT_S,
+                   help=f"seconds to wait for each reply (default {simulate.REPLY_TIMEOUT_S:g})")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("report", help="HTML report of a training run, with plots")
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder (config.json, metrics.csv, best.pt)")

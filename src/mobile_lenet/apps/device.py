@@ -25,6 +25,8 @@ IMAGE_BYTES = 784
 REPLY_PATTERN = re.compile(r"PRED ([0-9]) ([0-9]+\.[0-9]{4}) ([0-9]+\.[0-9]{4})")
 READ_SLICE_S = 0.05  # how long one read waits, so deadlines are checked often
 MAX_LINE_BYTES = 256  # a longer "line" is noise (e.g. a wrong baud rate), not the protocol
+MAX_TIMEOUT_S = 3600.0  # --timeout must be finite (a NaN deadline would never pass) and at most an hour
+EXTRA_REPLY_WAIT_S = 0.1  # after the last image: how long a second PRED line has to show up
 
 
 class DeviceError(UserError):
@@ -55,7 +57,11 @@ def _show(line: str) -> str:
 class DeviceLink:
     """The host side of the serial protocol, over an open pyserial port (or anything with read/write)."""
 
+    max_line_bytes = MAX_LINE_BYTES  # the layer debugger's lines (simulate --layers) are longer
+
     def __init__(self, port, name: str = "device", timeout: float = 5.0):
+        if not (0 < timeout <= MAX_TIMEOUT_S):  # also refuses NaN, which would make every wait endless
+            raise DeviceError(f"timeout must be above 0 and at most {MAX_TIMEOUT_S:g} seconds, not {timeout}")
         self.port, self.name, self.timeout = port, name, timeout
         self._pending = b""
 
@@ -80,7 +86,7 @@ class DeviceLink:
     def read_line(self, deadline: float) -> str | None:
         """The next line (without its line end), or None if none is complete by ``deadline`` (monotonic)."""
         while b"\n" not in self._pending:
-            if len(self._pending) > MAX_LINE_BYTES:
+            if len(self._pending) > self.max_line_bytes:
                 raise DeviceError(f"{self.name}: unreadable data from the device, no line end in "
                                   f"{len(self._pending)} bytes (wrong baud rate? expected {BAUD_RATE})")
             if time.monotonic() >= deadline:
@@ -131,10 +137,35 @@ class DeviceLink:
         why = (" (the device printed READY: it dropped the image, bytes lost on the link?)" if readies else "")
         raise DeviceError(f"{self.name}: no reply to image {index} within {self.timeout:g} s{why}")
 
+    def check_no_extra_reply(self, index: int, wait: float = 0.0) -> None:
+        """DeviceError if a second ``PRED`` line for image ``index`` has arrived (within ``wait`` seconds):
+        the replies would go out of step with the images."""
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                waiting = self.port.in_waiting
+                if waiting:
+                    self._pending += self.port.read(waiting)
+            except (serial.SerialException, OSError) as e:
+                raise DeviceError(f"{self.name}: the serial port failed ({e})") from None
+            while b"\n" in self._pending:
+                line, _, rest = self._pending.partition(b"\n")
+                text = line.rstrip(b"\r").decode("ascii", errors="replace").strip()
+                if text == "READY":
+                    self._pending = rest
+                    continue
+                raise DeviceError(f"{self.name}: more than one reply to image {index} ({_show(text)} after its "
+                                  f"PRED line); the answers would go out of step with the images")
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(min(READ_SLICE_S, max(0.0, deadline - time.monotonic())))
+
     def classify(self, image: np.ndarray, index: int = 0) -> Reply:
-        """Send one image and return the device's answer."""
+        """Send one image and return the device's answer (refusing a second answer already on the line)."""
         self.send_image(image)
-        return self.read_reply(index)
+        reply = self.read_reply(index)
+        self.check_no_extra_reply(index)
+        return reply
 
 
 def rotate_images(images: np.ndarray, degrees: float) -> np.ndarray:
@@ -163,6 +194,8 @@ def run_on_device(link: DeviceLink, images: np.ndarray, labels: np.ndarray, prog
         start = time.monotonic()
         replies.append(link.classify(image, index))
         round_trips.append(time.monotonic() - start)
+    if replies:
+        link.check_no_extra_reply(len(replies) - 1, wait=EXTRA_REPLY_WAIT_S)
     digits = np.array([r.digit for r in replies], dtype=np.int64)
     correct = int((digits == labels.astype(np.int64)).sum())
     return {"port": link.name, "n": len(replies), "correct": correct,
@@ -170,7 +203,7 @@ def run_on_device(link: DeviceLink, images: np.ndarray, labels: np.ndarray, prog
             "latency_s": latency_summary(np.array([r.seconds for r in replies])),
             "round_trip_s": latency_summary(np.array(round_trips)),
             "mean_confidence": float(np.mean([r.confidence for r in replies])) if replies else 0.0,
-            "predictions": digits.tolist()}
+            "predictions": digits.tolist(), "confidences": [r.confidence for r in replies]}
 
 
 def format_report(result: dict) -> str:

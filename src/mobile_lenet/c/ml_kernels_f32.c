@@ -10,9 +10,20 @@
  * restrict: the memory planner never gives a layer overlapping input and output buffers. */
 #include "ml_kernels_f32.h"
 
+/* The floating-point contract: every product is rounded to float32 before it is added, as in the reference
+ * engine, so no multiply-add may be fused into an FMA (which rounds once). C99's pragma says so; GCC ignores
+ * it (and by default, in its GNU modes, fuses on targets with an FMA, e.g. the Cortex-M4F), so GCC gets its
+ * own pragma. The build files also pass -ffp-contract=off. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=off")
+#else
+#pragma STDC FP_CONTRACT OFF
+#endif
+
 #include <math.h>
 #include <stddef.h>
 
+#include "ml_flash.h"
 #include "ml_padding.h"
 
 /* One tap on one plane: out[oy][ox] += weight * in[oy * stride + ky - padding][ox * stride + kx - padding]
@@ -50,19 +61,20 @@ void ml_conv2d_f32(const float *restrict in, int in_h, int in_w, int in_c, float
             const float *in_plane = in + ci * in_h * in_w;
             const float *taps = weight + (co * in_c + ci) * kernel * kernel;
             if (pointwise) {
-                const float w = taps[0];
+                const float w = ML_FLASH_F32(&taps[0]);
                 for (int i = 0; i < plane; ++i) out_plane[i] += w * in_plane[i];
                 continue;
             }
             for (int ky = 0; ky < kernel; ++ky) {
                 for (int kx = 0; kx < kernel; ++kx) {
                     accumulate_tap(in_plane, in_h, in_w, out_plane, out_h, out_w, stride, padding, ky, kx,
-                                   taps[ky * kernel + kx]);
+                                   ML_FLASH_F32(&taps[ky * kernel + kx]));
                 }
             }
         }
         if (bias != NULL) {
-            for (int i = 0; i < plane; ++i) out_plane[i] += bias[co];
+            const float b = ML_FLASH_F32(&bias[co]);
+            for (int i = 0; i < plane; ++i) out_plane[i] += b;
         }
     }
 }
@@ -77,7 +89,7 @@ void ml_depthwise_conv2d_f32(const float *restrict in, int in_h, int in_w, int c
         for (int ky = 0; ky < kernel; ++ky) {
             for (int kx = 0; kx < kernel; ++kx) {
                 accumulate_tap(in + c * in_h * in_w, in_h, in_w, out_plane, out_h, out_w, stride, padding, ky, kx,
-                               weight[(c * kernel + ky) * kernel + kx]);
+                               ML_FLASH_F32(&weight[(c * kernel + ky) * kernel + kx]));
             }
         }
     }
@@ -90,7 +102,8 @@ void ml_batch_norm_f32(float *x, int channels, int plane, const float *params, f
     const float *gamma = params, *beta = params + channels;
     const float *mean = params + 2 * channels, *variance = params + 3 * channels;
     for (int c = 0; c < channels; ++c) {
-        const float g = gamma[c], b = beta[c], m = mean[c], deviation = sqrtf(variance[c] + epsilon);
+        const float g = ML_FLASH_F32(&gamma[c]), b = ML_FLASH_F32(&beta[c]), m = ML_FLASH_F32(&mean[c]);
+        const float deviation = sqrtf(ML_FLASH_F32(&variance[c]) + epsilon);
         float *x_plane = x + c * plane;
         for (int i = 0; i < plane; ++i) x_plane[i] = g * (x_plane[i] - m) / deviation + b;
     }
@@ -116,7 +129,7 @@ void ml_dense_f32(const float *in, int in_size, float *out, int out_size, const 
 {
     for (int o = 0; o < out_size; ++o) {
         float sum = 0.0f;
-        for (int i = 0; i < in_size; ++i) sum += weight[o * in_size + i] * in[i];
-        out[o] = sum + bias[o];
+        for (int i = 0; i < in_size; ++i) sum += ML_FLASH_F32(&weight[o * in_size + i]) * in[i];
+        out[o] = sum + ML_FLASH_F32(&bias[o]);
     }
 }

@@ -6,6 +6,10 @@
  *       (%.9g: every float32 value reads back exactly; an int8 library prints its 10 int8 logits)
  *   mobile_lenet_host serve           be the microcontroller: the serial protocol on stdin/stdout
  *
+ * Built with -DML_TRACE (the layer debugger), classify also prints, before each image's line, one line per
+ * layer: "LAYER <number> <count> <value>..." with each value's bytes in hex (a float32 as the 8 hex digits
+ * of its bits, an int8 as 2), so the values come back exactly.
+ *
  * Build: cc -std=c99 -O2 -o mobile_lenet_host *.c -lm */
 #define _POSIX_C_SOURCE 200809L
 
@@ -43,6 +47,24 @@ static void classify_and_print(const uint8_t image[MOBILE_LENET_INPUT_SIZE])
     for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) printf(" %.9g", (double)probs[i]);
     putchar('\n');
 }
+
+#ifdef ML_TRACE
+void mobile_lenet_trace(int layer, const void *values, int count, int value_bytes)
+{
+    const unsigned char *bytes = values;
+    printf("LAYER %d %d", layer, count);
+    for (int i = 0; i < count; ++i) {
+        uint32_t bits = 0;
+        if (value_bytes == 4) {
+            memcpy(&bits, bytes + 4 * i, 4); /* the float's bits, whatever the byte order */
+            printf(" %08lx", (unsigned long)bits);
+        } else {
+            printf(" %02x", bytes[i]);
+        }
+    }
+    putchar('\n');
+}
+#endif
 
 /* ------------------------------------------------------------------------------ classify mode */
 

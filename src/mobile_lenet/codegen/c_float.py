@@ -25,7 +25,7 @@ import numpy as np
 from mobile_lenet import spec
 from mobile_lenet.codegen import c_library as lib, memory
 from mobile_lenet.errors import UserError
-from mobile_lenet.files import write_text_files
+from mobile_lenet.files import replace_folder
 from mobile_lenet.spec import LayerKind
 
 PRECISION = "float32"
@@ -76,7 +76,7 @@ def weights_header() -> str:
         declarations.append(f"/* {_tensor_comment(file_name, layer, shape)} */")
         declarations.append(f"extern const float {c_array_name(file_name)}[{int(np.prod(shape))}];")
     return lib.header_lines("MOBILE_LENET_WEIGHTS_H", f"{lib.WEIGHTS_HEADER} - the Mobile-LeNet weights "
-                            "(Noodle tensors), one const array each.", [], declarations)
+                            "(Noodle tensors), one const array each, in flash.", ['"ml_flash.h"'], declarations)
 
 
 def weights_source(tensors: dict[str, np.ndarray]) -> str:
@@ -130,7 +130,7 @@ def layer_statements(step: memory.Step) -> list[str]:
                     f"{c_array_name(layer.weight_file)}, {c_array_name(layer.bias_file)});")
         case _:
             raise ValueError(f"no C code for layer kind {layer.kind!r}")
-    return [comment, call]
+    return [comment, call, lib.trace_statement(layer.index, target, layer.out_shape)]
 
 
 def network_source() -> str:
@@ -168,5 +168,18 @@ def generate_sources(tensors: dict[str, np.ndarray]) -> dict[str, str]:
 
 
 def write_c_library(tensors: dict[str, np.ndarray], out_dir: str | Path) -> list[Path]:
-    """``export --format c``: write the C library, host program and README into ``out_dir``."""
-    return write_text_files(generate_sources(tensors), out_dir)
+    """``export --format c``: write the C library, host program and README into ``out_dir``.
+
+    The folder is replaced whole (``files.replace_folder``): it must be new, empty, or a previous C export."""
+    return replace_folder(generate_sources(tensors), out_dir, what="C export", replaceable=previous_export())
+
+
+def previous_export(header: str = lib.MODEL_HEADER):
+    """A test for ``replace_folder``: the folder holds this generator's ``header`` (a previous export, which
+    is then replaced whole, build products and all)."""
+    def replaceable(folder: Path) -> bool:
+        try:
+            return lib.GENERATED_NOTE in (folder / header).read_text(encoding="ascii", errors="replace")[:400]
+        except OSError:
+            return False
+    return replaceable

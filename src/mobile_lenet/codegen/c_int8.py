@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from mobile_lenet.codegen import c_library as lib, memory
-from mobile_lenet.codegen.c_float import c_float
-from mobile_lenet.files import write_text_files
+from mobile_lenet.codegen.c_float import c_float, previous_export
+from mobile_lenet.files import replace_folder
 from mobile_lenet.quantization.arithmetic import INPUT_ZERO_POINT, INT8_MIN
 from mobile_lenet.quantization.quantize import QLayer, QuantizedModel
 from mobile_lenet.spec import LayerKind
@@ -56,7 +56,7 @@ def weights_header(qmodel: QuantizedModel) -> str:
             declarations.append(f"/* {_array_comment(layer, key, value)} */")
             declarations.append(f"extern const {C_TYPES[value.dtype]} {array_name(layer.name, key)}[{value.size}];")
     return lib.header_lines("MOBILE_LENET_WEIGHTS_H", f"{lib.WEIGHTS_HEADER} - the int8 Mobile-LeNet's integer "
-                            "arrays.", ["<stdint.h>"], declarations)
+                            "arrays, in flash.", ["<stdint.h>", '"ml_flash.h"'], declarations)
 
 
 def weights_source(qmodel: QuantizedModel) -> str:
@@ -73,8 +73,9 @@ def weights_source(qmodel: QuantizedModel) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ network
-def layer_statements(layer: QLayer, step: memory.Step) -> list[str]:
-    """The comment and the C call of one quantized layer, reading and writing the planner's buffers."""
+def layer_statements(layer: QLayer, step: memory.Step, number: int) -> list[str]:
+    """The comment and the C call of quantized layer ``number`` (from 1), reading and writing the planner's
+    buffers, and its layer-debugger hook."""
     source, target = lib.BUFFER_NAMES[step.source], lib.BUFFER_NAMES[step.target]
     low = layer.out_zero_point if layer.relu else INT8_MIN  # ReLU fused: clamp at the real zero
     requant = f"{array_name(layer.name, 'multiplier')}, {layer.shift}, {layer.out_zero_point}, {low}"
@@ -95,24 +96,77 @@ def layer_statements(layer: QLayer, step: memory.Step) -> list[str]:
         case LayerKind.GAP:
             # Into the other buffer, as in the float library (in place would overwrite channel 0's plane).
             call = (f"ml_global_average_pool_s8({source}, {c}, {h * w}, {layer.in_zero_point}, {target}, "
-                    f"{array_name(layer.name, 'multiplier')}[0], {layer.shift}, {layer.out_zero_point});")
+                    f"ML_FLASH_S16(&{array_name(layer.name, 'multiplier')}[0]), {layer.shift}, {layer.out_zero_point});")
         case LayerKind.DENSE:
             call = (f"ml_dense_s8({source}, {c}, {layer.in_zero_point}, {target}, {out[0]}, {weight}, {bias}, "
                     f"{requant});")
         case _:  # BN, ReLU and padding are folded into the layers above (quantization.quantize.fold_batchnorm)
             raise ValueError(f"no int8 C code for layer kind {layer.kind!r}")
-    return [comment, call]
+    return [comment, call, lib.trace_statement(number, target, layer.out_shape)]
 
 
 def network_source(qmodel: QuantizedModel) -> str:
     """``mobile_lenet.c``: the int8 ping-pong buffers and the layer sequence."""
     plan = memory.int8_plan()
     steps = {step.layer.name: step for step in plan.steps}
-    body = [line for layer in qmodel.layers for line in layer_statements(layer, steps[layer.name])]
+    body = [line for number, layer in enumerate(qmodel.layers, 1)
+            for line in layer_statements(layer, steps[layer.name], number)]
     return lib.template("network_s8.c.in").substitute(
         note=lib.GENERATED_NOTE, buffer_values=plan.buffer_values, ram_bytes=plan.ram_bytes,
         input_buffer=lib.BUFFER_NAMES[plan.steps[0].source], input_zero_point=INPUT_ZERO_POINT,
         layers="\n".join("    " + line for line in body), result_buffer=lib.BUFFER_NAMES[plan.result_buffer])
+
+
+# ------------------------------------------------------------------------------------------------ rows
+def _layer_struct(layer: QLayer) -> str:
+    """An ``ml_layer_s8`` initializer (c/ml_rows_s8.h) for a convolution layer."""
+    low = layer.out_zero_point if layer.relu else INT8_MIN
+    return (f"{{{array_name(layer.name, 'weight')}, {array_name(layer.name, 'bias')}, "
+            f"{array_name(layer.name, 'multiplier')}, {layer.in_zero_point}, {layer.out_zero_point}, {low}, "
+            f"{layer.shift}}}")
+
+
+def rows_network_source(qmodel: QuantizedModel) -> str:
+    """``mobile_lenet.c`` of the row-by-row schedule (``c/ml_rows_s8.c``, ``memory.row_plan``): layer tables,
+    the rings of rows the planner sized, and the stem / GAP / dense calls."""
+    plan = memory.row_plan()
+    stem, blocks, gap, dense = _row_structure(qmodel)
+    block_lines, rings, states = [], [], []
+    for index, ((dw, pw), ring) in enumerate(zip(blocks, plan.rings)):
+        h, w, c = dw.in_shape
+        block_lines.append(f"    /* {' + '.join(dw.rows + pw.rows)} */")
+        block_lines.append(f"    {{{_layer_struct(dw)}, {_layer_struct(pw)}, {h}, {w}, {c}, {dw.out_shape[0]}, "
+                           f"{dw.out_shape[1]}, {pw.out_shape[2]}, {dw.kernel}, {dw.stride}, {dw.padding}}},")
+        rings.append(f"static int8_t ring_{index}[{ring.bytes}]; /* {ring.rows} rows of {ring.row_bytes} bytes: "
+                     f"{ring.layer}'s input */")
+        states.append(f"{{ring_{index}, 0, 0}}")
+    low = dense.out_zero_point if dense.relu else INT8_MIN
+    dense_call = (f"ml_dense_s8(pooled, {dense.in_shape[0]}, {dense.in_zero_point}, logits, {dense.out_shape[0]}, "
+                  f"{array_name(dense.name, 'weight')}, {array_name(dense.name, 'bias')}, "
+                  f"{array_name(dense.name, 'multiplier')}, {dense.shift}, {dense.out_zero_point}, {low});")
+    return lib.template("network_rows_s8.c.in").substitute(
+        note=lib.GENERATED_NOTE, stem_rows=" + ".join(stem.rows), stem=_layer_struct(stem),
+        block_count=len(blocks), blocks="\n".join(block_lines), ram_bytes=f"{plan.ram_bytes:,}",
+        rings="\n".join(rings), row_states=", ".join(states), dw_row_bytes=plan.dw_row_bytes,
+        pw_row_bytes=plan.pw_row_bytes, gap_channels=gap.in_shape[2], gap_in_zp=gap.in_zero_point,
+        stem_channels=stem.out_shape[2], stem_kernel=stem.kernel, stem_padding=stem.padding,
+        gap_rows=" + ".join(gap.rows), gap_plane=gap.in_shape[0] * gap.in_shape[1],
+        gap_multiplier=f"ML_FLASH_S16(&{array_name(gap.name, 'multiplier')}[0])", gap_shift=gap.shift,
+        gap_out_zp=gap.out_zero_point, dense_rows=" + ".join(dense.rows), dense_call=dense_call)
+
+
+def _row_structure(qmodel: QuantizedModel):
+    """The quantized layers as the row schedule sees them: stem, (depthwise, pointwise) blocks, GAP, dense."""
+    layers = list(qmodel.layers)
+    stem, gap, dense = layers[0], layers[-2], layers[-1]
+    pairs = list(zip(layers[1:-2:2], layers[2:-2:2]))
+    shapes_ok = (stem.kind == LayerKind.CONV and stem.stride == 1 and stem.in_shape[2] == 1
+                 and gap.kind == LayerKind.GAP and dense.kind == LayerKind.DENSE
+                 and all(dw.kind == LayerKind.DWCONV and pw.kind == LayerKind.CONV and pw.kernel == 1
+                         for dw, pw in pairs) and 2 * len(pairs) == len(layers) - 3)
+    if not shapes_ok:
+        raise ValueError("the row schedule needs a stem convolution, depthwise-separable blocks, GAP and dense")
+    return stem, pairs, gap, dense
 
 
 def model_header(qmodel: QuantizedModel) -> str:
@@ -123,20 +177,31 @@ def model_header(qmodel: QuantizedModel) -> str:
                             "(int8 logit - MOBILE_LENET_LOGIT_ZERO_POINT).")
 
 
-def generate_library(qmodel: QuantizedModel) -> dict[str, str]:
-    """The library proper (network, weights, kernels, serial protocol): file name -> text."""
-    return {lib.MODEL_HEADER: model_header(qmodel), lib.NETWORK_SOURCE: network_source(qmodel),
-            lib.WEIGHTS_HEADER: weights_header(qmodel), lib.WEIGHTS_SOURCE: weights_source(qmodel),
-            **lib.static_files(PRECISION)}
+SCHEDULES = ("buffers", "rows")  # whole feature maps in two ping-pong buffers, or rows flowing through rings
 
 
-def generate_sources(qmodel: QuantizedModel) -> dict[str, str]:
+def generate_library(qmodel: QuantizedModel, schedule: str = "buffers") -> dict[str, str]:
+    """The library proper (network, weights, kernels, serial protocol): file name -> text. ``schedule``:
+    "buffers" (memory.int8_plan) or "rows" (memory.row_plan: the few-kilobyte schedule of small chips)."""
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}")
+    network = rows_network_source(qmodel) if schedule == "rows" else network_source(qmodel)
+    files = {lib.MODEL_HEADER: model_header(qmodel), lib.NETWORK_SOURCE: network,
+             lib.WEIGHTS_HEADER: weights_header(qmodel), lib.WEIGHTS_SOURCE: weights_source(qmodel),
+             **lib.static_files(PRECISION)}
+    if schedule == "rows":
+        files.update({name: lib.c_source(name) for name in lib.ROWS_FILES})
+    return files
+
+
+def generate_sources(qmodel: QuantizedModel, schedule: str = "buffers") -> dict[str, str]:
     """Everything ``export --format c --int8`` writes: the library, the host program and the README."""
     plan = memory.int8_plan()
     readme = lib.template("c_int8_README.md").substitute(ram_bytes=plan.ram_bytes, flash_bytes=plan.flash_bytes)
-    return {**generate_library(qmodel), lib.HOST_PROGRAM: lib.c_source(lib.HOST_PROGRAM), "README.md": readme}
+    return {**generate_library(qmodel, schedule), lib.HOST_PROGRAM: lib.c_source(lib.HOST_PROGRAM),
+            "README.md": readme}
 
 
 def write_c_library_int8(qmodel: QuantizedModel, out_dir: str | Path) -> list[Path]:
     """``export Q --format c --int8``: write the int8 C library, host program and README into ``out_dir``."""
-    return write_text_files(generate_sources(qmodel), out_dir)
+    return replace_folder(generate_sources(qmodel), out_dir, what="C export", replaceable=previous_export())

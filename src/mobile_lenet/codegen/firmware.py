@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from mobile_lenet.codegen import c_float, c_int8, c_library as lib, memory
-from mobile_lenet.files import write_text_files
+from mobile_lenet.files import replace_folder
 from mobile_lenet.quantization.quantize import QuantizedModel
 
 ENVIRONMENTS = ("esp32dev", "pico")
@@ -36,4 +36,5 @@ def project_files(model: dict[str, np.ndarray] | QuantizedModel) -> dict[str, st
 
 def write_platformio_project(model: dict[str, np.ndarray] | QuantizedModel, out_dir: str | Path) -> list[Path]:
     """``export --format platformio [--int8]``: write the project into ``out_dir``; returns the files written."""
-    return write_text_files(project_files(model), out_dir)
+    return replace_folder(project_files(model), out_dir, what="PlatformIO export",
+                          replaceable=c_float.previous_export(f"src/{lib.MODEL_HEADER}"))

@@ -149,6 +149,78 @@ def int8_plan() -> Plan:
     return Plan("int8", 1, steps, float_plan.buffer_values)
 
 
+# ------------------------------------------------------------------------------------------------ rows
+@dataclass(frozen=True)
+class Ring:
+    """The rows a depthwise convolution keeps of its input in the row schedule (c/ml_rows_s8.h)."""
+
+    layer: str  # the depthwise convolution that reads the ring
+    rows: int  # its kernel height: the rows one output row reads
+    row_bytes: int  # one int8 row of its (unpadded) input: width x channels
+
+    @property
+    def bytes(self) -> int:
+        return self.rows * self.row_bytes
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """The int8 row-by-row schedule: rows flow through small rings instead of whole feature maps."""
+
+    rings: tuple
+    dw_row_bytes: int  # scratch: the widest depthwise output row
+    pw_row_bytes: int  # scratch: the widest pointwise (or stem) output row
+    gap_sum_bytes: int  # int32 sums of the global average pool
+    flash_bytes: int  # the int8 weight data (as in int8_plan)
+
+    @property
+    def ram_bytes(self) -> int:
+        return sum(ring.bytes for ring in self.rings) + self.dw_row_bytes + self.pw_row_bytes + self.gap_sum_bytes
+
+
+def row_plan() -> RowPlan:
+    """The row schedule of ``spec.LAYERS``: per depthwise-separable block a ring of kernel-many input rows
+    (one row is the unpadded input's width x channels, int8), two scratch rows and the pooling sums."""
+    rings, dw_row, pw_row = [], 0, 0
+    unpadded = None  # the input of a ZeroPadding2D row, which the depthwise convolution after it pads itself
+    for layer in spec.LAYERS:
+        if layer.kind == LayerKind.PAD:
+            unpadded = layer.in_shape
+        elif layer.kind == LayerKind.DWCONV:
+            _, in_w, in_c = unpadded or layer.in_shape
+            rings.append(Ring(layer.name, layer.kernel, in_w * in_c))
+            dw_row = max(dw_row, layer.out_shape[1] * layer.out_shape[2])
+            unpadded = None
+        elif layer.kind == LayerKind.CONV:  # the stem and the pointwise convolutions write one row at a time
+            pw_row = max(pw_row, layer.out_shape[1] * layer.out_shape[2])
+        elif layer.kind == LayerKind.GAP:
+            gap_sums = 4 * layer.in_shape[-1]
+    return RowPlan(tuple(rings), dw_row, pw_row, gap_sums, int8_plan().flash_bytes)
+
+
+def row_plan_dict(p: RowPlan) -> dict:
+    """The row plan as plain data (``summary --memory --int8 --target atmega2560 --json``)."""
+    return {"schedule": "rows", "rings": [{"layer": r.layer, "rows": r.rows, "row_bytes": r.row_bytes,
+                                           "bytes": r.bytes} for r in p.rings],
+            "dw_row_bytes": p.dw_row_bytes, "pw_row_bytes": p.pw_row_bytes, "gap_sum_bytes": p.gap_sum_bytes,
+            "ram_bytes": p.ram_bytes, "flash_bytes": p.flash_bytes, "buffer_plan_ram_bytes": int8_plan().ram_bytes}
+
+
+def row_plan_text(p: RowPlan) -> list[str]:
+    """What ``summary --memory --int8 --target atmega2560`` prints: each buffer of the row schedule."""
+    lines = ["int8 row plan (the ATmega2560's schedule, c/ml_rows_s8.c): rows flow through small buffers",
+             f"{'buffer':<28} {'holds':<44} {'bytes':>6}", "-" * 80]
+    for ring in p.rings:
+        lines.append(f"{'ring of ' + ring.layer:<28} {f'{ring.rows} input rows of {ring.row_bytes} bytes':<44} "
+                     f"{ring.bytes:>6,}")
+    lines += [f"{'dw_row':<28} {'one depthwise output row (the widest)':<44} {p.dw_row_bytes:>6,}",
+              f"{'pw_row':<28} {'one pointwise or stem output row (the widest)':<44} {p.pw_row_bytes:>6,}",
+              f"{'gap_sums':<28} {'int32 pooling sums':<44} {p.gap_sum_bytes:>6,}", "-" * 80,
+              f"RAM (activations): {p.ram_bytes:,} bytes (the buffer plan: {int8_plan().ram_bytes:,}); "
+              f"flash (weights): {p.flash_bytes:,} bytes"]
+    return lines
+
+
 # ------------------------------------------------------------------------------------------------ report
 def plan_dict(p: Plan) -> dict:
     """One plan as plain data: per layer and in total."""

@@ -106,11 +106,13 @@ def build_cached_program(sources: dict[str, str], program_name: str, *, flavour:
 
 
 def build_host_program(model: dict[str, np.ndarray] | QuantizedModel, *, sanitize: bool = False,
-                       defines: dict | None = None, cache: str | Path | None = None) -> Path:
-    """Generate and compile the host program for a float or an int8 model; returns the executable (cached)."""
+                       defines: dict | None = None, cache: str | Path | None = None,
+                       schedule: str = "buffers") -> Path:
+    """Generate and compile the host program for a float or an int8 model; returns the executable (cached).
+    ``schedule`` (int8): "buffers" or "rows" (``codegen.c_int8.SCHEDULES``)."""
     if isinstance(model, QuantizedModel):
-        return build_cached_program(c_int8.generate_sources(model), PROGRAM_NAME, flavour="int8", sanitize=sanitize,
-                                    defines=defines, cache=cache)
+        return build_cached_program(c_int8.generate_sources(model, schedule), PROGRAM_NAME, flavour="int8",
+                                    sanitize=sanitize, defines=defines, cache=cache)
     return build_cached_program(c_float.generate_sources(model), PROGRAM_NAME, sanitize=sanitize, defines=defines,
                                 cache=cache)
 
@@ -153,3 +155,33 @@ def c_logits(model: dict[str, np.ndarray] | QuantizedModel, images: np.ndarray, 
     """Logits (N, 10) from the generated C: float32, or int8 for a quantized model (printed as integers: exact)."""
     logits = c_outputs(model, images, **build_options).logits
     return logits.astype(np.int8) if isinstance(model, QuantizedModel) else logits
+
+
+# ------------------------------------------------------------------------------------------------ layer trace
+TRACE_PREFIX = "LAYER "
+
+
+def parse_trace_line(line: str, int8: bool) -> tuple[int, np.ndarray]:
+    """``LAYER <number> <count> <hex>...`` (``c/ml_trace.h``) -> (number, values: float32 or int8)."""
+    parts = line.split()
+    try:
+        number, count, values = int(parts[1]), int(parts[2]), parts[3:]
+        if len(values) != count:
+            raise ValueError(f"{len(values)} values for {count}")
+        bits = np.array([int(v, 16) for v in values], dtype=np.uint32)
+    except (IndexError, ValueError) as e:
+        raise UserError(f"malformed layer trace line ({e}): {line[:60]!r}") from None
+    return number, bits.astype(np.uint8).view(np.int8) if int8 else bits.view(np.float32)
+
+
+def c_layer_outputs(model: dict[str, np.ndarray] | QuantizedModel, image: np.ndarray,
+                    cache: str | Path | None = None) -> dict[int, np.ndarray]:
+    """Every stored layer's output for one image, from the host C built with the layer debugger (-DML_TRACE):
+    layer number (table row; int8: quantized layer) -> flat values in the C buffer's order (CHW)."""
+    program = build_host_program(model, defines={"ML_TRACE": 1}, cache=cache)
+    result = subprocess.run([str(program), "classify", "-"], input=check_images(image[None]).tobytes(),
+                            capture_output=True)
+    if result.returncode != 0:
+        raise UserError(f"the C program failed: {result.stderr.decode(errors='replace').strip()}")
+    lines = [line for line in result.stdout.decode("ascii").splitlines() if line.startswith(TRACE_PREFIX)]
+    return dict(parse_trace_line(line, isinstance(model, QuantizedModel)) for line in lines)

@@ -135,3 +135,16 @@ def reference_logits(tensors: dict[str, np.ndarray], images: np.ndarray, batch_s
 def reference_probabilities(tensors: dict[str, np.ndarray], images: np.ndarray) -> np.ndarray:
     """Softmax probabilities (N, 10): the device's output."""
     return softmax(reference_logits(tensors, images))
+
+
+def reference_layer_outputs(tensors: dict[str, np.ndarray], image: np.ndarray) -> dict[int, np.ndarray]:
+    """Every stored row's output for one uint8 image (28, 28): table row number -> flat float32 values in CHW
+    order, as the C library's layer debugger prints them (``c/ml_trace.h``; padding rows are not stored)."""
+    tensors = {name: np.asarray(value, dtype=np.float32).reshape(shape)
+               for name, _, shape in spec.noodle_tensors() for value in [tensors[name]]}
+    x, outputs = to_tensor_input(np.asarray(image)[None]), {}
+    for layer in spec.LAYERS:
+        x = run_float_layer(layer, x, tensors)
+        if layer.kind != LayerKind.PAD:
+            outputs[layer.index] = x[0].ravel()
+    return outputs

@@ -43,3 +43,13 @@ def int8_logits(qmodel: QuantizedModel, images: np.ndarray) -> np.ndarray:
             x = run_int8_layer(layer, x)
         out.append(x)
     return np.concatenate(out) if out else np.zeros((0, qmodel.layers[-1].out_shape[-1]), np.int8)
+
+
+def int8_layer_outputs(qmodel: QuantizedModel, image: np.ndarray) -> dict[int, np.ndarray]:
+    """Every quantized layer's int8 output for one uint8 image (28, 28): layer number (from 1) -> flat values in
+    CHW order, as the int8 C library's layer debugger prints them (``c/ml_trace.h``)."""
+    x, outputs = quantize_input(np.asarray(image)[None]), {}
+    for number, layer in enumerate(qmodel.layers, 1):
+        x = run_int8_layer(layer, x)
+        outputs[number] = x[0].ravel()
+    return outputs

@@ -1,0 +1,184 @@
+"""``mobile-lenet simulate``: the model's firmware on a microcontroller instruction set, in a simulator.
+
+``simulate`` builds the firmware for the target (``codegen.mcu_firmware``), runs it in its simulator
+(``engines.mcu_simulators``) and sends the test images over the simulated UART with the device client
+(``apps.device``), so the firmware's own protocol code runs, as on a board. It reports what the ELF and the
+simulator measured: flash, static RAM, peak stack, executed instructions (ARM) or cycles (AVR) per image and
+the latency they mean at the chip's clock, accuracy, and agreement with the reference engine.
+
+``trace_layers`` is the layer debugger: every layer's output for one image from the reference engine, the
+host C and the firmware in the simulator, compared layer by layer.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mobile_lenet import spec
+from mobile_lenet.apps.device import DeviceLink, run_on_device
+from mobile_lenet.codegen.mcu_firmware import XMEM_RAM_BYTES, build_firmware, get_target
+from mobile_lenet.engines import registry
+from mobile_lenet.engines.host_c import TRACE_PREFIX, c_layer_outputs, parse_trace_line
+from mobile_lenet.engines.mcu_simulators import SimulatorRun
+from mobile_lenet.engines.reference import reference_layer_outputs, softmax
+from mobile_lenet.engines.reference_int8 import int8_layer_outputs
+from mobile_lenet.errors import UserError
+
+REPLY_TIMEOUT_S = 120.0  # per image: a Cortex-M0+ float image is ~100 M simulated instructions
+CONFIDENCE_DECIMALS = 4  # the protocol's confidence has 4 decimals
+TRACE_LINE_BYTES = 1 << 20  # the layer debugger's longest line: 6,272 float32 in hex
+
+
+def _work_dir(work_dir: Path | None) -> Path:
+    return Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="mobile-lenet-simulate-"))
+
+
+def simulate(model, target_name: str, images: np.ndarray, labels: np.ndarray, *, work_dir: Path | None = None,
+             external_ram: bool = False, progress: bool = True, timeout: float = REPLY_TIMEOUT_S) -> dict:
+    """Build, run and measure ``model``'s firmware on ``target_name`` for ``images``; returns the report."""
+    target = get_target(target_name)
+    work = _work_dir(work_dir)
+    firmware = build_firmware(model, target, work / "build", external_ram=external_ram)
+    with SimulatorRun(firmware, work) as run:
+        with DeviceLink.open(run.port, timeout=timeout) as link:
+            link.name = f"{target.name} ({target.simulator})"
+            device = run_on_device(link, images, labels, progress=progress)
+    measured = run.measurements
+    expected = softmax(registry.real_logits(model, images, "reference"))
+    predictions = np.array(device["predictions"])
+    confidences = np.array([expected[i, d] for i, d in enumerate(expected.argmax(axis=1))])
+    per_image = np.array(measured.per_image, dtype=np.float64)
+    if len(per_image) != len(images):
+        raise RuntimeError(f"the simulator saw {len(per_image)} inferences for {len(images)} images")
+    report = {
+        "target": target.name, "chip": target.chip, "simulator": target.simulator,
+        "precision": "int8" if firmware.int8 else "float32", "external_ram": external_ram,
+        "flash_bytes": firmware.flash_bytes, "flash_capacity": target.flash_bytes,
+        "static_ram_bytes": firmware.static_ram_bytes, "peak_stack_bytes": measured.peak_stack_bytes,
+        "ram_capacity": XMEM_RAM_BYTES if external_ram else target.ram_bytes, "counts": target.counts,
+        f"{target.counts}_per_image": {"mean": float(per_image.mean()), "min": int(per_image.min()),
+                                       "max": int(per_image.max())},
+        "clock_hz": target.clock_hz,
+        # ARM: QEMU counts instructions, not cycles; at about one cycle per instruction (Cortex-M0+/M4 without
+        # wait states) that is the latency. AVR: simavr counts cycles.
+        "ms_per_image_at_clock": 1000.0 * float(per_image.mean()) / target.clock_hz,
+        "latency_assumes": "one cycle per instruction" if target.counts == "instructions" else "measured cycles",
+        "n": device["n"], "accuracy": device["accuracy"],
+        "agreement_with_reference": int((predictions == expected.argmax(axis=1)).sum()),
+        "max_confidence_difference": float(np.max(np.abs(np.array(device["confidences"]) - confidences))),
+        "predictions": device["predictions"],
+    }
+    return report
+
+
+def format_report(report: dict) -> str:
+    """The simulated run in a few lines."""
+    unit = report["counts"]
+    per_image = report[f"{unit}_per_image"]
+    stack = report["peak_stack_bytes"]
+    lines = [
+        f"{report['target']} ({report['chip']}, {report['precision']}) in {report['simulator']}:",
+        f"  flash {report['flash_bytes']:,} of {report['flash_capacity']:,} bytes; static RAM "
+        f"{report['static_ram_bytes']:,} + peak stack {stack:,} of {report['ram_capacity']:,} bytes",
+        f"  {per_image['mean']:,.0f} {unit} per image (min {per_image['min']:,}, max {per_image['max']:,}): "
+        f"{report['ms_per_image_at_clock']:.1f} ms at {report['clock_hz'] / 1e6:g} MHz "
+        f"({report['latency_assumes']})",
+        f"  accuracy {100 * report['accuracy']:.2f}% ({round(report['accuracy'] * report['n'])}/{report['n']}); "
+        f"agrees with the reference engine on {report['agreement_with_reference']}/{report['n']}; confidences "
+        f"within {report['max_confidence_difference']:.1e}",
+    ]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ layers
+def layer_names(model) -> dict[int, str]:
+    """Layer number -> name, in the numbering of the layer debugger (table rows; int8: quantized layers)."""
+    if registry.is_int8(model):
+        return {number: " + ".join(layer.rows) for number, layer in enumerate(model.layers, 1)}
+    return {layer.index: layer.name for layer in spec.LAYERS}
+
+
+def firmware_layer_outputs(model, target_name: str, image: np.ndarray, work_dir: Path | None = None,
+                           external_ram: bool = False, timeout: float = REPLY_TIMEOUT_S,
+                           c_standard: str = "c99") -> dict[int, np.ndarray]:
+    """Every layer's output for one image, from the firmware built with the layer debugger, in the simulator."""
+    target = get_target(target_name)
+    work = _work_dir(work_dir)
+    firmware = build_firmware(model, target, work / "trace", trace=True, external_ram=external_ram,
+                              c_standard=c_standard)
+    outputs = {}
+    with SimulatorRun(firmware, work) as run, DeviceLink.open(run.port, timeout=timeout) as link:
+        link.max_line_bytes = TRACE_LINE_BYTES
+        link.wait_ready()
+        link.send_image(image)
+        while True:
+            line = link.read_line(time.monotonic() + timeout)
+            if line is None or not line.startswith(TRACE_PREFIX):
+                break
+            number, values = parse_trace_line(line, firmware.int8)
+            outputs[number] = values
+    return outputs
+
+
+def trace_layers(model, target_name: str | None, image: np.ndarray, work_dir: Path | None = None,
+                 external_ram: bool = False) -> dict:
+    """The layer debugger: per layer, the largest difference of the host C and of the firmware (if a target is
+    given) from the reference engine, whether the firmware's values equal the host C's bit for bit, and the
+    first layer where each parts from the reference."""
+    int8 = registry.is_int8(model)
+    if int8 and target_name and get_target(target_name).int8_schedule != "buffers":
+        raise UserError(f"{target_name} runs the int8 model row by row (c/ml_rows_s8.c), which has no layer "
+                        f"debugger; --layers works on the targets that keep whole feature maps")
+    reference = int8_layer_outputs(model, image) if int8 else reference_layer_outputs(model, image)
+    host = c_layer_outputs(model, image)
+    firmware = firmware_layer_outputs(model, target_name, image, work_dir, external_ram) if target_name else None
+    names, rows = layer_names(model), []
+    for number, ref in reference.items():
+        ref = ref.astype(np.float64)
+        scale = max(1.0, float(np.abs(ref).max()))
+        row = {"layer": number, "name": names[number], "values": int(ref.size),
+               "host_c_max_abs_diff": float(np.abs(host[number].astype(np.float64) - ref).max())}
+        # Parting: int8 engines must agree exactly; float ones within a rounding error of the values' size.
+        row["host_c_parts"] = row["host_c_max_abs_diff"] > (0 if int8 else 1e-4 * scale)
+        if firmware is not None:
+            values = firmware.get(number)
+            if values is None or values.size != ref.size:
+                row.update(firmware_max_abs_diff=None, firmware_parts=True, firmware_equals_host_c=False)
+            else:
+                row["firmware_max_abs_diff"] = float(np.abs(values.astype(np.float64) - ref).max())
+                row["firmware_parts"] = row["firmware_max_abs_diff"] > (0 if int8 else 1e-4 * scale)
+                row["firmware_equals_host_c"] = values.tobytes() == host[number].tobytes()
+        rows.append(row)
+
+    def first(key):
+        return next((row["name"] for row in rows if row.get(key)), None)
+
+    return {"target": target_name, "precision": "int8" if int8 else "float32", "layers": rows,
+            "host_c_first_parting": first("host_c_parts"),
+            "firmware_first_parting": first("firmware_parts") if firmware is not None else None,
+            "firmware_bit_exact_layers": (sum(bool(row.get("firmware_equals_host_c")) for row in rows)
+                                          if firmware is not None else None)}
+
+
+def format_layers(report: dict) -> str:
+    """The layer debugger's table."""
+    firmware = report["target"] is not None
+    header = f"{'#':>3}  {'layer':<44} {'values':>6}  {'host C - reference':>18}"
+    if firmware:
+        header += f"  {report['target'] + ' - reference':>26}  {'= host C':>8}"
+    lines = [header, "-" * len(header)]
+    for row in report["layers"]:
+        line = f"{row['layer']:>3}  {row['name'][:44]:<44} {row['values']:>6}  {row['host_c_max_abs_diff']:>18.3g}"
+        if firmware:
+            diff = row["firmware_max_abs_diff"]
+            line += f"  {'missing' if diff is None else f'{diff:.3g}':>26}  {'yes' if row['firmware_equals_host_c'] else 'NO':>8}"
+        lines.append(line)
+    lines.append(f"host C parts from the reference at: {report['host_c_first_parting'] or 'no layer'}")
+    if firmware:
+        lines.append(f"{report['target']} parts from the reference at: {report['firmware_first_parting'] or 'no layer'}; "
+                     f"bit-exact with the host C on {report['firmware_bit_exact_layers']}/{len(report['layers'])} layers")
+    return "\n".join(lines)

@@ -1,0 +1,194 @@
+"""Firmware in simulators: QEMU for the ARM cores, simavr for the AVR, with the UART on a pseudo-terminal.
+
+A ``SimulatorRun`` starts the simulator on a built firmware (``codegen.mcu_firmware``) and gives the path of the
+pseudo-terminal its UART is on, so the project's device client talks to it exactly as to a board. When the run
+ends, the simulator is stopped (always: a simulator that hangs or crashes never outlives the run) and its
+measurements are read:
+
+* ARM (QEMU): a TCG plugin (``c/sim/qemu_insn_plugin.c``) counts every executed instruction and notes the
+  count each time the firmware reaches its marker ``ml_mark`` (called right before and right after each
+  inference), less the instructions of the 1 kHz SysTick handler; QEMU models no timing, so instructions are
+  the measure. Peak stack: the lowest address a store wrote in the stack region.
+* AVR (simavr, cycle-accurate): the runner (``c/sim/simavr_runner.c``) notes the cycle count at each marker,
+  and the lowest stack pointer seen.
+
+The two host tools are compiled once with the host's C compiler into the cache (``$MOBILE_LENET_CACHE/sim``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mobile_lenet.codegen import c_library as lib
+from mobile_lenet.codegen.mcu_firmware import Firmware
+from mobile_lenet.engines.host_c import cache_root, compiler
+from mobile_lenet.errors import UserError
+
+QEMU = "qemu-system-arm"
+QEMU_MACHINES = {  # the board models with the right cores (see shared facts in MCU_SIMULATION.md)
+    "cortex-m0plus": ["-M", "microbit", "-global", "nrf51-soc.sram-size=270336",
+                      "-global", "nrf51-soc.flash-size=2097152"],  # nRF51 (Cortex-M0) sized like an RP2040
+    "cortex-m4f": ["-M", "netduinoplus2"],  # STM32F405
+}
+START_TIMEOUT_S = 30  # until the simulator names its pseudo-terminal
+STOP_TIMEOUT_S = 10  # after SIGTERM, before SIGKILL
+AVR_TIMER_HANDLER = "__vector_17"  # TIMER1_COMPA: the firmware's millisecond tick (c/targets/uart_avr.c)
+
+
+@dataclass
+class Measurements:
+    """What a simulator measured over a run: per image, and the run's peak stack."""
+
+    per_image: list = field(default_factory=list)  # instructions (ARM) or cycles (AVR) of each inference
+    excluded: list = field(default_factory=list)  # ARM: timer-interrupt instructions left out, per image
+    peak_stack_bytes: int | None = None
+
+
+# ------------------------------------------------------------------------------------------------ host tools
+def _build_tool(source_name: str, output_name: str, flags: list[str], libraries: list[str]) -> Path:
+    """Compile one of ``c/sim``'s host tools into the cache (reused while its source and flags are the same)."""
+    source = Path(str(lib.c_folder())) / "sim" / source_name
+    cc = compiler()
+    command_tail = [*flags, str(source), *libraries]
+    digest = hashlib.sha256(source.read_bytes() + (Path(source).with_name("qemu_plugin_api.h").read_bytes()
+                                                  if "qemu" in source_name else b"")
+                            + " ".join([cc, *command_tail]).encode()).hexdigest()[:16]
+    folder = cache_root().parent / "sim" / digest
+    tool = folder / output_name
+    if tool.is_file():
+        return tool
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=output_name + ".", delete=False) as tmp:
+        partial = Path(tmp.name)
+    result = subprocess.run([cc, "-o", str(partial), *command_tail], capture_output=True, text=True)
+    if result.returncode != 0:
+        partial.unlink(missing_ok=True)
+        first = (result.stderr.strip().splitlines() or ["no message"])[0]
+        hint = " (install Debian's libsimavr-dev)" if "simavr" in result.stderr else ""
+        raise UserError(f"building {source_name} failed{hint}: {first}")
+    os.replace(partial, tool)
+    return tool
+
+
+def qemu_plugin() -> Path:
+    """The instruction-counting QEMU plugin (a shared library)."""
+    return _build_tool("qemu_insn_plugin.c", "libqemu_insn_plugin.so", ["-std=c99", "-O2", "-shared", "-fPIC"], [])
+
+
+def simavr_runner() -> Path:
+    """The simavr runner program."""
+    if not Path("/usr/include/simavr/sim_avr.h").is_file() and shutil.which("simavr") is None:
+        raise UserError("simavr not found: install Debian's simavr and libsimavr-dev")
+    return _build_tool("simavr_runner.c", "simavr_runner", ["-std=c99", "-O2"], ["-lsimavr"])
+
+
+# ------------------------------------------------------------------------------------------------ runs
+class SimulatorRun:
+    """A simulator running a firmware, for the length of a ``with`` block: ``port`` is its UART's pty."""
+
+    def __init__(self, firmware: Firmware, work_dir: Path):
+        self.firmware, self.work_dir = firmware, Path(work_dir)
+        self.process: subprocess.Popen | None = None
+        self.port: str | None = None
+        self.measurements = Measurements()
+        self._summary_text = ""
+
+    # -------------------------------------------------------------------------------------------- start
+    def __enter__(self) -> "SimulatorRun":
+        target = self.firmware.target
+        if target.simulator == "qemu":
+            command = self._qemu_command()
+        else:
+            command = self._simavr_command()
+        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+        self.port = self._read_port()
+        return self
+
+    def _qemu_command(self) -> list[str]:
+        if shutil.which(QEMU) is None:
+            raise UserError(f"{QEMU} not found: install Debian's qemu-system-arm")
+        symbols = self.firmware.symbols
+        handler, handler_size = symbols["SysTick_Handler"]
+        handler &= ~1  # a Thumb function's address has bit 0 set
+        self.marks_file = self.work_dir / "marks.txt"
+        self.marks_file.unlink(missing_ok=True)
+        self.stack_top = symbols["_estack"][0]
+        plugin = (f"{qemu_plugin()},mark={symbols['ml_mark'][0] & ~1:#x},out={self.marks_file},"
+                  f"stack_lo={symbols['_ebss'][0]:#x},stack_hi={self.stack_top:#x},"
+                  f"skip_lo={handler:#x},skip_hi={handler + handler_size:#x}")
+        return [QEMU, *QEMU_MACHINES[self.firmware.target.name], "-nographic", "-monitor", "none",
+                "-serial", "pty", "-kernel", str(self.firmware.elf), "-plugin", plugin]
+
+    def _simavr_command(self) -> list[str]:
+        symbols = self.firmware.symbols
+        handler, handler_size = symbols[AVR_TIMER_HANDLER]
+        return [str(simavr_runner()), "--mark", f"{symbols['ml_mark'][0]:#x}", "--max-seconds", "3600",
+                "--skip", f"{handler:#x}:{handler + handler_size:#x}", *(["--xmem"] if self.firmware.external_ram else []),
+                str(self.firmware.elf)]
+
+    def _read_port(self) -> str:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        seen = []
+        while time.monotonic() < deadline:
+            line = self.process.stdout.readline()
+            if not line:
+                break
+            seen.append(line.strip())
+            match = re.search(r"(/dev/pts/\d+)", line)
+            if match:
+                return match[1]
+        self._stop()
+        raise UserError(f"{self.firmware.target.simulator} did not start: {' / '.join(seen[-2:]) or 'no output'}")
+
+    # -------------------------------------------------------------------------------------------- stop
+    def __exit__(self, *exc) -> None:
+        self._stop()
+        if exc[0] is None:
+            self._read_measurements()
+
+    def _stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self._summary_text, _ = self.process.communicate(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self._summary_text, _ = self.process.communicate()
+
+    def _read_measurements(self) -> None:
+        if self.firmware.target.simulator == "qemu":
+            self._read_qemu_marks()
+        else:
+            self._read_simavr_summary()
+
+    def _read_qemu_marks(self) -> None:
+        """``mark <n> insns <I> skipped <S> stack_min <A> interval_stack_min <B>`` lines, two per image."""
+        rows = [line.split() for line in self.marks_file.read_text().splitlines() if line.startswith("mark ")]
+        counts = [(int(row[3]), int(row[5])) for row in rows]
+        for (before, skipped_before), (after, skipped_after) in zip(counts[0::2], counts[1::2]):
+            self.measurements.per_image.append((after - before) - (skipped_after - skipped_before))
+            self.measurements.excluded.append(skipped_after - skipped_before)
+        exits = [line.split() for line in self.marks_file.read_text().splitlines() if line.startswith("exit ")]
+        if exits:
+            self.measurements.peak_stack_bytes = self.stack_top - int(exits[-1][6], 16)
+
+    def _read_simavr_summary(self) -> None:
+        lines = [line for line in self._summary_text.splitlines() if line.startswith("{")]
+        if not lines:
+            raise UserError("simavr_runner ended without its summary")
+        summary = json.loads(lines[-1])
+        marks = summary["marks"]
+        self.measurements.per_image = [after - before for before, after in zip(marks[0::2], marks[1::2])]
+        self.measurements.peak_stack_bytes = summary["ramend"] - summary["min_sp"]

@@ -1,0 +1,139 @@
+"""``mobile-lenet simulate``: the firmware in QEMU and simavr, talked to over its UART like a board."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from conftest import MNIST_10K, UPSTREAM
+from mobile_lenet.apps import simulate
+from mobile_lenet.apps.cli import main
+from mobile_lenet.codegen import memory
+from mobile_lenet.engines.host_c import c_layer_outputs
+from mobile_lenet.engines.reference import reference_logits
+from mobile_lenet.errors import UserError
+from mobile_lenet.formats.int8_folder import save_quantized
+from mobile_lenet.formats.model_files import load_tensors
+from mobile_lenet.quantization.quantize import quantize_model
+from mobile_lenet.engines.reference_int8 import int8_logits
+
+
+@pytest.fixture(scope="module")
+def upstream_tensors():
+    return load_tensors(UPSTREAM / "noodle")
+
+
+@pytest.fixture(scope="module")
+def upstream_int8(upstream_tensors, mnist_train):
+    return quantize_model(upstream_tensors, mnist_train.images[:300])
+
+
+def simulators_running() -> int:
+    ps = subprocess.run(["ps", "-eo", "comm"], capture_output=True, text=True).stdout.split()
+    return sum(name in ("qemu-system-arm", "simavr_runner") for name in ps)
+
+
+def test_cortex_m4f_float_agrees_with_the_reference_and_is_measured(upstream_tensors, mnist_test, tmp_path):
+    images, labels = mnist_test.images[:4], mnist_test.labels[:4]
+    report = simulate.simulate(upstream_tensors, "cortex-m4f", images, labels, work_dir=tmp_path, progress=False)
+    expected = reference_logits(upstream_tensors, images).argmax(axis=1)
+    assert report["predictions"] == expected.tolist() and report["agreement_with_reference"] == 4
+    assert report["accuracy"] == float((expected == labels).mean())
+    assert report["max_confidence_difference"] <= 0.5e-4 + 1e-6  # the reply's 4 decimals
+    assert report["static_ram_bytes"] >= memory.plan().ram_bytes and 0 < report["peak_stack_bytes"] < 4096
+    counts = report["instructions_per_image"]
+    # the same work for every image: the float network has no data-dependent branch but softmax's expf
+    assert counts["min"] > 1_000_000 and counts["max"] - counts["min"] < 0.01 * counts["min"]
+    assert report["ms_per_image_at_clock"] == pytest.approx(1000 * counts["mean"] / 168e6)
+    assert simulators_running() == 0
+
+
+def test_cortex_m0plus_int8_agrees_with_the_int8_engine(upstream_int8, mnist_test, tmp_path):
+    images, labels = mnist_test.images[10:13], mnist_test.labels[10:13]
+    report = simulate.simulate(upstream_int8, "cortex-m0plus", images, labels, work_dir=tmp_path, progress=False)
+    assert report["precision"] == "int8" and report["counts"] == "instructions"
+    assert report["predictions"] == int8_logits(upstream_int8, images).argmax(axis=1).tolist()
+    assert report["static_ram_bytes"] >= memory.int8_plan().ram_bytes
+
+
+def test_atmega2560_runs_the_int8_network_in_its_8_kb(upstream_int8, mnist_test, tmp_path):
+    """The full 28x28 network on the ATmega2560's own SRAM: rows flow through small rings (c/ml_rows_s8.c)."""
+    images, labels = mnist_test.images[:2], mnist_test.labels[:2]
+    report = simulate.simulate(upstream_int8, "atmega2560", images, labels, work_dir=tmp_path, progress=False)
+    assert report["simulator"] == "simavr" and report["counts"] == "cycles" and not report["external_ram"]
+    assert report["predictions"] == int8_logits(upstream_int8, images).argmax(axis=1).tolist()
+    assert report["static_ram_bytes"] + report["peak_stack_bytes"] <= 8192 == report["ram_capacity"]
+    cycles = report["cycles_per_image"]
+    assert cycles["min"] > 452_216  # more than one cycle per multiply-accumulate on an 8-bit core
+    assert report["ms_per_image_at_clock"] == pytest.approx(1000 * cycles["mean"] / 16e6)
+    assert simulators_running() == 0
+
+
+def test_atmega2560_float_needs_external_ram(upstream_tensors, mnist_test, tmp_path):
+    images, labels = mnist_test.images[:1], mnist_test.labels[:1]
+    with pytest.raises(UserError, match="float32 model does not fit: static RAM needs"):
+        simulate.simulate(upstream_tensors, "atmega2560", images, labels, work_dir=tmp_path / "a", progress=False)
+    report = simulate.simulate(upstream_tensors, "atmega2560", images, labels, work_dir=tmp_path / "b",
+                               external_ram=True, progress=False)
+    assert report["predictions"] == reference_logits(upstream_tensors, images).argmax(axis=1).tolist()
+    assert report["static_ram_bytes"] > 8192 and report["ram_capacity"] > 60_000
+
+
+@pytest.mark.parametrize("c_standard", ["c99", "gnu99"])
+def test_float_layers_on_the_m4f_are_bit_exact_with_the_host(c_standard, upstream_tensors, mnist_test, tmp_path):
+    """The FPU target computes the host's float32 numbers, layer by layer, also in GCC's default dialect."""
+    image = mnist_test.images[0]
+    firmware = simulate.firmware_layer_outputs(upstream_tensors, "cortex-m4f", image, tmp_path, c_standard=c_standard)
+    host = c_layer_outputs(upstream_tensors, image)
+    assert sorted(firmware) == sorted(host) and len(host) == 41  # the 43 rows less the two folded paddings
+    assert all(firmware[n].tobytes() == host[n].tobytes() for n in host)
+
+
+def test_layer_debugger_finds_where_a_layer_parts(upstream_int8, mnist_test, tmp_path, monkeypatch):
+    image = mnist_test.images[0]
+    report = simulate.trace_layers(upstream_int8, "cortex-m0plus", image, tmp_path / "ok")
+    assert report["firmware_bit_exact_layers"] == len(report["layers"]) == len(upstream_int8.layers)
+    assert report["firmware_first_parting"] is None and report["host_c_first_parting"] is None
+    # A firmware whose fifth layer went wrong: the debugger names that layer, not an earlier or later one.
+    real = simulate.firmware_layer_outputs
+
+    def broken(*args, **kwargs):
+        outputs = real(*args, **kwargs)
+        outputs[5] = outputs[5].copy()
+        outputs[5][17] = np.int8(outputs[5][17] ^ 1)
+        return outputs
+
+    monkeypatch.setattr(simulate, "firmware_layer_outputs", broken)
+    report = simulate.trace_layers(upstream_int8, "cortex-m0plus", image, tmp_path / "broken")
+    assert report["firmware_first_parting"] == " + ".join(upstream_int8.layers[4].rows)
+    assert report["firmware_bit_exact_layers"] == len(upstream_int8.layers) - 1
+
+
+def test_cli_simulate_json_and_errors(upstream_int8, tmp_path, capsys):
+    save_quantized(upstream_int8, tmp_path / "q")
+    assert main(["simulate", str(tmp_path / "q"), "--target", "cortex-m4f", "--data-dir", str(MNIST_10K),
+                 "--count", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 2 and report["precision"] == "int8" and report["target"] == "cortex-m4f"
+    assert main(["simulate", str(UPSTREAM / "noodle"), "--target", "atmega2560", "--data-dir", str(MNIST_10K)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "does not fit: static RAM needs" in err and "over the chip's 8,192" in err
+    for flags, message in ((["--count", "0"], "--count"), (["--timeout", "nan"], "--timeout"),
+                           (["--timeout", "inf"], "--timeout"), (["--xmem"], "ATmega2560 option"),
+                           (["--target", "atmega2560", "--layers"], "no layer debugger")):
+        assert main(["simulate", str(tmp_path / "q"), "--target", "cortex-m4f", "--data-dir", str(MNIST_10K),
+                     *flags]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_a_simulator_that_does_not_answer_in_time_is_stopped(upstream_tensors, mnist_test, tmp_path):
+    """A Cortex-M0+ float image takes about a second in QEMU; a 0.05 s reply timeout gives one clear error
+    and leaves no simulator running."""
+    with pytest.raises(UserError, match="no reply to image 0 within 0.05 s"):
+        simulate.simulate(upstream_tensors, "cortex-m0plus", mnist_test.images[:1], mnist_test.labels[:1],
+                          work_dir=tmp_path, progress=False, timeout=0.05)
+    assert simulators_running() == 0

@@ -1,0 +1,59 @@
+"""The int8 network row by row (c/ml_rows_s8.c, memory.row_plan): the same integers in a few kilobytes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mobile_lenet.apps.cli import main
+from mobile_lenet.codegen import c_int8, memory
+from mobile_lenet.engines.host_c import build_host_program, run_classify
+from mobile_lenet.engines.reference_int8 import int8_logits
+from mobile_lenet.model.network import MobileLeNet, to_noodle
+from mobile_lenet.quantization.quantize import quantize_model
+
+
+@pytest.fixture(scope="module")
+def qmodel(trained_tensors, mnist_train):
+    return quantize_model(trained_tensors, mnist_train.images[:500])
+
+
+def test_rows_give_the_int8_engine_bit_for_bit_on_every_test_image(qmodel, mnist_test, tmp_path):
+    program = build_host_program(qmodel, schedule="rows", cache=tmp_path)
+    logits = run_classify(program, mnist_test.images).logits.astype(np.int8)
+    np.testing.assert_array_equal(logits, int8_logits(qmodel, mnist_test.images))
+
+
+def test_rows_agree_under_sanitizers_on_saturating_inputs(mnist_train, tmp_path):
+    import torch
+
+    torch.manual_seed(5)
+    model = quantize_model(to_noodle(MobileLeNet().eval()), mnist_train.images[:20])
+    rng = np.random.default_rng(1)
+    images = np.concatenate([np.full((1, 28, 28), 255, np.uint8), np.zeros((1, 28, 28), np.uint8),
+                             rng.integers(0, 256, (20, 28, 28), dtype=np.uint8), mnist_train.images[:20]])
+    program = build_host_program(model, schedule="rows", sanitize=True, cache=tmp_path)
+    np.testing.assert_array_equal(run_classify(program, images).logits.astype(np.int8), int8_logits(model, images))
+
+
+def test_row_plan_is_the_rings_the_network_declares(qmodel):
+    plan = memory.row_plan()
+    # six blocks, each keeping its depthwise kernel's 3 rows of its unpadded input (width x channels)
+    assert [(ring.rows, ring.row_bytes) for ring in plan.rings] == [(3, 28 * 8)] * 3 + [(3, 14 * 16)] * 2 + [(3, 7 * 24)]
+    assert plan.ram_bytes == sum(ring.bytes for ring in plan.rings) + 28 * 8 + 28 * 8 + 4 * 24
+    assert plan.ram_bytes < memory.int8_plan().ram_bytes / 2
+    source = c_int8.generate_library(qmodel, "rows")["mobile_lenet.c"]
+    for index, ring in enumerate(plan.rings):
+        assert f"static int8_t ring_{index}[{ring.bytes}];" in source
+    assert f"static int8_t dw_row[{plan.dw_row_bytes}];" in source and "activation_a" not in source
+
+
+def test_summary_prints_the_atmega2560_row_plan(capsys):
+    assert main(["summary", "--memory", "--int8", "--target", "atmega2560", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["schedule"] == "rows" and data["ram_bytes"] == memory.row_plan().ram_bytes
+    assert main(["summary", "--memory", "--int8", "--target", "atmega2560"]) == 0
+    assert f"RAM (activations): {memory.row_plan().ram_bytes:,} bytes" in capsys.readouterr().out
+    assert main(["summary", "--target", "atmega2560"]) == 2

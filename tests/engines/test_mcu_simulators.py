@@ -1,0 +1,71 @@
+"""The simulators' counters, checked on loops of known length: QEMU's instruction count, simavr's cycles."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from mobile_lenet.codegen import c_library as lib
+from mobile_lenet.engines.mcu_simulators import QEMU, QEMU_MACHINES, qemu_plugin, simavr_runner
+
+TARGETS_DIR = Path(str(lib.c_folder())) / "targets"
+ARM_FLAGS = {"cortex-m0plus": ["-mcpu=cortex-m0plus", "-mthumb", "-mfloat-abi=soft"],
+             "cortex-m4f": ["-mcpu=cortex-m4", "-mthumb", "-mfpu=fpv4-sp-d16", "-mfloat-abi=hard"]}
+
+
+def marks_of(lines: list[str]) -> list[int]:
+    return [int(line.split()[3]) for line in lines if line.startswith("mark ")]
+
+
+@pytest.mark.parametrize("target", ["cortex-m0plus", "cortex-m4f"])
+def test_qemu_plugin_counts_the_instructions_of_a_known_loop_exactly(target, tmp_path):
+    """c/sim/known_loop.c: between its two marks, run_loop(n) executes 1 + 2n + 2 instructions (see the file)."""
+    elf = tmp_path / "known_loop.elf"
+    subprocess.run(["arm-none-eabi-gcc", *ARM_FLAGS[target], "-std=c99", "-O2", f"-I{TARGETS_DIR}",
+                    str(TARGETS_DIR.parent / "sim" / "known_loop.c"), str(TARGETS_DIR / "startup_cortexm.c"),
+                    f"-T{TARGETS_DIR / (target + '.ld')}", f"-L{TARGETS_DIR}", "-nostartfiles",
+                    "--specs=nano.specs", "--specs=nosys.specs", "-o", str(elf)], check=True)
+    mark = next(line.split()[0] for line in subprocess.run(["arm-none-eabi-nm", str(elf)], capture_output=True,
+                                                             text=True, check=True).stdout.splitlines()
+                if line.endswith(" ml_mark"))
+    out = tmp_path / "marks.txt"
+    subprocess.run([QEMU, *QEMU_MACHINES[target], "-nographic", "-monitor", "none", "-serial", "none",
+                    "-semihosting-config", "enable=on,target=native", "-kernel", str(elf),
+                    "-plugin", f"{qemu_plugin()},mark=0x{mark},out={out}"], check=True, timeout=60)
+    marks = marks_of(out.read_text().splitlines())
+    assert len(marks) == 6
+    between = [after - before for before, after in zip(marks[0::2], marks[1::2])]
+    assert between == [1 + 2 * n + 2 for n in (1, 1000, 1_000_000)]
+
+
+def test_simavr_runner_counts_the_cycles_of_a_known_loop(tmp_path):
+    """tests/c/known_loop_avr.c: run_loop(1001) takes exactly 4 x 1000 cycles more than run_loop(1)."""
+    elf = tmp_path / "known_loop_avr.elf"
+    subprocess.run(["avr-gcc", "-mmcu=atmega2560", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(elf),
+                    str(ROOT / "tests" / "c" / "known_loop_avr.c")], check=True)
+    mark = next(line.split()[0] for line in subprocess.run(["avr-nm", str(elf)], capture_output=True, text=True,
+                                                             check=True).stdout.splitlines()
+                if line.endswith(" ml_mark"))
+    result = subprocess.run([str(simavr_runner()), "--stdio", "--mark", f"0x{mark}", "--max-seconds", "30", str(elf)],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["stop"] == "done" and len(summary["marks"]) == 4
+    first, second = (after - before for before, after in zip(summary["marks"][0::2], summary["marks"][1::2]))
+    assert second - first == 4 * 1000
+    assert 0 < summary["ramend"] - summary["min_sp"] < 64  # a few return addresses deep
+
+
+def test_simavr_runner_stops_by_itself(tmp_path):
+    """A firmware that never ends is stopped at the runner's time limit, with its summary."""
+    source = tmp_path / "spin.c"
+    source.write_text("int main(void) { for (;;) { __asm__ volatile(\"nop\"); } }\n")
+    elf = tmp_path / "spin.elf"
+    subprocess.run(["avr-gcc", "-mmcu=atmega2560", "-O1", "-o", str(elf), str(source)], check=True)
+    result = subprocess.run([str(simavr_runner()), "--stdio", "--max-seconds", "1", str(elf)],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["stop"] != "done" and summary["cycles"] > 1000
