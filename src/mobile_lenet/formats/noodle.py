@@ -333,4 +333,25 @@ noodle_soft_max(in, 10);
 
 (Writing the averages from channel 0 upward also works: channel 0 is then read completely before its
 plane is overwritten, and the later channels' planes are never overwritten.)
+
+The code above is for the `float *` API of the seed's program (Noodle versions whose `noodle.h` declares
+`noodle_gap(float *inout, uint16_t C, uint16_t W)` and no `NoodleBuffer`). Noodle versions with the
+`NoodleBuffer` API (`noodle_buffer.h`; `noodle_gap(NoodleBuffer *inout, uint16_t C, uint16_t W)` hands
+`inout->data` to the same in-place float routine) take `NoodleBuffer *in, *out` instead; the fix is the same,
+written for buffers that may move when one of them grows:
+
+```cpp
+// ---- GAP: (W x W x 24) -> (24,) from `in` into `out` (NoodleBuffer *), not in place ----
+float *avg = noodle_buffer_require(out, 24);  // may move the arena: read in->data after it
+const float *x = in->data;
+for (uint16_t c = 0; c < 24; ++c) {{
+  float sum = 0.0f;
+  for (uint32_t i = 0; i < (uint32_t)W * W; ++i) sum += x[c * W * W + i];
+  avg[c] = sum / (float)(W * W);
+}}
+W = 24;
+// ---- Dense: (24,) -> (10,), now reading `out` and writing `in` ----
+W = noodle_fcn(out, W, 10, in, head, nullptr);
+noodle_soft_max(in, 10);
+```
 """
