@@ -6,7 +6,8 @@ images) classify the first test images through the firmware's own serial protoco
 from the ELF, peak stack, executed instructions (ARM) or cycles (AVR) per image, the latency at the chip's
 clock, cycles (or instructions) per multiply-accumulate, and agreement with the reference engine. A model that
 does not fit a chip gets its one-line reason; the ATmega2560 is then also run with 64 KB of external SRAM
-(its XMEM interface), to measure its speed.
+(its XMEM interface), to measure its speed. For int8 a "reference" row runs the same model with the plain
+reference kernels and whole feature maps (the code before the microcontroller optimizations), side by side.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ FULL = {"images": 20, "targets": tuple(TARGETS)}
 QUICK = {"images": 1, "targets": ("cortex-m4f",)}
 
 
-def measure(model, target: str, images, labels, work: Path, external_ram: bool = False) -> dict:
+def measure(model, target: str, images, labels, work: Path, external_ram: bool = False, **firmware_options) -> dict:
     """One target and precision: the simulate report's figures, or why it could not run."""
     try:
-        report = simulate(model, target, images, labels, work_dir=work, external_ram=external_ram, progress=False)
+        report = simulate(model, target, images, labels, work_dir=work, external_ram=external_ram, progress=False,
+                          **firmware_options)
     except UserError as error:
         return not_available(str(error))
     per_image = report[f"{report['counts']}_per_image"]
@@ -54,9 +56,16 @@ def run(options: Options) -> dict:
             for precision, model in (("float32", tensors), ("int8", int8_model)):
                 options.log(f"  microcontrollers: {target}, {precision} ...")
                 work = Path(work_dir) / f"{target}-{precision}"
-                row = {"target": target, "chip": TARGETS[target].chip, "precision": precision, "memory": "on chip"}
+                row = {"target": target, "chip": TARGETS[target].chip, "precision": precision, "memory": "on chip",
+                       "code": "optimized" if precision == "int8" else "float kernels"}
                 rows.append(row | measure(model, target, images, labels, work))
                 if rows[-1].get("available") is False and target == "atmega2560":
                     rows.append(row | {"memory": "64 KB external SRAM"}
                                 | measure(model, target, images, labels, work / "xmem", external_ram=True))
+                if precision == "int8":  # before: reference kernels on whole feature maps
+                    xmem = target == "atmega2560"  # whole int8 maps need more than its 8 KB
+                    rows.append(row | {"code": "reference, whole maps",
+                                       "memory": "64 KB external SRAM" if xmem else "on chip"}
+                                | measure(model, target, images, labels, work / "reference", external_ram=xmem,
+                                          reference_kernels=True, schedule="buffers"))
     return {"weights": weights, "test_images": len(images), "macs_per_image": spec.totals()["macs"], "rows": rows}

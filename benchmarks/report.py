@@ -196,7 +196,7 @@ def microcontrollers_section(entry: dict) -> list[str]:
               "as the reference engine.", ""]
     rows = []
     for row in result["rows"]:
-        head = [row["target"], row["precision"], row["memory"]]
+        head = [row["target"], row["precision"], row.get("code", "-"), row["memory"]]
         if row.get("available") is False:
             rows.append(head + [f"not available: {row['reason']}"] + ["-"] * 6)
             continue
@@ -204,7 +204,7 @@ def microcontrollers_section(entry: dict) -> list[str]:
                             f"{row['per_image']['mean'] / 1e6:,.2f} M {row['counts']}",
                             f"{row['ms_per_image_at_clock']:,.1f} at {row['clock_hz'] / 1e6:g} MHz",
                             number(row["per_mac"], 1), f"{row['agreement_with_reference']}/{row['n']}"])
-    lines.append(table(["target", "precision", "RAM", "flash B", "static RAM B", "peak stack B", "per image",
+    lines.append(table(["target", "precision", "code", "RAM", "flash B", "static RAM B", "peak stack B", "per image",
                         "ms per image", "per MAC", "agreement"], rows))
     return lines + [""]
 

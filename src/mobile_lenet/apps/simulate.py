@@ -38,11 +38,13 @@ def _work_dir(work_dir: Path | None) -> Path:
 
 
 def simulate(model, target_name: str, images: np.ndarray, labels: np.ndarray, *, work_dir: Path | None = None,
-             external_ram: bool = False, progress: bool = True, timeout: float = REPLY_TIMEOUT_S) -> dict:
-    """Build, run and measure ``model``'s firmware on ``target_name`` for ``images``; returns the report."""
+             external_ram: bool = False, progress: bool = True, timeout: float = REPLY_TIMEOUT_S,
+             **firmware_options) -> dict:
+    """Build, run and measure ``model``'s firmware on ``target_name`` for ``images``; returns the report.
+    ``firmware_options`` go to ``build_firmware`` (e.g. ``reference_kernels=True`` for a before/after)."""
     target = get_target(target_name)
     work = _work_dir(work_dir)
-    firmware = build_firmware(model, target, work / "build", external_ram=external_ram)
+    firmware = build_firmware(model, target, work / "build", external_ram=external_ram, **firmware_options)
     with SimulatorRun(firmware, work) as run:
         with DeviceLink.open(run.port, timeout=timeout) as link:
             link.name = f"{target.name} ({target.simulator})"

@@ -145,20 +145,25 @@ def _first_error(log: str) -> str:
 
 
 def build_firmware(model: dict[str, np.ndarray] | QuantizedModel, target: Target, build: Path,
-                   trace: bool = False, external_ram: bool = False, c_standard: str = "c99") -> Firmware:
+                   trace: bool = False, external_ram: bool = False, c_standard: str = "c99",
+                   reference_kernels: bool = False, schedule: str | None = None) -> Firmware:
     """Build the firmware of a float or int8 ``model`` for ``target`` in the folder ``build``.
 
     ``trace``: with the layer debugger (every layer's output sent over the UART). ``external_ram``
     (ATmega2560 only): link for 64 KB of data memory, the chip's external-SRAM interface fully populated.
     ``c_standard``: the C dialect (``gnu99`` is GCC's and PlatformIO's default; the results must not change).
+    ``reference_kernels`` and ``schedule`` (int8): the plain reference kernels instead of the fast ones, and
+    another schedule than the target's (``c_int8.SCHEDULES``), to compare with the defaults.
     """
     check_toolchain(target)
     if external_ram and target.name != "atmega2560":
         raise UserError(f"--xmem is an ATmega2560 option, not one of {target.name}")
     int8 = isinstance(model, QuantizedModel)
-    library = c_int8.generate_library(model, target.int8_schedule) if int8 else c_float.generate_library(model)
+    schedule = schedule or target.int8_schedule
+    library = c_int8.generate_library(model, schedule) if int8 else c_float.generate_library(model)
     write_text_files(library, build / "lib")
     options = [f"STD={c_standard}"] + (["TRACE=1"] if trace else []) + (["AVR_MEMORY=xmem"] if external_ram else [])
+    options += ["EXTRA_CFLAGS=-DML_S8_REFERENCE"] if reference_kernels else []
     result = _make(target, build / "lib", build, *options)
     if result.returncode != 0:
         log = result.stdout + result.stderr
