@@ -53,6 +53,44 @@ def trained_tensors(trained_run):
     return load_tensors(trained_run / "best.pt")
 
 
+CONFIDENT_P = 0.95  # a test digit the trained_run model reads right with at least this probability
+
+
+def canvas_redrawing(digit: np.ndarray) -> np.ndarray:
+    """A digit as a user redraws it on the 280x280 canvas: its bright pixels (>= 128) in full white, ten times
+    larger (what the browser test draws, row stroke by row stroke)."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.where(digit >= 128, 255, 0).astype(np.uint8)).resize((280, 280),
+                                                                                             Image.NEAREST))
+
+
+@pytest.fixture(scope="session")
+def confident_digits(trained_tensors, mnist_test):
+    """Indices of MNIST test digits that the briefly trained trained_run model reads right, with probability
+    > CONFIDENT_P, as they are, redrawn on a canvas and as large dark-on-light photos (reference engine).
+
+    The fixture model is only ~80% accurate, so whether it reads one given image right can change with the
+    CPU's rounding; these digits sit far from any decision boundary, so tests that need a correct answer hold."""
+    from PIL import Image
+
+    from mobile_lenet.engines.reference import reference_probabilities
+    from mobile_lenet.model.images import mnist_style
+
+    images, labels = mnist_test.images[:200], mnist_test.labels[:200]
+    variants = [images,
+                np.stack([mnist_style(canvas_redrawing(d)) for d in images]),
+                np.stack([mnist_style(np.asarray(Image.fromarray(d).resize((140, 140), Image.BILINEAR)))
+                          for d in images])]
+    ok = np.ones(len(images), bool)
+    for variant in variants:
+        probs = reference_probabilities(trained_tensors, variant)
+        ok &= (probs.argmax(1) == labels) & (probs.max(1) > CONFIDENT_P)
+    indices = np.flatnonzero(ok).tolist()
+    assert len(indices) >= 5, f"only {len(indices)} confidently read test digits: retrain the fixture longer"
+    return indices
+
+
 def write_idx_set(folder: Path, images: np.ndarray, labels: np.ndarray, prefix: str = "train", gz: bool = False):
     """Write a pair of IDX files the way the official MNIST files are named."""
     from mobile_lenet.model.data import write_idx

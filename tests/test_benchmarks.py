@@ -66,16 +66,22 @@ def test_quick_run_writes_results_and_markdown(tmp_path):
         assert entry["quick"] and "error" not in entry and "result" in entry
         assert entry["machine"]["cores"] >= 1 and entry["machine"]["libraries"]["torch"]
     accuracy = data["parts"]["accuracy"]["result"]
-    assert len(accuracy["mnist"]["runs"]) == 2 and 0 <= accuracy["mnist"]["accuracy"]["mean"] <= 1
+    runs = accuracy["mnist"]["runs"]
+    assert len(runs) == 2
+    assert accuracy["mnist"]["accuracy"]["mean"] == pytest.approx(sum(run["test_accuracy"] for run in runs) / 2)
     training = data["parts"]["training"]["result"]
     ours = [run for run in training["runs"] if run["stack"] == "ours"]
-    assert len(ours) == 2 and all(run["images_per_second"] > 0 for run in ours)
+    # our trainer runs thousands of images/s on one core; 100 would mean something is badly wrong
+    assert len(ours) == 2 and all(run["images_per_second"] > 100 for run in ours)
     engines = {(row["engine"], row["batch"]): row for row in data["parts"]["inference"]["result"]["engines"]}
     torch_single = engines[("PyTorch", 1)]
-    assert torch_single["images_per_second"] > 0 and set(torch_single["latency_ms"]) == {"p50", "p90", "p99"}
+    assert set(torch_single["latency_ms"]) == {"p50", "p90", "p99"}
     for row in engines.values():  # every engine either ran and agrees with PyTorch, or says why it did not
-        assert row.get("agreement_with_pytorch", 1.0) >= 0.99 or row.get("available") is False
-        assert row.get("available", True) or row["reason"]
+        if "available" in row:
+            assert row["available"] is False and row["reason"]
+            continue
+        assert row["agreement_with_pytorch"] >= 0.99
+        assert row["images_per_second"] == pytest.approx(row["images"] / row["seconds"])
 
     text = markdown.read_text()
     for heading in ("## Accuracy", "## Training speed", "## Inference speed", "## Machine", "Quick run"):

@@ -57,15 +57,20 @@ def test_info_lists_the_engines_of_a_float_model(client):
     assert info["stages"] == ["stem", "B1", "B2", "B3", "B4", "B5", "B6"]
 
 
-def test_pixels_of_an_mnist_digit_give_the_engine_prediction(client, mnist_test, trained_tensors):
-    from mobile_lenet.engines.reference import softmax
-    from mobile_lenet.engines.registry import logits
+def reference_probabilities_of(trained_tensors, image: np.ndarray) -> np.ndarray:
+    """The NumPy reference engine's probabilities: an oracle independent of the demo's default torch engine."""
+    from mobile_lenet.engines.reference import reference_probabilities
 
-    digit = mnist_test.images[0]
+    return reference_probabilities(trained_tensors, np.asarray(image, np.uint8)[None])[0]
+
+
+def test_pixels_of_an_mnist_digit_give_the_engine_prediction(client, mnist_test, trained_tensors, confident_digits):
+    index = confident_digits[0]
+    digit = mnist_test.images[index]
     answer = client.post("/api/predict", json={"pixels": digit.tolist()}).json()
-    expected = softmax(logits(trained_tensors, digit[None], "torch"))[0]
-    assert answer["prediction"] == int(expected.argmax()) == int(mnist_test.labels[0])
-    assert np.allclose(answer["probabilities"], expected, atol=1e-6)
+    expected = reference_probabilities_of(trained_tensors, digit)
+    assert answer["prediction"] == int(expected.argmax()) == int(mnist_test.labels[index])
+    np.testing.assert_allclose(answer["probabilities"], expected, rtol=0, atol=1e-5)
     assert answer["input"] == digit.tolist()  # a 28x28 picture is taken as it is
     assert answer["blank"] is False and answer["engine"] == "torch"
     shapes = [stage["shape"] for stage in answer["stages"]]
@@ -75,20 +80,51 @@ def test_pixels_of_an_mnist_digit_give_the_engine_prediction(client, mnist_test,
         assert mosaic.format == "PNG"
 
 
-def test_a_canvas_drawing_is_preprocessed_mnist_style(client, mnist_test):
+def test_a_canvas_drawing_is_preprocessed_mnist_style(client, mnist_test, trained_tensors, confident_digits):
     from mobile_lenet.model.images import mnist_style
 
-    canvas = canvas_like(mnist_test.images[0])
+    index = confident_digits[1]
+    canvas = canvas_like(mnist_test.images[index])
     answer = client.post("/api/predict", json={"image": data_url(canvas), "invert": "no"}).json()
     assert answer["input"] == mnist_style(canvas).tolist()
-    assert answer["prediction"] == int(mnist_test.labels[0])
+    expected = reference_probabilities_of(trained_tensors, answer["input"])
+    assert answer["prediction"] == int(expected.argmax()) == int(mnist_test.labels[index])
+    np.testing.assert_allclose(answer["probabilities"], expected, rtol=0, atol=1e-5)
 
 
-def test_an_image_file_as_body_and_a_dark_on_light_photo(client, mnist_test):
-    photo = 255 - canvas_like(mnist_test.images[0])  # black ink on white paper
+def test_an_image_file_as_body_and_a_dark_on_light_photo(client, mnist_test, confident_digits):
+    index = confident_digits[2]
+    canvas = canvas_like(mnist_test.images[index])
+    photo = 255 - canvas  # black ink on white paper: inverted automatically, then read like the canvas
     response = client.post("/api/predict", content=png_bytes(photo), headers={"Content-Type": "image/png"})
     assert response.status_code == 200
-    assert response.json()["prediction"] == int(mnist_test.labels[0])
+    from mobile_lenet.model.images import mnist_style
+
+    assert response.json()["input"] == mnist_style(canvas).tolist()
+    assert response.json()["prediction"] == int(mnist_test.labels[index])
+
+
+@pytest.mark.parametrize("how", ["json", "query"])
+def test_each_invert_option_does_what_it_says(client, mnist_test, how):
+    """yes: always invert; no: never; auto: only a dark-on-light picture (28x28 pictures are taken as they are)."""
+    digit = mnist_test.images[3]  # white on black, as in MNIST
+    paper = 255 - digit  # dark on light
+
+    def network_input(picture, invert):
+        if how == "json":
+            response = client.post("/api/predict", json={"pixels": picture.tolist(), "invert": invert})
+        else:
+            response = client.post(f"/api/predict?invert={invert}", content=png_bytes(picture),
+                                   headers={"Content-Type": "image/png"})
+        assert response.status_code == 200, response.text
+        return np.array(response.json()["input"], np.uint8)
+
+    np.testing.assert_array_equal(network_input(digit, "yes"), paper)
+    np.testing.assert_array_equal(network_input(paper, "yes"), digit)
+    np.testing.assert_array_equal(network_input(digit, "no"), digit)
+    np.testing.assert_array_equal(network_input(paper, "no"), paper)
+    np.testing.assert_array_equal(network_input(digit, "auto"), digit)
+    np.testing.assert_array_equal(network_input(paper, "auto"), digit)
 
 
 def test_a_transparent_canvas_counts_as_black_background(client, mnist_test):
@@ -102,9 +138,13 @@ def test_a_transparent_canvas_counts_as_black_background(client, mnist_test):
         "/api/predict", json={"image": data_url(canvas), "invert": "no"}).json()["input"]
 
 
-def test_an_empty_canvas_is_blank(client):
+def test_an_empty_canvas_is_blank(client, trained_tensors):
     answer = client.post("/api/predict", json={"pixels": [[0] * 280] * 280}).json()
-    assert answer["blank"] is True and len(answer["probabilities"]) == 10
+    assert answer["blank"] is True and answer["input"] == [[0] * 28] * 28
+    # still the model's answer for an all-black input, not a made-up one
+    expected = reference_probabilities_of(trained_tensors, np.zeros((28, 28), np.uint8))
+    np.testing.assert_allclose(answer["probabilities"], expected, rtol=0, atol=1e-5)
+    assert answer["prediction"] == int(expected.argmax())
 
 
 @pytest.mark.parametrize("engine", ["reference", "c"])

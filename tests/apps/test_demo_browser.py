@@ -19,7 +19,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 CANVAS_SCALE = 10  # the page's canvas is 280x280: ten canvas pixels per MNIST pixel
-DIGIT_INDEX = 0  # the first MNIST test digit, a 7
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 if not CHROMIUM.exists():
@@ -101,11 +100,14 @@ def wait_until_answered(page) -> dict:
     return page.evaluate("() => ({source: demo.source, result: demo.lastResult})")
 
 
-def test_drawn_digit_is_recognised_in_the_browser(page, mnist_test, trained_tensors, tmp_path):
+def test_drawn_digit_is_recognised_in_the_browser(page, mnist_test, trained_tensors, confident_digits, tmp_path):
+    """A digit the fixture model reads with p > 0.95 even redrawn on a canvas (see conftest.confident_digits),
+    so the answer does not hang on one borderline image."""
     from mobile_lenet.apps.demo import decode_data_url, decode_image, to_network_input
     from mobile_lenet.engines.registry import logits
 
-    digit, label = mnist_test.images[DIGIT_INDEX], int(mnist_test.labels[DIGIT_INDEX])
+    index = confident_digits[0]
+    digit, label = mnist_test.images[index], int(mnist_test.labels[index])
     page.click("#clear")
     draw_digit(page, digit)
     state = wait_until_answered(page)
@@ -116,7 +118,7 @@ def test_drawn_digit_is_recognised_in_the_browser(page, mnist_test, trained_tens
     sent = state["source"]
     assert sent["image"].startswith("data:image/png;base64,") and sent["invert"] == "no"
     network_input = to_network_input(decode_image(decode_data_url(sent["image"])), sent["invert"])
-    expected = int(logits(trained_tensors, network_input[None], "torch").argmax())
+    expected = int(logits(trained_tensors, network_input[None], "reference").argmax())  # not the page's torch
     assert shown == str(expected) == str(state["result"]["prediction"])
     assert np.array_equal(np.array(state["result"]["input"]), network_input)
     # Preprocessed MNIST-style, the redrawn digit is recognised as what it is.
@@ -148,11 +150,12 @@ def test_clear_resets_the_page(page):
     assert page.locator("#stages img").count() == 0
 
 
-def test_upload_of_a_dark_on_light_picture(page, mnist_test, tmp_path):
+def test_upload_of_a_dark_on_light_picture(page, mnist_test, confident_digits, tmp_path):
     """An uploaded 'photo' (dark digit on white paper, large) is inverted and recognised like the original."""
     from PIL import Image
 
-    digit = mnist_test.images[DIGIT_INDEX]
+    index = confident_digits[1]
+    digit = mnist_test.images[index]
     photo = tmp_path / "photo.png"
     Image.fromarray(255 - digit).resize((140, 140), Image.BILINEAR).save(photo)
     before = page.evaluate("() => demo.requests")
@@ -163,4 +166,4 @@ def test_upload_of_a_dark_on_light_picture(page, mnist_test, tmp_path):
     assert state["source"]["invert"] == "auto"
     assert base64.b64decode(state["source"]["image"].split(",", 1)[1]) == photo.read_bytes()
     assert page.inner_text("#prediction").strip() == str(state["result"]["prediction"])
-    assert state["result"]["prediction"] == int(mnist_test.labels[DIGIT_INDEX])
+    assert state["result"]["prediction"] == int(mnist_test.labels[index])

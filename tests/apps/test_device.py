@@ -19,7 +19,8 @@ import pytest
 from conftest import MNIST_10K, UPSTREAM
 from mobile_lenet.engines import host_c
 from mobile_lenet.apps.cli import main
-from mobile_lenet.apps.device import DeviceError, DeviceLink, parse_reply, rotate_images, run_on_device
+from mobile_lenet.apps.device import (DeviceError, DeviceLink, latency_summary, parse_reply, rotate_images,
+                                      run_on_device)
 from mobile_lenet.engines.reference import reference_logits, softmax
 
 TEST_TIMEOUT_MS = 300
@@ -84,6 +85,9 @@ def test_hundred_images_match_the_reference(simulated_device, test_images):
     assert result["n"] == 100
     assert result["predictions"] == expected.argmax(axis=1).tolist()
     assert result["correct"] == int((expected.argmax(axis=1) == labels).sum())
+    assert result["accuracy"] == result["correct"] / 100
+    # each reply's confidence is the reference probability rounded to 4 decimals
+    assert result["mean_confidence"] == pytest.approx(float(expected.max(axis=1).mean()), abs=6e-5)
     latency = result["latency_s"]
     assert 0 <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"] < 1.0
 
@@ -112,6 +116,25 @@ def test_truncated_image_is_dropped_after_the_timeout(simulated_device, test_ima
             assert link.classify(images[index], index).digit == expected[index].argmax()
 
 
+def test_an_image_that_straddles_the_timeout_is_not_dropped(simulated_device, test_images):
+    """Four parts 0.12 s apart: the image takes 0.36 s in all, longer than the 0.3 s timeout, but no gap
+    between two bytes reaches it, so each byte restarts the timeout and the image is classified."""
+    images, _, expected = test_images
+    data = images[8].tobytes()
+    with DeviceLink.open(simulated_device, timeout=2.0) as link:
+        link.wait_ready()
+        start = time.monotonic()
+        for part in range(4):
+            if part:
+                time.sleep(0.12)
+            link.port.write(data[part * 196:(part + 1) * 196])
+            link.port.flush()
+        assert time.monotonic() - start > TEST_TIMEOUT_MS / 1000  # the image straddles the timeout
+        line = link.read_line(time.monotonic() + 2.0)
+    assert line is not None and line.startswith("PRED "), line  # not READY: nothing was dropped
+    assert parse_reply(line).digit == expected[8].argmax()
+
+
 def test_idle_device_repeats_ready(simulated_device):
     """A host that connects late (pyserial flushes the first READY) still gets one within the timeout."""
     with DeviceLink.open(simulated_device, timeout=2.0) as link:
@@ -121,12 +144,28 @@ def test_idle_device_repeats_ready(simulated_device):
         assert time.monotonic() - start < 2.0
 
 
+# How late a deadline may be met: the client reads in slices of READ_SLICE_S (0.05 s), plus scheduling delays
+# on a busy machine. A client that blocks for its whole timeout in one read (0.5 s) overshoots far more.
+DEADLINE_SLACK_S = 0.2
+
+
 def test_device_that_never_answers_times_out(silent_pty):
-    start = time.monotonic()
     with DeviceLink.open(silent_pty.path, timeout=0.5) as link:
+        start = time.monotonic()
         with pytest.raises(DeviceError, match="no READY from the device within 0.5 s"):
             link.wait_ready()
-    assert time.monotonic() - start < 2.0
+        elapsed = time.monotonic() - start
+    assert 0.5 <= elapsed < 0.5 + DEADLINE_SLACK_S
+
+
+def test_read_line_keeps_a_deadline_shorter_than_the_timeout(silent_pty):
+    """The deadline, not the port's timeout, bounds a read: 0.1 s from now means about 0.1 s."""
+    with DeviceLink.open(silent_pty.path, timeout=0.5) as link:
+        for wait in (0.1, 0.25):
+            start = time.monotonic()
+            assert link.read_line(start + wait) is None
+            elapsed = time.monotonic() - start
+            assert wait <= elapsed < wait + DEADLINE_SLACK_S, (wait, elapsed)
 
 
 def test_ready_but_no_reply_times_out(silent_pty, test_images):
@@ -164,6 +203,21 @@ def test_rotate_images_keeps_shape_and_dtype(test_images):
     rotated = rotate_images(images, 15)
     assert rotated.shape == images.shape and rotated.dtype == np.uint8 and not np.array_equal(rotated, images)
     assert rotate_images(images, 0) is images
+    # a quarter turn is exact: counter-clockwise, as np.rot90
+    np.testing.assert_array_equal(rotate_images(images, 90), np.rot90(images, 1, axes=(1, 2)))
+
+
+def test_rotate_images_turns_about_the_centre_counter_clockwise():
+    """A bright dot 8 pixels right of the centre, turned 30 degrees, lands 8 * (cos 30, -sin 30) from it
+    (row axis pointing down: counter-clockwise on screen moves it up)."""
+    image = np.zeros((1, 28, 28), np.uint8)
+    image[0, 13:15, 21:23] = 255  # a 2x2 dot centred at row 13.5, column 21.5 (pixel indices)
+    rotated = rotate_images(image, 30)[0].astype(np.float64)
+    rows, cols = np.indices(rotated.shape)
+    centroid = np.array([(rows * rotated).sum(), (cols * rotated).sum()]) / rotated.sum()
+    angle = np.radians(30)
+    expected = np.array([13.5 - 8 * np.sin(angle), 13.5 + 8 * np.cos(angle)])  # the image centre is (13.5, 13.5)
+    np.testing.assert_allclose(centroid, expected, atol=0.3)
 
 
 def test_device_cli(simulated_device, capsys):
@@ -186,3 +240,10 @@ def test_device_cli_errors_are_one_line(silent_pty, tmp_path, capsys):
                  "--timeout", "0.3"]) == 2
     err = capsys.readouterr().err.strip()
     assert "no READY" in err and "\n" not in err
+
+
+def test_latency_summary_by_hand():
+    stats = latency_summary(np.array([0.4, 0.1, 0.3, 0.2, 1.0]))
+    assert stats["mean"] == pytest.approx(0.4) and stats["max"] == 1.0 and stats["p50"] == pytest.approx(0.3)
+    assert stats["p90"] == pytest.approx(0.76) and stats["p99"] == pytest.approx(0.976)  # linear interpolation
+    assert latency_summary(np.array([])) == {}

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -59,3 +60,44 @@ def test_c_unit_tests_pass(sanitize, tmp_path):
     last = result.stdout.strip().splitlines()[-1]
     passed = int(last.split()[0])
     assert last.endswith(" passed, 0 failed") and passed >= 40  # every CHECK ran
+
+
+SOFTMAX_PROGRAM = r"""
+#include <stdio.h>
+#include "mobile_lenet_api.c"
+void mobile_lenet_logits(const uint8_t image[MOBILE_LENET_INPUT_SIZE], float logits[MOBILE_LENET_NUM_CLASSES])
+{
+    (void)image;
+    for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) logits[i] = 0.0f;
+}
+int main(void)
+{
+    static const float rows[3][10] = {{100, 0, -1000, 88.5f, 89, 0, 0, 0, 0, 0},
+                                      {-1000, -1001, -1002, -1003, -1004, -1005, -1006, -1007, -1008, -1009},
+                                      {0.5f, -0.25f, 2, 0, 1, 3, -3, 0.125f, 0, 1}};
+    float probs[10];
+    for (int r = 0; r < 3; ++r) {
+        mobile_lenet_softmax(rows[r], probs);
+        for (int i = 0; i < 10; ++i) printf("%.9g ", (double)probs[i]);
+        printf("\n");
+    }
+    return 0;
+}
+"""
+
+
+def test_c_softmax_matches_a_float64_oracle_at_large_logits(tmp_path):
+    """The device's softmax (mobile_lenet_api.c) at logits whose exp overflows or underflows float32."""
+    rows = np.array([[100, 0, -1000, 88.5, 89, 0, 0, 0, 0, 0], -1000 - np.arange(10.0),
+                     [0.5, -0.25, 2, 0, 1, 3, -3, 0.125, 0, 1]])
+    (tmp_path / "softmax.c").write_text(SOFTMAX_PROGRAM)
+    program = tmp_path / "softmax"
+    built = subprocess.run(["cc", *STRICT, "-O2", f"-I{TEST_DIR}", f"-I{C_DIR}", "-o", str(program),
+                            str(tmp_path / "softmax.c"), "-lm"], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    output = subprocess.run([str(program)], capture_output=True, text=True, timeout=60).stdout
+    probs = np.array([[float(v) for v in line.split()] for line in output.strip().splitlines()])
+    shifted = rows - rows.max(axis=1, keepdims=True)
+    expected = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    assert probs.shape == (3, 10) and np.isfinite(probs).all()
+    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-30)

@@ -163,3 +163,16 @@ def test_cli_evaluate_reference_on_a_broken_folder(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bn13.txt" in err and "expected 96 values, found 2" in err
+
+
+# ------------------------------------------------------------------------------------------------ softmax
+@pytest.mark.parametrize("row", [[100.0, 0.0], [1000.0, -1000.0, 0.0], [-1000.0, -1001.0], [88.0, 89.0, 90.0],
+                                 [0.5, -0.25, 2.0, 0.0]])
+def test_softmax_matches_a_float64_oracle_at_any_scale(row):
+    """Large logits (a confident float model easily reaches 100) must not overflow to inf/inf = NaN."""
+    logits = np.array([row], np.float32)
+    shifted = np.array(row, np.float64) - max(row)  # exact oracle: exp of the gaps to the largest logit
+    expected = np.exp(shifted) / np.exp(shifted).sum()
+    probs = reference.softmax(logits)
+    assert probs.dtype == np.float32 and np.isfinite(probs).all()
+    np.testing.assert_allclose(probs[0], expected, rtol=1e-6, atol=1e-30)

@@ -195,3 +195,40 @@ def test_input_scaling():
     x = to_tensor_input(np.array([[[0, 255] + [51] * 782]], np.uint8).reshape(1, 28, 28))
     assert x.shape == (1, 1, 28, 28) and x.dtype == np.float32
     assert x[0, 0, 0, 0] == 0 and x[0, 0, 0, 1] == 1 and x[0, 0, 0, 2] == np.float32(51) / np.float32(255)
+
+
+# ------------------------------------------------------------------------------------------------ label range
+def _digits_with_last_label(label: int, dtype=np.uint8) -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((3, 28, 28), np.uint8), np.array([0, 5, label], dtype)
+
+
+@pytest.mark.parametrize("label, ok", [(9, True), (10, False), (255, False)])
+def test_idx_label_range_boundary(tmp_path, label, ok):
+    images, labels = _digits_with_last_label(label)
+    folder = write_idx_set(tmp_path / "d", images, labels)
+    if ok:
+        assert read_data_folder(folder, "train").labels.tolist() == [0, 5, 9]
+    else:
+        with pytest.raises(DataError, match=f"label {label} out of range 0..9"):
+            read_data_folder(folder, "train")
+
+
+@pytest.mark.parametrize("label, ok", [(9, True), (0, True), (10, False), (-1, False)])
+def test_npz_label_range_boundary(tmp_path, label, ok):
+    images, labels = _digits_with_last_label(label, np.int64)
+    np.savez(tmp_path / "mnist.npz", x_train=images, y_train=labels, x_test=images, y_test=labels)
+    if ok:
+        assert read_npz(tmp_path / "mnist.npz", "train").labels.tolist() == [0, 5, label]
+    else:
+        with pytest.raises(DataError, match="mnist.npz: label.* out of range 0..9"):
+            read_npz(tmp_path / "mnist.npz", "train")
+
+
+@pytest.mark.parametrize("label, ok", [(9, True), (10, False), (-1, False)])
+def test_csv_label_range_boundary(tmp_path, label, ok):
+    _csv(tmp_path / "d.csv", [[0] + [0] * 784, [label] + [0] * 784])
+    if ok:
+        assert read_csv(tmp_path / "d.csv").labels.tolist() == [0, 9]
+    else:
+        with pytest.raises(DataError, match="d.csv: line 3 has a label outside 0..9"):
+            read_csv(tmp_path / "d.csv")

@@ -118,3 +118,73 @@ def test_checkpoint_with_code_is_refused(tmp_path):
     torch.save({"format": "mobile-lenet-checkpoint/1", "x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(UserError, match="evil.pt"):
         read_checkpoint(tmp_path / "evil.pt")
+
+
+def float64_batchnorm_oracle(model: MobileLeNet, images: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Mean and population variance of every BN layer's input over ``images``, computed in float64.
+
+    The network runs in float64 in inference mode, each BN with the statistics the model holds (so a BN's
+    input is what inference feeds it); the sums are float64 NumPy sums over all pixels, in one go."""
+    import copy
+
+    twin = copy.deepcopy(model).double().eval()
+    x = torch.from_numpy(to_tensor_input(images)).double()
+    stats = {}
+    with torch.no_grad():
+        for name, module in twin.layers.named_children():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                values = x.permute(1, 0, 2, 3).reshape(x.shape[1], -1).numpy()
+                mean = values.mean(axis=1)
+                stats[name] = (mean, ((values - mean[:, None]) ** 2).mean(axis=1))
+            x = module(x)
+    return stats
+
+
+def test_calibrated_statistics_match_a_float64_oracle_on_every_layer():
+    """Every BN layer, down to the 7x7 ones: population variance (divide by n), exact mean, across chunks.
+
+    With 3 images a 7x7 layer has n = 147 values per channel, so variance over n - 1 would be 0.7% too large,
+    and even the 28x28 stem's n = 2352 makes it 4e-4 too large: rtol 1e-4 tells them apart, float32 rounding
+    (measured at most 1.1e-5 here) does not reach it."""
+    torch.manual_seed(0)
+    model = MobileLeNet()
+    images = synthetic_digits(3, seed=4).images
+    calibrate_batchnorm(model, images, chunk=2)  # two chunks: the float64 accumulation across chunks counts
+    oracle = float64_batchnorm_oracle(model, images)
+    assert len(oracle) == 13
+    for name, (mean, var) in oracle.items():
+        bn = model.layers[name]
+        np.testing.assert_allclose(bn.running_mean.double().numpy(), mean, rtol=1e-4, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(bn.running_var.double().numpy(), var, rtol=1e-4, atol=1e-7, err_msg=name)
+
+
+def test_batchnorm_is_calibrated_on_training_images_only(tmp_path, monkeypatch):
+    """Per epoch: the first EPOCH_CALIBRATION_IMAGES of the training split, never the validation split;
+    for the checkpoints left behind: the whole training split."""
+    from mobile_lenet.model import training
+    from mobile_lenet.model.data import split_validation
+
+    seen = []
+    original = training.calibrate_batchnorm
+
+    def recording(model, images, *args, **kwargs):
+        seen.append(np.array(images, copy=True))
+        return original(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(training, "calibrate_batchnorm", recording)
+    monkeypatch.setattr(training, "EPOCH_CALIBRATION_IMAGES", 50)
+    ds = synthetic_digits(200, seed=3)
+    config = TrainConfig(**dict(QUICK, epochs=2))
+    train(config, ds, tmp_path, progress=False, log=lambda s: None)
+    train_split, val_split = split_validation(ds, config.val_fraction, config.seed)
+    assert len(val_split) == 40 and len(seen) >= 3  # two epochs, then at least one final calibration
+    for images in seen[:2]:
+        np.testing.assert_array_equal(images, train_split.images[:50])
+    for images in seen[2:]:
+        np.testing.assert_array_equal(images, train_split.images)
+    # and the saved checkpoint carries exactly those whole-split statistics
+    saved = load_checkpoint_model(tmp_path / "last.pt")
+    oracle = float64_batchnorm_oracle(saved, train_split.images)
+    for name, (mean, var) in oracle.items():
+        np.testing.assert_allclose(saved.layers[name].running_mean.double().numpy(), mean, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(saved.layers[name].running_var.double().numpy(), var, rtol=1e-4, atol=1e-6)

@@ -241,3 +241,24 @@ def test_cli_quantize_then_evaluate(tmp_path, trained_run, mnist_train, mnist_te
     assert "reference or c" in capsys.readouterr().err
     assert main(["export", str(out), "--format", "noodle", "--out", str(tmp_path / "n")]) == 2
     assert "--int8" in capsys.readouterr().err
+
+
+def test_int32_biases_are_rounded_to_the_nearest_step(mnist_train):
+    """Each int32 bias is the folded float bias in units of in_scale * weight_scale, to the nearest unit:
+    within half a step (truncating instead would leave some biases almost a whole step off)."""
+    from conftest import UPSTREAM
+    from mobile_lenet.formats.model_files import load_tensors
+    from mobile_lenet.quantization.quantize import fold_batchnorm, quantize_model
+
+    tensors = load_tensors(UPSTREAM / "noodle")
+    qmodel = quantize_model(tensors, mnist_train.images[:64])
+    folded = {op.name: op for op in fold_batchnorm(tensors)}
+    checked = 0
+    for layer in qmodel.layers:
+        if layer.bias is None:
+            continue
+        step = layer.in_scale * np.asarray(layer.weight_scale, np.float64)
+        error = np.abs(layer.bias.astype(np.float64) - folded[layer.name].bias / step)
+        assert error.max() <= 0.5 + 1e-6, layer.name
+        checked += error.size
+    assert checked >= 100
