@@ -182,3 +182,30 @@ def test_firmware_survives_garbage(firmware_on_host):
     lines = result.stdout.decode().split("\r\n")[:-1]
     assert lines[0] == "READY" and lines[-1] == "READY"
     assert sum(line.startswith("PRED ") for line in lines) == 2
+
+
+def test_int8_project_builds_each_environment_with_its_schedule(trained_tensors, mnist_train, tmp_path):
+    """The int8 project's sources, compiled as PlatformIO's environments would (with the firmware main of the
+    simulated targets instead of Arduino's): the Mega 2560 gets the row schedule and fits its 8 KB; an ARM
+    board gets the whole-map schedule."""
+    from mobile_lenet.codegen import mcu_firmware, memory
+    from mobile_lenet.quantization.quantize import quantize_model
+
+    qmodel = quantize_model(trained_tensors, mnist_train.images[:200])
+    firmware.write_platformio_project(qmodel, tmp_path / "pio")
+    ini = configparser.ConfigParser(interpolation=None)
+    ini.read(tmp_path / "pio" / "platformio.ini")
+    assert ini["env:megaatmega2560"]["board"] == "megaatmega2560"
+    assert "-DML_ROWS_SCHEDULE" in ini["env:megaatmega2560"]["build_flags"]
+    src = tmp_path / "pio" / "src"
+    for target, flags in (("atmega2560", "EXTRA_CFLAGS=-DML_ROWS_SCHEDULE"), ("cortex-m4f", "EXTRA_CFLAGS=")):
+        built = mcu_firmware._make(mcu_firmware.TARGETS[target], src, tmp_path / target, flags)
+        assert built.returncode == 0, built.stderr
+        symbols = mcu_firmware.read_symbols(mcu_firmware.TARGETS[target].nm_tool, tmp_path / target / "firmware.elf")
+        assert ("ring_0" in symbols) == (target == "atmega2560") and ("activation_a" in symbols) != (target == "atmega2560")
+    size = subprocess.run(["avr-size", str(tmp_path / "atmega2560" / "firmware.elf")], capture_output=True, text=True,
+                          check=True).stdout.splitlines()[1].split()
+    assert int(size[1]) + int(size[2]) < 8192 - 1024 and int(size[1]) + int(size[2]) >= memory.row_plan().ram_bytes
+    assert "ml_schedule_not_built_here" in (src / "mobile_lenet_rows.c").read_text()
+    float_project = firmware.project_files(trained_tensors)
+    assert "megaatmega2560" not in float_project["platformio.ini"] and "src/mobile_lenet_rows.c" not in float_project

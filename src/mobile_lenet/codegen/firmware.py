@@ -4,6 +4,10 @@ The project (Arduino framework, environments ``esp32dev`` and ``pico``) holds th
 (``c_float`` or ``c_int8``) in ``src/`` next to a small ``main.cpp`` (``c/arduino_main.cpp``). ``main.cpp``
 only moves bytes between ``Serial`` and the protocol state machine of ``mobile_lenet_serial.c``, the same
 code the host program runs in the ``device`` tests, so what the tests exercise is what the board runs.
+
+An int8 project also has ``megaatmega2560`` (Arduino Mega 2560: 8 KB of SRAM): that environment builds the
+network row by row (``mobile_lenet_rows.c``, ``c/ml_rows_s8.c``) instead of on whole feature maps
+(``mobile_lenet.c``); ``-DML_ROWS_SCHEDULE`` in its build flags picks which of the two files is compiled.
 """
 
 from __future__ import annotations
@@ -17,8 +21,27 @@ from mobile_lenet.files import replace_folder
 from mobile_lenet.quantization.quantize import QuantizedModel
 
 ENVIRONMENTS = ("esp32dev", "pico")
+INT8_ENVIRONMENTS = ENVIRONMENTS + ("megaatmega2560",)
+ROWS_NETWORK = "mobile_lenet_rows.c"
+ROWS_SWITCH = "ML_ROWS_SCHEDULE"
+MEGA_ENVIRONMENT = f"""
+[env:megaatmega2560]
+; Arduino Mega 2560 (ATmega2560, 8 KB SRAM; int8 only): the network row by row, weights in flash. Measure it
+; in a simulator first: mobile-lenet simulate Q --target atmega2560
+platform = atmelavr
+board = megaatmega2560
+build_flags = ${{env.build_flags}} -D{ROWS_SWITCH}
+"""
 INT8_NOTE = ("This project runs the int8 model (`export Q --format platformio --int8`): integers only inside "
-             "the network; see `mobile-lenet summary --memory --int8`.\n")
+             "the network; see `mobile-lenet summary --memory --int8`. Its `megaatmega2560` environment (Arduino "
+             "Mega 2560, 8 KB of SRAM) runs the network row by row (`pio run -e megaatmega2560 -t upload`; "
+             "`mobile-lenet summary --memory --int8 --target atmega2560` for its memory).\n")
+
+
+def _compiled_if(condition: str, text: str) -> str:
+    """``text`` compiled only where ``condition`` holds (an empty file is not ISO C: a typedef stands in)."""
+    return (f"#if {condition} /* which schedule: see platformio.ini */\n{text}\n#else\n"
+            f"typedef int ml_schedule_not_built_here;\n#endif\n")
 
 
 def project_files(model: dict[str, np.ndarray] | QuantizedModel) -> dict[str, str]:
@@ -26,10 +49,15 @@ def project_files(model: dict[str, np.ndarray] | QuantizedModel) -> dict[str, st
     int8 = isinstance(model, QuantizedModel)
     plan = memory.int8_plan() if int8 else memory.plan()
     library = c_int8.generate_library(model) if int8 else c_float.generate_library(model)
+    if int8:  # both schedules; each environment compiles one (ML_ROWS_SCHEDULE)
+        rows = c_int8.generate_library(model, "rows")
+        library[lib.NETWORK_SOURCE] = _compiled_if(f"!defined({ROWS_SWITCH})", library[lib.NETWORK_SOURCE])
+        library[ROWS_NETWORK] = _compiled_if(f"defined({ROWS_SWITCH})", rows[lib.NETWORK_SOURCE])
+        library.update({name: rows[name] for name in lib.ROWS_FILES})
     readme = lib.template("platformio_README.md").substitute(
         flash_bytes=f"{plan.flash_bytes:,}", ram_bytes=f"{plan.ram_bytes:,}", precision_note=INT8_NOTE if int8 else "")
-    files = {"platformio.ini": lib.template("platformio.ini").template, "src/main.cpp": lib.c_source("arduino_main.cpp"),
-             "README.md": readme}
+    ini = lib.template("platformio.ini").substitute(extra_environments=MEGA_ENVIRONMENT if int8 else "")
+    files = {"platformio.ini": ini, "src/main.cpp": lib.c_source("arduino_main.cpp"), "README.md": readme}
     files.update({f"src/{name}": text for name, text in library.items()})
     return files
 
