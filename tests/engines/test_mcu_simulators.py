@@ -69,3 +69,15 @@ def test_simavr_runner_stops_by_itself(tmp_path):
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["stop"] != "done" and summary["cycles"] > 1000
+
+
+def test_a_missing_simulator_names_its_debian_package(monkeypatch, tmp_path):
+    from mobile_lenet.codegen.mcu_firmware import TARGETS, Firmware
+    from mobile_lenet.engines.mcu_simulators import SimulatorRun
+    from mobile_lenet.errors import UserError
+
+    firmware = Firmware(TARGETS["cortex-m4f"], tmp_path / "none.elf", False, 0, 0, {})
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError, match="qemu-system-arm not found: install Debian's qemu-system-arm"):
+        with SimulatorRun(firmware, tmp_path):
+            pass
