@@ -31,6 +31,22 @@ def mnist_train():
 
 
 @pytest.fixture(scope="session")
+def upstream_tensors():
+    """The seed author's trained weights (97.55% on MNIST), read from the Noodle text files."""
+    from mobile_lenet.formats.model_files import load_tensors
+
+    return load_tensors(UPSTREAM / "noodle")
+
+
+@pytest.fixture(scope="session")
+def upstream_int8(upstream_tensors, mnist_train):
+    """The seed author's weights quantized to int8, calibrated on 300 training images."""
+    from mobile_lenet.quantization.quantize import quantize_model
+
+    return quantize_model(upstream_tensors, mnist_train.images[:300])
+
+
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, mnist_train):
     """A run folder with a model trained briefly by this project: best.pt, last.pt.
 

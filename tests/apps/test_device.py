@@ -26,13 +26,6 @@ from mobile_lenet.engines.reference import reference_logits, softmax
 TEST_TIMEOUT_MS = 300
 
 
-@pytest.fixture(scope="session")
-def upstream_tensors():
-    """The seed author's trained weights (97.55% on MNIST), read from the Noodle text files."""
-    from mobile_lenet.formats.model_files import load_tensors
-
-    return load_tensors(UPSTREAM / "noodle")
-
 
 @pytest.fixture(scope="module")
 def device_program(upstream_tensors, tmp_path_factory):

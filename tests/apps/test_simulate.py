@@ -16,19 +16,9 @@ from mobile_lenet.engines.host_c import c_layer_outputs
 from mobile_lenet.engines.reference import reference_logits
 from mobile_lenet.errors import UserError
 from mobile_lenet.formats.int8_folder import save_quantized
-from mobile_lenet.formats.model_files import load_tensors
-from mobile_lenet.quantization.quantize import quantize_model
 from mobile_lenet.engines.reference_int8 import int8_logits
 
 
-@pytest.fixture(scope="module")
-def upstream_tensors():
-    return load_tensors(UPSTREAM / "noodle")
-
-
-@pytest.fixture(scope="module")
-def upstream_int8(upstream_tensors, mnist_train):
-    return quantize_model(upstream_tensors, mnist_train.images[:300])
 
 
 def simulators_running() -> int:

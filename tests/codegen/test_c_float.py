@@ -22,13 +22,6 @@ from mobile_lenet.files import write_text_files
 STRICT_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 
 
-@pytest.fixture(scope="session")
-def upstream_tensors():
-    """The seed author's trained weights (97.55% on MNIST), read from the Noodle text files."""
-    from mobile_lenet.formats.model_files import load_tensors
-
-    return load_tensors(UPSTREAM / "noodle")
-
 
 @pytest.fixture(scope="module")
 def sources(upstream_tensors):

@@ -98,13 +98,6 @@ int main(int argc, char **argv)
 """
 
 
-@pytest.fixture(scope="session")
-def upstream_tensors():
-    """The seed author's trained weights (97.55% on MNIST), read from the Noodle text files."""
-    from mobile_lenet.formats.model_files import load_tensors
-
-    return load_tensors(UPSTREAM / "noodle")
-
 
 def test_project_layout(upstream_tensors, tmp_path):
     written = firmware.write_platformio_project(upstream_tensors, tmp_path)

@@ -12,18 +12,8 @@ from mobile_lenet.apps.cli import main
 from mobile_lenet.codegen import mcu_firmware, memory
 from mobile_lenet.codegen.mcu_firmware import TARGETS, build_firmware
 from mobile_lenet.errors import UserError
-from mobile_lenet.formats.model_files import load_tensors
-from mobile_lenet.quantization.quantize import quantize_model
 
 
-@pytest.fixture(scope="module")
-def upstream_tensors():
-    return load_tensors(UPSTREAM / "noodle")
-
-
-@pytest.fixture(scope="module")
-def upstream_int8(upstream_tensors, mnist_train):
-    return quantize_model(upstream_tensors, mnist_train.images[:300])
 
 
 @pytest.mark.parametrize("target", ["cortex-m0plus", "cortex-m4f"])

@@ -16,13 +16,6 @@ from mobile_lenet.errors import UserError
 from mobile_lenet.engines.reference import reference_logits, softmax
 
 
-@pytest.fixture(scope="session")
-def upstream_tensors():
-    """The seed author's trained weights (97.55% on MNIST), read from the Noodle text files."""
-    from mobile_lenet.formats.model_files import load_tensors
-
-    return load_tensors(UPSTREAM / "noodle")
-
 
 @pytest.fixture(scope="module")
 def c_cache(tmp_path_factory):
