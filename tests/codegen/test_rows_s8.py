@@ -40,14 +40,25 @@ def test_rows_agree_under_sanitizers_on_saturating_inputs(mnist_train, tmp_path)
 
 def test_row_plan_is_the_rings_the_network_declares(qmodel):
     plan = memory.row_plan()
-    # six blocks, each keeping its depthwise kernel's 3 rows of its unpadded input (width x channels)
-    assert [(ring.rows, ring.row_bytes) for ring in plan.rings] == [(3, 28 * 8)] * 3 + [(3, 14 * 16)] * 2 + [(3, 7 * 24)]
-    assert plan.ram_bytes == sum(ring.bytes for ring in plan.rings) + 28 * 8 + 28 * 8 + 4 * 24
+    # the stem's 3 padded image rows, then six blocks, each keeping its depthwise kernel's 3 rows of its input
+    # padded by one column on each side ((width + 2) x channels)
+    assert [(ring.rows, ring.row_bytes) for ring in plan.rings] == (
+        [(3, 30)] + [(3, 30 * 8)] * 3 + [(3, 16 * 16)] * 2 + [(3, 9 * 24)])
+    assert plan.ram_bytes == sum(ring.bytes for ring in plan.rings) + 28 * 8 + 30 + 4 * 24
     assert plan.ram_bytes < memory.int8_plan().ram_bytes / 2
     source = c_int8.generate_library(qmodel, "rows")["mobile_lenet.c"]
-    for index, ring in enumerate(plan.rings):
+    assert f"static int8_t ring_stem[{plan.rings[0].bytes}];" in source
+    for index, ring in enumerate(plan.rings[1:]):
         assert f"static int8_t ring_{index}[{ring.bytes}];" in source
     assert f"static int8_t dw_row[{plan.dw_row_bytes}];" in source and "activation_a" not in source
+
+
+def test_folded_biases_carry_the_input_zero_point(qmodel):
+    """bias - in_zp * sum of the filter's weights, so the kernels add q * w with no subtraction."""
+    source = c_int8.generate_library(qmodel, "rows")["mobile_lenet.c"]
+    stem = qmodel.layers[0]
+    folded = stem.bias.astype(np.int64) - stem.in_zero_point * stem.weight.astype(np.int64).reshape(8, -1).sum(1)
+    assert f"ml_{stem.name}_folded_bias[8] ML_FLASH = {{{', '.join(str(v) for v in folded)}}};" in source
 
 
 def test_summary_prints_the_atmega2560_row_plan(capsys):

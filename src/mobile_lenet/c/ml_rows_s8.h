@@ -1,25 +1,33 @@
 /* ml_rows_s8.h - the int8 network row by row: Mobile-LeNet in a few kilobytes of RAM (ATmega2560: 8 KB).
  *
  * The buffer schedule (mobile_lenet.c of the int8 library) keeps whole 28x28x8 feature maps: 12,544 bytes.
- * A 3x3 convolution only needs the three input rows its next output row reads, so here each block
- * (a depthwise KxK convolution, then a pointwise 1x1 one) keeps a ring of K input rows, and rows flow through
- * the network as soon as they can be computed: the stem computes one row of its output from the image and
- * pushes it into block 0's ring; a block whose ring holds the rows its next output row needs computes that
- * row (depthwise, then pointwise, in two shared scratch rows) and pushes it into the next block's ring; the
- * last block's rows are summed into the global average pool's accumulators. The memory planner
- * (codegen/memory.py, row_plan) sizes the rings from the architecture table; `mobile-lenet summary --memory
- * --int8 --target atmega2560` prints them.
+ * A 3x3 convolution only needs the three input rows its next output row reads, so here the stem and each
+ * block (a depthwise KxK convolution, then a pointwise 1x1 one) keep a ring of K input rows, and rows flow
+ * through the network as soon as they can be computed: an image row goes into the stem's ring; the stem
+ * computes one row of its output straight into block 0's ring; a block whose ring holds the rows its next
+ * output row needs computes that row (depthwise into a shared scratch row, then pointwise straight into the
+ * next block's ring) and hands it on; the last block's rows are summed into the global average pool's
+ * accumulators. The memory planner (codegen/memory.py, row_plan) sizes the rings from the architecture table;
+ * `mobile-lenet summary --memory --int8 --target atmega2560` prints them.
  *
- * The arithmetic is the int8 reference's (ml_kernels_s8.c): the same integer sums and requantization, so
- * the logits are the same integers, bit for bit. Layer descriptions and weights stay in flash (ml_flash.h).
- * A row in RAM is channel-planar: value (c, x) at [c * width + x]. */
+ * Ring rows are padded: value (c, x) of a row at [c * (width + 2 * padding) + padding + x], and the padding
+ * bytes hold the layer's input zero point (the real 0), so the kernels have no bounds tests per tap; rows
+ * above and below the plane read a row of zero-point bytes. The depthwise scratch row is pixel-major
+ * ((x, c) at [x * channels + c]) so the pointwise layer reads one pixel's channels in a run.
+ *
+ * The arithmetic gives the int8 reference's (ml_kernels_s8.c) integers, bit for bit: each bias has the input
+ * zero point folded in (bias - in_zp * sum of the filter's weights, at generation time, so the loops add
+ * q * w with no subtraction; q * w fits in 16 bits), and requantization uses 32-bit products only (exact for
+ * shifts 17..31, the reference's int64 path otherwise). Layer descriptions and weights stay in flash
+ * (ml_flash.h). */
 #ifndef ML_ROWS_S8_H
 #define ML_ROWS_S8_H
 
 #include <stdint.h>
 
-/* One quantized layer's constants: kernel, bias and per-channel multipliers (in flash), zero points, shift;
- * low is the lower clamp (-128, or the output zero point when a ReLU is fused). */
+/* One quantized layer's constants: kernel, folded bias (bias - in_zp * sum of the filter's weights) and
+ * per-channel multipliers (in flash), zero points, shift; low is the lower clamp (-128, or the output zero
+ * point when a ReLU is fused). */
 typedef struct {
     const int8_t *weight;
     const int32_t *bias;
@@ -35,30 +43,49 @@ typedef struct {
     uint8_t in_h, in_w, channels, out_h, out_w, out_channels, kernel, stride, padding;
 } ml_block_s8;
 
-/* A block's input rows in RAM: a ring of `kernel` rows, and how many rows came in and went out. */
+/* A ring of input rows in RAM (kernel rows, padded), and how many rows came in and went out. */
 typedef struct {
     int8_t *ring;
     uint8_t received, emitted;
 } ml_block_rows;
 
+/* The stem: a kernel x kernel convolution, stride 1, of the one-channel image (q = pixel - 128). */
 typedef struct {
+    ml_layer_s8 conv;
+    uint8_t h, w, out_channels, kernel, padding;
+} ml_stem_s8;
+
+typedef struct {
+    const ml_stem_s8 *stem;    /* in flash */
     const ml_block_s8 *blocks; /* in flash */
-    ml_block_rows *rows;
-    uint8_t count;
-    int8_t *dw_row, *pw_row; /* scratch: one output row of a depthwise / pointwise layer (any block) */
-    int32_t *gap_sums;       /* per channel of the last block's output: sum of (value - gap_in_zp) */
+    ml_block_rows *rows;       /* rows[0]: the stem's ring; rows[b + 1]: block b's */
+    uint8_t count;             /* blocks */
+    int8_t *dw_row;            /* scratch: one depthwise output row (any block), pixel-major */
+    int8_t *pad_row;           /* scratch: one padded row of zero-point bytes (the widest ring row's width) */
+    int32_t *gap_sums;         /* per channel of the last block's output: sum of (value - gap_in_zp) */
     int16_t gap_in_zp;
 } ml_rows_network;
 
-/* Start an image: empty rings, zero sums. */
+/* Start an image: rings filled with their zero point, zero sums. */
 void ml_rows_start_s8(const ml_rows_network *net);
 
-/* Row y of the stem: a kernel x kernel convolution (stride 1, zero padding) of the uint8 image (h x w, one
- * channel; q = pixel - 128) to out_c channels, written to row (out_c x w). */
-void ml_rows_stem_s8(const uint8_t *image, int h, int w, int y, const ml_layer_s8 *stem_in_flash, int out_c,
-                     int kernel, int padding, int8_t *row);
+/* Run the stem and the blocks over the whole image (h x w uint8): afterwards gap_sums hold the pooling sums. */
+void ml_rows_run_s8(const ml_rows_network *net, const uint8_t *image);
 
-/* Give block b its next input row; computes (and pushes on) every output row that has become computable. */
-void ml_rows_push_s8(const ml_rows_network *net, int b, const int8_t *row);
+/* One output row of a kernel x kernel filter (taps in flash) over padded rows in[0..kernel-1] (int8, the
+ * zero point's bytes as padding): out[x * out_step] = requantized (bias + sum of in[ky][x * stride + kx] *
+ * taps[ky * kernel + kx]), x < out_w. */
+void ml_rows_filter_s8(const int8_t *const *in, int kernel, int stride, int out_w, const int8_t *taps,
+                       int32_t bias, int16_t multiplier, int shift, int32_t out_zp, int32_t low,
+                       int8_t *out, int out_step);
+
+/* A 1x1 convolution of one row: in is pixel-major (width x in_c), out[co * out_stride + x] = requantized
+ * (bias[co] + sum over ci of in[x * in_c + ci] * weight[co * in_c + ci]); with gap_sums instead (out NULL),
+ * gap_sums[co] += value - gap_in_zp. */
+void ml_rows_pointwise_s8(const int8_t *in, int width, int in_c, const ml_layer_s8 *layer, int out_c,
+                          int8_t *out, int out_stride, int32_t *gap_sums, int32_t gap_in_zp);
+
+/* zero_point + round(acc * multiplier / 2^shift) clamped to [low, 127]: ml_requantize_s8's value. */
+int8_t ml_rows_requantize_s8(int32_t acc, int16_t multiplier, int shift, int32_t zero_point, int32_t low);
 
 #endif /* ML_ROWS_S8_H */

@@ -118,39 +118,58 @@ def network_source(qmodel: QuantizedModel) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ rows
+def _folded_name(layer: QLayer) -> str:
+    return array_name(layer.name, "folded_bias")
+
+
+def _folded_bias(layer: QLayer) -> str:
+    """The C array of a convolution's bias with its input zero point folded in: bias - in_zp * sum of the
+    filter's weights (int32: checked), so the row kernels add q * w with no subtraction (c/ml_rows_s8.h)."""
+    weight = layer.weight.astype(np.int64).reshape(layer.weight.shape[0], -1)
+    folded = layer.bias.astype(np.int64) - layer.in_zero_point * weight.sum(axis=1)
+    if np.abs(folded).max() >= 2**31:
+        raise ValueError(f"{layer.name}: the folded bias does not fit in int32")
+    values = ", ".join(str(int(v)) for v in folded)
+    return f"static const int32_t {_folded_name(layer)}[{folded.size}] ML_FLASH = {{{values}}};"
+
+
 def _layer_struct(layer: QLayer) -> str:
-    """An ``ml_layer_s8`` initializer (c/ml_rows_s8.h) for a convolution layer."""
+    """An ``ml_layer_s8`` initializer (c/ml_rows_s8.h) for a convolution layer (its folded bias array)."""
     low = layer.out_zero_point if layer.relu else INT8_MIN
-    return (f"{{{array_name(layer.name, 'weight')}, {array_name(layer.name, 'bias')}, "
+    return (f"{{{array_name(layer.name, 'weight')}, {_folded_name(layer)}, "
             f"{array_name(layer.name, 'multiplier')}, {layer.in_zero_point}, {layer.out_zero_point}, {low}, "
             f"{layer.shift}}}")
 
 
 def rows_network_source(qmodel: QuantizedModel) -> str:
     """``mobile_lenet.c`` of the row-by-row schedule (``c/ml_rows_s8.c``, ``memory.row_plan``): layer tables,
-    the rings of rows the planner sized, and the stem / GAP / dense calls."""
+    folded biases, the rings of rows the planner sized, and the GAP / dense calls."""
     plan = memory.row_plan()
     stem, blocks, gap, dense = _row_structure(qmodel)
     block_lines, rings, states = [], [], []
-    for index, ((dw, pw), ring) in enumerate(zip(blocks, plan.rings)):
+    for index, ring in enumerate(plan.rings):
+        name = "ring_stem" if index == 0 else f"ring_{index - 1}"
+        rings.append(f"static int8_t {name}[{ring.bytes}]; /* {ring.rows} padded rows of {ring.row_bytes} bytes: "
+                     f"{ring.layer}'s input */")
+        states.append(f"{{{name}, 0, 0}}")
+    for dw, pw in blocks:
         h, w, c = dw.in_shape
         block_lines.append(f"    /* {' + '.join(dw.rows + pw.rows)} */")
         block_lines.append(f"    {{{_layer_struct(dw)}, {_layer_struct(pw)}, {h}, {w}, {c}, {dw.out_shape[0]}, "
                            f"{dw.out_shape[1]}, {pw.out_shape[2]}, {dw.kernel}, {dw.stride}, {dw.padding}}},")
-        rings.append(f"static int8_t ring_{index}[{ring.bytes}]; /* {ring.rows} rows of {ring.row_bytes} bytes: "
-                     f"{ring.layer}'s input */")
-        states.append(f"{{ring_{index}, 0, 0}}")
+    folded = [_folded_bias(layer) for layer in [stem] + [layer for pair in blocks for layer in pair]]
     low = dense.out_zero_point if dense.relu else INT8_MIN
     dense_call = (f"ml_dense_s8(pooled, {dense.in_shape[0]}, {dense.in_zero_point}, logits, {dense.out_shape[0]}, "
                   f"{array_name(dense.name, 'weight')}, {array_name(dense.name, 'bias')}, "
                   f"{array_name(dense.name, 'multiplier')}, {dense.shift}, {dense.out_zero_point}, {low});")
     return lib.template("network_rows_s8.c.in").substitute(
-        note=lib.GENERATED_NOTE, stem_rows=" + ".join(stem.rows), stem=_layer_struct(stem),
+        note=lib.GENERATED_NOTE, folded_biases="\n".join(folded), stem_rows=" + ".join(stem.rows),
+        stem=_layer_struct(stem), stem_h=stem.in_shape[0], stem_w=stem.in_shape[1], stem_channels=stem.out_shape[2],
+        stem_kernel=stem.kernel, stem_padding=stem.padding,
         block_count=len(blocks), blocks="\n".join(block_lines), ram_bytes=f"{plan.ram_bytes:,}",
-        rings="\n".join(rings), row_states=", ".join(states), dw_row_bytes=plan.dw_row_bytes,
-        pw_row_bytes=plan.pw_row_bytes, gap_channels=gap.in_shape[2], gap_in_zp=gap.in_zero_point,
-        stem_channels=stem.out_shape[2], stem_kernel=stem.kernel, stem_padding=stem.padding,
-        gap_rows=" + ".join(gap.rows), gap_plane=gap.in_shape[0] * gap.in_shape[1],
+        rings="\n".join(rings), ring_count=len(plan.rings), row_states=", ".join(states),
+        dw_row_bytes=plan.dw_row_bytes, pad_row_bytes=plan.pad_row_bytes, gap_channels=gap.in_shape[2],
+        gap_in_zp=gap.in_zero_point, gap_rows=" + ".join(gap.rows), gap_plane=gap.in_shape[0] * gap.in_shape[1],
         gap_multiplier=f"ML_FLASH_S16(&{array_name(gap.name, 'multiplier')}[0])", gap_shift=gap.shift,
         gap_out_zp=gap.out_zero_point, dense_rows=" + ".join(dense.rows), dense_call=dense_call)
 
@@ -163,7 +182,10 @@ def _row_structure(qmodel: QuantizedModel):
     shapes_ok = (stem.kind == LayerKind.CONV and stem.stride == 1 and stem.in_shape[2] == 1
                  and gap.kind == LayerKind.GAP and dense.kind == LayerKind.DENSE
                  and all(dw.kind == LayerKind.DWCONV and pw.kind == LayerKind.CONV and pw.kernel == 1
-                         for dw, pw in pairs) and 2 * len(pairs) == len(layers) - 3)
+                         for dw, pw in pairs) and 2 * len(pairs) == len(layers) - 3
+                 and stem.stride == 1 and stem.kernel <= 7 and stem.out_shape[:2] == stem.in_shape[:2]
+                 and all(dw.kernel <= 7 and dw.in_shape[2] <= 255 and pw.in_shape[2] == dw.out_shape[2]
+                         for dw, pw in pairs))
     if not shapes_ok:
         raise ValueError("the row schedule needs a stem convolution, depthwise-separable blocks, GAP and dense")
     return stem, pairs, gap, dense

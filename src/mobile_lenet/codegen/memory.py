@@ -152,11 +152,11 @@ def int8_plan() -> Plan:
 # ------------------------------------------------------------------------------------------------ rows
 @dataclass(frozen=True)
 class Ring:
-    """The rows a depthwise convolution keeps of its input in the row schedule (c/ml_rows_s8.h)."""
+    """The rows a convolution keeps of its input in the row schedule (c/ml_rows_s8.h)."""
 
-    layer: str  # the depthwise convolution that reads the ring
+    layer: str  # the convolution that reads the ring (the stem, or a block's depthwise convolution)
     rows: int  # its kernel height: the rows one output row reads
-    row_bytes: int  # one int8 row of its (unpadded) input: width x channels
+    row_bytes: int  # one int8 row of its input, padded: (width + 2 x padding) x channels
 
     @property
     def bytes(self) -> int:
@@ -167,42 +167,44 @@ class Ring:
 class RowPlan:
     """The int8 row-by-row schedule: rows flow through small rings instead of whole feature maps."""
 
-    rings: tuple
+    rings: tuple  # the stem's, then each block's
     dw_row_bytes: int  # scratch: the widest depthwise output row
-    pw_row_bytes: int  # scratch: the widest pointwise (or stem) output row
+    pad_row_bytes: int  # scratch: one padded row of zero-point bytes (the widest padded width)
     gap_sum_bytes: int  # int32 sums of the global average pool
     flash_bytes: int  # the int8 weight data (as in int8_plan)
 
     @property
     def ram_bytes(self) -> int:
-        return sum(ring.bytes for ring in self.rings) + self.dw_row_bytes + self.pw_row_bytes + self.gap_sum_bytes
+        return sum(ring.bytes for ring in self.rings) + self.dw_row_bytes + self.pad_row_bytes + self.gap_sum_bytes
 
 
 def row_plan() -> RowPlan:
-    """The row schedule of ``spec.LAYERS``: per depthwise-separable block a ring of kernel-many input rows
-    (one row is the unpadded input's width x channels, int8), two scratch rows and the pooling sums."""
-    rings, dw_row, pw_row = [], 0, 0
-    unpadded = None  # the input of a ZeroPadding2D row, which the depthwise convolution after it pads itself
+    """The row schedule of ``spec.LAYERS``: a ring of kernel-many padded input rows for the stem and for each
+    depthwise-separable block (pointwise and stem outputs go straight into the next ring), a depthwise scratch
+    row, a row of zero-point bytes and the pooling sums."""
+    rings, dw_row, pad_row, gap_sums = [], 0, 0, 0
+    pad = 0  # a ZeroPadding2D row's padding, which the depthwise convolution after it applies itself
     for layer in spec.LAYERS:
         if layer.kind == LayerKind.PAD:
-            unpadded = layer.in_shape
-        elif layer.kind == LayerKind.DWCONV:
-            _, in_w, in_c = unpadded or layer.in_shape
-            rings.append(Ring(layer.name, layer.kernel, in_w * in_c))
-            dw_row = max(dw_row, layer.out_shape[1] * layer.out_shape[2])
-            unpadded = None
-        elif layer.kind == LayerKind.CONV:  # the stem and the pointwise convolutions write one row at a time
-            pw_row = max(pw_row, layer.out_shape[1] * layer.out_shape[2])
+            pad = layer.padding or (layer.out_shape[1] - layer.in_shape[1]) // 2
+        elif layer.kind == LayerKind.DWCONV or (layer.kind == LayerKind.CONV and not rings):
+            _, in_w, in_c = layer.in_shape if not pad else (0, layer.in_shape[1] - 2 * pad, layer.in_shape[2])
+            padding = layer.padding + pad
+            rings.append(Ring(layer.name, layer.kernel, (in_w + 2 * padding) * in_c))
+            pad_row = max(pad_row, in_w + 2 * padding)
+            if layer.kind == LayerKind.DWCONV:
+                dw_row = max(dw_row, layer.out_shape[1] * layer.out_shape[2])
+            pad = 0
         elif layer.kind == LayerKind.GAP:
             gap_sums = 4 * layer.in_shape[-1]
-    return RowPlan(tuple(rings), dw_row, pw_row, gap_sums, int8_plan().flash_bytes)
+    return RowPlan(tuple(rings), dw_row, pad_row, gap_sums, int8_plan().flash_bytes)
 
 
 def row_plan_dict(p: RowPlan) -> dict:
     """The row plan as plain data (``summary --memory --int8 --target atmega2560 --json``)."""
     return {"schedule": "rows", "rings": [{"layer": r.layer, "rows": r.rows, "row_bytes": r.row_bytes,
                                            "bytes": r.bytes} for r in p.rings],
-            "dw_row_bytes": p.dw_row_bytes, "pw_row_bytes": p.pw_row_bytes, "gap_sum_bytes": p.gap_sum_bytes,
+            "dw_row_bytes": p.dw_row_bytes, "pad_row_bytes": p.pad_row_bytes, "gap_sum_bytes": p.gap_sum_bytes,
             "ram_bytes": p.ram_bytes, "flash_bytes": p.flash_bytes, "buffer_plan_ram_bytes": int8_plan().ram_bytes}
 
 
@@ -211,10 +213,10 @@ def row_plan_text(p: RowPlan) -> list[str]:
     lines = ["int8 row plan (the ATmega2560's schedule, c/ml_rows_s8.c): rows flow through small buffers",
              f"{'buffer':<28} {'holds':<44} {'bytes':>6}", "-" * 80]
     for ring in p.rings:
-        lines.append(f"{'ring of ' + ring.layer:<28} {f'{ring.rows} input rows of {ring.row_bytes} bytes':<44} "
+        lines.append(f"{'ring of ' + ring.layer:<28} {f'{ring.rows} padded input rows of {ring.row_bytes} bytes':<44} "
                      f"{ring.bytes:>6,}")
     lines += [f"{'dw_row':<28} {'one depthwise output row (the widest)':<44} {p.dw_row_bytes:>6,}",
-              f"{'pw_row':<28} {'one pointwise or stem output row (the widest)':<44} {p.pw_row_bytes:>6,}",
+              f"{'pad_row':<28} {'one padded row of zero-point bytes':<44} {p.pad_row_bytes:>6,}",
               f"{'gap_sums':<28} {'int32 pooling sums':<44} {p.gap_sum_bytes:>6,}", "-" * 80,
               f"RAM (activations): {p.ram_bytes:,} bytes (the buffer plan: {int8_plan().ram_bytes:,}); "
               f"flash (weights): {p.flash_bytes:,} bytes"]

@@ -1,0 +1,146 @@
+/* test_rows_s8.c - unit tests of the row kernels of the int8 row schedule (src/mobile_lenet/c/ml_rows_s8.c):
+ * each against the obvious loop written out here with the reference requantization (ml_requantize_s8), bit
+ * for bit, on pseudo-random data over kernels 1..5, strides 1..3, widths, channel counts, zero points,
+ * multipliers (negative ones too) and shifts 1..40 (17..31 take the 32-bit path, the others the int64 one).
+ *
+ * Build (tests/codegen/test_rows_kernels.py does it): cc -std=c99 -Wall -Wextra -Werror -pedantic
+ *     -I src/mobile_lenet/c tests/c/test_rows_s8.c */
+#include <stdio.h>
+#include <string.h>
+
+#include "ml_kernels_s8.c"
+#include "ml_rows_s8.c"
+
+static int failures = 0, checks = 0;
+static uint32_t state = 12345u;
+
+static uint32_t next_random(void)
+{
+    state ^= state << 13;
+    state ^= state >> 17;
+    state ^= state << 5;
+    return state;
+}
+
+static int32_t random_in(int32_t lo, int32_t hi)
+{
+    return (int32_t)((int64_t)lo + (int64_t)(next_random() % (uint32_t)((int64_t)hi - lo + 1)));
+}
+
+static void check(int ok, const char *what, int trial)
+{
+    ++checks;
+    if (!ok) {
+        ++failures;
+        if (failures <= 10) printf("FAILED (trial %d): %s\n", trial, what);
+    }
+}
+
+static int pick_shift(void)
+{
+    return next_random() % 8 == 0 ? random_in(1, 40) : random_in(17, 31);
+}
+
+static void test_requantize(int trials)
+{
+    static const int32_t edges[] = {0, 1, -1, 65535, 65536, -65536, -65537, 8388607, -8388608,
+                                    2147483647, -2147483647 - 1, 1073741824, -1073741824};
+    for (int t = 0; t < trials; ++t) {
+        const int32_t acc = t < 13 ? edges[t] : next_random() % 2 ? random_in(-(1 << 23), 1 << 23)
+                                                                  : (int32_t)next_random();
+        const int16_t m = (int16_t)(next_random() % 2 ? random_in(1, 32767) : random_in(-32768, 32767));
+        const int shift = random_in(1, 31);
+        const int32_t zp = random_in(-128, 127), low = next_random() % 2 ? zp : -128;
+        check(ml_rows_requantize_s8(acc, m, shift, zp, low) == ml_requantize_s8(acc, m, shift, zp, low),
+              "requantize", t);
+    }
+}
+
+#define MAX_W 40
+#define MAX_K 5
+
+static void test_filter(int trials)
+{
+    static int8_t rows[MAX_K][MAX_W * 3 + 2 * MAX_K], taps[MAX_K * MAX_K], out[4 * MAX_W * 3 + 8];
+    for (int t = 0; t < trials; ++t) {
+        const int kernel = t % 3 == 0 ? 3 : random_in(1, MAX_K), stride = random_in(1, 3);
+        const int out_w = random_in(1, MAX_W), step = random_in(1, 4), shift = pick_shift();
+        const int padded = (out_w - 1) * stride + kernel;
+        const int32_t bias = random_in(-(1 << 20), 1 << 20), zp = random_in(-128, 127);
+        const int32_t low = next_random() % 2 ? zp : -128;
+        const int16_t m = (int16_t)(next_random() % 4 ? random_in(1, 32767) : random_in(-32768, 32767));
+        const int8_t *in[MAX_K];
+        int ok = 1;
+        for (int ky = 0; ky < kernel; ++ky) {
+            for (int i = 0; i < padded; ++i) rows[ky][i] = (int8_t)random_in(-128, 127);
+            in[ky] = rows[ky];
+        }
+        for (int i = 0; i < kernel * kernel; ++i) taps[i] = (int8_t)random_in(-128, 127);
+        memset(out, 0x5A, sizeof out);
+        ml_rows_filter_s8(in, kernel, stride, out_w, taps, bias, m, shift, zp, low, out, step);
+        for (int x = 0; x < out_w; ++x) {
+            int32_t acc = bias;
+            for (int ky = 0; ky < kernel; ++ky) {
+                for (int kx = 0; kx < kernel; ++kx) acc += (int32_t)rows[ky][x * stride + kx] * taps[ky * kernel + kx];
+            }
+            ok &= out[x * step] == ml_requantize_s8(acc, m, shift, zp, low);
+            for (int i = 1; i < step && x * step + i < (int)sizeof out; ++i) ok &= out[x * step + i] == 0x5A;
+        }
+        for (int i = (out_w - 1) * step + 1; i < (int)sizeof out; ++i) ok &= out[i] == 0x5A;
+        check(ok, "filter", t);
+    }
+}
+
+#define MAX_C 80
+
+static void test_pointwise(int trials)
+{
+    static int8_t in[MAX_W * MAX_C], weight[MAX_C * MAX_C], out[MAX_C * (MAX_W + 4)];
+    static int32_t bias[MAX_C], sums[MAX_C], expected[MAX_C];
+    static int16_t multiplier[MAX_C];
+    for (int t = 0; t < trials; ++t) {
+        const int width = random_in(1, MAX_W), in_c = t % 5 == 0 ? random_in(65, MAX_C) : random_in(1, 32);
+        const int out_c = random_in(1, 30), stride = width + random_in(0, 4), gap = next_random() % 3 == 0;
+        ml_layer_s8 layer;
+        int ok = 1;
+        layer.weight = weight;
+        layer.bias = bias;
+        layer.multiplier = multiplier;
+        layer.in_zp = (int16_t)random_in(-128, 127);
+        layer.out_zp = (int16_t)random_in(-128, 127);
+        layer.low = next_random() % 2 ? layer.out_zp : -128;
+        layer.shift = (uint8_t)pick_shift();
+        for (int i = 0; i < width * in_c; ++i) in[i] = (int8_t)random_in(-128, 127);
+        for (int i = 0; i < out_c * in_c; ++i) weight[i] = (int8_t)random_in(-128, 127);
+        for (int c = 0; c < out_c; ++c) {
+            bias[c] = random_in(-(1 << 20), 1 << 20);
+            multiplier[c] = (int16_t)(next_random() % 4 ? random_in(1, 32767) : random_in(-32768, 32767));
+            sums[c] = expected[c] = random_in(-1000, 1000);
+        }
+        memset(out, 0x5A, sizeof out);
+        ml_rows_pointwise_s8(in, width, in_c, &layer, out_c, gap ? NULL : out, stride, sums, layer.out_zp);
+        for (int co = 0; co < out_c; ++co) {
+            for (int x = 0; x < width; ++x) {
+                int32_t acc = bias[co];
+                for (int ci = 0; ci < in_c; ++ci) acc += (int32_t)in[x * in_c + ci] * weight[co * in_c + ci];
+                {
+                    const int8_t value = ml_requantize_s8(acc, multiplier[co], layer.shift, layer.out_zp, layer.low);
+                    if (gap) expected[co] += value - layer.out_zp;
+                    else ok &= out[co * stride + x] == value;
+                }
+            }
+            if (gap) ok &= sums[co] == expected[co];
+            for (int x = width; !gap && x < stride; ++x) ok &= out[co * stride + x] == 0x5A;
+        }
+        check(ok, gap ? "pointwise into the pooling sums" : "pointwise", t);
+    }
+}
+
+int main(void)
+{
+    test_requantize(200000);
+    test_filter(3000);
+    test_pointwise(1500);
+    printf("%d checks, %d failures\n", checks, failures);
+    return failures != 0;
+}
