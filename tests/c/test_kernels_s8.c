@@ -63,14 +63,16 @@ static int8_t in[MAX_IN], out_fast[MAX_OUT + 16], out_ref[MAX_OUT + 16], weight[
 static int32_t bias[MAX_CH];
 static int16_t multiplier[MAX_CH];
 
+/* Multipliers: positive, as real layers' (BatchNorm signs go into the weights), in 3 calls out of 4; otherwise
+ * any int16, which the plain C kernels hand to the reference ones when one is <= 0. */
 static void fill(int in_values, int weights, int channels, int bias_range)
 {
+    const int any_sign = next_random() % 4 == 0;
     for (int i = 0; i < in_values; ++i) in[i] = (int8_t)random_in(-128, 127);
     for (int i = 0; i < weights; ++i) weight[i] = (int8_t)random_in(-128, 127);
     for (int c = 0; c < channels; ++c) {
         bias[c] = random_in(-bias_range, bias_range);
-        multiplier[c] = (int16_t)random_in(-32768, 32767);
-        if (next_random() % 4) multiplier[c] = (int16_t)random_in(1, 32767); /* mostly positive, as real ones */
+        multiplier[c] = (int16_t)(any_sign ? random_in(-32768, 32767) : random_in(1, 32767));
     }
 }
 
@@ -82,14 +84,15 @@ static int same(int count)
     return 1;
 }
 
-/* A shift that makes the outputs spread over the int8 range for sums of `taps` products (17..31 mostly, and
- * now and then one outside, which the fast kernels hand to the reference ones). */
-static int pick_shift(int taps)
+/* A shift that makes the outputs spread over the int8 range, some clamped at either end, for sums of `scale`
+ * / 256 random products (about 20 + log2(products) / 2, as real layers' 20..23: the plain C kernels cover shifts
+ * up to 23, the DSP ones 17..31), and now and then one anywhere in 1..40 (outside: the reference kernels). */
+static int pick_shift(int scale)
 {
-    int shift = 16;
-    for (int t = taps; t > 1; t >>= 1) ++shift;
+    int shift = 20;
+    for (int t = scale / 256; t > 1; t >>= 2) ++shift;
     if (next_random() % 8 == 0) shift = random_in(1, 40);
-    else shift += random_in(-1, 3);
+    else shift += random_in(-3, 4);
     return shift < 1 ? 1 : shift > 40 ? 40 : shift;
 }
 
@@ -203,6 +206,39 @@ static void test_scaling(int trials)
     check(ok32, "ml_s8_scale32 == int64 rounding shift");
     check(ok64, "ml_s8_scale64 == int64 rounding shift");
 }
+
+/* The kernels' requantization (ml_s8_requant + ml_s8_out: SMMLAR on the DSP, thresholds in plain C) against
+ * ml_requantize_s8, over the multipliers and shifts it covers, every zero point and lower clamp, and sums near the
+ * plain C thresholds (hi, lo and one either side) as well as anywhere in int32. */
+static void test_output(int trials)
+{
+    int ok = 1;
+    for (int t = 0; t < trials; ++t) {
+        int16_t m = (int16_t)random_in(1, 32767);
+        int shift = random_in(ML_S8_MIN_SHIFT, 23);
+#if ML_S8_DSP
+        if (t % 3 == 0) m = (int16_t)random_in(-32768, 32767);
+        if (t % 5 == 0) shift = random_in(ML_S8_MIN_SHIFT, ML_S8_MAX_SHIFT);
+#else
+        if (t % 5 == 0) shift = random_in(1, 23);
+#endif
+        if (t % 13 == 0) m = t % 2 ? 32767 : 1;
+        const int32_t zp = random_in(-128, 127), low = t % 2 ? -128 : random_in(-128, 127);
+        if (!ml_s8_rq_covered(&m, 1, shift)) continue;
+        const ml_s8_rq q = ml_s8_requant(m, shift, zp, low);
+        for (int k = 0; k < 12; ++k) {
+            int32_t acc = (int32_t)next_random();
+            if (k < 6) acc >>= random_in(0, 31);
+#if !ML_S8_DSP
+            if (k >= 6) acc = (k < 9 ? q.hi : q.lo) + (k % 3) - 1;
+#endif
+            const int8_t expected = ml_requantize_s8(acc, m, shift, zp, low);
+            ok &= ml_s8_out((uint32_t)acc, &q, shift, 1) == expected;
+            if (low == -128) ok &= ml_s8_out((uint32_t)acc, &q, shift, 0) == expected;
+        }
+    }
+    check(ok, "ml_s8_out(ml_s8_requant) == ml_requantize_s8");
+}
 #endif
 
 int main(void)
@@ -214,6 +250,7 @@ int main(void)
 #endif
 #ifndef ML_S8_REFERENCE
     test_scaling(trials * 100);
+    test_output(trials * 20);
 #endif
     test_model_shapes();
     test_conv2d(trials);

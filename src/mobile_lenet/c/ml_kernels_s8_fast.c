@@ -8,14 +8,20 @@
  *   sum (q - zp) * w = sum u * w - (zp + 128) * sum w: the second term is folded into the bias, once per
  *   output channel. A convolution with padding reads a copy of its input plane with the padding made real
  *   (bytes zp + 128, i.e. real value 0), so every output is an interior one: no bounds tests per tap.
- * - 1x1 (pointwise) convolutions are small matrix products over the channels, several accumulators each.
- * - Requantization uses 32-bit products only (ml_s8_scale), exact for the shifts 17..31 that real layers
- *   have (others go to the reference kernels).
+ * - 1x1 (pointwise) convolutions are small matrix products over the channels: four pixels at a time, gathered
+ *   into a small tile, four accumulators in registers, the weights read once per four pixels straight from
+ *   flash (no repacked copy).
+ * - Requantization without 64-bit products (ml_s8_requant, ml_s8_out): SMMLAR (zero point included) and SSAT on
+ *   the DSP cores (shifts 17..31); in plain C, per-channel thresholds for the two clamps and one 32-bit multiply
+ *   and shift in between (multipliers > 0, shifts up to 23, as real layers have). Other layers go to the
+ *   reference kernels.
  * - On cores with the DSP extension (Cortex-M4/M7/M33, __ARM_FEATURE_DSP) the sums use SMLAD, two 16-bit
  *   multiply-accumulates per instruction, through the ACLE intrinsics of <arm_acle.h>. Elsewhere (host,
- *   Cortex-M0+) the same loops are plain C99.
+ *   Cortex-M0+) the same loops are plain C99, except the pointwise inner loop on Thumb-1 cores (inline assembly:
+ *   GCC spills its four sums there; -DML_S8_NO_ASM keeps the C).
  * The sums are modulo 2^32 (uint32_t), as the reference's int32 sums are in practice: same bits, no overflow
- * that a sanitizer could call undefined. Stack: a padded plane (ML_S8_PLANE_BYTES) and a few small tables.
+ * that a sanitizer could call undefined. Stack: a padded plane (ML_S8_PLANE_BYTES) or a pixel tile, and
+ * per-channel tables (ML_S8_MAX_CHANNELS entries).
  *
  * Built with -DML_S8_REFERENCE (the default on AVR, whose 8 KB of SRAM has no room for the tables), the
  * public names are the reference kernels. */
@@ -60,8 +66,22 @@ static inline uint32_t ml_s8_odd_bytes(uint32_t v)
     __asm__("uxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
     return r;
 }
+/* the same, sign-extended (SXTB16 with its rotation) */
+static inline uint32_t ml_s8_odd_bytes_signed(uint32_t v)
+{
+    uint32_t r;
+    __asm__("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(v));
+    return r;
+}
 #else
 #define ML_S8_DSP 0
+#endif
+
+/* Thumb-1 only cores (ARMv6-M: Cortex-M0/M0+; ARMv8-M Baseline): a few inner loops in assembly */
+#if (defined(__ARM_ARCH_6M__) || defined(__ARM_ARCH_8M_BASE__)) && !defined(ML_S8_NO_ASM)
+#define ML_S8_THUMB1 1
+#else
+#define ML_S8_THUMB1 0
 #endif
 
 #define ML_S8_MAX_CHANNELS 64   /* per-channel tables on the stack; more channels: the reference kernels */
@@ -88,33 +108,84 @@ static inline int32_t ml_s8_scale64(int32_t acc, int32_t mult)
     return (int32_t)(((int64_t)acc * mult + 0x80000000LL) >> 32);
 }
 
-/* What the kernels keep per output channel: the bias with the zero point folded in, the multiplier as the
- * scaling function wants it. */
-static inline int32_t ml_s8_mult(int16_t multiplier, int shift)
+#if defined(__GNUC__)
+#define ML_S8_INLINE static inline __attribute__((always_inline))
+#else
+#define ML_S8_INLINE static inline
+#endif
+
+/* What the kernels keep per output channel to requantize a sum: see ml_s8_requant and ml_s8_out. */
+typedef struct {
+    int32_t mult;  /* DSP: multiplier * 2^(32 - shift); plain C: the multiplier (> 0) */
+    int32_t hi;    /* plain C: sums >= hi give 127 */
+    int32_t lo;    /* plain C: sums <= lo give low */
+    int32_t round; /* plain C: 2^(shift-1) + out_zp * 2^shift; DSP: out_zp */
+    int32_t low;   /* the lower clamp */
+} ml_s8_rq;
+
+#if !ML_S8_DSP
+/* ceil(n / d) for d > 0 (C's division truncates toward zero) */
+static int32_t ml_s8_ceil_div(int32_t n, int32_t d) { return n / d + (n % d > 0); }
+#endif
+
+/* Whether ml_s8_out is exact for these multipliers and this shift. DSP: SMMLAR needs 17 <= shift <= 31 (|mult|
+ * < 2^31). Plain C: every multiplier > 0 and shift <= 23 (see ml_s8_requant); real layers are so. */
+static int ml_s8_rq_covered(const int16_t *multiplier, int count, int shift)
 {
 #if ML_S8_DSP
-    return (int32_t)((uint32_t)(int32_t)multiplier << (32 - shift));
+    (void)multiplier;
+    (void)count;
+    return shift >= ML_S8_MIN_SHIFT && shift <= ML_S8_MAX_SHIFT;
 #else
-    (void)shift;
-    return multiplier;
+    if (shift < 1 || shift > 23) return 0;
+    for (int c = 0; c < count; ++c) {
+        if (ML_FLASH_S16(&multiplier[c]) <= 0) return 0;
+    }
+    return 1;
 #endif
 }
 
-static inline int8_t ml_s8_output(uint32_t acc, int32_t mult, int shift, int32_t out_zp, int32_t low)
+/* Plain C: with m > 0 the output clamp(floor((acc * m + 2^(s-1)) / 2^s) + zp, low, 127) grows with acc; it is 127
+ * from hi = ceil(((127 - zp) 2^s - 2^(s-1)) / m) up, low from lo = ceil(((low - zp + 1) 2^s - 2^(s-1)) / m) - 1
+ * down, and in between (low + 1 .. 126) acc * m + 2^(s-1) + zp 2^s lies in [(low + 1) 2^s, 127 * 2^s), inside
+ * int32: computed modulo 2^32 it is exact, and one arithmetic shift gives the value, zero point included. The
+ * numerators (at most 255 * 2^23 in magnitude) fit in int32 for s <= 23. */
+static ml_s8_rq ml_s8_requant(int16_t multiplier, int shift, int32_t out_zp, int32_t low)
+{
+    ml_s8_rq q;
+#if ML_S8_DSP
+    q.mult = (int32_t)((uint32_t)(int32_t)multiplier << (32 - shift));
+    q.hi = q.lo = 0;
+    q.round = out_zp;
+#else
+    const int32_t m = multiplier, unit = (int32_t)1 << shift, half = unit >> 1;
+    q.mult = m;
+    q.hi = ml_s8_ceil_div((127 - out_zp) * unit - half, m);
+    q.lo = ml_s8_ceil_div((low - out_zp + 1) * unit - half, m) - 1;
+    q.round = (int32_t)((uint32_t)half + (uint32_t)out_zp * (uint32_t)unit);
+#endif
+    q.low = low;
+    return q;
+}
+
+/* The int8 output of a sum: exactly ml_requantize_s8(acc, multiplier, shift, out_zp, low). relu: whether low can
+ * be above -128 (0 lets the DSP version skip that clamp; the plain C one has it in its thresholds). */
+ML_S8_INLINE int8_t ml_s8_out(uint32_t acc, const ml_s8_rq *q, int shift, int relu)
 {
 #if ML_S8_DSP
-    /* SMMULR is ml_s8_scale64 in one instruction; SSAT clamps to [-128, 127] (low >= -128: checked by callers) */
+    /* SMMLAR: out_zp + round(acc * mult / 2^32), i.e. ml_s8_scale64 plus the zero point, in one instruction; SSAT
+     * clamps to [-128, 127] */
     int32_t value;
-    __asm__("smmulr %0, %1, %2" : "=r"(value) : "r"(acc), "r"(mult));
-    value += out_zp;
+    __asm__("smmlar %0, %1, %2, %3" : "=r"(value) : "r"(acc), "r"(q->mult), "r"(q->round));
     (void)shift;
-    if (value < low) value = low;
-    return (int8_t)__ssat(value, 8);
-#else
-    int32_t value = ml_s8_scale32((int32_t)acc, mult, shift) + out_zp;
-    if (value < low) value = low;
-    if (value > 127) value = 127;
+    value = __ssat(value, 8);
+    if (relu && value < q->low) value = q->low;
     return (int8_t)value;
+#else
+    (void)relu;
+    if ((int32_t)acc >= q->hi) return 127;
+    if ((int32_t)acc <= q->lo) return (int8_t)q->low;
+    return (int8_t)((int32_t)(acc * (uint32_t)q->mult + (uint32_t)q->round) >> shift);
 #endif
 }
 
@@ -156,8 +227,8 @@ static void ml_s8_pad_plane(const int8_t *in, int in_h, int in_w, int padding, i
 
 /* One output plane of a kernel x kernel filter over a padded plane (row stride pw): out = requantized
  * (bias + sum of u * taps), no bounds to test. */
-static void ml_s8_filter(const uint8_t *plane, int pw, int8_t *out, int out_h, int out_w, int kernel, int stride,
-                         const int8_t *taps, int32_t bias, int32_t mult, int shift, int32_t out_zp, int32_t low)
+ML_S8_INLINE void ml_s8_filter(const uint8_t *plane, int pw, int8_t *out, int out_h, int out_w, int kernel,
+                              int stride, const int8_t *taps, int32_t bias, const ml_s8_rq *q, int shift, int relu)
 {
     if (kernel == 3) {
         const int32_t w0 = ML_FLASH_S8(&taps[0]), w1 = ML_FLASH_S8(&taps[1]), w2 = ML_FLASH_S8(&taps[2]);
@@ -195,8 +266,8 @@ static void ml_s8_filter(const uint8_t *plane, int pw, int8_t *out, int out_h, i
                     s1 = __smlad(o2, a68, s1);
                     s0 = __smlabb((int32_t)o2, w7, s0);
                     s1 = __smlatb((int32_t)e2, w7, s1);
-                    out[ox] = ml_s8_output((uint32_t)s0, mult, shift, out_zp, low);
-                    out[ox + 1] = ml_s8_output((uint32_t)s1, mult, shift, out_zp, low);
+                    out[ox] = ml_s8_out((uint32_t)s0, q, shift, relu);
+                    out[ox + 1] = ml_s8_out((uint32_t)s1, q, shift, relu);
                 }
             } else if (stride == 2) {
                 /* one output per word: bytes u[2x..2x+3] -> e = (u[2x], u[2x+2]), o.lo = u[2x+1] */
@@ -211,7 +282,7 @@ static void ml_s8_filter(const uint8_t *plane, int pw, int8_t *out, int out_h, i
                     s = __smlabb((int32_t)ml_s8_odd_bytes(v1), w4, s);
                     s = __smlad(__uxtb16(v2), a68, s);
                     s = __smlabb((int32_t)ml_s8_odd_bytes(v2), w7, s);
-                    out[ox] = ml_s8_output((uint32_t)s, mult, shift, out_zp, low);
+                    out[ox] = ml_s8_out((uint32_t)s, q, shift, relu);
                 }
             }
 #endif
@@ -221,7 +292,7 @@ static void ml_s8_filter(const uint8_t *plane, int pw, int8_t *out, int out_h, i
                 acc += (uint32_t)(r0[x] * w0 + r0[x + 1] * w1 + r0[x + 2] * w2);
                 acc += (uint32_t)(r1[x] * w3 + r1[x + 1] * w4 + r1[x + 2] * w5);
                 acc += (uint32_t)(r2[x] * w6 + r2[x + 1] * w7 + r2[x + 2] * w8);
-                out[ox] = ml_s8_output(acc, mult, shift, out_zp, low);
+                out[ox] = ml_s8_out(acc, q, shift, relu);
             }
         }
         return;
@@ -234,103 +305,211 @@ static void ml_s8_filter(const uint8_t *plane, int pw, int8_t *out, int out_h, i
                 const int8_t *t = taps + ky * kernel;
                 for (int kx = 0; kx < kernel; ++kx) acc += (uint32_t)(row[kx] * (int32_t)ML_FLASH_S8(&t[kx]));
             }
-            out[ox] = ml_s8_output(acc, mult, shift, out_zp, low);
+            out[ox] = ml_s8_out(acc, q, shift, relu);
         }
     }
 }
 
-/* Whether the fast kernels cover a layer: the shift range of ml_s8_scale32, the channel tables, the padded
+/* Whether the fast kernels cover a layer: the requantization (ml_s8_rq_covered), the channel tables, the padded
  * plane on the stack, and outputs that read inside the padded plane (the shapes a convolution has). */
 static int ml_s8_covered(int in_h, int in_w, int out_h, int out_w, int channels, int kernel, int stride, int padding,
-                         int shift)
+                         const int16_t *multiplier, int shift, int32_t low)
 {
     const int ph = in_h + 2 * padding, pw = in_w + 2 * padding;
-    return shift >= ML_S8_MIN_SHIFT && shift <= ML_S8_MAX_SHIFT && channels <= ML_S8_MAX_CHANNELS && kernel >= 1
-           && stride >= 1 && padding >= 0 && ph * pw <= ML_S8_PLANE_BYTES && out_h >= 1 && out_w >= 1
-           && (out_h - 1) * stride + kernel <= ph && (out_w - 1) * stride + kernel <= pw;
+    return channels <= ML_S8_MAX_CHANNELS && kernel >= 1 && stride >= 1 && padding >= 0 && low >= -128 && low <= 127
+           && ph * pw <= ML_S8_PLANE_BYTES && out_h >= 1 && out_w >= 1 && (out_h - 1) * stride + kernel <= ph
+           && (out_w - 1) * stride + kernel <= pw && ml_s8_rq_covered(multiplier, channels, shift);
+}
+
+/* The output planes of out_c filters over one padded plane (the stem: in_c == 1; a depthwise channel: out_c ==
+ * 1): filter co has taps weight[co * kernel^2 ...], bias and requantization of channel first + co. */
+ML_S8_INLINE void ml_s8_filters(const uint8_t *padded, int pw, int8_t *out, int out_h, int out_w, int out_c,
+                                int kernel, int stride, const int8_t *weight, const int32_t *bias,
+                                const int16_t *multiplier, int first, int shift, int32_t in_zp, int32_t out_zp,
+                                int32_t low, int relu)
+{
+    const int taps = kernel * kernel;
+    for (int co = 0; co < out_c; ++co) {
+        const int c = first + co;
+        const int32_t b = ml_s8_folded_bias(weight + c * taps, taps, ML_FLASH_S32(&bias[c]), in_zp);
+        const ml_s8_rq q = ml_s8_requant(ML_FLASH_S16(&multiplier[c]), shift, out_zp, low);
+        ml_s8_filter(padded, pw, out + co * out_h * out_w, out_h, out_w, kernel, stride, weight + c * taps, b, &q,
+                     shift, relu);
+    }
 }
 
 /* -------------------------------------------------------------------------------- pointwise (1x1) */
-#if ML_S8_DSP
-#define ML_S8_MAX_WEIGHT_PAIRS 512 /* the layer's weights as int16 pairs on the stack (2 KB) */
+/* Four pixels p..p+3 at a time: their in_c channels are first gathered into a small tile (a few hundred bytes
+ * on the stack), then each output channel's weights are read once for the four pixels, straight from flash,
+ * with four accumulators in registers. */
+#define ML_S8_PIXELS 4
 
-/* out[co][p] = requantized (bias'[co] + sum over ci of u[ci][p] * w[co][ci]): two pixels and two output
- * channels at a time, two channels per SMLAD. The pixels' channel pairs (u[ci][p], u[ci+1][p]) and the
- * weights' (w[co][ci], w[co][ci+1]) are first packed as 16-bit pairs. */
-static int ml_s8_pointwise_dsp(const int8_t *in, int plane, int in_c, int8_t *out, int out_c, const int8_t *weight,
-                               const int32_t *folded, const int32_t *mult, int shift, int32_t out_zp, int32_t low)
+#if ML_S8_DSP
+static inline uint32_t ml_s8_pkhbt(uint32_t low_half, uint32_t high_half) /* (low_half.lo, high_half.lo) */
 {
-    const int pairs = (in_c + 1) / 2;
-    uint32_t wpairs[ML_S8_MAX_WEIGHT_PAIRS], col_a[ML_S8_MAX_CHANNELS / 2], col_b[ML_S8_MAX_CHANNELS / 2];
-    if (out_c * pairs > ML_S8_MAX_WEIGHT_PAIRS) return 0;
-    for (int co = 0; co < out_c; ++co) {
-        for (int k = 0; k < pairs; ++k) {
-            const int ci = 2 * k;
-            const int32_t lo = ML_FLASH_S8(&weight[co * in_c + ci]);
-            const int32_t hi = ci + 1 < in_c ? ML_FLASH_S8(&weight[co * in_c + ci + 1]) : 0;
-            wpairs[co * pairs + k] = ((uint32_t)lo & 0xFFFFu) | ((uint32_t)hi << 16);
-        }
-    }
+    uint32_t r;
+    __asm__("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(low_half), "r"(high_half));
+    return r;
+}
+
+static inline uint32_t ml_s8_pkhtb(uint32_t high_half, uint32_t low_half) /* (low_half.hi, high_half.hi) */
+{
+    uint32_t r;
+    __asm__("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(high_half), "r"(low_half));
+    return r;
+}
+
+/* The Cortex-M4 version, on the signed values q themselves (SMLAD multiplies signed halfwords): bias[co] is
+ * bias - zp * sum w. Channels go by quads c..c+3: a word of weights w[co][c..c+3] gives (w0, w2) and (w1, w3)
+ * with SXTB16 (rotated by 8 for the odd ones), so the tile holds, for each quad and pixel, the halfword pairs
+ * (q_c, q_c+2) and (q_c+1, q_c+3): two SMLADs per pixel and quad, no weight table. in_c % 4 == 0. Returns the
+ * pixels done. */
+ML_S8_INLINE int ml_s8_pointwise_dsp(const int8_t *in, int plane, int in_c, int8_t *out, int out_c,
+                                     const int8_t *weight, const int32_t *bias, const ml_s8_rq *rq, int relu)
+{
+    const int quads = in_c / 4;
+    uint32_t tile[ML_S8_MAX_CHANNELS / 4 * 2 * ML_S8_PIXELS];
     int p = 0;
-    for (; p + 2 <= plane; p += 2) {
-        for (int k = 0; k < pairs; ++k) { /* (u[ci][p], u[ci+1][p]) and the same for p + 1 */
-            const int ci = 2 * k;
-            uint16_t h0, h1 = 0;
-            memcpy(&h0, in + ci * plane + p, 2);
-            if (ci + 1 < in_c) memcpy(&h1, in + (ci + 1) * plane + p, 2);
-            const uint32_t v = ((uint32_t)h0 | ((uint32_t)h1 << 16)) ^ 0x80808080u;
-            col_a[k] = __uxtb16(v);
-            col_b[k] = ml_s8_odd_bytes(v);
+    for (; p + ML_S8_PIXELS <= plane; p += ML_S8_PIXELS) {
+        const int8_t *x = in + p;
+        uint32_t *t = tile;
+        for (int k = 0; k < quads; ++k, x += 4 * plane, t += 2 * ML_S8_PIXELS) {
+            uint32_t a0, a1, a2, a3;
+            memcpy(&a0, x, 4); /* q[c][p..p+3] */
+            memcpy(&a1, x + plane, 4);
+            memcpy(&a2, x + 2 * plane, 4);
+            memcpy(&a3, x + 3 * plane, 4);
+            const uint32_t e0 = __sxtb16(a0), e1 = __sxtb16(a1), e2 = __sxtb16(a2), e3 = __sxtb16(a3);
+            const uint32_t o0 = ml_s8_odd_bytes_signed(a0), o1 = ml_s8_odd_bytes_signed(a1);
+            const uint32_t o2 = ml_s8_odd_bytes_signed(a2), o3 = ml_s8_odd_bytes_signed(a3);
+            /* pixel j: t[2j] = (q_c, q_c+2), t[2j + 1] = (q_c+1, q_c+3) */
+            t[0] = ml_s8_pkhbt(e0, e2);
+            t[1] = ml_s8_pkhbt(e1, e3);
+            t[2] = ml_s8_pkhbt(o0, o2);
+            t[3] = ml_s8_pkhbt(o1, o3);
+            t[4] = ml_s8_pkhtb(e2, e0);
+            t[5] = ml_s8_pkhtb(e3, e1);
+            t[6] = ml_s8_pkhtb(o2, o0);
+            t[7] = ml_s8_pkhtb(o3, o1);
         }
-        int co = 0;
-        for (; co + 2 <= out_c; co += 2) {
-            const uint32_t *w0 = wpairs + co * pairs, *w1 = w0 + pairs;
-            int32_t s00 = folded[co], s01 = folded[co], s10 = folded[co + 1], s11 = folded[co + 1];
-            for (int k = 0; k < pairs; ++k) {
-                const uint32_t xa = col_a[k], xb = col_b[k], wa = w0[k], wb = w1[k];
-                s00 = __smlad(xa, wa, s00);
-                s01 = __smlad(xb, wa, s01);
-                s10 = __smlad(xa, wb, s10);
-                s11 = __smlad(xb, wb, s11);
+        const int8_t *w = weight;
+        int8_t *o = out + p;
+        for (int co = 0; co < out_c; ++co, o += plane) {
+            int32_t s0 = bias[co], s1 = s0, s2 = s0, s3 = s0;
+            const uint32_t *tt = tile;
+            const int8_t *w_end = w + in_c;
+            for (; w < w_end; w += 4, tt += 2 * ML_S8_PIXELS) {
+                uint32_t wq;
+                memcpy(&wq, w, 4);
+                const uint32_t w02 = __sxtb16(wq), w13 = ml_s8_odd_bytes_signed(wq);
+                s0 = __smlad(tt[0], w02, s0);
+                s0 = __smlad(tt[1], w13, s0);
+                s1 = __smlad(tt[2], w02, s1);
+                s1 = __smlad(tt[3], w13, s1);
+                s2 = __smlad(tt[4], w02, s2);
+                s2 = __smlad(tt[5], w13, s2);
+                s3 = __smlad(tt[6], w02, s3);
+                s3 = __smlad(tt[7], w13, s3);
             }
-            out[co * plane + p] = ml_s8_output((uint32_t)s00, mult[co], shift, out_zp, low);
-            out[co * plane + p + 1] = ml_s8_output((uint32_t)s01, mult[co], shift, out_zp, low);
-            out[(co + 1) * plane + p] = ml_s8_output((uint32_t)s10, mult[co + 1], shift, out_zp, low);
-            out[(co + 1) * plane + p + 1] = ml_s8_output((uint32_t)s11, mult[co + 1], shift, out_zp, low);
-        }
-        if (co < out_c) {
-            const uint32_t *w0 = wpairs + co * pairs;
-            int32_t s00 = folded[co], s01 = folded[co];
-            for (int k = 0; k < pairs; ++k) {
-                s00 = __smlad(col_a[k], w0[k], s00);
-                s01 = __smlad(col_b[k], w0[k], s01);
-            }
-            out[co * plane + p] = ml_s8_output((uint32_t)s00, mult[co], shift, out_zp, low);
-            out[co * plane + p + 1] = ml_s8_output((uint32_t)s01, mult[co], shift, out_zp, low);
+            const ml_s8_rq q = rq[co]; /* a copy: the int8 stores below could alias rq[co] */
+            o[0] = ml_s8_out((uint32_t)s0, &q, 0, relu);
+            o[1] = ml_s8_out((uint32_t)s1, &q, 0, relu);
+            o[2] = ml_s8_out((uint32_t)s2, &q, 0, relu);
+            o[3] = ml_s8_out((uint32_t)s3, &q, 0, relu);
         }
     }
     return p;
 }
 #endif
 
-/* The same in plain C, one pixel at a time from pixel `first`: its channels gathered into col, then one dot
- * product per output channel. */
+/* The plain C version (Cortex-M0+, host), on u = q + 128 with the folded biases, from pixel `first`: the tile
+ * holds u[c][p + j] at tile[4c + j]; the pixels left over (plane % 4) go one at a time. */
 static void ml_s8_pointwise(const int8_t *in, int plane, int in_c, int8_t *out, int out_c, const int8_t *weight,
-                            const int32_t *folded, const int32_t *mult, int shift, int32_t out_zp, int32_t low,
-                            int first)
+                            const int32_t *folded, const ml_s8_rq *rq, int shift, int first)
 {
-    uint8_t col[ML_S8_MAX_CHANNELS];
-    for (int p = first; p < plane; ++p) {
-        for (int ci = 0; ci < in_c; ++ci) col[ci] = ml_s8_unsigned(in[ci * plane + p]);
+    uint8_t tile[ML_S8_MAX_CHANNELS * ML_S8_PIXELS];
+    int p = first;
+    for (; p + ML_S8_PIXELS <= plane; p += ML_S8_PIXELS) {
+        const int8_t *x = in + p;
+        for (int ci = 0; ci < in_c; ++ci, x += plane) {
+            tile[4 * ci] = ml_s8_unsigned(x[0]);
+            tile[4 * ci + 1] = ml_s8_unsigned(x[1]);
+            tile[4 * ci + 2] = ml_s8_unsigned(x[2]);
+            tile[4 * ci + 3] = ml_s8_unsigned(x[3]);
+        }
+        const int8_t *w = weight;
+        int8_t *o = out + p;
+        for (int co = 0; co < out_c; ++co, o += plane) {
+            uint32_t a0 = (uint32_t)folded[co], a1 = a0, a2 = a0, a3 = a0;
+            const int8_t *w_end = w + in_c;
+#if ML_S8_THUMB1
+            if (in_c % 2 == 0) {
+                /* Thumb-1 (Cortex-M0+): GCC spills the four sums of the C loop below; here they stay in registers
+                 * (the last two may be high ones: 7 low registers, r7 stays free for a frame pointer), the index runs
+                 * from -in_c up to 0, two channels per turn. GCC reads
+                 * Thumb-1 inline assembly in divided syntax (mul, add: the flag-setting 16-bit forms). */
+                const uint8_t *tp = tile;
+                int32_t i = -in_c, t, wv;
+                __asm__("1:\n\t"
+                        "ldrsb %[wv], [%[w_end], %[i]]\n\t"
+                        "ldrb %[t], [%[tp], #0]\n\t"
+                        "mul %[t], %[wv]\n\t"
+                        "add %[a0], %[t]\n\t"
+                        "ldrb %[t], [%[tp], #1]\n\t"
+                        "mul %[t], %[wv]\n\t"
+                        "add %[a1], %[t]\n\t"
+                        "ldrb %[t], [%[tp], #2]\n\t"
+                        "mul %[t], %[wv]\n\t"
+                        "add %[a2], %[t]\n\t"
+                        "ldrb %[t], [%[tp], #3]\n\t"
+                        "mul %[t], %[wv]\n\t"
+                        "add %[a3], %[t]\n\t"
+                        "add %[i], #1\n\t"
+                        "ldrsb %[wv], [%[w_end], %[i]]\n\t"
+                        "ldrb %[t], [%[tp], #4]\n\t"
+                        "mul %[t], %[wv]\n\t"
+                        "add %[a0], %[t]\n\t"
+                        "ldrb %[t], [%[tp], #5]\n\t"
+                        "mul %[t], %[wv]\n\t"
+                        "add %[a1], %[t]\n\t"
+                        "ldrb %[t], [%[tp], #6]\n\t"
+                        "mul %[t], %[wv]\n\t"
+                        "add %[a2], %[t]\n\t"
+                        "ldrb %[t], [%[tp], #7]\n\t"
+                        "mul %[t], %[wv]\n\t"
+                        "add %[a3], %[t]\n\t"
+                        "add %[tp], #8\n\t"
+                        "add %[i], #1\n\t"
+                        "bne 1b"
+                        : [a0] "+l"(a0), [a1] "+l"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [tp] "+l"(tp), [i] "+l"(i),
+                          [t] "=&l"(t), [wv] "=&l"(wv)
+                        : [w_end] "l"(w_end)
+                        : "cc", "memory");
+                w = w_end;
+            }
+#endif
+            const uint8_t *t = tile;
+            for (; w < w_end; ++w, t += 4) {
+                const int32_t wv = ML_FLASH_S8(w);
+                a0 += (uint32_t)(t[0] * wv);
+                a1 += (uint32_t)(t[1] * wv);
+                a2 += (uint32_t)(t[2] * wv);
+                a3 += (uint32_t)(t[3] * wv);
+            }
+            const ml_s8_rq q = rq[co]; /* a copy: the int8 stores below could alias rq[co] */
+            o[0] = ml_s8_out(a0, &q, shift, 1);
+            o[1] = ml_s8_out(a1, &q, shift, 1);
+            o[2] = ml_s8_out(a2, &q, shift, 1);
+            o[3] = ml_s8_out(a3, &q, shift, 1);
+        }
+    }
+    for (; p < plane; ++p) {
+        for (int ci = 0; ci < in_c; ++ci) tile[ci] = ml_s8_unsigned(in[ci * plane + p]);
         const int8_t *w = weight;
         for (int co = 0; co < out_c; ++co, w += in_c) {
             uint32_t acc = (uint32_t)folded[co];
-            int ci = 0;
-            for (; ci + 2 <= in_c; ci += 2) {
-                acc += (uint32_t)(col[ci] * (int32_t)ML_FLASH_S8(&w[ci]) + col[ci + 1] * (int32_t)ML_FLASH_S8(&w[ci + 1]));
-            }
-            if (ci < in_c) acc += (uint32_t)(col[ci] * (int32_t)ML_FLASH_S8(&w[ci]));
-            out[co * plane + p] = ml_s8_output(acc, mult[co], shift, out_zp, low);
+            for (int ci = 0; ci < in_c; ++ci) acc += (uint32_t)(tile[ci] * (int32_t)ML_FLASH_S8(&w[ci]));
+            out[co * plane + p] = ml_s8_out(acc, &rq[co], shift, 1);
         }
     }
 }
@@ -343,31 +522,43 @@ void ml_conv2d_s8(const int8_t *in, int in_h, int in_w, int in_c, int32_t in_zp,
 {
     const int pointwise = kernel == 1 && stride == 1 && padding == 0 && in_h == out_h && in_w == out_w;
     const int channels = in_c > out_c ? in_c : out_c;
-    if (pointwise && shift >= ML_S8_MIN_SHIFT && shift <= ML_S8_MAX_SHIFT && channels <= ML_S8_MAX_CHANNELS
-        && low >= -128 && low <= 127) {
-        int32_t folded[ML_S8_MAX_CHANNELS], mult[ML_S8_MAX_CHANNELS];
+    if (pointwise && channels <= ML_S8_MAX_CHANNELS && low >= -128 && low <= 127
+        && ml_s8_rq_covered(multiplier, out_c, shift)) {
+        int32_t folded[ML_S8_MAX_CHANNELS];
+        ml_s8_rq rq[ML_S8_MAX_CHANNELS];
         const int plane = in_h * in_w;
         int first = 0;
         for (int co = 0; co < out_c; ++co) {
-            folded[co] = ml_s8_folded_bias(weight + co * in_c, in_c, ML_FLASH_S32(&bias[co]), in_zp);
-            mult[co] = ml_s8_mult(ML_FLASH_S16(&multiplier[co]), shift);
+            rq[co] = ml_s8_requant(ML_FLASH_S16(&multiplier[co]), shift, out_zp, low);
         }
 #if ML_S8_DSP
-        first = ml_s8_pointwise_dsp(in, plane, in_c, out, out_c, weight, folded, mult, shift, out_zp, low);
+        if (in_c % 4 == 0) {
+            for (int co = 0; co < out_c; ++co) { /* bias - zp * sum w, for the signed values */
+                folded[co] = ml_s8_folded_bias(weight + co * in_c, in_c, ML_FLASH_S32(&bias[co]), in_zp - 128);
+            }
+            if (low == -128) first = ml_s8_pointwise_dsp(in, plane, in_c, out, out_c, weight, folded, rq, 0);
+            else first = ml_s8_pointwise_dsp(in, plane, in_c, out, out_c, weight, folded, rq, 1);
+        }
 #endif
-        ml_s8_pointwise(in, plane, in_c, out, out_c, weight, folded, mult, shift, out_zp, low, first);
+        if (first < plane) {
+            for (int co = 0; co < out_c; ++co) {
+                folded[co] = ml_s8_folded_bias(weight + co * in_c, in_c, ML_FLASH_S32(&bias[co]), in_zp);
+            }
+            ml_s8_pointwise(in, plane, in_c, out, out_c, weight, folded, rq, shift, first);
+        }
         return;
     }
-    if (in_c == 1 && low >= -128 && low <= 127
-        && ml_s8_covered(in_h, in_w, out_h, out_w, out_c, kernel, stride, padding, shift)) {
+    if (in_c == 1 && ml_s8_covered(in_h, in_w, out_h, out_w, out_c, kernel, stride, padding, multiplier, shift, low)) {
         /* one input plane (the stem): pad it once, filter it once per output channel */
         uint8_t padded[ML_S8_PLANE_BYTES + ML_S8_SLACK];
-        const int taps = kernel * kernel;
+        const int pw = in_w + 2 * padding;
         ml_s8_pad_plane(in, in_h, in_w, padding, in_zp, padded);
-        for (int co = 0; co < out_c; ++co) {
-            const int32_t b = ml_s8_folded_bias(weight + co * taps, taps, ML_FLASH_S32(&bias[co]), in_zp);
-            ml_s8_filter(padded, in_w + 2 * padding, out + co * out_h * out_w, out_h, out_w, kernel, stride,
-                         weight + co * taps, b, ml_s8_mult(ML_FLASH_S16(&multiplier[co]), shift), shift, out_zp, low);
+        if (low == -128) {
+            ml_s8_filters(padded, pw, out, out_h, out_w, out_c, kernel, stride, weight, bias, multiplier, 0, shift,
+                          in_zp, out_zp, low, 0);
+        } else {
+            ml_s8_filters(padded, pw, out, out_h, out_w, out_c, kernel, stride, weight, bias, multiplier, 0, shift,
+                          in_zp, out_zp, low, 1);
         }
         return;
     }
@@ -380,18 +571,23 @@ void ml_depthwise_conv2d_s8(const int8_t *in, int in_h, int in_w, int channels, 
                             const int8_t *weight, const int32_t *bias, const int16_t *multiplier, int shift,
                             int32_t out_zp, int32_t low)
 {
-    if (low < -128 || low > 127 || !ml_s8_covered(in_h, in_w, out_h, out_w, 1, kernel, stride, padding, shift)) {
+    if (!ml_s8_covered(in_h, in_w, out_h, out_w, 1, kernel, stride, padding, multiplier, shift, low)
+        || !ml_s8_rq_covered(multiplier, channels, shift)) {
         ml_depthwise_conv2d_s8_ref(in, in_h, in_w, channels, in_zp, out, out_h, out_w, kernel, stride, padding,
                                    weight, bias, multiplier, shift, out_zp, low);
         return;
     }
     uint8_t padded[ML_S8_PLANE_BYTES + ML_S8_SLACK];
-    const int taps = kernel * kernel;
+    const int pw = in_w + 2 * padding;
     for (int c = 0; c < channels; ++c) {
-        const int32_t b = ml_s8_folded_bias(weight + c * taps, taps, ML_FLASH_S32(&bias[c]), in_zp);
         ml_s8_pad_plane(in + c * in_h * in_w, in_h, in_w, padding, in_zp, padded);
-        ml_s8_filter(padded, in_w + 2 * padding, out + c * out_h * out_w, out_h, out_w, kernel, stride,
-                     weight + c * taps, b, ml_s8_mult(ML_FLASH_S16(&multiplier[c]), shift), shift, out_zp, low);
+        if (low == -128) {
+            ml_s8_filters(padded, pw, out + c * out_h * out_w, out_h, out_w, 1, kernel, stride, weight, bias,
+                          multiplier, c, shift, in_zp, out_zp, low, 0);
+        } else {
+            ml_s8_filters(padded, pw, out + c * out_h * out_w, out_h, out_w, 1, kernel, stride, weight, bias,
+                          multiplier, c, shift, in_zp, out_zp, low, 1);
+        }
     }
 }
 
