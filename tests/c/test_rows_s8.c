@@ -56,6 +56,25 @@ static void test_requantize(int trials)
     }
 }
 
+/* A channel's ml_rows_rq, as c_int8.requant_table computes it (m > 0, 1 <= shift <= 24, m < 2^shift; sums
+ * within +-bound): 1 where the fast path applies. */
+static int make_rq(ml_rows_rq *rq, int16_t m, int shift, int32_t zp, int32_t low, int32_t bound)
+{
+    int64_t t[2];
+    if (m <= 0 || shift < 1 || shift > 24 || m >= ((int32_t)1 << shift) || bound >= (1 << 23) - 1) return 0;
+    for (int i = 0; i < 2; ++i) {
+        const int64_t v = i == 0 ? 127 : low + 1, num = (v - zp) * ((int64_t)1 << shift) - ((int64_t)1 << (shift - 1));
+        int64_t c = num >= 0 ? (num + m - 1) / m : -((-num) / m); /* ceil(num / m) */
+        if (c < -bound) c = -bound;
+        if (c > bound + 1) c = bound + 1;
+        t[i] = c;
+    }
+    rq->scale = (int32_t)m << (24 - shift);
+    rq->hi = (int32_t)t[0];
+    rq->lo = (int32_t)t[1];
+    return 1;
+}
+
 #define MAX_W 40
 #define MAX_K 5
 
@@ -76,8 +95,10 @@ static void test_filter(int trials)
             in[ky] = rows[ky];
         }
         for (int i = 0; i < kernel * kernel; ++i) taps[i] = (int8_t)random_in(-128, 127);
+        ml_rows_rq rq;
+        const int fast = kernel == 3 && t % 2 == 0 && make_rq(&rq, m, shift, zp, low, (1 << 20) + 9 * 128 * 128);
         memset(out, 0x5A, sizeof out);
-        ml_rows_filter_s8(in, kernel, stride, out_w, taps, bias, m, shift, zp, low, out, step);
+        ml_rows_filter_s8(in, kernel, stride, out_w, taps, bias, m, shift, zp, low, fast ? &rq : NULL, out, step);
         for (int x = 0; x < out_w; ++x) {
             int32_t acc = bias;
             for (int ky = 0; ky < kernel; ++ky) {
@@ -87,7 +108,7 @@ static void test_filter(int trials)
             for (int i = 1; i < step && x * step + i < (int)sizeof out; ++i) ok &= out[x * step + i] == 0x5A;
         }
         for (int i = (out_w - 1) * step + 1; i < (int)sizeof out; ++i) ok &= out[i] == 0x5A;
-        check(ok, "filter", t);
+        check(ok, fast ? "filter (fast path)" : "filter", t);
     }
 }
 
@@ -98,6 +119,7 @@ static void test_pointwise(int trials)
     static int8_t in[MAX_W * MAX_C], weight[MAX_C * MAX_C], out[MAX_C * (MAX_W + 4)];
     static int32_t bias[MAX_C], sums[MAX_C], expected[MAX_C];
     static int16_t multiplier[MAX_C];
+    static ml_rows_rq rqs[MAX_C];
     for (int t = 0; t < trials; ++t) {
         const int width = random_in(1, MAX_W), in_c = t % 5 == 0 ? random_in(65, MAX_C) : random_in(1, 32);
         const int out_c = random_in(1, 30), stride = width + random_in(0, 4), gap = next_random() % 3 == 0;
@@ -110,12 +132,21 @@ static void test_pointwise(int trials)
         layer.out_zp = (int16_t)random_in(-128, 127);
         layer.low = next_random() % 2 ? layer.out_zp : -128;
         layer.shift = (uint8_t)pick_shift();
+        layer.rq = NULL;
         for (int i = 0; i < width * in_c; ++i) in[i] = (int8_t)random_in(-128, 127);
         for (int i = 0; i < out_c * in_c; ++i) weight[i] = (int8_t)random_in(-128, 127);
         for (int c = 0; c < out_c; ++c) {
             bias[c] = random_in(-(1 << 20), 1 << 20);
             multiplier[c] = (int16_t)(next_random() % 4 ? random_in(1, 32767) : random_in(-32768, 32767));
             sums[c] = expected[c] = random_in(-1000, 1000);
+        }
+        if (t % 2 == 0 && in_c <= 64) { /* the fast path where every channel allows it */
+            int fast = 1;
+            for (int c = 0; c < out_c; ++c) {
+                fast &= make_rq(&rqs[c], multiplier[c], layer.shift, layer.out_zp, layer.low,
+                                (1 << 20) + in_c * 128 * 128);
+            }
+            if (fast) layer.rq = rqs;
         }
         memset(out, 0x5A, sizeof out);
         ml_rows_pointwise_s8(in, width, in_c, &layer, out_c, gap ? NULL : out, stride, sums, layer.out_zp);

@@ -17,9 +17,10 @@
  *
  * The arithmetic gives the int8 reference's (ml_kernels_s8.c) integers, bit for bit: each bias has the input
  * zero point folded in (bias - in_zp * sum of the filter's weights, at generation time, so the loops add
- * q * w with no subtraction; q * w fits in 16 bits), and requantization uses 32-bit products only (exact for
- * shifts 17..31, the reference's int64 path otherwise). Layer descriptions and weights stay in flash
- * (ml_flash.h). */
+ * q * w with no subtraction; q * w fits in 16 bits). Where the generator has checked its assumptions
+ * (ml_rows_rq below) a layer takes the fast path: three-byte sums and a shift-free requantization, on the AVR
+ * whole rows in assembly (ml_rows_s8.c); otherwise requantization uses 32-bit products (exact for shifts
+ * 17..31, the reference's int64 path otherwise). Layer descriptions and weights stay in flash (ml_flash.h). */
 #ifndef ML_ROWS_S8_H
 #define ML_ROWS_S8_H
 
@@ -28,12 +29,24 @@
 /* One quantized layer's constants: kernel, folded bias (bias - in_zp * sum of the filter's weights) and
  * per-channel multipliers (in flash), zero points, shift; low is the lower clamp (-128, or the output zero
  * point when a ReLU is fused). */
+/* One output channel's requantization in a form without shifts (the fast path; the generator computes it and
+ * checks its assumptions, c_int8._requant_table): for an accumulator acc with |acc| < 2^23 (checked from the
+ * weights), the reference's value zero_point + floor((acc * multiplier + 2^(shift-1)) / 2^shift), clamped to
+ * [low, 127], is 127 when acc >= hi, low when acc < lo, and otherwise zero_point + floor((acc * scale + 2^23) /
+ * 2^24), where scale = multiplier * 2^(24 - shift) (multiplier > 0, shift <= 24, scale < 2^24): only byte 3
+ * of that product matters, which the AVR computes with eight 8 x 8 multiplies and no shifts. */
+typedef struct {
+    int32_t scale, lo, hi;
+} ml_rows_rq;
+
 typedef struct {
     const int8_t *weight;
     const int32_t *bias;
     const int16_t *multiplier;
     int16_t in_zp, out_zp, low;
     uint8_t shift;
+    const ml_rows_rq *rq; /* per output channel, in flash; NULL: the generic path (int32 sums, the reference's
+                           * requantization) */
 } ml_layer_s8;
 
 /* A depthwise-separable block: dw (kernel x kernel, stride, zero padding) on in_h x in_w x channels, then
@@ -74,10 +87,10 @@ void ml_rows_run_s8(const ml_rows_network *net, const uint8_t *image);
 
 /* One output row of a kernel x kernel filter (taps in flash) over padded rows in[0..kernel-1] (int8, the
  * zero point's bytes as padding): out[x * out_step] = requantized (bias + sum of in[ky][x * stride + kx] *
- * taps[ky * kernel + kx]), x < out_w. */
+ * taps[ky * kernel + kx]), x < out_w. rq (in flash): this channel's ml_rows_rq (the fast path), or NULL. */
 void ml_rows_filter_s8(const int8_t *const *in, int kernel, int stride, int out_w, const int8_t *taps,
                        int32_t bias, int16_t multiplier, int shift, int32_t out_zp, int32_t low,
-                       int8_t *out, int out_step);
+                       const ml_rows_rq *rq, int8_t *out, int out_step);
 
 /* A 1x1 convolution of one row: in is pixel-major (width x in_c), out[co * out_stride + x] = requantized
  * (bias[co] + sum over ci of in[x * in_c + ci] * weight[co * in_c + ci]); with gap_sums instead (out NULL),
@@ -87,5 +100,8 @@ void ml_rows_pointwise_s8(const int8_t *in, int width, int in_c, const ml_layer_
 
 /* zero_point + round(acc * multiplier / 2^shift) clamped to [low, 127]: ml_requantize_s8's value. */
 int8_t ml_rows_requantize_s8(int32_t acc, int16_t multiplier, int shift, int32_t zero_point, int32_t low);
+
+/* The same value from a channel's ml_rows_rq (|acc| < 2^23): plain C, what the AVR's assembly computes. */
+int8_t ml_rows_requantize_rq_s8(int32_t acc, const ml_rows_rq *rq, int32_t zero_point, int32_t low);
 
 #endif /* ML_ROWS_S8_H */

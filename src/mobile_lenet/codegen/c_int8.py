@@ -133,12 +133,60 @@ def _folded_bias(layer: QLayer) -> str:
     return f"static const int32_t {_folded_name(layer)}[{folded.size}] ML_FLASH = {{{values}}};"
 
 
+ACC24_LIMIT = 2**23 - 1  # the fast path's sums are kept in three bytes (c/ml_rows_s8.c, ml_rows_dot24)
+
+
+def _rq_name(layer: QLayer) -> str:
+    return array_name(layer.name, "rq")
+
+
+def requant_table(layer: QLayer) -> np.ndarray | None:
+    """The fast path's per-channel requantization (``ml_rows_rq`` in c/ml_rows_s8.h) of a convolution layer:
+    (scale, lo, hi) int64 rows, or None where one of its assumptions fails (then the layer takes the generic
+    path: int32 sums and the reference's requantization). Checked here, for every channel:
+    - every sum the kernels can form, folded bias + sum of q * w over int8 q, has |sum| <= 2^23 - 2 (three bytes);
+    - 0 < multiplier, shift <= 24 and scale = multiplier * 2^(24 - shift) < 2^24 (three unsigned bytes);
+    - hi = the smallest sum whose value reaches 127, lo = the smallest whose value exceeds the lower clamp
+      (the value is non-decreasing in the sum since the multiplier is positive), both clipped to the sums'
+      range, so that between them zero_point + floor((sum * scale + 2^23) / 2^24) is the reference's value."""
+    shift = int(layer.shift)
+    weight = layer.weight.astype(np.int64).reshape(layer.weight.shape[0], -1)
+    folded = layer.bias.astype(np.int64) - layer.in_zero_point * weight.sum(axis=1)
+    bound = np.abs(folded) + 128 * np.abs(weight).sum(axis=1)
+    multiplier = layer.multiplier.astype(np.int64)
+    if shift < 1 or shift > 24 or bound.max() >= ACC24_LIMIT or multiplier.min() <= 0:
+        return None
+    scale = multiplier << (24 - shift)
+    if scale.max() >= 2**24:
+        return None
+    zp = int(layer.out_zero_point)
+    low = zp if layer.relu else INT8_MIN
+    rows = []
+    for m, b, sc in zip(multiplier.tolist(), bound.tolist(), scale.tolist()):
+        def reaches(v: int) -> int:  # the smallest sum with zp + floor((sum * m + 2^(shift-1)) / 2^shift) >= v
+            return -((-((v - zp) * 2**shift - 2**(shift - 1))) // m)
+        hi, lo = (min(max(t, -b), b + 1) for t in (reaches(127), reaches(low + 1)))
+        rows.append((sc, lo, hi))
+    return np.array(rows, dtype=np.int64)
+
+
+def _requant_array(layer: QLayer) -> str:
+    """The C array of a layer's ml_rows_rq rows (empty where the layer takes the generic path)."""
+    table = requant_table(layer)
+    if table is None:
+        return f"/* {layer.name}: the generic path (an assumption of the fast one fails: c_int8.requant_table) */"
+    values = ", ".join(f"{{{sc}, {lo}, {hi}}}" for sc, lo, hi in table.tolist())
+    return f"static const ml_rows_rq {_rq_name(layer)}[{len(table)}] ML_FLASH = {{{values}}};"
+
+
 def _layer_struct(layer: QLayer) -> str:
-    """An ``ml_layer_s8`` initializer (c/ml_rows_s8.h) for a convolution layer (its folded bias array)."""
+    """An ``ml_layer_s8`` initializer (c/ml_rows_s8.h) for a convolution layer (its folded bias array, and its
+    fast requantization table or NULL)."""
     low = layer.out_zero_point if layer.relu else INT8_MIN
+    rq = _rq_name(layer) if requant_table(layer) is not None else "NULL"
     return (f"{{{array_name(layer.name, 'weight')}, {_folded_name(layer)}, "
             f"{array_name(layer.name, 'multiplier')}, {layer.in_zero_point}, {layer.out_zero_point}, {low}, "
-            f"{layer.shift}}}")
+            f"{layer.shift}, {rq}}}")
 
 
 def rows_network_source(qmodel: QuantizedModel) -> str:
@@ -157,7 +205,8 @@ def rows_network_source(qmodel: QuantizedModel) -> str:
         block_lines.append(f"    /* {' + '.join(dw.rows + pw.rows)} */")
         block_lines.append(f"    {{{_layer_struct(dw)}, {_layer_struct(pw)}, {h}, {w}, {c}, {dw.out_shape[0]}, "
                            f"{dw.out_shape[1]}, {pw.out_shape[2]}, {dw.kernel}, {dw.stride}, {dw.padding}}},")
-    folded = [_folded_bias(layer) for layer in [stem] + [layer for pair in blocks for layer in pair]]
+    convolutions = [stem] + [layer for pair in blocks for layer in pair]
+    folded = [_folded_bias(layer) for layer in convolutions] + [_requant_array(layer) for layer in convolutions]
     low = dense.out_zero_point if dense.relu else INT8_MIN
     dense_call = (f"ml_dense_s8(pooled, {dense.in_shape[0]}, {dense.in_zero_point}, logits, {dense.out_shape[0]}, "
                   f"{array_name(dense.name, 'weight')}, {array_name(dense.name, 'bias')}, "
