@@ -9,6 +9,12 @@ so the accuracy column doubles as a check that each engine computes the network)
 timed best-of-N over the whole set after a warm-up call on a few images (which also builds and caches the
 C programs); batch-1 engines are timed image by image, giving the latency percentiles.
 
+The generated C gets two figures: the whole process (``mobile_lenet_host classify``: process start, reading the
+images and printing a line per image included), and the library calls alone (``mobile_lenet_host time``: the
+images read into memory first, then clock_gettime around the calls only, one warm-up pass, best of a few). The
+float C comes as the Noodle-semantics library (what ``export --format c`` writes, bit for bit the reference) and
+as the host fast path (BatchNorm folded, AVX2; the ``c`` engine). ``ratios`` compares them within this run.
+
 Each engine's speed is also given as a fraction of a compute bound: 2 x MACs per image x images/s against
 the peak float32 FLOP/s of a large ``torch.mm`` on this machine, with 1 thread for single-threaded engines
 (the C programs) and with all the benchmark's threads for the others.
@@ -86,6 +92,8 @@ class Case:
     threads: int | str
     make: Callable[[], Callable[[np.ndarray], np.ndarray]]
     per_image: bool = False
+    # the C programs: images -> host_c.run_time's dict (the library calls alone, without process start and output)
+    library_time: Callable[[np.ndarray], dict] | None = None
 
 
 def torch_batch_size() -> int:
@@ -143,14 +151,38 @@ def onnx_cases(tensors, threads: int, work_dir: Path) -> list[Case]:
             Case("onnxruntime", batch, threads, make=make_batched)]
 
 
-def float_c_and_reference_cases(tensors) -> list[Case]:
-    """The NumPy reference engine and the generated float32 C, through ``engines.registry.logits``."""
+LIBRARY_REPEATS = {"quick": 1, "full": 5}  # passes over the images in the C programs' time mode (best one counts)
+
+
+def c_case(engine: str, model, repeats: int, **build_options) -> Case:
+    """A generated C program: timed as a whole process (classify) and, separately, its library calls (time mode)."""
+    from mobile_lenet.engines import host_c
+
+    def make():
+        program = host_c.build_host_program(model, **build_options)
+        return lambda images: host_c.run_classify(program, images).logits
+
+    def library_time(images):
+        return host_c.run_time(host_c.build_host_program(model, **build_options), images, repeats)
+
+    return Case(engine, 1, 1, make=make, library_time=library_time)
+
+
+def float_c_and_reference_cases(tensors, settings: dict) -> list[Case]:
+    """The NumPy reference engine and the generated float32 C: the Noodle-semantics library and the host fast path."""
     from mobile_lenet.engines import reference
     from mobile_lenet.engines.registry import logits
 
+    repeats = LIBRARY_REPEATS["quick" if settings is QUICK else "full"]
     return [Case("NumPy reference", reference.BATCH_SIZE, "NumPy/BLAS default",
                  make=lambda: (lambda images: logits(tensors, images, "reference"))),
-            Case("generated C, float32", 1, 1, make=lambda: (lambda images: logits(tensors, images, "c")))]
+            c_case(FLOAT_C_NOODLE, tensors, repeats, variant="noodle"),
+            c_case(FLOAT_C_FAST, tensors, repeats, variant="fast")]
+
+
+FLOAT_C_NOODLE = "generated C, float32 (Noodle semantics, exported library)"
+FLOAT_C_FAST = "generated C, float32 (host fast path, `c` engine)"
+INT8_C = "generated C, int8"
 
 
 def int8_cases(tensors, train_images: np.ndarray, settings: dict) -> list[Case]:
@@ -171,8 +203,48 @@ def int8_cases(tensors, train_images: np.ndarray, settings: dict) -> list[Case]:
         qmodel = model()
         return lambda images: logits(qmodel, images, engine)
 
-    return [Case("NumPy int8 reference", reference_int8.BATCH, 1, make=lambda: make("reference")),
-            Case("generated C, int8", 1, 1, make=lambda: make("c"))]
+    repeats = LIBRARY_REPEATS["quick" if settings is QUICK else "full"]
+
+    def make_c():
+        from mobile_lenet.engines import host_c
+
+        program = host_c.build_host_program(model())
+        return lambda images: host_c.run_classify(program, images).logits
+
+    def library_time(images):
+        from mobile_lenet.engines import host_c
+
+        return host_c.run_time(host_c.build_host_program(model()), images, repeats)
+
+    int8_c = Case(INT8_C, 1, 1, make=make_c, library_time=library_time)
+    return [Case("NumPy int8 reference", reference_int8.BATCH, 1, make=lambda: make("reference")), int8_c]
+
+
+def ratios(rows: list[dict]) -> dict:
+    """Speed ratios between rows of this run (None where a row is missing or not available): the C programs'
+    library calls (and, in brackets, their whole processes) against onnxruntime and against each other."""
+    def rate(engine, batch=None, library=False):
+        for row in rows:
+            if row["engine"] == engine and (batch is None or row["batch"] == batch) and row.get("available", True):
+                return row.get("library_call", {}).get("images_per_second") if library else row["images_per_second"]
+        return None
+
+    def ratio(a, b):
+        return None if a is None or b is None else a / b
+
+    ort1, ort_batch = rate("onnxruntime", 1), rate("onnxruntime", torch_batch_size())
+    out = {}
+    for name, engine in (("float_fast", FLOAT_C_FAST), ("float_noodle", FLOAT_C_NOODLE), ("int8", INT8_C)):
+        for kind, library in (("library", True), ("process", False)):
+            out[f"{name}_{kind}_vs_onnxruntime_batch1"] = ratio(rate(engine, library=library), ort1)
+            out[f"{name}_{kind}_vs_onnxruntime_batched"] = ratio(rate(engine, library=library), ort_batch)
+    for kind, library in (("library", True), ("process", False)):
+        out[f"int8_vs_float_fast_{kind}"] = ratio(rate(INT8_C, library=library), rate(FLOAT_C_FAST, library=library))
+        out[f"int8_vs_float_noodle_{kind}"] = ratio(rate(INT8_C, library=library),
+                                                    rate(FLOAT_C_NOODLE, library=library))
+        out[f"float_fast_vs_noodle_{kind}"] = ratio(rate(FLOAT_C_FAST, library=library),
+                                                    rate(FLOAT_C_NOODLE, library=library))
+    return out
 
 
 def benchmark_weights(options: Options):
@@ -210,10 +282,11 @@ def run(options: Options) -> dict:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-onnx-") as work_dir:
         cases = (torch_cases(tensors, options.threads) + onnx_cases(tensors, options.threads, Path(work_dir))
-                 + float_c_and_reference_cases(tensors) + int8_cases(tensors, train_images, settings))
+                 + float_c_and_reference_cases(tensors, settings) + int8_cases(tensors, train_images, settings))
         for case in cases:
             rows.append(measure_case(case, images, labels, expected, peaks, macs, settings, options.log))
-    return {"weights": weights, "test_images": len(images), "macs_per_image": macs, "peak": peaks, "engines": rows}
+    return {"weights": weights, "test_images": len(images), "macs_per_image": macs, "peak": peaks, "engines": rows,
+            "ratios": ratios(rows)}
 
 
 def measure_case(case: Case, images, labels, expected, peaks: dict, macs: int, settings: dict, log) -> dict:
@@ -234,4 +307,12 @@ def measure_case(case: Case, images, labels, expected, peaks: dict, macs: int, s
                bound=f"{peak['threads']}-thread peak",
                fraction_of_peak=2 * macs * timing["images_per_second"] / peak["flops"])
     log(f"    {row['images_per_second']:.0f} images/s on {n} images, accuracy {row['accuracy']:.4f}")
+    if case.library_time is not None:
+        try:
+            library = case.library_time(images[:n])
+        except Exception as error:  # the time mode failing: the process figure still stands
+            row["library_call"] = not_available(f"{type(error).__name__}: {error}".splitlines()[0])
+            return row
+        row["library_call"] = {**library, "fraction_of_peak": 2 * macs * library["images_per_second"] / peak["flops"]}
+        log(f"    library calls alone: {library['images_per_second']:.0f} images/s")
     return row

@@ -19,6 +19,13 @@
  *   multiply-accumulates per instruction, through the ACLE intrinsics of <arm_acle.h>. Elsewhere (host,
  *   Cortex-M0+) the same loops are plain C99, except the pointwise inner loop on Thumb-1 cores (inline assembly:
  *   GCC spills its four sums there; -DML_S8_NO_ASM keeps the C).
+ * - On x86 with AVX2 (the host program is built with -march=native; not on ARM), the 3x3 filters and the 1x1
+ *   convolutions use VPMADDWD: pairs of 16-bit values (inputs widened from bytes) times pairs of weights, summed
+ *   into eight int32 lanes exactly (|u * w| < 2^15); with VNNI as well (AVX512-VNNI + AVX512VL, or AVX-VNNI),
+ *   VPDPBUSD: quads of bytes u = q + 128 times quads of int8 weights into each int32 lane (no saturation). The
+ *   plain C requantization (thresholds, one 32-bit multiply and shift) runs eight lanes at a time, the
+ *   thresholds as a clamp of the sums and the final clamp as saturating packs. -DML_S8_NO_X86 keeps the plain
+ *   C, -DML_S8_NO_VNNI the AVX2 one.
  * The sums are modulo 2^32 (uint32_t), as the reference's int32 sums are in practice: same bits, no overflow
  * that a sanitizer could call undefined. Stack: a padded plane (ML_S8_PLANE_BYTES) or a pixel tile, and
  * per-channel tables (ML_S8_MAX_CHANNELS entries).
@@ -84,9 +91,34 @@ static inline uint32_t ml_s8_odd_bytes_signed(uint32_t v)
 #define ML_S8_THUMB1 0
 #endif
 
+/* x86 with AVX2 (e.g. -march=native on the host): the VPMADDWD paths below */
+#if !ML_S8_DSP && defined(__AVX2__) && !defined(ML_S8_NO_X86)
+#define ML_S8_X86 1
+#include <immintrin.h>
+#else
+#define ML_S8_X86 0
+#endif
+
+/* ... and with VNNI (VPDPBUSD: four u8 x s8 products summed into each int32 lane, no saturation), when the
+ * compiler targets AVX512-VNNI with AVX512VL or AVX-VNNI */
+#if ML_S8_X86 && ((defined(__AVX512VNNI__) && defined(__AVX512VL__)) || defined(__AVXVNNI__)) && !defined(ML_S8_NO_VNNI)
+#define ML_S8_VNNI 1
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define ml_s8_dpbusd(acc, u, w) _mm256_dpbusd_epi32(acc, u, w)
+#else
+#define ml_s8_dpbusd(acc, u, w) _mm256_dpbusd_avx_epi32(acc, u, w)
+#endif
+#else
+#define ML_S8_VNNI 0
+#endif
+
 #define ML_S8_MAX_CHANNELS 64   /* per-channel tables on the stack; more channels: the reference kernels */
 #define ML_S8_PLANE_BYTES 1024  /* a padded input plane on the stack (30 x 30 for a 28 x 28 map) */
+#if ML_S8_X86
+#define ML_S8_SLACK 16          /* 16-byte loads may read up to 15 bytes past the last used one */
+#else
 #define ML_S8_SLACK 4           /* word loads may read up to 3 bytes past the last used one */
+#endif
 #define ML_S8_MIN_SHIFT 17
 #define ML_S8_MAX_SHIFT 31
 
@@ -199,6 +231,129 @@ static int32_t ml_s8_folded_bias(const int8_t *weight, int count, int32_t bias, 
 
 static inline uint8_t ml_s8_unsigned(int8_t q) { return (uint8_t)((uint8_t)q ^ 0x80u); }
 
+#if ML_S8_X86
+/* Eight int32 sums, scaled as ml_s8_out does but eight at a time: the sums clamped to [lo, hi] first, so that
+ * (acc * mult + round) >> shift is exact in int32 (see ml_s8_requant: at hi the value is 127 or a little more,
+ * at lo it is low or less); the stores below then saturate to [-128, 127] (packs) and raise to low (max), which
+ * gives 127 for sums >= hi and low for sums <= lo, as ml_s8_out. */
+static inline __m256i ml_s8_scale8_x86(__m256i acc, const ml_s8_rq *q, __m128i shift)
+{
+    acc = _mm256_max_epi32(_mm256_min_epi32(acc, _mm256_set1_epi32(q->hi)), _mm256_set1_epi32(q->lo));
+    return _mm256_sra_epi32(_mm256_add_epi32(_mm256_mullo_epi32(acc, _mm256_set1_epi32(q->mult)),
+                                             _mm256_set1_epi32(q->round)), shift);
+}
+
+/* Eight scaled values stored as eight int8: saturated to [-128, 127], then at least low */
+static inline void ml_s8_store8_x86(int8_t *out, __m256i v, int32_t low)
+{
+    const __m128i w = _mm_packs_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    _mm_storel_epi64((__m128i *)(void *)out, _mm_max_epi8(_mm_packs_epi16(w, w), _mm_set1_epi8((char)low)));
+}
+
+/* Sixteen scaled values (v0: the first eight, v1: the next eight) stored as sixteen int8, the same way */
+static inline void ml_s8_store16_x86(int8_t *out, __m256i v0, __m256i v1, int32_t low)
+{
+    const __m256i w = _mm256_permute4x64_epi64(_mm256_packs_epi32(v0, v1), 0xD8); /* in-lane packs: reorder */
+    const __m128i b = _mm_packs_epi16(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+    _mm_storeu_si128((__m128i *)(void *)out, _mm_max_epi8(b, _mm_set1_epi8((char)low)));
+}
+
+/* Two weights as the int32 whose low 16 bits are a and high 16 bits are b (VPMADDWD: x_even * a + x_odd * b) */
+static inline int32_t ml_s8_pair(int32_t a, int32_t b)
+{
+    return (int32_t)(((uint32_t)a & 0xFFFFu) | ((uint32_t)b << 16));
+}
+
+/* Four weights as the int32 of bytes (a, b, c, d), lowest first (VPDPBUSD: u0 * a + u1 * b + u2 * c + u3 * d) */
+static inline int32_t ml_s8_quad(int32_t a, int32_t b, int32_t c, int32_t d)
+{
+    return (int32_t)(((uint32_t)a & 0xFFu) | (((uint32_t)b & 0xFFu) << 8) | (((uint32_t)c & 0xFFu) << 16)
+                     | ((uint32_t)d << 24));
+}
+
+static inline __m128i ml_s8_load8(const uint8_t *p) { return _mm_loadl_epi64((const __m128i *)(const void *)p); }
+static inline __m128i ml_s8_load16(const uint8_t *p) { return _mm_loadu_si128((const __m128i *)(const void *)p); }
+
+/* The sums of eight outputs ox..ox+7 of a 3x3 filter, stride 1 or 2, over padded rows r0..r2 (u = q + 128).
+ * w[0..5]: the weight pairs (w0, w1), (w3, w4), (w6, w7), then stride 1: (w2, w5), (w8, 0); stride 2: (w2, 0),
+ * (w5, 0), (w8, 0). Stride 1 reads 16 bytes from r + ox (uses 9) and 8 from r + ox + 2, stride 2 16 bytes from
+ * r + 2 ox and r + 2 ox + 2. */
+ML_S8_INLINE __m256i ml_s8_block3_x86(const uint8_t *r0, const uint8_t *r1, const uint8_t *r2, int ox,
+                                      const int stride, const __m256i *w, __m256i bias)
+{
+    __m256i acc;
+#if ML_S8_VNNI
+    /* VNNI: w[6..8] are the rows' weight quads (w_r0, w_r1, w_r2, 0); output j takes the quad of bytes
+     * (u[s j], u[s j + 1], u[s j + 2], any) of each row, gathered by one in-lane shuffle */
+    if (stride == 1) {
+        const __m256i quads = _mm256_setr_epi8(0, 1, 2, 3, 1, 2, 3, 4, 2, 3, 4, 5, 3, 4, 5, 6,
+                                               4, 5, 6, 7, 5, 6, 7, 8, 6, 7, 8, 9, 7, 8, 9, 10);
+        acc = ml_s8_dpbusd(bias, _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(ml_s8_load16(r0 + ox)), quads), w[6]);
+        acc = ml_s8_dpbusd(acc, _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(ml_s8_load16(r1 + ox)), quads), w[7]);
+        return ml_s8_dpbusd(acc, _mm256_shuffle_epi8(_mm256_broadcastsi128_si256(ml_s8_load16(r2 + ox)), quads), w[8]);
+    } else {
+        const __m256i quads = _mm256_setr_epi8(0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7, 8, 9,
+                                               0, 1, 2, 3, 2, 3, 4, 5, 4, 5, 6, 7, 6, 7, 8, 9);
+        const int x = 2 * ox;
+        acc = ml_s8_dpbusd(bias, _mm256_shuffle_epi8(_mm256_setr_m128i(ml_s8_load16(r0 + x), ml_s8_load16(r0 + x + 8)), quads), w[6]);
+        acc = ml_s8_dpbusd(acc, _mm256_shuffle_epi8(_mm256_setr_m128i(ml_s8_load16(r1 + x), ml_s8_load16(r1 + x + 8)), quads), w[7]);
+        return ml_s8_dpbusd(acc, _mm256_shuffle_epi8(_mm256_setr_m128i(ml_s8_load16(r2 + x), ml_s8_load16(r2 + x + 8)), quads), w[8]);
+    }
+#endif
+    if (stride == 1) {
+        const __m128i pairs = _mm_setr_epi8(0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8);
+        acc = _mm256_add_epi32(bias, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_shuffle_epi8(ml_s8_load16(r0 + ox), pairs)), w[0]));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_shuffle_epi8(ml_s8_load16(r1 + ox), pairs)), w[1]));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_cvtepu8_epi16(_mm_shuffle_epi8(ml_s8_load16(r2 + ox), pairs)), w[2]));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(
+            _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(ml_s8_load8(r0 + ox + 2), ml_s8_load8(r1 + ox + 2))), w[3]));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_cvtepu8_epi32(ml_s8_load8(r2 + ox + 2)), w[4]));
+    } else {
+        const int x = 2 * ox;
+        acc = _mm256_add_epi32(bias, _mm256_madd_epi16(_mm256_cvtepu8_epi16(ml_s8_load16(r0 + x)), w[0]));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_cvtepu8_epi16(ml_s8_load16(r1 + x)), w[1]));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_cvtepu8_epi16(ml_s8_load16(r2 + x)), w[2]));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_cvtepu8_epi16(ml_s8_load16(r0 + x + 2)), w[3]));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_cvtepu8_epi16(ml_s8_load16(r1 + x + 2)), w[4]));
+        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_cvtepu8_epi16(ml_s8_load16(r2 + x + 2)), w[5]));
+    }
+    return acc;
+}
+
+/* One output row of a 3x3 filter: sixteen outputs at a time (eight when out_w < 16); the last block overlaps the
+ * previous one when out_w is not a multiple of its size (the same values are written twice); a row shorter than
+ * eight is one block, stored whole when the plane has eight bytes from this row on (row_follows: out[out_w..7]
+ * then belong to the rows after it, written later), else only its first out_w values. Loads may read up to 15 bytes past the last row
+ * (ML_S8_SLACK), into lanes that are not stored. */
+ML_S8_INLINE void ml_s8_row3_x86(const uint8_t *r0, const uint8_t *r1, const uint8_t *r2, int8_t *out, int out_w,
+                                 const int stride, const __m256i *w, __m256i bias, const ml_s8_rq *q, __m128i shift,
+                                 int row_follows)
+{
+    if (out_w >= 16) {
+        for (int ox = 0;; ox += 16) {
+            if (ox > out_w - 16) ox = out_w - 16;
+            const __m256i a = ml_s8_block3_x86(r0, r1, r2, ox, stride, w, bias);
+            const __m256i b = ml_s8_block3_x86(r0, r1, r2, ox + 8, stride, w, bias);
+            ml_s8_store16_x86(out + ox, ml_s8_scale8_x86(a, q, shift), ml_s8_scale8_x86(b, q, shift), q->low);
+            if (ox == out_w - 16) break;
+        }
+    } else if (out_w >= 8) {
+        for (int ox = 0;; ox += 8) {
+            if (ox > out_w - 8) ox = out_w - 8;
+            ml_s8_store8_x86(out + ox, ml_s8_scale8_x86(ml_s8_block3_x86(r0, r1, r2, ox, stride, w, bias), q, shift),
+                             q->low);
+            if (ox == out_w - 8) break;
+        }
+    } else if (row_follows) { /* a short row with another after it: its eight bytes, the extra ones rewritten next */
+        ml_s8_store8_x86(out, ml_s8_scale8_x86(ml_s8_block3_x86(r0, r1, r2, 0, stride, w, bias), q, shift), q->low);
+    } else { /* a short last row: the first out_w of eight (the others read past the row and are not stored) */
+        int8_t last[8];
+        ml_s8_store8_x86(last, ml_s8_scale8_x86(ml_s8_block3_x86(r0, r1, r2, 0, stride, w, bias), q, shift), q->low);
+        for (int i = 0; i < out_w; ++i) out[i] = last[i];
+    }
+}
+#endif
+
 /* -------------------------------------------------------------------------------- padded planes, KxK filters */
 /* The plane in_h x in_w as u = q + 128, surrounded by padding rows and columns of zp + 128 (real zero):
  * (in_h + 2 padding) rows of pw = in_w + 2 padding bytes. */
@@ -219,11 +374,64 @@ static void ml_s8_pad_plane(const int8_t *in, int in_h, int in_w, int padding, i
             memcpy(row, &word, 4);
         }
 #endif
+#if ML_S8_X86
+        if (in_w >= 16) { /* sixteen at a time (the last sixteen overlap when in_w % 16 != 0) */
+            const __m128i flip = _mm_set1_epi8((char)0x80);
+            for (x = 0;; x += 16) {
+                if (x > in_w - 16) x = in_w - 16;
+                _mm_storeu_si128((__m128i *)(void *)(row + x),
+                                 _mm_xor_si128(_mm_loadu_si128((const __m128i *)(const void *)(in + x)), flip));
+                if (x == in_w - 16) break;
+            }
+            x = in_w;
+            row += in_w;
+        } else if (in_w >= 8) {
+            const __m128i flip = _mm_set1_epi8((char)0x80);
+            for (x = 0;; x += 8) {
+                if (x > in_w - 8) x = in_w - 8;
+                _mm_storel_epi64((__m128i *)(void *)(row + x),
+                                 _mm_xor_si128(_mm_loadl_epi64((const __m128i *)(const void *)(in + x)), flip));
+                if (x == in_w - 8) break;
+            }
+            x = in_w;
+            row += in_w;
+        }
+#endif
         for (; x < in_w; ++x) *row++ = ml_s8_unsigned(in[x]);
         for (int i = 0; i < padding; ++i) *row++ = pad;
     }
     for (int i = 0; i < padding * pw; ++i) *row++ = pad;
 }
+
+#if ML_S8_X86
+/* The inside of a plane padded by ml_s8_pad_plane, for another plane of the same shape and zero point: the
+ * border is already there. */
+static void ml_s8_fill_interior(const int8_t *in, int in_h, int in_w, int padding, uint8_t *plane)
+{
+    const int pw = in_w + 2 * padding;
+    const __m128i flip = _mm_set1_epi8((char)0x80);
+    for (int y = 0; y < in_h; ++y, in += in_w) {
+        uint8_t *row = plane + (y + padding) * pw + padding;
+        if (in_w >= 16) {
+            for (int x = 0;; x += 16) {
+                if (x > in_w - 16) x = in_w - 16;
+                _mm_storeu_si128((__m128i *)(void *)(row + x),
+                                 _mm_xor_si128(_mm_loadu_si128((const __m128i *)(const void *)(in + x)), flip));
+                if (x == in_w - 16) break;
+            }
+        } else if (in_w >= 8) {
+            for (int x = 0;; x += 8) {
+                if (x > in_w - 8) x = in_w - 8;
+                _mm_storel_epi64((__m128i *)(void *)(row + x),
+                                 _mm_xor_si128(_mm_loadl_epi64((const __m128i *)(const void *)(in + x)), flip));
+                if (x == in_w - 8) break;
+            }
+        } else {
+            for (int x = 0; x < in_w; ++x) row[x] = ml_s8_unsigned(in[x]);
+        }
+    }
+}
+#endif
 
 /* One output plane of a kernel x kernel filter over a padded plane (row stride pw): out = requantized
  * (bias + sum of u * taps), no bounds to test. */
@@ -234,6 +442,17 @@ ML_S8_INLINE void ml_s8_filter(const uint8_t *plane, int pw, int8_t *out, int ou
         const int32_t w0 = ML_FLASH_S8(&taps[0]), w1 = ML_FLASH_S8(&taps[1]), w2 = ML_FLASH_S8(&taps[2]);
         const int32_t w3 = ML_FLASH_S8(&taps[3]), w4 = ML_FLASH_S8(&taps[4]), w5 = ML_FLASH_S8(&taps[5]);
         const int32_t w6 = ML_FLASH_S8(&taps[6]), w7 = ML_FLASH_S8(&taps[7]), w8 = ML_FLASH_S8(&taps[8]);
+#if ML_S8_X86
+        const __m256i wx[9] = {
+            _mm256_set1_epi32(ml_s8_pair(w0, w1)), _mm256_set1_epi32(ml_s8_pair(w3, w4)),
+            _mm256_set1_epi32(ml_s8_pair(w6, w7)),
+            _mm256_set1_epi32(stride == 1 ? ml_s8_pair(w2, w5) : ml_s8_pair(w2, 0)),
+            _mm256_set1_epi32(stride == 1 ? ml_s8_pair(w8, 0) : ml_s8_pair(w5, 0)), _mm256_set1_epi32(ml_s8_pair(w8, 0)),
+            _mm256_set1_epi32(ml_s8_quad(w0, w1, w2, 0)), _mm256_set1_epi32(ml_s8_quad(w3, w4, w5, 0)),
+            _mm256_set1_epi32(ml_s8_quad(w6, w7, w8, 0))};
+        const __m256i bias_x = _mm256_set1_epi32(bias);
+        const __m128i shift_x = _mm_cvtsi32_si128(shift);
+#endif
 #if ML_S8_DSP
         /* (w0, w2) packed for SMLAD with (u[x], u[x + 2]), w1 alone for u[x + 1] */
         const uint32_t a02 = ((uint32_t)w0 & 0xFFFFu) | ((uint32_t)w2 << 16);
@@ -284,6 +503,15 @@ ML_S8_INLINE void ml_s8_filter(const uint8_t *plane, int pw, int8_t *out, int ou
                     s = __smlabb((int32_t)ml_s8_odd_bytes(v2), w7, s);
                     out[ox] = ml_s8_out((uint32_t)s, q, shift, relu);
                 }
+            }
+#endif
+#if ML_S8_X86
+            if (stride == 1) {
+                ml_s8_row3_x86(r0, r1, r2, out, out_w, 1, wx, bias_x, q, shift_x, (out_h - oy) * out_w >= 8);
+                ox = out_w;
+            } else if (stride == 2) {
+                ml_s8_row3_x86(r0, r1, r2, out, out_w, 2, wx, bias_x, q, shift_x, (out_h - oy) * out_w >= 8);
+                ox = out_w;
             }
 #endif
             for (; ox < out_w; ++ox) {
@@ -422,6 +650,126 @@ ML_S8_INLINE int ml_s8_pointwise_dsp(const int8_t *in, int plane, int in_c, int8
 }
 #endif
 
+#if ML_S8_X86
+/* x86 (AVX2): sixteen pixels at a time (eight when the plane is smaller), on the signed values q (bias[co] is
+ * bias - zp * sum w): the tiles hold, per channel pair (c, c + 1), the 16-bit pairs (q[c][p + j], q[c + 1][p + j])
+ * of eight pixels each, and each output channel sums in_c / 2 VPMADDWDs of a tile with its broadcast weight pairs.
+ * in_c even, plane >= 8 (the last block overlaps the previous one when the plane is not a multiple of its size).
+ * Returns the pixels done (all, or 0). */
+static int ml_s8_pointwise_x86(const int8_t *in, int plane, int in_c, int8_t *out, int out_c, const int8_t *weight,
+                               const int32_t *bias, const ml_s8_rq *rq, int shift)
+{
+    int32_t pairs[ML_S8_MAX_CHANNELS * ML_S8_MAX_CHANNELS / 2];
+    __m256i tile0[ML_S8_MAX_CHANNELS / 2], tile1[ML_S8_MAX_CHANNELS / 2];
+    const __m128i shift_x = _mm_cvtsi32_si128(shift);
+    const int half = in_c / 2, block = plane >= 16 ? 16 : 8;
+    if (in_c % 2 != 0 || plane < 8) return 0;
+    for (int co = 0; co < out_c; ++co) {
+        for (int k = 0; k < half; ++k) {
+            pairs[co * half + k] = ml_s8_pair(ML_FLASH_S8(&weight[co * in_c + 2 * k]),
+                                              ML_FLASH_S8(&weight[co * in_c + 2 * k + 1]));
+        }
+    }
+    for (int p = 0;; p += block) {
+        if (p > plane - block) p = plane - block;
+        if (block == 16) {
+            for (int k = 0; k < half; ++k) {
+                const uint8_t *x = (const uint8_t *)(const void *)(in + 2 * k * plane + p);
+                const __m128i a = ml_s8_load16(x), b = ml_s8_load16(x + plane);
+                tile0[k] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(a, b));
+                tile1[k] = _mm256_cvtepi8_epi16(_mm_unpackhi_epi8(a, b));
+            }
+            for (int co = 0; co < out_c; ++co) {
+                const int32_t *wp = pairs + co * half;
+                __m256i acc0 = _mm256_set1_epi32(bias[co]), acc1 = acc0;
+                for (int k = 0; k < half; ++k) {
+                    const __m256i wv = _mm256_set1_epi32(wp[k]);
+                    acc0 = _mm256_add_epi32(acc0, _mm256_madd_epi16(tile0[k], wv));
+                    acc1 = _mm256_add_epi32(acc1, _mm256_madd_epi16(tile1[k], wv));
+                }
+                ml_s8_store16_x86(out + co * plane + p, ml_s8_scale8_x86(acc0, &rq[co], shift_x),
+                                  ml_s8_scale8_x86(acc1, &rq[co], shift_x), rq[co].low);
+            }
+        } else {
+            for (int k = 0; k < half; ++k) {
+                const uint8_t *x = (const uint8_t *)(const void *)(in + 2 * k * plane + p);
+                tile0[k] = _mm256_cvtepi8_epi16(_mm_unpacklo_epi8(ml_s8_load8(x), ml_s8_load8(x + plane)));
+            }
+            for (int co = 0; co < out_c; ++co) {
+                const int32_t *wp = pairs + co * half;
+                __m256i acc = _mm256_set1_epi32(bias[co]);
+                for (int k = 0; k < half; ++k) acc = _mm256_add_epi32(acc, _mm256_madd_epi16(tile0[k], _mm256_set1_epi32(wp[k])));
+                ml_s8_store8_x86(out + co * plane + p, ml_s8_scale8_x86(acc, &rq[co], shift_x), rq[co].low);
+            }
+        }
+        if (p == plane - block) break;
+    }
+    return plane;
+}
+#endif
+
+#if ML_S8_VNNI
+/* x86 with VNNI: eight or sixteen pixels at a time, on u = q + 128 with the folded biases (ml_s8_folded_bias): the
+ * tiles hold, per channel quad c..c+3, the bytes (u[c][p + j], .., u[c + 3][p + j]) of eight pixels each, and each
+ * output channel sums in_c / 4 VPDPBUSDs of a tile with its broadcast weight quads. in_c % 4 == 0, plane >= 8.
+ * Returns the pixels done (all, or 0). */
+static int ml_s8_pointwise_vnni(const int8_t *in, int plane, int in_c, int8_t *out, int out_c, const int8_t *weight,
+                                const int32_t *folded, const ml_s8_rq *rq, int shift)
+{
+    int32_t quads[ML_S8_MAX_CHANNELS * ML_S8_MAX_CHANNELS / 4];
+    __m256i tile0[ML_S8_MAX_CHANNELS / 4], tile1[ML_S8_MAX_CHANNELS / 4];
+    const __m128i shift_x = _mm_cvtsi32_si128(shift), flip = _mm_set1_epi8((char)0x80);
+    const int n = in_c / 4, block = plane >= 16 ? 16 : 8;
+    if (in_c % 4 != 0 || plane < 8) return 0;
+    for (int co = 0; co < out_c; ++co) {
+        const int8_t *w = weight + co * in_c;
+        for (int k = 0; k < n; ++k) {
+            quads[co * n + k] = ml_s8_quad(ML_FLASH_S8(&w[4 * k]), ML_FLASH_S8(&w[4 * k + 1]),
+                                           ML_FLASH_S8(&w[4 * k + 2]), ML_FLASH_S8(&w[4 * k + 3]));
+        }
+    }
+    for (int p = 0;; p += block) {
+        if (p > plane - block) p = plane - block;
+        for (int k = 0; k < n; ++k) {
+            const uint8_t *x = (const uint8_t *)(const void *)(in + 4 * k * plane + p);
+            if (block == 16) {
+                const __m128i a0 = ml_s8_load16(x), a1 = ml_s8_load16(x + plane);
+                const __m128i a2 = ml_s8_load16(x + 2 * plane), a3 = ml_s8_load16(x + 3 * plane);
+                const __m128i lo01 = _mm_unpacklo_epi8(a0, a1), lo23 = _mm_unpacklo_epi8(a2, a3);
+                const __m128i hi01 = _mm_unpackhi_epi8(a0, a1), hi23 = _mm_unpackhi_epi8(a2, a3);
+                tile0[k] = _mm256_setr_m128i(_mm_xor_si128(_mm_unpacklo_epi16(lo01, lo23), flip),
+                                             _mm_xor_si128(_mm_unpackhi_epi16(lo01, lo23), flip));
+                tile1[k] = _mm256_setr_m128i(_mm_xor_si128(_mm_unpacklo_epi16(hi01, hi23), flip),
+                                             _mm_xor_si128(_mm_unpackhi_epi16(hi01, hi23), flip));
+            } else {
+                const __m128i lo01 = _mm_unpacklo_epi8(ml_s8_load8(x), ml_s8_load8(x + plane));
+                const __m128i lo23 = _mm_unpacklo_epi8(ml_s8_load8(x + 2 * plane), ml_s8_load8(x + 3 * plane));
+                tile0[k] = _mm256_setr_m128i(_mm_xor_si128(_mm_unpacklo_epi16(lo01, lo23), flip),
+                                             _mm_xor_si128(_mm_unpackhi_epi16(lo01, lo23), flip));
+            }
+        }
+        for (int co = 0; co < out_c; ++co) {
+            const int32_t *wq = quads + co * n;
+            __m256i acc0 = _mm256_set1_epi32(folded[co]), acc1 = acc0;
+            if (block == 16) {
+                for (int k = 0; k < n; ++k) {
+                    const __m256i wv = _mm256_set1_epi32(wq[k]);
+                    acc0 = ml_s8_dpbusd(acc0, tile0[k], wv);
+                    acc1 = ml_s8_dpbusd(acc1, tile1[k], wv);
+                }
+                ml_s8_store16_x86(out + co * plane + p, ml_s8_scale8_x86(acc0, &rq[co], shift_x),
+                                  ml_s8_scale8_x86(acc1, &rq[co], shift_x), rq[co].low);
+            } else {
+                for (int k = 0; k < n; ++k) acc0 = ml_s8_dpbusd(acc0, tile0[k], _mm256_set1_epi32(wq[k]));
+                ml_s8_store8_x86(out + co * plane + p, ml_s8_scale8_x86(acc0, &rq[co], shift_x), rq[co].low);
+            }
+        }
+        if (p == plane - block) break;
+    }
+    return plane;
+}
+#endif
+
 /* The plain C version (Cortex-M0+, host), on u = q + 128 with the folded biases, from pixel `first`: the tile
  * holds u[c][p + j] at tile[4c + j]; the pixels left over (plane % 4) go one at a time. */
 static void ml_s8_pointwise(const int8_t *in, int plane, int in_c, int8_t *out, int out_c, const int8_t *weight,
@@ -540,6 +888,22 @@ void ml_conv2d_s8(const int8_t *in, int in_h, int in_w, int in_c, int32_t in_zp,
             else first = ml_s8_pointwise_dsp(in, plane, in_c, out, out_c, weight, folded, rq, 1);
         }
 #endif
+#if ML_S8_VNNI
+        if (in_c % 4 == 0 && plane >= 8) {
+            for (int co = 0; co < out_c; ++co) { /* bias - (zp + 128) * sum w, for u = q + 128 */
+                folded[co] = ml_s8_folded_bias(weight + co * in_c, in_c, ML_FLASH_S32(&bias[co]), in_zp);
+            }
+            first = ml_s8_pointwise_vnni(in, plane, in_c, out, out_c, weight, folded, rq, shift);
+        }
+#endif
+#if ML_S8_X86
+        if (first < plane && in_c % 2 == 0 && plane >= 8) {
+            for (int co = 0; co < out_c; ++co) { /* bias - zp * sum w, for the signed values */
+                folded[co] = ml_s8_folded_bias(weight + co * in_c, in_c, ML_FLASH_S32(&bias[co]), in_zp - 128);
+            }
+            first = ml_s8_pointwise_x86(in, plane, in_c, out, out_c, weight, folded, rq, shift);
+        }
+#endif
         if (first < plane) {
             for (int co = 0; co < out_c; ++co) {
                 folded[co] = ml_s8_folded_bias(weight + co * in_c, in_c, ML_FLASH_S32(&bias[co]), in_zp);
@@ -580,7 +944,12 @@ void ml_depthwise_conv2d_s8(const int8_t *in, int in_h, int in_w, int channels, 
     uint8_t padded[ML_S8_PLANE_BYTES + ML_S8_SLACK];
     const int pw = in_w + 2 * padding;
     for (int c = 0; c < channels; ++c) {
+#if ML_S8_X86
+        if (c > 0) ml_s8_fill_interior(in + c * in_h * in_w, in_h, in_w, padding, padded); /* same border */
+        else ml_s8_pad_plane(in, in_h, in_w, padding, in_zp, padded);
+#else
         ml_s8_pad_plane(in + c * in_h * in_w, in_h, in_w, padding, in_zp, padded);
+#endif
         if (low == -128) {
             ml_s8_filters(padded, pw, out + c * out_h * out_w, out_h, out_w, 1, kernel, stride, weight, bias,
                           multiplier, c, shift, in_zp, out_zp, low, 0);

@@ -4,6 +4,12 @@
  *   mobile_lenet_host classify -      raw images on stdin, 784 bytes (28x28 uint8) each
  *       prints one line per image: the digit, the 10 logits, the 10 probabilities
  *       (%.9g: every float32 value reads back exactly; an int8 library prints its 10 int8 logits)
+ *   mobile_lenet_host time FILE|- [REPEATS]
+ *       reads the images (IDX file or raw on stdin) into memory first, then times only the library calls
+ *       (mobile_lenet_logits, or mobile_lenet_int8_logits for an int8 library; one image at a time, REPEATS
+ *       passes over all the images, default 5, after one warm-up pass) with clock_gettime(CLOCK_MONOTONIC), and
+ *       prints one line: "images N repeats R best_seconds S images_per_second X checksum C" (best pass; C, a sum
+ *       of the predicted digits, keeps the calls from being optimized away). No per-image output.
  *   mobile_lenet_host serve           be the microcontroller: the serial protocol on stdin/stdout
  *
  * Built with -DML_TRACE (the layer debugger), classify also prints, before each image's line, one line per
@@ -15,6 +21,7 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -113,6 +120,103 @@ static int classify_idx_file(const char *path)
     return status;
 }
 
+/* ------------------------------------------------------------------------------ time mode */
+
+static double seconds_now(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+}
+
+/* One pass over the images, library calls only; returns the sum of the predicted digits. */
+static long run_pass(const uint8_t *images, long count)
+{
+    long checksum = 0;
+    for (long n = 0; n < count; ++n) {
+#if MOBILE_LENET_INT8
+        int8_t quantized[MOBILE_LENET_NUM_CLASSES];
+        int best = 0;
+        mobile_lenet_int8_logits(images + n * MOBILE_LENET_INPUT_SIZE, quantized);
+        for (int i = 1; i < MOBILE_LENET_NUM_CLASSES; ++i) {
+            if (quantized[i] > quantized[best]) best = i;
+        }
+        checksum += best;
+#else
+        float logits[MOBILE_LENET_NUM_CLASSES];
+        mobile_lenet_logits(images + n * MOBILE_LENET_INPUT_SIZE, logits);
+        checksum += mobile_lenet_argmax(logits);
+#endif
+    }
+    return checksum;
+}
+
+/* Read every image (IDX file, or raw images on stdin when path is "-") into memory, then time the passes. */
+static int time_images(const char *path, int repeats)
+{
+    FILE *in = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    uint8_t *images = NULL;
+    long count = 0, capacity = 0, limit = -1, checksum = 0;
+    double best = -1.0;
+    if (in == NULL) {
+        fprintf(stderr, "%s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    if (in != stdin) {
+        unsigned char header[16];
+        if (fread(header, 1, sizeof header, in) != sizeof header || read_big_endian(header) != IDX_IMAGES_MAGIC
+            || read_big_endian(header + 8) != MOBILE_LENET_INPUT_HEIGHT
+            || read_big_endian(header + 12) != MOBILE_LENET_INPUT_WIDTH) {
+            fprintf(stderr, "%s: not an IDX file of 28x28 uint8 images (gzipped files must be unpacked)\n", path);
+            fclose(in);
+            return 1;
+        }
+        limit = (long)read_big_endian(header + 4);
+    }
+    for (;;) {
+        if (limit >= 0 && count == limit) break;
+        if (count == capacity) {
+            uint8_t *bigger;
+            capacity = capacity ? 2 * capacity : 1024;
+            bigger = realloc(images, (size_t)capacity * MOBILE_LENET_INPUT_SIZE);
+            if (bigger == NULL) {
+                fprintf(stderr, "%s: out of memory\n", path);
+                free(images);
+                if (in != stdin) fclose(in);
+                return 1;
+            }
+            images = bigger;
+        }
+        const size_t got = fread(images + count * MOBILE_LENET_INPUT_SIZE, 1, MOBILE_LENET_INPUT_SIZE, in);
+        if (got == 0 && limit < 0 && feof(in)) break;
+        if (got != MOBILE_LENET_INPUT_SIZE) {
+            fprintf(stderr, "%s: image %ld is truncated (%lu of %d bytes)\n", path, count, (unsigned long)got,
+                    MOBILE_LENET_INPUT_SIZE);
+            free(images);
+            if (in != stdin) fclose(in);
+            return 1;
+        }
+        ++count;
+    }
+    if (in != stdin) fclose(in);
+    if (count == 0) {
+        fprintf(stderr, "%s: no images\n", path);
+        free(images);
+        return 1;
+    }
+    checksum = run_pass(images, count); /* warm-up: caches, branch predictors, page faults */
+    for (int r = 0; r < repeats; ++r) {
+        const double start = seconds_now();
+        checksum += run_pass(images, count);
+        const double elapsed = seconds_now() - start;
+        if (best < 0.0 || elapsed < best) best = elapsed;
+    }
+    free(images);
+    printf("images %ld repeats %d best_seconds %.9f images_per_second %.1f checksum %ld\n", count, repeats, best,
+           best > 0.0 ? (double)count / best : 0.0, checksum);
+    return fflush(stdout) == 0 ? 0 : 1;
+}
+
 /* ------------------------------------------------------------------------------ simulated device */
 
 static uint32_t clock_ms(void)
@@ -177,7 +281,16 @@ int main(int argc, char **argv)
     if (argc == 3 && strcmp(argv[1], "classify") == 0) {
         return strcmp(argv[2], "-") == 0 ? classify_stream(stdin, -1, "stdin") : classify_idx_file(argv[2]);
     }
+    if ((argc == 3 || argc == 4) && strcmp(argv[1], "time") == 0) {
+        const int repeats = argc == 4 ? atoi(argv[3]) : 5;
+        if (repeats < 1) {
+            fprintf(stderr, "time: REPEATS must be a positive number\n");
+            return 2;
+        }
+        return time_images(argv[2], repeats);
+    }
     if (argc == 2 && strcmp(argv[1], "serve") == 0) return serve();
-    fprintf(stderr, "usage: %s classify FILE|-  or  %s serve\n", argv[0], argv[0]);
+    fprintf(stderr, "usage: %s classify FILE|-  or  %s time FILE|- [REPEATS]  or  %s serve\n", argv[0], argv[0],
+            argv[0]);
     return 2;
 }

@@ -183,3 +183,140 @@ def previous_export(header: str = lib.MODEL_HEADER):
         except OSError:
             return False
     return replaceable
+
+
+# ------------------------------------------------------------------------------------------------ host fast path
+# An opt-in variant for computers, not what ``export --format c`` writes: BatchNorm folded into the convolutions'
+# weights and biases here (float64, then float32), ReLU fused, HWC buffers with stored zero borders, fused
+# multiply-adds (c/ml_kernels_f32_host.c: AVX2 on x86, plain C elsewhere). Its rounding differs from the
+# reference's; tests hold it to the reference's predictions on all 10,000 MNIST test images, |dp| <= 1e-5.
+HOST_FAST_KERNEL_FILES = ("ml_kernels_f32_host.h", "ml_kernels_f32_host.c")
+HOST_FAST_MAX_CHANNELS = 64  # ml_f32h_pool_dense's stack array
+
+
+def _fold_batch_norm(weight: np.ndarray, bias: np.ndarray | None, bn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weights (Cout, ...) and bias of a convolution followed by inference BatchNorm ([gamma, beta, mean, var][C]),
+    as one convolution: w * s, (b - mean) * s + beta with s = gamma / sqrt(var + eps); float64."""
+    gamma, beta, mean, variance = bn.astype(np.float64).reshape(4, -1)
+    scale = gamma / np.sqrt(variance + np.float64(np.float32(spec.BN_EPSILON)))
+    w = weight.astype(np.float64) * scale.reshape(-1, *([1] * (weight.ndim - 1)))
+    b = np.zeros_like(mean) if bias is None else bias.astype(np.float64)
+    return w, (b - mean) * scale + beta
+
+
+def _host_fast_ops(tensors: dict[str, np.ndarray]) -> list[dict]:
+    """The network as fused operations: conv/depthwise + BatchNorm + ReLU, then pool + dense; weights folded and
+    laid out for the host kernels. Raises UserError for a table the host kernels do not cover."""
+    flat = check_tensors(tensors)
+    shapes = {name: shape for name, _, shape in spec.noodle_tensors()}
+    layers, ops, i, pending_pad = spec.LAYERS, [], 0, 0
+    while i < len(layers):
+        layer = layers[i]
+        if layer.kind == LayerKind.PAD:
+            pending_pad, i = layer.padding, i + 1
+            continue
+        if layer.kind in (LayerKind.CONV, LayerKind.DWCONV):
+            bn, relu = (list(layers[i + 1:i + 3]) + [None, None])[:2]
+            if bn is None or bn.kind != LayerKind.BN or relu is None or relu.kind != LayerKind.RELU:
+                raise UserError(f"host fast path: {layer.name} is not followed by BatchNorm and ReLU")
+            padding = layer.padding + pending_pad
+            weight = flat[layer.weight_file].reshape(shapes[layer.weight_file])
+            bias = flat[layer.bias_file] if layer.bias_file else None
+            w, b = _fold_batch_norm(weight, bias, flat[bn.weight_file])
+            in_h, in_w, in_c = layer.in_shape
+            in_h, in_w = in_h - 2 * pending_pad, in_w - 2 * pending_pad
+            out_h, out_w, out_c = layer.out_shape
+            if layer.kind == LayerKind.DWCONV and layer.kernel == 3 and padding == 1:
+                op = {"kind": "dw", "weight": w.reshape(out_c, 9).T}
+            elif layer.kind == LayerKind.CONV and layer.kernel == 3 and padding == 1 and in_c == 1 \
+                    and layer.stride == 1:
+                op = {"kind": "conv3", "weight": w.reshape(out_c, 9).T}
+            elif layer.kind == LayerKind.CONV and layer.kernel == 1 and padding == 0 and layer.stride == 1:
+                op = {"kind": "pw", "weight": w.reshape(out_c, in_c).T}
+            else:
+                raise UserError(f"host fast path: no kernel for {layer.name} (kernel {layer.kernel}, "
+                                f"padding {padding}, stride {layer.stride})")
+            op.update(name=f"{layer.name} + {bn.name} + {relu.name}", bias=b, stride=layer.stride,
+                      in_shape=(in_h, in_w, in_c), out_shape=(out_h, out_w, out_c))
+            ops.append(op)
+            pending_pad, i = 0, i + 3
+            continue
+        if layer.kind == LayerKind.GAP and i + 1 < len(layers) and layers[i + 1].kind == LayerKind.DENSE:
+            dense = layers[i + 1]
+            h, w, c = layer.in_shape
+            if c > HOST_FAST_MAX_CHANNELS:
+                raise UserError(f"host fast path: {c} channels before the pooling, at most {HOST_FAST_MAX_CHANNELS}")
+            ops.append({"kind": "head", "name": f"{layer.name} + {dense.name}", "in_shape": (h, w, c),
+                        "weight": flat[dense.weight_file].astype(np.float64),
+                        "bias": flat[dense.bias_file].astype(np.float64), "out_size": dense.out_channels})
+            i += 2
+            continue
+        raise UserError(f"host fast path: no kernel for {layer.name} ({layer.kind})")
+    return ops
+
+
+def host_fast_network_source(tensors: dict[str, np.ndarray]) -> str:
+    """``mobile_lenet.c`` of the host fast path: folded weights, HWC buffers and the fused layer calls."""
+    ops = _host_fast_ops(tensors)
+    arrays, buffers, body = [], {}, []
+    h0, w0, _ = spec.INPUT_SHAPE
+    buffers["ml_input"] = (h0 + 2) * (w0 + 2)
+    dense_size = max(int(np.prod(op["out_shape"])) for op in ops if "out_shape" in op)
+    buffers["ml_u"] = buffers["ml_v"] = dense_size
+    source = ("ml_input", True)  # (buffer, padded)
+    for n, op in enumerate(ops):
+        weight_name, bias_name = f"ml_fw{n:02d}", f"ml_fb{n:02d}"
+        for name, values in ((weight_name, op["weight"]), (bias_name, op["bias"])):
+            literals = [c_float(v) for v in np.asarray(values, dtype=np.float32).ravel()]
+            arrays += [f"static const float {name}[{len(literals)}] = {{"]
+            arrays += ["    " + ", ".join(literals[s:s + VALUES_PER_LINE]) + "," for s in
+                       range(0, len(literals), VALUES_PER_LINE)] + ["};", ""]
+        body.append(f"/* {op['name']} */")
+        in_h, in_w, in_c = op["in_shape"]
+        if op["kind"] == "head":
+            body.append(f"ml_f32h_pool_dense({source[0]}, {in_h * in_w}, {in_c}, logits, {op['out_size']}, "
+                        f"{weight_name}, {bias_name});")
+            break
+        out_h, out_w, out_c = op["out_shape"]
+        needs_padding = n + 1 < len(ops) and ops[n + 1]["kind"] in ("dw", "conv3")
+        if needs_padding:
+            target = f"ml_pad_{out_h + 2}x{out_w + 2}x{out_c}"
+            if target == source[0]:
+                target += "_b"
+            buffers[target] = (out_h + 2) * (out_w + 2) * out_c
+            out_ptr, out_rs = f"{target} + {(out_w + 2 + 1) * out_c}", (out_w + 2) * out_c
+        else:
+            target = "ml_v" if source[0] == "ml_u" else "ml_u"
+            out_ptr, out_rs = target, out_w * out_c
+        in_rs = (in_w + 2) * in_c
+        if op["kind"] == "conv3":
+            body.append(f"ml_f32h_conv3x3_c1_relu({source[0]}, {in_rs}, {out_ptr}, {out_h}, {out_w}, {out_rs}, "
+                        f"{out_c}, {weight_name}, {bias_name});")
+        elif op["kind"] == "dw":
+            body.append(f"ml_f32h_depthwise3x3_relu({source[0]}, {in_rs}, {in_c}, {out_ptr}, {out_h}, {out_w}, "
+                        f"{out_rs}, {op['stride']}, {weight_name}, {bias_name});")
+        else:
+            body.append(f"ml_f32h_pointwise_relu({source[0]}, {in_h}, {in_w}, {in_c}, {out_ptr}, {out_rs}, "
+                        f"{out_c}, {weight_name}, {bias_name});")
+        source = (target, needs_padding)
+    lines = [f"/* {NETWORK_SOURCE_FAST_TITLE}", f" * {lib.GENERATED_NOTE}",
+             " *", " * Host fast path (codegen.c_float.generate_host_fast_sources), not the microcontroller library:",
+             " * BatchNorm folded into the convolutions, ReLU fused, HWC buffers whose zero borders are never written",
+             " * (static storage starts at zero). See ml_kernels_f32_host.h. */",
+             "#include \"mobile_lenet.h\"", "#include \"ml_kernels_f32_host.h\"", ""]
+    lines += [f"static float {name}[{size}];" for name, size in buffers.items()] + [""]
+    lines += arrays
+    lines += ["void mobile_lenet_logits(const uint8_t image[MOBILE_LENET_INPUT_SIZE], "
+              "float logits[MOBILE_LENET_NUM_CLASSES])", "{", f"    ml_f32h_input(image, {h0}, {w0}, ml_input);"]
+    lines += ["    " + line for line in body] + ["}", ""]
+    return "\n".join(lines)
+
+
+NETWORK_SOURCE_FAST_TITLE = "mobile_lenet.c - the float32 Mobile-LeNet, host fast path."
+
+
+def generate_host_fast_sources(tensors: dict[str, np.ndarray]) -> dict[str, str]:
+    """The host fast path's program: the fast network and kernels, the shared API, the host program."""
+    return {lib.MODEL_HEADER: model_header(), lib.NETWORK_SOURCE: host_fast_network_source(tensors),
+            **{name: lib.c_source(name) for name in lib.COMMON_FILES + HOST_FAST_KERNEL_FILES},
+            lib.HOST_PROGRAM: lib.c_source(lib.HOST_PROGRAM)}

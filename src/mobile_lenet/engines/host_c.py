@@ -4,10 +4,17 @@
 folder named by a hash of the sources and compiler flags, and compiles ``mobile_lenet_host`` (``c/``) with the
 system C compiler (``$CC``, else ``cc``). Building again with the same weights and flags reuses the binary.
 
-The program has two modes: ``classify -`` reads raw images on stdin and prints, per image, the digit, 10
+The program has three modes: ``classify -`` reads raw images on stdin and prints, per image, the digit, 10
 logits (an int8 library: its 10 int8 logits) and 10 probabilities with ``%.9g`` (so the float32 values come
-back exactly); ``serve`` is the microcontroller's serial protocol on stdin/stdout, the simulated device of
-the ``device`` tests.
+back exactly); ``time - [REPEATS]`` reads the images first, then times only the library calls (``run_time``:
+images/s without process start, input or text output); ``serve`` is the microcontroller's serial protocol on
+stdin/stdout, the simulated device of the ``device`` tests.
+
+Float models come in two variants (``FLOAT_VARIANTS``): ``"noodle"``, the library ``export --format c`` writes
+(Noodle semantics, bit for bit the NumPy reference), and ``"fast"``, the host-only fast path
+(``codegen.c_float.generate_host_fast_sources``: BatchNorm folded, fused multiply-adds, AVX2 on x86), held by
+the tests to the reference's predictions on all 10,000 test images with |dp| <= 1e-5. ``build_host_program``
+and ``c_outputs`` build the Noodle one unless asked; ``c_logits`` (the ``c`` engine) runs the fast one.
 """
 
 from __future__ import annotations
@@ -35,7 +42,14 @@ PROGRAM_NAME = "mobile_lenet_host"
 # -flto: the kernels live in their own file (c/ml_kernels_*.c); link-time optimization lets the compiler inline
 # them into the layer calls with their constant sizes, as when they were in one file (measured 1.45x faster on
 # 10,000 images, same output bytes).
-OPTIMIZE_FLAGS = ("-std=c99", "-O3", "-ffp-contract=off", "-funroll-loops", "-flto")
+# -march=native: the host program runs on the machine that builds it (the cache folder's hash includes this
+# CPU's model and flags, see cpu_identity), so the compiler may use its vector instructions (AVX2 / AVX-512 on
+# x86: the x86 paths of ml_kernels_s8_fast.c and ml_kernels_f32_host.c); -ffp-contract=off still forbids fusing
+# the Noodle kernels' multiply-adds, so their results do not change. Host-only: the firmware builds do not use
+# these flags.
+OPTIMIZE_FLAGS = ("-std=c99", "-O3", "-ffp-contract=off", "-funroll-loops", "-flto", "-march=native")
+FLOAT_VARIANTS = ("noodle", "fast")
+ENGINE_FLOAT_VARIANT = "fast"  # what c_logits (the ``c`` engine) runs for a float model
 WARNING_FLAGS = ("-Wall", "-Wextra", "-Werror", "-pedantic")
 # -O1 (after -O3, so it wins): sanitizer builds at -O3 take several times longer to compile.
 SANITIZE_FLAGS = ("-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
@@ -65,6 +79,20 @@ def compiler() -> str:
     return name
 
 
+def cpu_identity() -> str:
+    """This machine's CPU as -march=native sees it (model name and feature flags from /proc/cpuinfo, else the
+    platform's description): part of a build's cache key, so a cache shared between machines never runs a
+    binary built for another CPU."""
+    import platform
+
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="ascii", errors="replace").splitlines()
+    except OSError:
+        lines = []
+    wanted = [line for line in lines if line.split(":")[0].strip() in ("model name", "flags", "Features")]
+    return "\n".join(dict.fromkeys(wanted)) or f"{platform.machine()} {platform.processor()}"
+
+
 def compile_flags(sanitize: bool = False, defines: dict | None = None) -> list[str]:
     """The flags of a host build: C99, warnings as errors, optional sanitizers, ``-DNAME=VALUE`` defines."""
     flags = list(OPTIMIZE_FLAGS + WARNING_FLAGS)
@@ -83,7 +111,7 @@ def build_cached_program(sources: dict[str, str], program_name: str, *, flavour:
     cc = compiler()
     flags = compile_flags(sanitize, defines)
     digest = hashlib.sha256()
-    for part in [cc, *flags] + [f"{name}\0{text}" for name, text in sorted(sources.items())]:
+    for part in [cc, *flags, cpu_identity()] + [f"{name}\0{text}" for name, text in sorted(sources.items())]:
         digest.update(part.encode() + b"\0")
     folder_name = (f"{flavour}-" if flavour else "") + digest.hexdigest()[:20]
     folder = (Path(cache) if cache is not None else cache_root()) / folder_name
@@ -107,11 +135,17 @@ def build_cached_program(sources: dict[str, str], program_name: str, *, flavour:
 
 def build_host_program(model: dict[str, np.ndarray] | QuantizedModel, *, sanitize: bool = False,
                        defines: dict | None = None, cache: str | Path | None = None,
-                       schedule: str = "buffers") -> Path:
+                       schedule: str = "buffers", variant: str = "noodle") -> Path:
     """Generate and compile the host program for a float or an int8 model; returns the executable (cached).
-    ``schedule`` (int8): "buffers" or "rows" (``codegen.c_int8.SCHEDULES``)."""
+    ``schedule`` (int8): "buffers" or "rows" (``codegen.c_int8.SCHEDULES``); ``variant`` (float): "noodle" (the
+    exported library) or "fast" (the host fast path), see ``FLOAT_VARIANTS``."""
     if isinstance(model, QuantizedModel):
         return build_cached_program(c_int8.generate_sources(model, schedule), PROGRAM_NAME, flavour="int8",
+                                    sanitize=sanitize, defines=defines, cache=cache)
+    if variant not in FLOAT_VARIANTS:
+        raise ValueError(f"unknown float variant {variant!r}, expected one of {FLOAT_VARIANTS}")
+    if variant == "fast":
+        return build_cached_program(c_float.generate_host_fast_sources(model), PROGRAM_NAME, flavour="fast",
                                     sanitize=sanitize, defines=defines, cache=cache)
     return build_cached_program(c_float.generate_sources(model), PROGRAM_NAME, sanitize=sanitize, defines=defines,
                                 cache=cache)
@@ -146,13 +180,31 @@ def run_classify(program: Path, images: np.ndarray) -> COutputs:
     return parse_classify_output(result.stdout.decode("ascii"), len(images))
 
 
+def run_time(program: Path, images: np.ndarray, repeats: int = 5) -> dict:
+    """Time the library calls of a built host program on ``images`` (its ``time`` mode: images read first, one
+    warm-up pass, best of ``repeats`` passes, clock_gettime around the calls only): images, repeats,
+    best_seconds, images_per_second and checksum (sum of the predicted digits)."""
+    images = check_images(images)
+    result = subprocess.run([str(program), "time", "-", str(repeats)], input=images.tobytes(), capture_output=True)
+    if result.returncode != 0:
+        raise UserError(f"the C program failed: {result.stderr.decode(errors='replace').strip()}")
+    words = result.stdout.decode("ascii").split()
+    fields = dict(zip(words[0::2], words[1::2]))
+    return {"images": int(fields["images"]), "repeats": int(fields["repeats"]),
+            "best_seconds": float(fields["best_seconds"]),
+            "images_per_second": float(fields["images_per_second"]), "checksum": int(fields["checksum"])}
+
+
 def c_outputs(model: dict[str, np.ndarray] | QuantizedModel, images: np.ndarray, **build_options) -> COutputs:
     """Digits, logits and probabilities of ``images`` computed by the generated C, built on this host."""
     return run_classify(build_host_program(model, **build_options), images)
 
 
 def c_logits(model: dict[str, np.ndarray] | QuantizedModel, images: np.ndarray, **build_options) -> np.ndarray:
-    """Logits (N, 10) from the generated C: float32, or int8 for a quantized model (printed as integers: exact)."""
+    """Logits (N, 10) from the generated C: float32, or int8 for a quantized model (printed as integers: exact).
+    A float model runs the ``ENGINE_FLOAT_VARIANT`` (the host fast path) unless ``variant`` says otherwise."""
+    if not isinstance(model, QuantizedModel):
+        build_options.setdefault("variant", ENGINE_FLOAT_VARIANT)
     logits = c_outputs(model, images, **build_options).logits
     return logits.astype(np.int8) if isinstance(model, QuantizedModel) else logits
 
