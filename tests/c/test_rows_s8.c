@@ -4,9 +4,34 @@
  * multipliers (negative ones too) and shifts 1..40 (17..31 take the 32-bit path, the others the int64 one).
  *
  * Build (tests/codegen/test_rows_kernels.py does it): cc -std=c99 -Wall -Wextra -Werror -pedantic
- *     -I src/mobile_lenet/c tests/c/test_rows_s8.c */
+ *     -I src/mobile_lenet/c tests/c/test_rows_s8.c
+ *
+ * On the AVR (avr-gcc -mmcu=atmega2560 -DML_TEST_AVR; run in simavr with c/sim/simavr_runner.c --stdio) the
+ * same cases, fewer and smaller (8 KB of SRAM), check the assembly row loops of ml_rows_s8.c; the program
+ * prints "N passed, M failed, fast paths: D + E depthwise rows, P + Q pointwise rows" on USART0 and stops (sleep with
+ * interrupts off). The test data are made at run time, so they are in RAM: here the flash macros of
+ * ml_flash.h read RAM (the kernels' flash reads are plain loads; the assembly only reads RAM either way). */
 #include <stdio.h>
 #include <string.h>
+
+#if defined(ML_TEST_AVR)
+#include <avr/interrupt.h>
+#include <avr/io.h>
+#include <avr/sleep.h>
+#include <stdint.h>
+#define ML_FLASH_H /* the test's data are in RAM: ml_flash.h's macros as elsewhere */
+#define ML_FLASH
+#define ML_FLASH_COPY(to, from) (*(to) = *(from))
+#define ML_FLASH_F32(p) (*(p))
+#define ML_FLASH_S8(p) (*(p))
+#define ML_FLASH_S16(p) (*(p))
+#define ML_FLASH_S32(p) (*(p))
+#define ML_ROWS_FLASH_BYTES(to, from, n) memcpy((to), (from), (n))
+#define ML_ROWS_LPM "ld" /* the assembly's flash reads */
+/* how often the assembly row loops ran (ml_rows_s8.c's hook) */
+static uint16_t fast_dw = 0, fast_dw_regs = 0, fast_pw = 0, fast_pw_regs = 0;
+#define ML_ROWS_FAST_RAN(kind) (++fast_##kind)
+#endif
 
 #include "ml_kernels_s8.c"
 #include "ml_rows_s8.c"
@@ -46,8 +71,8 @@ static void test_requantize(int trials)
     static const int32_t edges[] = {0, 1, -1, 65535, 65536, -65536, -65537, 8388607, -8388608,
                                     2147483647, -2147483647 - 1, 1073741824, -1073741824};
     for (int t = 0; t < trials; ++t) {
-        const int32_t acc = t < 13 ? edges[t] : next_random() % 2 ? random_in(-(1 << 23), 1 << 23)
-                                                                  : (int32_t)next_random();
+        const int32_t near = random_in(-((int32_t)1 << 23), (int32_t)1 << 23), any = (int32_t)next_random();
+        const int32_t acc = t < 13 ? edges[t] : next_random() % 2 ? near : any;
         const int16_t m = (int16_t)(next_random() % 2 ? random_in(1, 32767) : random_in(-32768, 32767));
         const int shift = random_in(1, 31);
         const int32_t zp = random_in(-128, 127), low = next_random() % 2 ? zp : -128;
@@ -61,7 +86,7 @@ static void test_requantize(int trials)
 static int make_rq(ml_rows_rq *rq, int16_t m, int shift, int32_t zp, int32_t low, int32_t bound)
 {
     int64_t t[2];
-    if (m <= 0 || shift < 1 || shift > 24 || m >= ((int32_t)1 << shift) || bound >= (1 << 23) - 1) return 0;
+    if (m <= 0 || shift < 1 || shift > 24 || m >= ((int32_t)1 << shift) || bound >= ((int32_t)1 << 23) - 1) return 0;
     for (int i = 0; i < 2; ++i) {
         const int64_t v = i == 0 ? 127 : low + 1, num = (v - zp) * ((int64_t)1 << shift) - ((int64_t)1 << (shift - 1));
         int64_t c = num >= 0 ? (num + m - 1) / m : -((-num) / m); /* ceil(num / m) */
@@ -75,19 +100,27 @@ static int make_rq(ml_rows_rq *rq, int16_t m, int shift, int32_t zp, int32_t low
     return 1;
 }
 
+#if defined(ML_TEST_AVR)
+#define MAX_W 30
+#else
 #define MAX_W 40
+#endif
 #define MAX_K 5
 
 static void test_filter(int trials)
 {
     static int8_t rows[MAX_K][MAX_W * 3 + 2 * MAX_K], taps[MAX_K * MAX_K], out[4 * MAX_W * 3 + 8];
     for (int t = 0; t < trials; ++t) {
-        const int kernel = t % 3 == 0 ? 3 : random_in(1, MAX_K), stride = random_in(1, 3);
-        const int out_w = random_in(1, MAX_W), step = random_in(1, 4), shift = pick_shift();
+        /* the fast path's trials: scales that leave most values unclamped (m / 2^shift near 2^-8) */
+        const int kernel = t % 3 == 0 ? 3 : random_in(1, MAX_K), stride = random_in(1, 3), try_fast = t % 2 == 0;
+        const int out_w = random_in(1, MAX_W), step = random_in(1, 4);
+        const int shift = try_fast && kernel == 3 ? random_in(19, 24) : pick_shift();
         const int padded = (out_w - 1) * stride + kernel;
-        const int32_t bias = random_in(-(1 << 20), 1 << 20), zp = random_in(-128, 127);
-        const int32_t low = next_random() % 2 ? zp : -128;
-        const int16_t m = (int16_t)(next_random() % 4 ? random_in(1, 32767) : random_in(-32768, 32767));
+        const int32_t bias = try_fast && kernel == 3 ? random_in(-32768, 32767)
+                                                     : random_in(-((int32_t)1 << 20), (int32_t)1 << 20);
+        const int32_t zp = random_in(-128, 127), low = next_random() % 2 ? zp : -128;
+        const int16_t m = (int16_t)(next_random() % 4 || (try_fast && kernel == 3) ? random_in(1, 32767)
+                                                                                   : random_in(-32768, 32767));
         const int8_t *in[MAX_K];
         int ok = 1;
         for (int ky = 0; ky < kernel; ++ky) {
@@ -96,7 +129,8 @@ static void test_filter(int trials)
         }
         for (int i = 0; i < kernel * kernel; ++i) taps[i] = (int8_t)random_in(-128, 127);
         ml_rows_rq rq;
-        const int fast = kernel == 3 && t % 2 == 0 && make_rq(&rq, m, shift, zp, low, (1 << 20) + 9 * 128 * 128);
+        const int fast = kernel == 3 && try_fast && make_rq(&rq, m, shift, zp, low,
+                                                                   ((int32_t)1 << 20) + 9 * (int32_t)128 * 128);
         memset(out, 0x5A, sizeof out);
         ml_rows_filter_s8(in, kernel, stride, out_w, taps, bias, m, shift, zp, low, fast ? &rq : NULL, out, step);
         for (int x = 0; x < out_w; ++x) {
@@ -112,7 +146,11 @@ static void test_filter(int trials)
     }
 }
 
+#if defined(ML_TEST_AVR)
+#define MAX_C 32 /* the AVR's fast path takes in_c = 8, 16, 24, 32 */
+#else
 #define MAX_C 80
+#endif
 
 static void test_pointwise(int trials)
 {
@@ -121,7 +159,8 @@ static void test_pointwise(int trials)
     static int16_t multiplier[MAX_C];
     static ml_rows_rq rqs[MAX_C];
     for (int t = 0; t < trials; ++t) {
-        const int width = random_in(1, MAX_W), in_c = t % 5 == 0 ? random_in(65, MAX_C) : random_in(1, 32);
+        const int width = random_in(1, MAX_W), in_c = t % 5 == 0 && MAX_C > 64 ? random_in(65, MAX_C)
+                         : t % 3 == 1 ? 8 * (next_random() % 2 ? 1 : random_in(2, 4)) : random_in(1, 32);
         const int out_c = random_in(1, 30), stride = width + random_in(0, 4), gap = next_random() % 3 == 0;
         ml_layer_s8 layer;
         int ok = 1;
@@ -131,20 +170,21 @@ static void test_pointwise(int trials)
         layer.in_zp = (int16_t)random_in(-128, 127);
         layer.out_zp = (int16_t)random_in(-128, 127);
         layer.low = next_random() % 2 ? layer.out_zp : -128;
-        layer.shift = (uint8_t)pick_shift();
+        layer.shift = (uint8_t)(t % 2 == 0 ? random_in(19, 24) : pick_shift()); /* as in test_filter */
         layer.rq = NULL;
         for (int i = 0; i < width * in_c; ++i) in[i] = (int8_t)random_in(-128, 127);
         for (int i = 0; i < out_c * in_c; ++i) weight[i] = (int8_t)random_in(-128, 127);
         for (int c = 0; c < out_c; ++c) {
-            bias[c] = random_in(-(1 << 20), 1 << 20);
-            multiplier[c] = (int16_t)(next_random() % 4 ? random_in(1, 32767) : random_in(-32768, 32767));
+            bias[c] = t % 2 == 0 ? random_in(-32768, 32767) : random_in(-((int32_t)1 << 20), (int32_t)1 << 20);
+            multiplier[c] = (int16_t)(next_random() % 4 || t % 2 == 0 ? random_in(1, 32767)
+                                                                      : random_in(-32768, 32767));
             sums[c] = expected[c] = random_in(-1000, 1000);
         }
         if (t % 2 == 0 && in_c <= 64) { /* the fast path where every channel allows it */
             int fast = 1;
             for (int c = 0; c < out_c; ++c) {
                 fast &= make_rq(&rqs[c], multiplier[c], layer.shift, layer.out_zp, layer.low,
-                                (1 << 20) + in_c * 128 * 128);
+                                ((int32_t)1 << 20) + in_c * (int32_t)128 * 128);
             }
             if (fast) layer.rq = rqs;
         }
@@ -167,6 +207,38 @@ static void test_pointwise(int trials)
     }
 }
 
+#if defined(ML_TEST_AVR)
+static int uart_put(char c, FILE *stream)
+{
+    (void)stream;
+    while ((UCSR0A & _BV(UDRE0)) == 0) {
+    }
+    UDR0 = (uint8_t)c;
+    return 0;
+}
+
+static FILE uart_out = FDEV_SETUP_STREAM(uart_put, NULL, _FDEV_SETUP_WRITE);
+
+int main(void)
+{
+    UCSR0A = _BV(U2X0); /* as c/targets/uart_avr.c: 115200 baud at 16 MHz, 8N1 */
+    UBRR0 = 16;
+    UCSR0C = _BV(UCSZ01) | _BV(UCSZ00);
+    UCSR0B = _BV(TXEN0);
+    stdout = &uart_out;
+    test_requantize(2000);
+    test_filter(1200);
+    test_pointwise(600);
+    printf("%d passed, %d failed, fast paths: %u + %u depthwise rows, %u + %u pointwise rows\n",
+           checks - failures, failures, fast_dw, fast_dw_regs, fast_pw, fast_pw_regs);
+    while ((UCSR0A & _BV(TXC0)) == 0) { /* the last byte sent */
+    }
+    cli();
+    sleep_enable();
+    sleep_cpu(); /* with interrupts off: simavr stops ("done") */
+    return 0;
+}
+#else
 int main(void)
 {
     test_requantize(200000);
@@ -175,3 +247,4 @@ int main(void)
     printf("%d checks, %d failures\n", checks, failures);
     return failures != 0;
 }
+#endif

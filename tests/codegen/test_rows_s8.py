@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,3 +71,82 @@ def test_summary_prints_the_atmega2560_row_plan(capsys):
     assert main(["summary", "--memory", "--int8", "--target", "atmega2560"]) == 0
     assert f"RAM (activations): {memory.row_plan().ram_bytes:,} bytes" in capsys.readouterr().out
     assert main(["summary", "--target", "atmega2560"]) == 2
+
+
+AVR_DRIVER = r"""/* Run the int8 network on the images below and print each image's logits on USART0, then stop. */
+#include <avr/interrupt.h>
+#include <avr/io.h>
+#include <avr/sleep.h>
+#include <stdio.h>
+
+#include "ml_flash.h"
+#include "mobile_lenet.h"
+
+static const uint8_t images[%(count)d * 784] ML_FLASH = {%(pixels)s};
+
+static int uart_put(char c, FILE *stream)
+{
+    (void)stream;
+    while ((UCSR0A & _BV(UDRE0)) == 0) {
+    }
+    UDR0 = (uint8_t)c;
+    return 0;
+}
+
+static FILE uart_out = FDEV_SETUP_STREAM(uart_put, NULL, _FDEV_SETUP_WRITE);
+
+int main(void)
+{
+    static uint8_t image[784];
+    int8_t logits[MOBILE_LENET_NUM_CLASSES];
+    UCSR0A = _BV(U2X0);
+    UBRR0 = 16;
+    UCSR0C = _BV(UCSZ01) | _BV(UCSZ00);
+    UCSR0B = _BV(TXEN0);
+    stdout = &uart_out;
+    for (int n = 0; n < %(count)d; ++n) {
+        for (int i = 0; i < 784; ++i) image[i] = (uint8_t)ML_FLASH_S8(&images[(int32_t)n * 784 + i]);
+        mobile_lenet_int8_logits(image, logits);
+        for (int i = 0; i < MOBILE_LENET_NUM_CLASSES; ++i) printf("%%d ", logits[i]);
+        printf("\n");
+    }
+    while ((UCSR0A & _BV(TXC0)) == 0) {
+    }
+    cli();
+    sleep_enable();
+    sleep_cpu();
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("avr-gcc") is None or not Path("/usr/include/simavr/sim_avr.h").is_file(),
+                    reason="no avr-gcc or simavr")
+def test_rows_on_the_atmega2560_give_the_int8_engine_bit_for_bit(qmodel, mnist_test, tmp_path):
+    """The row schedule built for the ATmega2560 (its assembly row loops, flash reads) and run in simavr: the
+    logits of the NumPy int8 engine, bit for bit, on test images and saturating ones."""
+    from mobile_lenet.engines.mcu_simulators import simavr_runner
+
+    rng = np.random.default_rng(3)
+    images = np.concatenate([np.full((1, 28, 28), 255, np.uint8), np.zeros((1, 28, 28), np.uint8),
+                             rng.integers(0, 256, (2, 28, 28), dtype=np.uint8), mnist_test.images[:12]])
+    files = c_int8.generate_library(qmodel, "rows")
+    assert "static const ml_rows_rq" in files["mobile_lenet.c"]  # the fast paths apply
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "driver.c").write_text(AVR_DRIVER % {"count": len(images),
+                                                     "pixels": ",".join(map(str, images.reshape(-1).tolist()))})
+    sources = [str(tmp_path / name) for name in files if name.endswith(".c")
+               and name not in ("mobile_lenet_api.c", "mobile_lenet_serial.c")]
+    program = tmp_path / "rows.elf"
+    built = subprocess.run(["avr-gcc", "-mmcu=atmega2560", "-DF_CPU=16000000UL", "-std=c99", "-O2",
+                            "-ffp-contract=off", "-Wall", "-Wextra", "-Werror", "-ffunction-sections",
+                            "-fdata-sections", "-Wl,--gc-sections", f"-I{tmp_path}", "-o", str(program),
+                            str(tmp_path / "driver.c"), *sources], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    result = subprocess.run([str(simavr_runner()), "--stdio", "--max-seconds", "300", str(program)],
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=400)
+    lines = result.stdout.strip().splitlines()
+    assert result.returncode == 0 and '"stop": "done"' in lines[-1], result.stdout + result.stderr
+    logits = np.array([[int(v) for v in line.split()] for line in lines[:-1]], dtype=np.int8)
+    np.testing.assert_array_equal(logits, int8_logits(qmodel, images))

@@ -10,6 +10,21 @@
 #define ML_ROWS_MAX_KERNEL 7    /* larger kernels: not supported by the schedule (the generator checks) */
 #define ML_ROWS_MAX_CHANNELS 64 /* a pointwise filter's weights copied out of flash; more: read in place */
 
+/* Called each time an AVR assembly row loop runs (kind: dw, dw_regs, pw, pw_regs); the AVR unit test
+ * (tests/c/test_rows_s8.c) counts them. */
+#ifndef ML_ROWS_FAST_RAN
+#define ML_ROWS_FAST_RAN(kind) ((void)0)
+#endif
+
+/* n bytes out of flash (on the AVR memcpy_P; the AVR unit test, whose data are in RAM, makes it memcpy). */
+#ifndef ML_ROWS_FLASH_BYTES
+#if defined(__AVR__)
+#define ML_ROWS_FLASH_BYTES(to, from, n) memcpy_P((to), (from), (n))
+#else
+#define ML_ROWS_FLASH_BYTES(to, from, n) memcpy((to), (from), (n))
+#endif
+#endif
+
 /* acc + sum of a[i] * w[i], i < n (n >= 1), modulo 2^32 (the int32 sums never wrap: same bits). On the AVR a
  * loop of MULS (8 x 8 -> 16 signed, 2 cycles) and a sign-extended 32-bit add, both operands in RAM. */
 static inline int32_t ml_rows_dot(int32_t acc, const int8_t *a, const int8_t *w, uint8_t n)
@@ -315,6 +330,158 @@ static void ml_rows_dw_row_avr(const int8_t *r0, const int8_t *r1, const int8_t 
 }
 #endif
 
+#if defined(__AVR__)
+/* The parameters of the assembly row loops below, in RAM at a fixed address: read with LDS, so that no
+ * pointer register holds them and the filter's taps (or the pointwise weights) can stay in registers. */
+static struct {
+    const int8_t *r0, *r1, *r2; /* 3x3: the three input rows; pointwise: r0 = the input */
+    int8_t *out;
+    uint8_t width, step; /* outputs, and out's step between two (3x3) */
+    int8_t zp, low;
+    uint8_t first[3]; /* the sum's first term - n * 2^15 */
+    ml_rows_rq q;          /* lo, hi: their low three bytes, copied from *rq by the loops */
+    const int8_t *taps;    /* in flash: the 3x3 taps, or the 8 pointwise weights */
+    const ml_rows_rq *rq;  /* in flash: the channel's requantization */
+} ml_rows_k;
+
+/* How the loops read flash: LPM; the AVR unit test (data in RAM) makes it LD. */
+#ifndef ML_ROWS_LPM
+#define ML_ROWS_LPM "lpm"
+#endif
+
+#define ML_K_OPERANDS                                                                                            \
+    [r0] "i"(&ml_rows_k.r0), [r1] "i"(&ml_rows_k.r1), [r2] "i"(&ml_rows_k.r2), [out] "i"(&ml_rows_k.out),      \
+        [width] "i"(&ml_rows_k.width), [step] "i"(&ml_rows_k.step), [zp] "i"(&ml_rows_k.zp),                    \
+        [low] "i"(&ml_rows_k.low), [first] "i"(ml_rows_k.first), [lo] "i"(&ml_rows_k.q.lo),                       \
+        [hi] "i"(&ml_rows_k.q.hi), [taps] "i"(&ml_rows_k.taps), [rq] "i"(&ml_rows_k.rq)
+
+/* Registers of both loops: r2-r4 the sum, r5 0x80, r6 zero, r7-r9 the scale, r10 the outputs left, r11 the
+ * value, r14-r15 requantization bytes; MULS takes only r16-r31, and X, Y, Z are the pointers, so the taps (or
+ * weights) are r16-r24 and the input byte r25. Each multiply-add: MULS, the product's sign bit flipped (EOR
+ * with 0x80: + 2^15, as in ML_ROWS_MAC) and a three-byte unsigned add. */
+#define ML_K_MAC(reg) "muls r25, " reg "\n\t" "eor r1, r5\n\t" "add r2, r0\n\t" "adc r3, r1\n\t" "adc r4, r6\n\t"
+/* lo / hi: r11 = low or 127 (branch to 14f), else zp + byte 3 of acc * scale + 2^23 in r11 */
+#define ML_K_LO_RAM                                                                                              \
+    "lds r0, %[lo]\n\t" "cp r2, r0\n\t" "lds r0, %[lo]+1\n\t" "cpc r3, r0\n\t" "lds r0, %[lo]+2\n\t"            \
+    "cpc r4, r0\n\t"
+#define ML_K_LO_REGS "cp r2, r12\n\t" "cpc r3, r13\n\t" "cpc r4, r24\n\t" /* lo in r12, r13, r24 (pointwise) */
+#define ML_K_REQUANT(lo_compare)                                                                                 \
+    lo_compare "brge 12f\n\t" "lds r11, %[low]\n\t" "rjmp 14f\n"                                                 \
+    "12:\n\t"                                                                                                    \
+    "lds r0, %[hi]\n\t" "cp r2, r0\n\t" "lds r0, %[hi]+1\n\t" "cpc r3, r0\n\t" "lds r0, %[hi]+2\n\t"            \
+    "cpc r4, r0\n\t" "brlt 13f\n\t" "mov r11, r5\n\t" "dec r11\n\t" "rjmp 14f\n"                                 \
+    "13:\n\t"                                                                                                    \
+    "mul r2, r7\n\t" "mov r14, r1\n\t" "mov r15, r5\n\t" "clr r11\n\t"                                           \
+    "mul r2, r8\n\t" "add r14, r0\n\t" "adc r15, r1\n\t" "adc r11, r6\n\t"                                       \
+    "mul r3, r7\n\t" "add r14, r0\n\t" "adc r15, r1\n\t" "adc r11, r6\n\t"                                       \
+    "mul r2, r9\n\t" "add r15, r0\n\t" "adc r11, r1\n\t"                                                         \
+    "mul r3, r8\n\t" "add r15, r0\n\t" "adc r11, r1\n\t"                                                         \
+    "mul r4, r7\n\t" "add r15, r0\n\t" "adc r11, r1\n\t" "sbrc r4, 7\n\t" "sub r11, r7\n\t"                      \
+    "mul r3, r9\n\t" "add r11, r0\n\t"                                                                           \
+    "mul r4, r8\n\t" "add r11, r0\n\t"                                                                           \
+    "lds r0, %[zp]\n\t" "add r11, r0\n"                                                                          \
+    "14:\n\t"
+/* The setup, out of flash (Z): the taps (or weights) into r16-r23 (and r24: ML_K_TAP9), the scale into r7-r9,
+ * the thresholds' low three bytes into ml_rows_k.q (ml_rows_rq: scale, lo, hi, four bytes each). */
+#define ML_K_LPM(reg) ML_ROWS_LPM " " reg ", Z+\n\t"
+#define ML_K_TAP9 ML_K_LPM("r24")
+#define ML_K_SETUP(tap9)                                                                                         \
+    "lds r30, %[taps]\n\t" "lds r31, %[taps]+1\n\t" ML_K_LPM("r16") ML_K_LPM("r17") ML_K_LPM("r18")             \
+    ML_K_LPM("r19") ML_K_LPM("r20") ML_K_LPM("r21") ML_K_LPM("r22") ML_K_LPM("r23") tap9                         \
+    "lds r30, %[rq]\n\t" "lds r31, %[rq]+1\n\t" ML_K_LPM("r7") ML_K_LPM("r8") ML_K_LPM("r9") "adiw r30, 1\n\t"  \
+    ML_K_LPM("r0") "sts %[lo], r0\n\t" ML_K_LPM("r0") "sts %[lo]+1, r0\n\t" ML_K_LPM("r0")                      \
+    "sts %[lo]+2, r0\n\t" "adiw r30, 1\n\t" ML_K_LPM("r0") "sts %[hi], r0\n\t" ML_K_LPM("r0")                  \
+    "sts %[hi]+1, r0\n\t" ML_K_LPM("r0") "sts %[hi]+2, r0\n\t"                                                   \
+    "lds r10, %[width]\n\t" "ldi r25, 0x80\n\t" "mov r5, r25\n\t" "clr r6\n\t"
+#define ML_K_CLOBBERS                                                                                            \
+    "r0", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "r16", "r17", \
+        "r18", "r19", "r20", "r21", "r22", "r23", "r24", "r25", "r26", "r27", "r30", "r31", "memory"
+
+/* One row of a 3x3 filter of stride S (1 or 2) from ml_rows_k: the taps in r16-r24, rows in X, Y, Z (Y saved
+ * and restored), out in r12:r13; eight cycles a multiply-add. */
+#define ML_K_DW_ROW(S)                                                                                           \
+    __asm__ volatile("push r28\n\t" "push r29\n\t" ML_K_SETUP(ML_K_TAP9)                                        \
+                     "lds r26, %[r0]\n\t" "lds r27, %[r0]+1\n\t" "lds r28, %[r1]\n\t" "lds r29, %[r1]+1\n\t"     \
+                     "lds r30, %[r2]\n\t" "lds r31, %[r2]+1\n\t" "lds r12, %[out]\n\t" "lds r13, %[out]+1\n"     \
+                     "10:\n\t"                                                                                   \
+                     "lds r2, %[first]\n\t" "lds r3, %[first]+1\n\t" "lds r4, %[first]+2\n\t"                    \
+                     "ld r25, X+\n\t" ML_K_MAC("r16") "ld r25, X+\n\t" ML_K_MAC("r17")                           \
+                     "ld r25, X+\n\t" ML_K_MAC("r18") "sbiw r26, 3 - " #S "\n\t"                                 \
+                     "ldd r25, Y+0\n\t" ML_K_MAC("r19") "ldd r25, Y+1\n\t" ML_K_MAC("r20")                       \
+                     "ldd r25, Y+2\n\t" ML_K_MAC("r21") "adiw r28, " #S "\n\t"                                   \
+                     "ldd r25, Z+0\n\t" ML_K_MAC("r22") "ldd r25, Z+1\n\t" ML_K_MAC("r23")                       \
+                     "ldd r25, Z+2\n\t" ML_K_MAC("r24") "adiw r30, " #S "\n\t"                                   \
+                     ML_K_REQUANT(ML_K_LO_RAM)                                                                   \
+                     "movw r14, r30\n\t" "movw r30, r12\n\t" "st Z, r11\n\t" "movw r30, r14\n\t"                 \
+                     "lds r0, %[step]\n\t" "add r12, r0\n\t" "adc r13, r6\n\t"                                   \
+                     "dec r10\n\t" "breq 15f\n\t" "rjmp 10b\n"                                                   \
+                     "15:\n\t"                                                                                   \
+                     "pop r29\n\t" "pop r28\n\t" "clr __zero_reg__"                                              \
+                     :                                                                                           \
+                     : ML_K_OPERANDS                                                                             \
+                     : ML_K_CLOBBERS)
+
+/* One output channel of a 1x1 convolution with 8 input channels from ml_rows_k: the weights in r16-r23, the
+ * pixel-major input in X, out in Z, lo in r12, r13, r24 and the first two bytes of the sum's start in Y (saved
+ * and restored); eight cycles a multiply-add. */
+static void ml_rows_pw8_row_k(void)
+{
+    __asm__ volatile("push r28\n\t" "push r29\n\t" ML_K_SETUP("") "lds r26, %[r0]\n\t" "lds r27, %[r0]+1\n\t"
+                     "lds r30, %[out]\n\t" "lds r31, %[out]+1\n\t" "lds r12, %[lo]\n\t" "lds r13, %[lo]+1\n\t"
+                     "lds r24, %[lo]+2\n\t" "lds r28, %[first]\n\t" "lds r29, %[first]+1\n"
+                     "10:\n\t"
+                     "movw r2, r28\n\t" "lds r4, %[first]+2\n\t"
+                     "ld r25, X+\n\t" ML_K_MAC("r16") "ld r25, X+\n\t" ML_K_MAC("r17")
+                     "ld r25, X+\n\t" ML_K_MAC("r18") "ld r25, X+\n\t" ML_K_MAC("r19")
+                     "ld r25, X+\n\t" ML_K_MAC("r20") "ld r25, X+\n\t" ML_K_MAC("r21")
+                     "ld r25, X+\n\t" ML_K_MAC("r22") "ld r25, X+\n\t" ML_K_MAC("r23")
+                     ML_K_REQUANT(ML_K_LO_REGS)
+                     "st Z+, r11\n\t"
+                     "dec r10\n\t" "breq 15f\n\t" "rjmp 10b\n"
+                     "15:\n\t"
+                     "pop r29\n\t" "pop r28\n\t" "clr __zero_reg__"
+                     :
+                     : ML_K_OPERANDS
+                     : ML_K_CLOBBERS);
+}
+
+/* Whether a 3x3 filter row takes ml_rows_filter_k: the fast path's requantization, strides 1 and 2, widths and
+ * steps in a byte. */
+static int ml_rows_k_applies(int kernel, int stride, int out_w, int out_step, const ml_rows_rq *rq)
+{
+    return kernel == 3 && rq != NULL && (stride == 1 || stride == 2) && out_w >= 1 && out_w <= 255 && out_step >= 1
+           && out_step <= 255;
+}
+
+/* A layer's constants for ml_rows_filter_k. */
+static void ml_rows_k_layer(uint8_t out_w, uint8_t out_step, int8_t zp, int8_t low)
+{
+    ml_rows_k.width = out_w;
+    ml_rows_k.step = out_step;
+    ml_rows_k.zp = zp;
+    ml_rows_k.low = low;
+}
+
+/* One row of one channel's 3x3 filter (taps and rq in flash; first: ML_ROWS_START24(bias, 9)), after
+ * ml_rows_k_layer. Inlined where it is used, so that the registers the assembly takes are saved once per
+ * layer row, not per channel. */
+static inline __attribute__((always_inline)) void ml_rows_filter_k(const int8_t *r0, const int8_t *r1,
+                                                                   const int8_t *r2, uint8_t stride,
+                                                                   int32_t first, const int8_t *taps,
+                                                                   const ml_rows_rq *rq, int8_t *out)
+{
+    ml_rows_k.taps = taps;
+    ml_rows_k.rq = rq;
+    memcpy(ml_rows_k.first, &first, 3);
+    ml_rows_k.r0 = r0;
+    ml_rows_k.r1 = r1;
+    ml_rows_k.r2 = r2;
+    ml_rows_k.out = out;
+    if (stride == 1) ML_K_DW_ROW(1);
+    else ML_K_DW_ROW(2);
+}
+#endif
+
 int8_t ml_rows_requantize_rq_s8(int32_t acc, const ml_rows_rq *rq, int32_t zero_point, int32_t low)
 {
     if (acc >= rq->hi) return 127;
@@ -364,6 +531,15 @@ void ml_rows_filter_s8(const int8_t *const *in, int kernel, int stride, int out_
                        int32_t bias, int16_t multiplier, int shift, int32_t out_zp, int32_t low,
                        const ml_rows_rq *rq, int8_t *out, int out_step)
 {
+#if defined(__AVR__)
+    if (ml_rows_k_applies(kernel, stride, out_w, out_step, rq)) {
+        /* the fast path with the taps in registers */
+        ml_rows_k_layer((uint8_t)out_w, (uint8_t)out_step, (int8_t)out_zp, (int8_t)low);
+        ML_ROWS_FAST_RAN(dw_regs);
+        ml_rows_filter_k(in[0], in[1], in[2], (uint8_t)stride, ML_ROWS_START24(bias, 9), taps, rq, out);
+        return;
+    }
+#endif
     if (kernel == 3 && rq != NULL) {
         /* the fast path: three-byte sums, ml_rows_rq's requantization; taps and constants out of flash */
         int8_t t[9];
@@ -381,6 +557,7 @@ void ml_rows_filter_s8(const int8_t *const *in, int kernel, int stride, int out_
             rec[12] = (int8_t)(uint8_t)out_step;
             memcpy(rec + 13, &q.lo, 3);
             memcpy(rec + 16, &q.hi, 3);
+            ML_ROWS_FAST_RAN(dw);
             ml_rows_dw_row_avr(r0, r1, r2, (uint8_t)stride, out, rec, (uint8_t)out_w, &q, zp, lo);
             return;
         }
@@ -421,10 +598,64 @@ void ml_rows_filter_s8(const int8_t *const *in, int kernel, int stride, int out_
     }
 }
 
+#if defined(__AVR__)
+/* The pointwise fast paths on the AVR (in_c = 8, 16, ..., 64; rq), a function of their own so that the channel
+ * loop has a small frame: every output channel's row in assembly, with the weights in registers where in_c is
+ * 8 (ml_rows_pw8_row_k), else from a record in RAM (rec: 3 + in_c + 6 bytes; ml_rows_pw_row_avr). With
+ * gap_sums (out NULL) each row goes through row (width bytes) into the pooling sums. */
+__attribute__((noinline)) static void ml_rows_pw_k(const int8_t *in, uint8_t width, uint8_t in_c,
+                                                   const ml_layer_s8 *layer, uint8_t out_c, int8_t *out,
+                                                   int out_stride, int8_t *rec, int8_t *row, int32_t *gap_sums,
+                                                   int32_t gap_in_zp)
+{
+    const int8_t zp = (int8_t)layer->out_zp, low = (int8_t)layer->low;
+    const int8_t *weight = layer->weight;
+    ml_rows_k.r0 = in;
+    ml_rows_k.width = width;
+    ml_rows_k.zp = zp;
+    ml_rows_k.low = low;
+    for (uint8_t co = 0; co < out_c; ++co) {
+        const int32_t first = ML_ROWS_START24(ML_FLASH_S32(&layer->bias[co]), in_c);
+        int8_t *o = out != NULL ? out + co * out_stride : row;
+        if (in_c == 8) {
+            ml_rows_k.taps = weight;
+            ml_rows_k.rq = &layer->rq[co];
+            memcpy(ml_rows_k.first, &first, 3);
+            ml_rows_k.out = o;
+            ML_ROWS_FAST_RAN(pw_regs);
+            ml_rows_pw8_row_k();
+        } else {
+            ML_FLASH_COPY(&ml_rows_k.q, &layer->rq[co]);
+            memcpy(rec, &first, 3);
+            ML_ROWS_FLASH_BYTES(rec + 3, weight, in_c);
+            memcpy(rec + 3 + in_c, &ml_rows_k.q.lo, 3);
+            memcpy(rec + 6 + in_c, &ml_rows_k.q.hi, 3);
+            ML_ROWS_FAST_RAN(pw);
+            ml_rows_pw_row_avr(in, o, rec, width, (uint8_t)(in_c >> 3), &ml_rows_k.q, zp, low);
+        }
+        weight += in_c;
+        if (out == NULL) {
+            int32_t sum = gap_sums[co];
+            for (uint8_t x = 0; x < width; ++x) sum += row[x];
+            gap_sums[co] = sum - (int32_t)width * gap_in_zp;
+        }
+    }
+}
+#endif
+
 void ml_rows_pointwise_s8(const int8_t *in, int width, int in_c, const ml_layer_s8 *layer, int out_c,
                           int8_t *out, int out_stride, int32_t *gap_sums, int32_t gap_in_zp)
 {
     int8_t copy[ML_ROWS_MAX_CHANNELS]; /* one filter's weights, out of flash */
+#if defined(__AVR__)
+    if (layer->rq != NULL && (in_c & 7) == 0 && in_c >= 8 && in_c <= ML_ROWS_MAX_CHANNELS && width >= 1
+        && width <= ML_ROWS_MAX_CHANNELS && out_c >= 1 && out_c <= 255) {
+        int8_t rec[3 + ML_ROWS_MAX_CHANNELS + 6]; /* (copy: the row for the pooling sums) */
+        ml_rows_pw_k(in, (uint8_t)width, (uint8_t)in_c, layer, (uint8_t)out_c, out, out_stride, rec, copy, gap_sums,
+                     gap_in_zp);
+        return;
+    }
+#endif
     for (int co = 0; co < out_c; ++co) {
         const int8_t *w = layer->weight + co * in_c;
         const int32_t bias = ML_FLASH_S32(&layer->bias[co]);
@@ -438,24 +669,6 @@ void ml_rows_pointwise_s8(const int8_t *in, int width, int in_c, const ml_layer_
                 const int8_t zp = (int8_t)layer->out_zp, lo = (int8_t)layer->low;
                 const int8_t *p = in;
                 ML_FLASH_COPY(&q, &layer->rq[co]);
-#if defined(__AVR__)
-                if ((in_c & 7) == 0 && width <= ML_ROWS_MAX_CHANNELS) {
-                    /* the record: start, weights, thresholds (bytes, little-endian) */
-                    int8_t rec[3 + ML_ROWS_MAX_CHANNELS + 6], row[ML_ROWS_MAX_CHANNELS];
-                    int8_t *o = out != NULL ? out + co * out_stride : row;
-                    memcpy(rec, &first, 3);
-                    memcpy(rec + 3, copy, (size_t)in_c);
-                    memcpy(rec + 3 + in_c, &q.lo, 3);
-                    memcpy(rec + 6 + in_c, &q.hi, 3);
-                    ml_rows_pw_row_avr(in, o, rec, (uint8_t)width, (uint8_t)(in_c >> 3), &q, zp, lo);
-                    if (out == NULL) {
-                        int32_t sum = gap_sums[co];
-                        for (int x = 0; x < width; ++x) sum += row[x];
-                        gap_sums[co] = sum - (int32_t)width * gap_in_zp;
-                    }
-                    continue;
-                }
-#endif
                 if (out != NULL) {
                     int8_t *o = out + co * out_stride;
                     for (uint8_t x = (uint8_t)width; x != 0; --x) {
@@ -540,6 +753,24 @@ static void block_row(const ml_rows_network *net, int b, const ml_block_s8 *p, c
         base[ky] = iy >= 0 && iy < p->in_h ? slot(rows, iy, k, row_bytes) : NULL;
         if (base[ky] == NULL) memset(net->pad_row, p->dw.in_zp, (size_t)padded);
     }
+#if defined(__AVR__)
+    if (ml_rows_k_applies(k, p->stride, p->out_w, p->channels, p->dw.rq)) {
+        /* the fast path with the taps in registers, channel after channel */
+        const int8_t *r0 = base[0] != NULL ? base[0] : net->pad_row, *r1 = base[1] != NULL ? base[1] : net->pad_row;
+        const int8_t *r2 = base[2] != NULL ? base[2] : net->pad_row;
+        const int step0 = base[0] != NULL ? padded : 0, step1 = base[1] != NULL ? padded : 0;
+        const int step2 = base[2] != NULL ? padded : 0;
+        ml_rows_k_layer(p->out_w, p->channels, (int8_t)p->dw.out_zp, (int8_t)p->dw.low);
+        for (int c = 0; c < p->channels; ++c) {
+            ML_ROWS_FAST_RAN(dw_regs);
+            ml_rows_filter_k(r0, r1, r2, p->stride, ML_ROWS_START24(ML_FLASH_S32(&p->dw.bias[c]), 9),
+                             p->dw.weight + 9 * c, &p->dw.rq[c], net->dw_row + c);
+            r0 += step0;
+            r1 += step1;
+            r2 += step2;
+        }
+    } else
+#endif
     for (int c = 0; c < p->channels; ++c) {
         for (int ky = 0; ky < k; ++ky) in[ky] = base[ky] != NULL ? base[ky] + c * padded : net->pad_row;
         ml_rows_filter_s8(in, k, p->stride, p->out_w, p->dw.weight + c * k * k, ML_FLASH_S32(&p->dw.bias[c]),
@@ -595,6 +826,19 @@ void ml_rows_run_s8(const ml_rows_network *net, const uint8_t *image)
                 }
             }
             out = next_row(net, 0, &channel_stride);
+#if defined(__AVR__)
+            if (ml_rows_k_applies(k, 1, s.w, 1, s.conv.rq)) {
+                /* the fast path with the taps in registers, channel after channel */
+                ml_rows_k_layer(s.w, 1, (int8_t)s.conv.out_zp, (int8_t)s.conv.low);
+                for (int co = 0; co < s.out_channels; ++co) {
+                    ML_ROWS_FAST_RAN(dw_regs);
+                    ml_rows_filter_k(in[0], in[1], in[2], 1, ML_ROWS_START24(ML_FLASH_S32(&s.conv.bias[co]), 9),
+                                     s.conv.weight + 9 * co, &s.conv.rq[co], out + co * channel_stride);
+                }
+                push(net, 0);
+                continue;
+            }
+#endif
             for (int co = 0; co < s.out_channels; ++co) {
                 ml_rows_filter_s8(in, k, 1, s.w, s.conv.weight + co * k * k, ML_FLASH_S32(&s.conv.bias[co]),
                                   ML_FLASH_S16(&s.conv.multiplier[co]), s.conv.shift, s.conv.out_zp, s.conv.low,
