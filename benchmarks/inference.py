@@ -13,7 +13,9 @@ The generated C gets two figures: the whole process (``mobile_lenet_host classif
 images and printing a line per image included), and the library calls alone (``mobile_lenet_host time``: the
 images read into memory first, then clock_gettime around the calls only, one warm-up pass, best of a few). The
 float C comes as the Noodle-semantics library (what ``export --format c`` writes, bit for bit the reference) and
-as the host fast path (BatchNorm folded, AVX2; the ``c`` engine). ``ratios`` compares them within this run.
+as the host fast path (BatchNorm folded, AVX2; the ``c`` engine), and the int8 C likewise as the library
+``export --format c --int8`` writes and as its host fast path (HCW byte maps with zero-point borders, AVX2 / VNNI;
+the ``c`` engine; bit for bit the NumPy int8 engine). ``ratios`` compares them within this run.
 
 Each engine's speed is also given as a fraction of a compute bound: 2 x MACs per image x images/s against
 the peak float32 FLOP/s of a large ``torch.mm`` on this machine, with 1 thread for single-threaded engines
@@ -182,7 +184,8 @@ def float_c_and_reference_cases(tensors, settings: dict) -> list[Case]:
 
 FLOAT_C_NOODLE = "generated C, float32 (Noodle semantics, exported library)"
 FLOAT_C_FAST = "generated C, float32 (host fast path, `c` engine)"
-INT8_C = "generated C, int8"
+INT8_C = "generated C, int8 (host fast path, `c` engine)"
+INT8_C_GENERIC = "generated C, int8 (exported library)"
 
 
 def int8_cases(tensors, train_images: np.ndarray, settings: dict) -> list[Case]:
@@ -205,19 +208,22 @@ def int8_cases(tensors, train_images: np.ndarray, settings: dict) -> list[Case]:
 
     repeats = LIBRARY_REPEATS["quick" if settings is QUICK else "full"]
 
-    def make_c():
-        from mobile_lenet.engines import host_c
+    def c_case_int8(engine: str, variant: str) -> Case:
+        def make_c():
+            from mobile_lenet.engines import host_c
 
-        program = host_c.build_host_program(model())
-        return lambda images: host_c.run_classify(program, images).logits
+            program = host_c.build_host_program(model(), variant=variant)
+            return lambda images: host_c.run_classify(program, images).logits
 
-    def library_time(images):
-        from mobile_lenet.engines import host_c
+        def library_time(images):
+            from mobile_lenet.engines import host_c
 
-        return host_c.run_time(host_c.build_host_program(model()), images, repeats)
+            return host_c.run_time(host_c.build_host_program(model(), variant=variant), images, repeats)
 
-    int8_c = Case(INT8_C, 1, 1, make=make_c, library_time=library_time)
-    return [Case("NumPy int8 reference", reference_int8.BATCH, 1, make=lambda: make("reference")), int8_c]
+        return Case(engine, 1, 1, make=make_c, library_time=library_time)
+
+    return [Case("NumPy int8 reference", reference_int8.BATCH, 1, make=lambda: make("reference")),
+            c_case_int8(INT8_C_GENERIC, "generic"), c_case_int8(INT8_C, "fast")]
 
 
 def ratios(rows: list[dict]) -> dict:
@@ -244,6 +250,8 @@ def ratios(rows: list[dict]) -> dict:
                                                     rate(FLOAT_C_NOODLE, library=library))
         out[f"float_fast_vs_noodle_{kind}"] = ratio(rate(FLOAT_C_FAST, library=library),
                                                     rate(FLOAT_C_NOODLE, library=library))
+        out[f"int8_fast_vs_generic_{kind}"] = ratio(rate(INT8_C, library=library),
+                                                    rate(INT8_C_GENERIC, library=library))
     return out
 
 

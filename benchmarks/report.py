@@ -171,7 +171,11 @@ def inference_section(entry: dict) -> list[str]:
               "pass, best of a few passes). The float C comes twice: the Noodle-semantics library that "
               "`export --format c` writes and the firmware runs (bit for bit the NumPy reference), and the host "
               "fast path that the `c` engine runs (BatchNorm folded into the convolutions, fused multiply-adds, "
-              "AVX2 on x86; same predictions as the reference on all 10,000 test images, |dp| <= 1e-5). All C is "
+              "AVX2 on x86; same predictions as the reference on all 10,000 test images, |dp| <= 1e-5). The int8 C "
+              "also comes twice: the library that `export --format c --int8` writes (CHW) and its host fast path "
+              "that the `c` engine runs (channels-last rows of bytes with stored zero-point borders, "
+              "requantization eight outputs at a time, AVX2 and VNNI on x86; bit for bit the NumPy int8 engine on "
+              "all 10,000 test images). All C is "
               "built with the host flags (`-O3 -march=native ...`). An engine that timed out of its budget ran on "
               "fewer images: see the images column.",
               ""]
@@ -226,6 +230,8 @@ def inference_ratios(ratios: dict | None) -> list[str]:
                  f"{both('int8_vs_float_noodle_library', 'int8_vs_float_noodle_process')} (target > 1x)")
     lines.append(f"- int8 C / float C, host fast path: "
                  f"{both('int8_vs_float_fast_library', 'int8_vs_float_fast_process')} (target > 1x)")
+    lines.append(f"- int8 C, host fast path / exported int8 library: "
+                 f"{both('int8_fast_vs_generic_library', 'int8_fast_vs_generic_process')}")
     return lines + [""]
 
 

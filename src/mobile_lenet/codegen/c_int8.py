@@ -276,3 +276,196 @@ def generate_sources(qmodel: QuantizedModel, schedule: str = "buffers") -> dict[
 def write_c_library_int8(qmodel: QuantizedModel, out_dir: str | Path) -> list[Path]:
     """``export Q --format c --int8``: write the int8 C library, host program and README into ``out_dir``."""
     return replace_folder(generate_sources(qmodel), out_dir, what="C export", replaceable=previous_export())
+
+
+# ------------------------------------------------------------------------------------------------ host fast path
+# An opt-in variant for computers, not what ``export --format c --int8`` writes: the same integers as the NumPy
+# int8 engine, with channels-last rows ("HCW") of bytes u = q + 128, stored zero-point borders, biases with the
+# zero point folded in and per-channel requantization thresholds (c/ml_kernels_s8_host.h: AVX2 / VNNI on x86,
+# plain C elsewhere). The ``c`` engine runs it for an int8 model; tests hold it bit for bit to the NumPy engine.
+HOST_FAST_KERNEL_FILES = ("ml_kernels_s8_host.h", "ml_kernels_s8_host.c")
+HOST_FAST_MAX_SHIFT = 23  # (sum * mult + round) stays inside int32 between the thresholds
+
+
+class HostFastUnsupported(ValueError):
+    """The host fast path has no kernel for this model (the generic int8 C runs it)."""
+
+
+def host_fast_requant_rows(layer: QLayer) -> list[tuple[int, int, int, int, int, int]]:
+    """Per output channel (lo, hi, mult, round, zp, low) of ``ml_s8h_rq`` (zero point and clamp as u = q + 128),
+    checked: multiplier > 0, shift <= 23, and the clamped sums lo and hi give exactly low and 127, so that the
+    vector requantization (clamp to [lo, hi], 32-bit multiply, add round, shift) is the reference's."""
+    shift, zp = int(layer.shift), int(layer.out_zero_point)
+    low = zp if layer.relu else INT8_MIN
+    if not 1 <= shift <= HOST_FAST_MAX_SHIFT:
+        raise HostFastUnsupported(f"{layer.name}: shift {shift} outside 1..{HOST_FAST_MAX_SHIFT}")
+    unit, half = 1 << shift, 1 << (shift - 1)
+
+    def value(acc: int, m: int) -> int:
+        return min(max(zp + ((acc * m + half) >> shift), low), 127)
+
+    rows = []
+    for m in (int(v) for v in layer.multiplier.ravel()):
+        if m <= 0:
+            raise HostFastUnsupported(f"{layer.name}: multiplier {m} <= 0")
+        hi = -((-((127 - zp) * unit - half)) // m)  # the smallest sum giving 127
+        lo = -((-((low - zp + 1) * unit - half)) // m) - 1  # the largest sum giving low
+        if value(hi, m) != 127 or value(lo, m) != low or (hi * m + half) >> shift != 127 - zp \
+                or (lo * m + half) >> shift != low - zp or not -2**31 <= lo <= hi < 2**31:
+            raise HostFastUnsupported(f"{layer.name}: requantization thresholds not exact")
+        rows.append((lo, hi, m, half + (zp + 128) * unit, zp + 128, low + 128))
+    return rows
+
+
+def _host_int_array(c_type: str, name: str, values) -> list[str]:
+    values = [str(int(v)) for v in values]
+    return [f"static const {c_type} {name}[{len(values)}] = {{"] + [
+        "    " + ", ".join(values[s:s + VALUES_PER_LINE]) + "," for s in range(0, len(values), VALUES_PER_LINE)] + [
+        "};", ""]
+
+
+def _host_conv_arrays(layer: QLayer, n: int) -> tuple[list[str], str, str, str]:
+    """Weights (3x3: [C][3][4] with a zero fourth tap; 1x1: [Cout][Cin]), folded biases and requantization rows
+    of a convolution; returns the lines and the three names."""
+    weight = layer.weight.astype(np.int64)
+    flat = weight.reshape(weight.shape[0], -1)
+    bias = layer.bias.astype(np.int64) - (int(layer.in_zero_point) + 128) * flat.sum(axis=1)
+    if np.abs(bias).max() >= 2**31 or np.abs(bias).max() + 255 * np.abs(flat).sum(axis=1).max() >= 2**31:
+        raise HostFastUnsupported(f"{layer.name}: sums do not fit in int32")
+    if layer.kernel == 3:
+        quads = np.zeros((weight.shape[0], 3, 4), dtype=np.int64)
+        quads[:, :, :3] = weight.reshape(weight.shape[0], 3, 3)
+        weights = quads.ravel()
+    else:
+        weights = flat.ravel()
+    w_name, b_name, rq_name = f"ml_hw{n:02d}", f"ml_hb{n:02d}", f"ml_hq{n:02d}"
+    rows = host_fast_requant_rows(layer)
+    rq = ", ".join("{" + ", ".join(str(v) for v in row) + "}" for row in host_fast_fold_bias(rows, bias))
+    lines = (_host_int_array("int8_t", w_name, weights) + _host_int_array("int32_t", b_name, bias)
+             + [f"static const ml_s8h_rq {rq_name}[{len(layer.multiplier.ravel())}] = {{{rq}}};", ""])
+    return lines, w_name, b_name, rq_name, host_fast_needs_clamp(bias, flat, rows)
+
+
+def host_fast_fold_bias(rows, bias: np.ndarray) -> list[tuple[int, ...]]:
+    """``ml_s8h_rq`` rows with the (folded) bias moved in, as the vector loops use them: thresholds on the sum of
+    u * w alone (lo - bias, hi - bias) and round + bias * mult modulo 2^32 (as int32); (sum + bias) * mult + round
+    and sum * mult + that round are the same modulo 2^32."""
+    folded = []
+    for (lo, hi, mult, rnd, zp, low), b in zip(rows, (int(v) for v in bias)):
+        lo, hi = max(lo - b, -2**31), min(hi - b, 2**31 - 1)
+        if lo > hi:
+            raise HostFastUnsupported("a bias moves the requantization thresholds out of int32")
+        folded.append((lo, hi, mult, (rnd + b * mult + 2**31) % 2**32 - 2**31, zp, low))
+    return folded
+
+
+def host_fast_needs_clamp(bias: np.ndarray, weight: np.ndarray, rows) -> int:
+    """The kernels' ``clamp`` argument for a layer (folded biases, weights (Cout, taps), requantization rows): 0
+    where every sum the layer can form (bytes u in 0..255) keeps sum * mult + round inside int32 and every lower
+    clamp is u = 0, so that the packs' saturation is the whole clamp; else 1."""
+    w = weight.astype(np.int64)
+    highest = bias + 255 * np.clip(w, 0, None).sum(axis=1)
+    lowest = bias + 255 * np.clip(w, None, 0).sum(axis=1)
+    table = np.array(rows, dtype=np.int64)
+    mult, rnd, low = table[:, 2], table[:, 3], table[:, 5]
+    safe = (highest * mult + rnd < 2**31) & (lowest * mult + rnd >= -2**31) & (low == 0)
+    return 0 if bool(safe.all()) else 1
+
+
+def host_fast_network_source(qmodel: QuantizedModel) -> str:
+    """``mobile_lenet.c`` of the int8 host fast path: the arrays, HCW byte buffers with zero-point borders (set
+    once) and the layer calls. Raises HostFastUnsupported for a model its kernels do not cover."""
+    layers = list(qmodel.layers)
+    arrays, buffers, borders, body = [], {}, [], []
+    h0, w0, _ = layers[0].in_shape
+    if layers[0].in_zero_point != INPUT_ZERO_POINT:
+        raise HostFastUnsupported("the input zero point is not -128")
+    buffers["ml_input"] = (h0 + 2) * (w0 + 2)  # u = pixel; border 0 (q = -128, the input zero point)
+    source = {"name": "ml_input", "rs": w0 + 2, "cs": w0 + 2, "padded": True}
+    for n, layer in enumerate(layers):
+        comment = f"/* {' + '.join(layer.rows)} */"
+        if layer.kind in (LayerKind.CONV, LayerKind.DWCONV):
+            in_h, in_w, in_c = layer.in_shape
+            out_h, out_w, out_c = layer.out_shape
+            kinds = {(LayerKind.CONV, 3): "conv3", (LayerKind.DWCONV, 3): "dw", (LayerKind.CONV, 1): "pw"}
+            kind = kinds.get((layer.kind, layer.kernel))
+            padded_in = kind in ("conv3", "dw")
+            if kind is None or (padded_in and (layer.padding != 1 or not source["padded"])) \
+                    or (kind == "pw" and (layer.padding or layer.stride != 1 or in_c % 4 or in_c > 64)) \
+                    or (kind == "conv3" and (in_c != 1 or layer.stride != 1)) or (kind == "dw" and layer.stride > 2):
+                raise HostFastUnsupported(f"{layer.name}: no host fast kernel (kernel {layer.kernel}, "
+                                          f"stride {layer.stride}, padding {layer.padding}, {in_c} channels)")
+            lines, w_name, b_name, rq_name, clamp = _host_conv_arrays(layer, n)
+            arrays += lines
+            following = layers[n + 1] if n + 1 < len(layers) else None
+            pad = following is not None and following.kind in (LayerKind.CONV, LayerKind.DWCONV) \
+                and following.kernel == 3
+            # a depthwise convolution into a 1x1 one: the quad layout (ml_kernels_s8_host.h), groups of 8+ pixels
+            quads = kind == "dw" and not pad and following is not None and following.kind == LayerKind.CONV \
+                and following.kernel == 1 and out_c % 4 == 0
+            cs = out_w + 2 if pad else (4 * max(out_w, 8) if quads else out_w)  # quads: the stride of a group
+            rs = (out_c // 4 if quads else out_c) * cs
+            name = f"ml_map{n:02d}"
+            buffers[name] = (out_h + 2 * pad) * rs
+            if pad:
+                borders.append(f"ml_s8h_fill({name}, sizeof {name}, {int(layer.out_zero_point) + 128});")
+            out_ptr = f"{name} + {rs + 1}" if pad else name
+            if kind == "conv3":
+                call = (f"ml_s8h_conv3x3_c1({source['name']}, {source['rs']}, {out_ptr}, {rs}, {cs}, {out_h}, "
+                        f"{out_w}, {out_c}, {w_name}, {b_name}, {rq_name}, {layer.shift}, {clamp});")
+            elif kind == "dw":
+                call = (f"ml_s8h_depthwise3x3{'_quads' if quads else ''}({source['name']}, {source['rs']}, "
+                        f"{source['cs']}, {in_c}, "
+                        f"{layer.stride}, {out_ptr}, {rs}, {cs}, {out_h}, {out_w}, {w_name}, {b_name}, {rq_name}, "
+                        f"{layer.shift}, {clamp});")
+            else:
+                in_ptr = f"{source['name']} + {source['rs'] + 1}" if source["padded"] else source["name"]
+                call = (f"ml_s8h_pointwise{'_quads' if source.get('quads') else ''}({in_ptr}, {source['rs']}, "
+                        f"{source['cs']}, {in_c}, {out_ptr}, {rs}, "
+                        f"{cs}, {in_h}, {in_w}, {out_c}, {w_name}, {b_name}, {rq_name}, {layer.shift}, {clamp});")
+            body += [comment, call]
+            source = {"name": name, "rs": rs, "cs": cs, "padded": pad, "shape": (out_h, out_w, out_c), "quads": quads}
+        elif layer.kind == LayerKind.GAP and "shape" in source and not source["padded"] and not source["quads"]:
+            h, w, c = source["shape"]
+            low = layer.out_zero_point if layer.relu else INT8_MIN
+            body += [comment, f"ml_s8h_global_average_pool({source['name']}, {source['rs']}, {source['cs']}, {h}, "
+                              f"{w}, {c}, {layer.in_zero_point}, ml_pooled, {int(layer.multiplier.ravel()[0])}, "
+                              f"{layer.shift}, {layer.out_zero_point}, {low});"]
+            source = {"name": "ml_pooled"}
+        elif layer.kind == LayerKind.DENSE and source.get("name") == "ml_pooled" and n == len(layers) - 1:
+            low = layer.out_zero_point if layer.relu else INT8_MIN
+            arrays += (_host_int_array("int8_t", "ml_dense_w", layer.weight.ravel())
+                       + _host_int_array("int32_t", "ml_dense_b", layer.bias.ravel())
+                       + _host_int_array("int16_t", "ml_dense_m", layer.multiplier.ravel()))
+            body += [comment, f"ml_s8h_dense(ml_pooled, {layer.in_shape[0]}, {layer.in_zero_point}, logits, "
+                              f"{layer.out_shape[0]}, ml_dense_w, ml_dense_b, ml_dense_m, {layer.shift}, "
+                              f"{layer.out_zero_point}, {low});"]
+            source = {"name": "logits"}
+        else:
+            raise HostFastUnsupported(f"{layer.name}: no host fast kernel for {layer.kind}")
+    if source.get("name") != "logits":
+        raise HostFastUnsupported("the network does not end with global average pooling and a dense layer")
+    pooled_size = layers[-1].in_shape[0]
+    lines = [f"/* {NETWORK_SOURCE_FAST_TITLE}", f" * {lib.GENERATED_NOTE}", " *",
+             " * Host fast path (codegen.c_int8.generate_host_fast_sources), not the microcontroller library: the",
+             " * NumPy int8 engine's integers with HCW byte maps u = q + 128 whose zero-point borders are set once and",
+             " * never written. See ml_kernels_s8_host.h. */",
+             "#include \"mobile_lenet.h\"", "#include \"ml_kernels_s8_host.h\"", ""]
+    lines += [f"static uint8_t {name}[{size} + ML_S8H_SLACK];" for name, size in buffers.items()]
+    lines += [f"static int8_t ml_pooled[{pooled_size}];", "static int ml_borders_set;", ""] + arrays
+    lines += ["void mobile_lenet_int8_logits(const uint8_t image[MOBILE_LENET_INPUT_SIZE], "
+              "int8_t logits[MOBILE_LENET_NUM_CLASSES])", "{", "    if (!ml_borders_set) {"]
+    lines += ["        " + line for line in borders] + ["        ml_borders_set = 1;", "    }"]
+    lines += [f"    ml_s8h_input(image, {h0}, {w0}, ml_input);"]
+    lines += ["    " + line for line in body] + ["}", ""]
+    return "\n".join(lines)
+
+
+NETWORK_SOURCE_FAST_TITLE = "mobile_lenet.c - the int8 Mobile-LeNet, host fast path."
+
+
+def generate_host_fast_sources(qmodel: QuantizedModel) -> dict[str, str]:
+    """The int8 host fast path's program: the fast network and kernels, the shared API, the host program."""
+    return {lib.MODEL_HEADER: model_header(qmodel), lib.NETWORK_SOURCE: host_fast_network_source(qmodel),
+            **{name: lib.c_source(name) for name in lib.COMMON_FILES + HOST_FAST_KERNEL_FILES},
+            lib.HOST_PROGRAM: lib.c_source(lib.HOST_PROGRAM)}

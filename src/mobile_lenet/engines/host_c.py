@@ -15,6 +15,11 @@ Float models come in two variants (``FLOAT_VARIANTS``): ``"noodle"``, the librar
 (``codegen.c_float.generate_host_fast_sources``: BatchNorm folded, fused multiply-adds, AVX2 on x86), held by
 the tests to the reference's predictions on all 10,000 test images with |dp| <= 1e-5. ``build_host_program``
 and ``c_outputs`` build the Noodle one unless asked; ``c_logits`` (the ``c`` engine) runs the fast one.
+
+Int8 models likewise (``INT8_VARIANTS``): ``"generic"``, the library ``export --format c --int8`` writes (and the
+firmware runs), and ``"fast"``, the host-only fast path (``codegen.c_int8.generate_host_fast_sources``: HCW byte
+maps with zero-point borders, AVX2 / VNNI on x86), bit for bit the NumPy int8 engine. ``c_logits`` runs the fast
+one (the generic one where the fast kernels do not cover the model, or with a ``schedule``).
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ PROGRAM_NAME = "mobile_lenet_host"
 OPTIMIZE_FLAGS = ("-std=c99", "-O3", "-ffp-contract=off", "-funroll-loops", "-flto", "-march=native")
 FLOAT_VARIANTS = ("noodle", "fast")
 ENGINE_FLOAT_VARIANT = "fast"  # what c_logits (the ``c`` engine) runs for a float model
+INT8_VARIANTS = ("generic", "fast")
+ENGINE_INT8_VARIANT = "fast"  # what c_logits runs for an int8 model (the generic C where fast does not cover it)
 WARNING_FLAGS = ("-Wall", "-Wextra", "-Werror", "-pedantic")
 # -O1 (after -O3, so it wins): sanitizer builds at -O3 take several times longer to compile.
 SANITIZE_FLAGS = ("-O1", "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer",
@@ -135,13 +142,22 @@ def build_cached_program(sources: dict[str, str], program_name: str, *, flavour:
 
 def build_host_program(model: dict[str, np.ndarray] | QuantizedModel, *, sanitize: bool = False,
                        defines: dict | None = None, cache: str | Path | None = None,
-                       schedule: str = "buffers", variant: str = "noodle") -> Path:
+                       schedule: str = "buffers", variant: str | None = None) -> Path:
     """Generate and compile the host program for a float or an int8 model; returns the executable (cached).
-    ``schedule`` (int8): "buffers" or "rows" (``codegen.c_int8.SCHEDULES``); ``variant`` (float): "noodle" (the
-    exported library) or "fast" (the host fast path), see ``FLOAT_VARIANTS``."""
+    ``schedule`` (int8): "buffers" or "rows" (``codegen.c_int8.SCHEDULES``); ``variant``: float "noodle" (the
+    exported library, the default) or "fast" (the host fast path), see ``FLOAT_VARIANTS``; int8 "generic" (the
+    exported library, the default) or "fast" (its host fast path, raising ``c_int8.HostFastUnsupported`` for a
+    model its kernels do not cover), see ``INT8_VARIANTS``."""
     if isinstance(model, QuantizedModel):
+        variant = variant or "generic"
+        if variant not in INT8_VARIANTS:
+            raise ValueError(f"unknown int8 variant {variant!r}, expected one of {INT8_VARIANTS}")
+        if variant == "fast":
+            return build_cached_program(c_int8.generate_host_fast_sources(model), PROGRAM_NAME, flavour="int8-fast",
+                                        sanitize=sanitize, defines=defines, cache=cache)
         return build_cached_program(c_int8.generate_sources(model, schedule), PROGRAM_NAME, flavour="int8",
                                     sanitize=sanitize, defines=defines, cache=cache)
+    variant = variant or "noodle"
     if variant not in FLOAT_VARIANTS:
         raise ValueError(f"unknown float variant {variant!r}, expected one of {FLOAT_VARIANTS}")
     if variant == "fast":
@@ -202,9 +218,17 @@ def c_outputs(model: dict[str, np.ndarray] | QuantizedModel, images: np.ndarray,
 
 def c_logits(model: dict[str, np.ndarray] | QuantizedModel, images: np.ndarray, **build_options) -> np.ndarray:
     """Logits (N, 10) from the generated C: float32, or int8 for a quantized model (printed as integers: exact).
-    A float model runs the ``ENGINE_FLOAT_VARIANT`` (the host fast path) unless ``variant`` says otherwise."""
+    A float model runs the ``ENGINE_FLOAT_VARIANT`` (the host fast path) unless ``variant`` says otherwise; an
+    int8 one the ``ENGINE_INT8_VARIANT`` unless ``variant`` or ``schedule`` is given or its kernels do not cover
+    the model (then the generic int8 C)."""
     if not isinstance(model, QuantizedModel):
         build_options.setdefault("variant", ENGINE_FLOAT_VARIANT)
+    elif "variant" not in build_options and "schedule" not in build_options:
+        try:
+            c_int8.host_fast_network_source(model)
+            build_options["variant"] = ENGINE_INT8_VARIANT
+        except c_int8.HostFastUnsupported:
+            build_options["variant"] = "generic"
     logits = c_outputs(model, images, **build_options).logits
     return logits.astype(np.int8) if isinstance(model, QuantizedModel) else logits
 
