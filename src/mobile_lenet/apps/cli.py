@@ -155,13 +155,18 @@ def cmd_pipeline(args) -> int:
     return 0
 
 
-def cmd_device(args) -> int:
-    """Classify test images on a board running the exported firmware: accuracy and on-device latency."""
+def _check_count_and_timeout(args) -> None:
+    """--count and --timeout of the verbs that talk to a device (a board or a simulator)."""
     if args.count < 1:
         raise UserError("--count must be at least 1")
     if not math.isfinite(args.timeout) or not 0 < args.timeout <= device.MAX_TIMEOUT_S:
         raise UserError(f"--timeout must be a number of seconds above 0 and at most {device.MAX_TIMEOUT_S:g}, "
                         f"not {args.timeout:g}")
+
+
+def cmd_device(args) -> int:
+    """Classify test images on a board running the exported firmware: accuracy and on-device latency."""
+    _check_count_and_timeout(args)
     if not math.isfinite(args.rotate):
         raise UserError(f"--rotate must be a finite number of degrees, not {args.rotate:g}")
     test_set = load_dataset(args.dataset, "test", args.data_dir)
@@ -178,8 +183,7 @@ def cmd_device(args) -> int:
 
 def cmd_simulate(args) -> int:
     """Build MODEL's firmware for a microcontroller, run it in a simulator and measure it."""
-    if args.count < 1 or not 0 < args.timeout < float("inf"):
-        raise UserError("--count must be at least 1 and --timeout a positive number of seconds")
+    _check_count_and_timeout(args)
     get_target(args.target)
     model = load_model(args.model)
     test_set = load_dataset(args.dataset, "test", args.data_dir)

@@ -99,23 +99,30 @@ static int classify_stream(FILE *in, long count, const char *name)
     return fflush(stdout) == 0 ? 0 : 1;
 }
 
-static int classify_idx_file(const char *path)
+/* Read an IDX image file's header; returns its image count, or -1 (after saying why) if it is not 28x28 uint8. */
+static long read_idx_header(FILE *in, const char *path)
 {
     unsigned char header[16];
-    FILE *in = fopen(path, "rb");
-    int status;
-    if (in == NULL) {
-        fprintf(stderr, "%s: %s\n", path, strerror(errno));
-        return 1;
-    }
     if (fread(header, 1, sizeof header, in) != sizeof header || read_big_endian(header) != IDX_IMAGES_MAGIC
         || read_big_endian(header + 8) != MOBILE_LENET_INPUT_HEIGHT
         || read_big_endian(header + 12) != MOBILE_LENET_INPUT_WIDTH) {
         fprintf(stderr, "%s: not an IDX file of 28x28 uint8 images (gzipped files must be unpacked)\n", path);
-        fclose(in);
+        return -1;
+    }
+    return (long)read_big_endian(header + 4);
+}
+
+static int classify_idx_file(const char *path)
+{
+    FILE *in = fopen(path, "rb");
+    long count;
+    int status = 1;
+    if (in == NULL) {
+        fprintf(stderr, "%s: %s\n", path, strerror(errno));
         return 1;
     }
-    status = classify_stream(in, (long)read_big_endian(header + 4), path);
+    count = read_idx_header(in, path);
+    if (count >= 0) status = classify_stream(in, count, path);
     fclose(in);
     return status;
 }
@@ -163,15 +170,11 @@ static int time_images(const char *path, int repeats)
         return 1;
     }
     if (in != stdin) {
-        unsigned char header[16];
-        if (fread(header, 1, sizeof header, in) != sizeof header || read_big_endian(header) != IDX_IMAGES_MAGIC
-            || read_big_endian(header + 8) != MOBILE_LENET_INPUT_HEIGHT
-            || read_big_endian(header + 12) != MOBILE_LENET_INPUT_WIDTH) {
-            fprintf(stderr, "%s: not an IDX file of 28x28 uint8 images (gzipped files must be unpacked)\n", path);
+        limit = read_idx_header(in, path);
+        if (limit < 0) {
             fclose(in);
             return 1;
         }
-        limit = (long)read_big_endian(header + 4);
     }
     for (;;) {
         if (limit >= 0 && count == limit) break;

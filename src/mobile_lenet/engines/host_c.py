@@ -148,22 +148,19 @@ def build_host_program(model: dict[str, np.ndarray] | QuantizedModel, *, sanitiz
     exported library, the default) or "fast" (the host fast path), see ``FLOAT_VARIANTS``; int8 "generic" (the
     exported library, the default) or "fast" (its host fast path, raising ``c_int8.HostFastUnsupported`` for a
     model its kernels do not cover), see ``INT8_VARIANTS``."""
-    if isinstance(model, QuantizedModel):
-        variant = variant or "generic"
-        if variant not in INT8_VARIANTS:
-            raise ValueError(f"unknown int8 variant {variant!r}, expected one of {INT8_VARIANTS}")
-        if variant == "fast":
-            return build_cached_program(c_int8.generate_host_fast_sources(model), PROGRAM_NAME, flavour="int8-fast",
-                                        sanitize=sanitize, defines=defines, cache=cache)
-        return build_cached_program(c_int8.generate_sources(model, schedule), PROGRAM_NAME, flavour="int8",
-                                    sanitize=sanitize, defines=defines, cache=cache)
-    variant = variant or "noodle"
-    if variant not in FLOAT_VARIANTS:
-        raise ValueError(f"unknown float variant {variant!r}, expected one of {FLOAT_VARIANTS}")
-    if variant == "fast":
-        return build_cached_program(c_float.generate_host_fast_sources(model), PROGRAM_NAME, flavour="fast",
-                                    sanitize=sanitize, defines=defines, cache=cache)
-    return build_cached_program(c_float.generate_sources(model), PROGRAM_NAME, sanitize=sanitize, defines=defines,
+    int8 = isinstance(model, QuantizedModel)
+    variants = INT8_VARIANTS if int8 else FLOAT_VARIANTS
+    variant = variant or variants[0]  # the exported library
+    if variant not in variants:
+        raise ValueError(f"unknown {'int8' if int8 else 'float'} variant {variant!r}, expected one of {variants}")
+    fast = variant == "fast"
+    if int8:
+        sources = c_int8.generate_host_fast_sources(model) if fast else c_int8.generate_sources(model, schedule)
+        flavour = "int8-fast" if fast else "int8"
+    else:
+        sources = c_float.generate_host_fast_sources(model) if fast else c_float.generate_sources(model)
+        flavour = "fast" if fast else ""
+    return build_cached_program(sources, PROGRAM_NAME, flavour=flavour, sanitize=sanitize, defines=defines,
                                 cache=cache)
 
 
