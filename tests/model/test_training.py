@@ -2,6 +2,7 @@
 exact, checkpoints save/load/resume, and a fixed seed gives the same weights."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -11,7 +12,8 @@ from mobile_lenet.model.checkpoints import load_checkpoint_model, read_checkpoin
 from mobile_lenet.model.data import Dataset, to_tensor_input
 from mobile_lenet.errors import UserError
 from mobile_lenet.model.network import MobileLeNet
-from mobile_lenet.model.training import TrainConfig, calibrate_batchnorm, loss_and_accuracy, train
+from mobile_lenet.model.training import (TrainConfig, WeightAverage, augment_batch, calibrate_batchnorm,
+                                         elastic_displacement, loss_and_accuracy, read_config, train)
 
 
 def synthetic_digits(n: int, seed: int = 0) -> Dataset:
@@ -53,11 +55,13 @@ def test_same_seed_same_weights(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_resume_continues_to_the_same_weights(tmp_path):
+@pytest.mark.parametrize("levers", [{}, {"ema_decay": 0.9, "augment": True, "elastic": 8.0}],
+                         ids=["plain", "weight-average-and-elastic"])
+def test_resume_continues_to_the_same_weights(tmp_path, levers):
     ds = synthetic_digits(300)
-    train(TrainConfig(**QUICK), ds, tmp_path / "full", progress=False, log=lambda s: None)
+    train(TrainConfig(**dict(QUICK, **levers)), ds, tmp_path / "full", progress=False, log=lambda s: None)
     two = tmp_path / "two"
-    cfg2 = TrainConfig(**QUICK)
+    cfg2 = TrainConfig(**dict(QUICK, **levers))
 
     def stop_after_two(msg):  # Ctrl-C right after epoch 2 was logged
         if msg.startswith("epoch 2/"):
@@ -67,10 +71,11 @@ def test_resume_continues_to_the_same_weights(tmp_path):
         train(cfg2, ds, two, progress=False, log=stop_after_two)
     assert read_checkpoint(two / "last.pt")["epoch"] == 2
     train(cfg2, ds, two, resume=True, progress=False, log=lambda s: None)
-    full = read_checkpoint(tmp_path / "full" / "last.pt")["model"]
-    resumed = read_checkpoint(two / "last.pt")["model"]
-    for k in full:
-        torch.testing.assert_close(full[k], resumed[k], rtol=0, atol=0)
+    for key in ("model", "trained_model") if levers else ("model",):  # the average and the raw weights
+        full = read_checkpoint(tmp_path / "full" / "last.pt")[key]
+        resumed = read_checkpoint(two / "last.pt")[key]
+        for k in full:
+            torch.testing.assert_close(full[k], resumed[k], rtol=0, atol=0)
     with open(two / "metrics.csv") as f:
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
 
@@ -188,3 +193,66 @@ def test_batchnorm_is_calibrated_on_training_images_only(tmp_path, monkeypatch):
     for name, (mean, var) in oracle.items():
         np.testing.assert_allclose(saved.layers[name].running_mean.double().numpy(), mean, rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(saved.layers[name].running_var.double().numpy(), var, rtol=1e-4, atol=1e-6)
+
+
+def test_weight_average_is_the_warmed_up_exponential_average():
+    model = MobileLeNet()
+    first = [p.detach().clone() for p in model.parameters()]
+    average = WeightAverage(model, decay=0.99)
+    expected = [p.clone() for p in first]
+    for step in range(3):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)
+        decay = min(0.99, (1 + step) / (10 + step))  # 0.1, 0.18, 0.25: the warm-up, not 0.99
+        expected = [decay * e + (1 - decay) * p.detach() for e, p in zip(expected, model.parameters())]
+        average.update(model)
+    for got, want in zip(average.model.parameters(), expected):
+        torch.testing.assert_close(got, want)
+    assert average.updates == 3 and not torch.equal(next(average.model.parameters()), next(model.parameters()))
+
+
+def test_weight_averaged_run_saves_the_average_and_keeps_the_raw_weights(tmp_path):
+    ds = synthetic_digits(1000)
+    row = train(TrainConfig(**dict(QUICK, epochs=4, ema_decay=0.8)), ds, tmp_path, progress=False, log=lambda s: None)
+    state = read_checkpoint(tmp_path / "last.pt")
+    averaged, raw = state["model"], state["trained_model"]
+    assert not torch.equal(averaged["layers.stem_conv3x3.weight"], raw["layers.stem_conv3x3.weight"])
+    model = load_checkpoint_model(tmp_path / "best.pt")  # what a user runs is the average, calibrated
+    assert loss_and_accuracy(model, ds)[1] > 0.6 and row["val_accuracy"] > 0.6
+
+
+def test_elastic_field_is_smooth_scaled_and_reproducible():
+    field = elastic_displacement(64, 28, 28, 10.0, torch.Generator().manual_seed(1))
+    assert field.shape == (64, 2, 28, 28)
+    again = elastic_displacement(64, 28, 28, 10.0, torch.Generator().manual_seed(1))
+    assert torch.equal(field, again)
+    half = elastic_displacement(64, 28, 28, 5.0, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(half * 2, field)
+    # smoothed: neighbouring displacements differ far less than the field varies (white noise: about equally)
+    step = (field[..., 1:] - field[..., :-1]).std()
+    assert step < 0.3 * field.std()
+    assert 0.2 < field.std() < 5  # a few tenths of a pixel to a pixel or two at alpha 10, not zero, not chaos
+
+
+def test_elastic_distortion_changes_the_digits_and_zero_is_off():
+    ds = synthetic_digits(16)
+    x = torch.from_numpy(to_tensor_input(ds.images))
+    plain = augment_batch(x, torch.Generator().manual_seed(3))
+    assert torch.equal(plain, augment_batch(x, torch.Generator().manual_seed(3), elastic=0.0))
+    bent = augment_batch(x, torch.Generator().manual_seed(3), elastic=20.0)
+    assert bent.shape == x.shape and not torch.allclose(bent, plain, atol=1e-3)
+
+
+def test_config_of_a_run_saved_before_the_new_settings_reads_as_off(tmp_path):
+    train(TrainConfig(**dict(QUICK, epochs=1)), synthetic_digits(100), tmp_path, progress=False, log=lambda s: None)
+
+    data = json.loads((tmp_path / "config.json").read_text())
+    del data["elastic"], data["ema_decay"]
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    config = read_config(tmp_path / "config.json")
+    assert config.elastic == 0.0 and config.ema_decay == 0.0
+    data["ema_decay"] = 1.5
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(UserError, match="ema_decay"):
+        read_config(tmp_path / "config.json")

@@ -76,7 +76,7 @@ def cmd_train(args) -> int:
         if (out / "last.pt").exists() or (out / "config.json").exists():
             raise UserError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
         config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, augment=args.augment)
-        for name in ("epochs", "batch_size", "lr"):
+        for name in ("epochs", "batch_size", "lr", "elastic", "ema_decay", "label_smoothing"):
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))
         check_config(config)
@@ -245,6 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same weights")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="random affine distortions of the training digits (default on)")
+    p.add_argument("--elastic", type=float, help=f"elastic distortion strength in pixels, 0 = off "
+                                                 f"(default {defaults.elastic:g}; needs --augment)")
+    p.add_argument("--ema-decay", type=float, help=f"average the weights with this decay per step, 0 = off "
+                                                   f"(default {defaults.ema_decay:g})")
+    p.add_argument("--label-smoothing", type=float, help=f"label smoothing (default {defaults.label_smoothing:g})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
