@@ -19,11 +19,11 @@ import time
 import traceback
 from pathlib import Path
 
-from . import accuracy, inference, machine, microcontrollers, report, training
-from .common import PARTS, ROOT, Options, default_shared_data
+from . import ablation, accuracy, accuracy_full, inference, machine, microcontrollers, report, training
+from .common import DEFAULT_PARTS, PARTS, ROOT, Options, default_shared_data
 
-MODULES = {"accuracy": accuracy, "training": training, "inference": inference,
-           "microcontrollers": microcontrollers}
+MODULES = {"accuracy-full": accuracy_full, "accuracy": accuracy, "ablation": ablation, "training": training,
+           "inference": inference, "microcontrollers": microcontrollers}
 FULL_OUTPUTS = (ROOT / "benchmarks" / "results.json", ROOT / "BENCHMARKS.md")
 QUICK_DIR = ROOT / "build" / "benchmarks-quick"
 
@@ -40,8 +40,9 @@ def parse_parts(text: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny version of each part (checks the harness)")
-    parser.add_argument("--only", type=parse_parts, default=list(PARTS), metavar="PART[,PART]",
-                        help=f"run only these parts ({', '.join(PARTS)}); the others keep their last results")
+    parser.add_argument("--only", type=parse_parts, default=list(DEFAULT_PARTS), metavar="PART[,PART]",
+                        help=f"run only these parts ({', '.join(PARTS)}); the others keep their last results "
+                             f"(default: {', '.join(DEFAULT_PARTS)}; the long ones run only when named)")
     parser.add_argument("--results", type=Path, default=None,
                         help="results JSON (default benchmarks/results.json, or build/benchmarks-quick/ with --quick)")
     parser.add_argument("--markdown", type=Path, default=None,
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             entry["error"] = f"{type(error).__name__}: {error}"
             failed.append(part)
         entry["seconds"] = time.perf_counter() - start
+        results = load_results(results_path)  # again: a benchmark run beside this one may have written parts
         results.setdefault("parts", {})[part] = entry
         write_outputs(results, results_path, markdown_path, command)
         if "result" in entry:

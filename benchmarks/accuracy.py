@@ -16,6 +16,7 @@ accuracy does not depend on timing.
 
 from __future__ import annotations
 
+import json
 import math
 import multiprocessing
 import time
@@ -42,15 +43,25 @@ def load(name: str, split: str, data_dir: Path | None, count: int | None):
 def train_and_score(config, data: dict, run_dir: Path) -> dict:
     """Train with ``config`` into ``run_dir`` (one thread) and score the run's best.pt on the test split.
 
-    ``data`` names the data set: {"name", "data_dir", "train_images", "test_images"} (counts None for all).
-    Runs in a worker process, so it loads the data itself.
+    ``data`` names the data set: {"name", "data_dir", "train_images", "test_images"} (counts None for all), and
+    optionally "holdout": {"data_dir", "start", "stop"}, training images of another folder that the run never
+    sees, to score best.pt on as a validation set (the ablation decides on those, never on the test set).
+    Runs in a worker process, so it loads the data itself. A run whose result is already in ``run_dir`` (same
+    config and data) is not trained again: an interrupted benchmark picks up where it stopped.
     """
     import torch
 
     from mobile_lenet.apps.evaluation import evaluate
     from mobile_lenet.formats.model_files import load_tensors
+    from mobile_lenet.model.checkpoints import read_checkpoint
+    from mobile_lenet.model.data import Dataset
     from mobile_lenet.model.training import train
 
+    done_file, key = run_dir / "benchmark-result.json", {"config": asdict(config), "data": data}
+    if done_file.is_file():
+        done = json.loads(done_file.read_text())
+        if done.get("key") == key:
+            return done["result"]
     torch.set_num_threads(1)
     train_set = load(data["name"], "train", data["data_dir"], data["train_images"])
     test_set = load(data["name"], "test", data["data_dir"], data["test_images"])
@@ -58,11 +69,21 @@ def train_and_score(config, data: dict, run_dir: Path) -> dict:
     train(config, train_set, run_dir, progress=False, log=lambda message: None)
     seconds = time.perf_counter() - start
     tensors = load_tensors(run_dir)
-    result = evaluate(tensors, test_set, engine="torch")
     trained_images = round(len(train_set) * (1 - config.val_fraction)) * config.epochs
-    return {"seed": config.seed, "epochs": config.epochs, "test_accuracy": result["accuracy"], "seconds": seconds,
-            "images_per_second": trained_images / seconds, "train_images": len(train_set),
-            "test_images": len(test_set), "int8_test_accuracy": int8_accuracy(tensors, train_set, test_set)}
+    result = {"seed": config.seed, "epochs": config.epochs, "seconds": seconds,
+              "images_per_second": trained_images / seconds, "train_images": len(train_set),
+              "val_accuracy": read_checkpoint(run_dir / "best.pt").get("val_accuracy")}
+    if "holdout" in data:
+        holdout = load(data["name"], "train", data["holdout"]["data_dir"], data["holdout"]["stop"])
+        start_index = data["holdout"]["start"]
+        holdout = Dataset(holdout.images[start_index:], holdout.labels[start_index:], "holdout")
+        result.update(holdout_images=len(holdout),
+                      holdout_accuracy=evaluate(tensors, holdout, engine="torch")["accuracy"])
+    else:
+        result.update(test_accuracy=evaluate(tensors, test_set, engine="torch")["accuracy"],
+                      test_images=len(test_set), int8_test_accuracy=int8_accuracy(tensors, train_set, test_set))
+    done_file.write_text(json.dumps({"key": key, "result": result}))
+    return result
 
 
 def int8_accuracy(tensors, train_set, test_set) -> float:

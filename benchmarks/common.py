@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("accuracy", "training", "inference", "microcontrollers")
+PARTS = ("accuracy-full", "accuracy", "ablation", "training", "inference", "microcontrollers")
+# The long parts (hours of training on a 2-core machine) run only when named: --only accuracy-full,ablation
+DEFAULT_PARTS = ("accuracy", "training", "inference", "microcontrollers")
 
 
 def default_shared_data() -> Path:
@@ -30,6 +32,10 @@ class Options:
     @property
     def mnist_dir(self) -> Path:
         return self.shared_data / "mnist-10k"
+
+    @property
+    def full_mnist_dir(self) -> Path:
+        return self.shared_data / "mnist-60k"
 
     @property
     def upstream_dir(self) -> Path:

@@ -54,10 +54,7 @@ def accuracy_section(entry: dict) -> list[str]:
     result = entry["result"]
     recipe = result["recipe"]
     lines = part_header("Accuracy", entry)
-    lines += [f"Default training recipe (`TrainConfig()` when the run started): {recipe['epochs']} epochs, batch "
-              f"{recipe['batch_size']}, lr {recipe['lr']}, weight decay {recipe['weight_decay']}, label smoothing "
-              f"{recipe['label_smoothing']}, augmentation {'on' if recipe['augment'] else 'off'}, "
-              f"{percent(recipe['val_fraction'], 0)} of the training images held out for validation; the run's "
+    lines += [f"Default training recipe (`TrainConfig()` when the run started): {recipe_text(recipe)}; the run's "
               "best.pt (best validation epoch) is scored on the test set. Training runs go "
               f"{result['parallel_runs']} at a time in separate one-thread processes (times per run are "
               "under that load). int8: each run's best.pt quantized as `mobile-lenet quantize` does (1,000 "
@@ -261,7 +258,76 @@ def microcontrollers_section(entry: dict) -> list[str]:
     return lines + [""]
 
 
-SECTIONS = {"accuracy": accuracy_section, "training": training_section, "inference": inference_section,
+# ------------------------------------------------------------------------------------------ accuracy-full
+def recipe_text(recipe: dict) -> str:
+    """The training settings of a run, in words."""
+    augmentation = ("off" if not recipe["augment"] else "random affine"
+                    + (f" + elastic (alpha {recipe['elastic']:g} px)" if recipe.get("elastic") else ""))
+    averaging = f"weight average (EMA, decay {recipe['ema_decay']:g})" if recipe.get("ema_decay") else "no weight average"
+    return (f"{recipe['epochs']} epochs, batch {recipe['batch_size']}, AdamW one-cycle lr {recipe['lr']}, weight "
+            f"decay {recipe['weight_decay']}, label smoothing {recipe['label_smoothing']}, augmentation "
+            f"{augmentation}, {averaging}, {percent(recipe['val_fraction'], 0)} of the training images held out "
+            "for validation")
+
+
+def accuracy_full_section(entry: dict) -> list[str]:
+    result = entry["result"]
+    lines = part_header("Accuracy on the full MNIST training set", entry)
+    part = result["mnist_full"]
+    if part.get("available", True) is False:
+        return lines + [f"Not available: {part['reason']}", ""]
+    lines += [f"Default training recipe (`TrainConfig()` when the run started): {recipe_text(result['recipe'])}. "
+              f"All {part['train_images']:,} official training images (the held-out share not trained on), the "
+              f"official {part['test_images']:,} test images; each "
+              "run's best.pt (best validation epoch) scored once on the test set. Runs go "
+              f"{result['parallel_runs']} at a time in separate one-thread processes; the times are under that "
+              "load. int8 as in the accuracy part.", ""]
+    rows = []
+    for one in part["runs"]:
+        rows.append([str(one["seed"]), percent(one.get("val_accuracy")), f"**{percent(one['test_accuracy'])}**",
+                     percent(one["int8_test_accuracy"]),
+                     f"{100 * (one['int8_test_accuracy'] - one['test_accuracy']):+.2f}",
+                     duration(one["seconds"]), number(one["images_per_second"])])
+    acc, int8 = part["accuracy"], part["int8_accuracy"]
+    rows.append(["**mean**", "-", f"**{percent(acc['mean'])}** (std {100 * acc['std']:.2f} points)",
+                 percent(int8["mean"]), f"{100 * (int8['mean'] - acc['mean']):+.2f}",
+                 duration(sum(one["seconds"] for one in part["runs"]) / len(part["runs"])), "-"])
+    lines.append(table(["seed", "validation accuracy (the run's held-out training images)", "test accuracy",
+                        "int8 test accuracy", "int8 - float, points", "training time", "images/s"], rows))
+    slowest = max(one["seconds"] for one in part["runs"]) / 60
+    goal = result.get("time_goal_minutes")
+    if goal:
+        lines += ["", f"- Longest run: {slowest:.1f} min (goal: under {goal} minutes per run on a 2-core machine: "
+                      f"**{'met' if slowest < goal else 'not met'}**)."]
+    return lines + [""]
+
+
+# ------------------------------------------------------------------------------------------------ ablation
+def ablation_section(entry: dict) -> list[str]:
+    result = entry["result"]
+    lines = part_header("Ablation of the training recipe (validation images)", entry)
+    variants = result["variants"]
+    if isinstance(variants, dict):
+        return lines + [f"Not available: {variants['reason']}", ""]
+    start, stop = result["holdout"]
+    held_out = variants[0]["holdout_images"] if variants else stop - start
+    lines += [f"Default recipe: {recipe_text(result['recipe'])}. Each row trains once (seed {result['seed']}) on "
+              f"the 10k MNIST training subset and scores its best.pt on {held_out:,} other official training "
+              f"images (from number {start:,} of the full set on, which no run trains on); the test set "
+              "plays no part. One seed per row: differences under about 0.1 points are within seed-to-seed "
+              "noise (see the spread in the accuracy part).", ""]
+    base = next((row for row in variants if not row["changes"]), None)
+    rows = []
+    for row in variants:
+        delta = "-" if base is None or row is base else f"{100 * (row['holdout_accuracy'] - base['holdout_accuracy']):+.2f}"
+        changes = ", ".join(f"{key} = {value}" for key, value in row["changes"].items()) or "(none)"
+        rows.append([row["label"], changes, f"**{percent(row['holdout_accuracy'])}**", delta, duration(row["seconds"])])
+    lines.append(table(["variant", "settings changed", "validation accuracy", "vs default, points",
+                        "training time"], rows))
+    return lines + [""]
+
+
+SECTIONS = {"accuracy-full": accuracy_full_section, "ablation": ablation_section, "accuracy": accuracy_section, "training": training_section, "inference": inference_section,
             "microcontrollers": microcontrollers_section}
 
 

@@ -19,6 +19,7 @@ from conftest import ROOT, SHARED
 
 def test_parse_parts_keeps_canonical_order_and_rejects_unknown_names():
     assert parse_parts("inference,accuracy") == ["accuracy", "inference"]
+    assert parse_parts("ablation,accuracy-full") == ["accuracy-full", "ablation"]
     assert parse_parts("training") == ["training"]
     with pytest.raises(argparse.ArgumentTypeError):
         parse_parts("accuracy,speed")
@@ -54,7 +55,8 @@ def test_quick_run_writes_results_and_markdown(tmp_path):
     before = {path: path.stat().st_mtime_ns for path in committed if path.exists()}
     env = dict(os.environ, MOBILE_LENET_SHARED=str(SHARED), OMP_NUM_THREADS="1")
     completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--threads", "1", "--results", str(results),
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", ",".join(PARTS), "--threads", "1",
+         "--results", str(results),
          "--markdown", str(markdown), "--work-dir", str(tmp_path / "runs")],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
@@ -69,6 +71,13 @@ def test_quick_run_writes_results_and_markdown(tmp_path):
     runs = accuracy["mnist"]["runs"]
     assert len(runs) == 2
     assert accuracy["mnist"]["accuracy"]["mean"] == pytest.approx(sum(run["test_accuracy"] for run in runs) / 2)
+    full = data["parts"]["accuracy-full"]["result"]["mnist_full"]
+    assert len(full["runs"]) == 2 and full["train_images"] == 600 and full["test_images"] == 500
+    ablation = data["parts"]["ablation"]["result"]
+    labels = [row["label"] for row in ablation["variants"]]
+    assert labels[0] == "default recipe" and len(labels) == len(set(labels)) >= 3
+    for row in ablation["variants"]:  # scored on held-out training images, never the test set
+        assert row["holdout_images"] == 500 and 0 <= row["holdout_accuracy"] <= 1 and "test_accuracy" not in row
     training = data["parts"]["training"]["result"]
     ours = [run for run in training["runs"] if run["stack"] == "ours"]
     # our trainer runs thousands of images/s on one core; 100 would mean something is badly wrong
@@ -84,7 +93,7 @@ def test_quick_run_writes_results_and_markdown(tmp_path):
         assert row["images_per_second"] == pytest.approx(row["images"] / row["seconds"])
 
     text = markdown.read_text()
-    for heading in ("## Accuracy", "## Training speed", "## Inference speed", "## Machine", "Quick run"):
+    for heading in ("## Accuracy on the full MNIST", "## Ablation", "## Accuracy", "## Training speed", "## Inference speed", "## Machine", "Quick run"):
         assert heading in text
     assert "--quick" in text
     assert {path: path.stat().st_mtime_ns for path in committed if path.exists()} == before
