@@ -8,7 +8,7 @@
  *
  * On the AVR (avr-gcc -mmcu=atmega2560 -DML_TEST_AVR; run in simavr with c/sim/simavr_runner.c --stdio) the
  * same cases, fewer and smaller (8 KB of SRAM), check the assembly row loops of ml_rows_s8.c; the program
- * prints "N passed, M failed, fast paths: D + E depthwise rows, P + Q pointwise rows" on USART0 and stops (sleep with
+ * prints "N passed, M failed, fast paths: E depthwise rows, P + Q pointwise rows" on USART0 and stops (sleep with
  * interrupts off). The test data are made at run time, so they are in RAM: here the flash macros of
  * ml_flash.h read RAM (the kernels' flash reads are plain loads; the assembly only reads RAM either way). */
 #include <stdio.h>
@@ -26,10 +26,9 @@
 #define ML_FLASH_S8(p) (*(p))
 #define ML_FLASH_S16(p) (*(p))
 #define ML_FLASH_S32(p) (*(p))
-#define ML_ROWS_FLASH_BYTES(to, from, n) memcpy((to), (from), (n))
 #define ML_ROWS_LPM "ld" /* the assembly's flash reads */
 /* how often the assembly row loops ran (ml_rows_s8.c's hook) */
-static uint16_t fast_dw = 0, fast_dw_regs = 0, fast_pw = 0, fast_pw_regs = 0;
+static uint16_t fast_dw_regs = 0, fast_pw = 0, fast_pw_regs = 0;
 #define ML_ROWS_FAST_RAN(kind) (++fast_##kind)
 #endif
 
@@ -110,6 +109,7 @@ static int make_rq(ml_rows_rq *rq, int16_t m, int shift, int32_t zp, int32_t low
 static void test_filter(int trials)
 {
     static int8_t rows[MAX_K][MAX_W * 3 + 2 * MAX_K], taps[MAX_K * MAX_K], out[4 * MAX_W * 3 + 8];
+    static int8_t ring[MAX_K * (MAX_W * 3 + 2 * MAX_K)]; /* the rows interleaved, as in a ring (ml_rows_s8.h) */
     for (int t = 0; t < trials; ++t) {
         /* the fast path's trials: scales that leave most values unclamped (m / 2^shift near 2^-8) */
         const int kernel = t % 3 == 0 ? 3 : random_in(1, MAX_K), stride = random_in(1, 3), try_fast = t % 2 == 0;
@@ -121,18 +121,23 @@ static void test_filter(int trials)
         const int32_t zp = random_in(-128, 127), low = next_random() % 2 ? zp : -128;
         const int16_t m = (int16_t)(next_random() % 4 || (try_fast && kernel == 3) ? random_in(1, 32767)
                                                                                    : random_in(-32768, 32767));
+        const int interleave = next_random() % 4 != 0, slot0 = random_in(0, kernel - 1);
+        const int in_step = interleave ? kernel : 1;
         const int8_t *in[MAX_K];
         int ok = 1;
         for (int ky = 0; ky < kernel; ++ky) {
+            const int s = (slot0 + ky) % kernel; /* the ring slot of window row ky */
             for (int i = 0; i < padded; ++i) rows[ky][i] = (int8_t)random_in(-128, 127);
-            in[ky] = rows[ky];
+            for (int i = 0; i < padded; ++i) ring[i * kernel + s] = rows[ky][i];
+            in[ky] = interleave ? ring + s : rows[ky];
         }
         for (int i = 0; i < kernel * kernel; ++i) taps[i] = (int8_t)random_in(-128, 127);
         ml_rows_rq rq;
         const int fast = kernel == 3 && try_fast && make_rq(&rq, m, shift, zp, low,
                                                                    ((int32_t)1 << 20) + 9 * (int32_t)128 * 128);
         memset(out, 0x5A, sizeof out);
-        ml_rows_filter_s8(in, kernel, stride, out_w, taps, bias, m, shift, zp, low, fast ? &rq : NULL, out, step);
+        ml_rows_filter_s8(in, kernel, stride, in_step, out_w, taps, bias, m, shift, zp, low, fast ? &rq : NULL, out,
+                          step);
         for (int x = 0; x < out_w; ++x) {
             int32_t acc = bias;
             for (int ky = 0; ky < kernel; ++ky) {
@@ -147,21 +152,68 @@ static void test_filter(int trials)
 }
 
 #if defined(ML_TEST_AVR)
-#define MAX_C 32 /* the AVR's fast path takes in_c = 8, 16, 24, 32 */
+/* The AVR's layer row of 3x3 filters (ml_rows_channels_k: the assembly, which moves on from channel to channel
+ * by itself): up to 3 channels of interleaved rings (ml_rows_s8.h) with a gap between them, the outputs
+ * interleaved (out_next 1, step = channels), against the plain loop. */
+static void test_channels_k(int trials)
+{
+    enum { C = 3, W = 24 };
+    static int8_t ring[C * ((2 * W + 3) * 3 + 4)], taps[C * 9], out[C * W + 8];
+    static int32_t bias[C];
+    static ml_rows_rq rq[C];
+    for (int t = 0; t < trials; ++t) {
+        const int channels = random_in(1, C), stride = random_in(1, 2), out_w = random_in(1, W);
+        const int padded = (out_w - 1) * stride + 3, in_next = padded * 3 + random_in(0, 4), slot0 = random_in(0, 2);
+        const int shift = random_in(19, 24);
+        const int32_t zp = random_in(-128, 127), low = next_random() % 2 ? zp : -128;
+        const int16_t m = (int16_t)random_in(1, 32767);
+        int ok = 1;
+        for (int i = 0; i < (int)sizeof ring; ++i) ring[i] = (int8_t)random_in(-128, 127);
+        for (int i = 0; i < channels * 9; ++i) taps[i] = (int8_t)random_in(-127, 127); /* (the fast path's weights) */
+        for (int c = 0; c < channels; ++c) {
+            bias[c] = random_in(-32768, 32767);
+            ok &= make_rq(&rq[c], m, shift, zp, low, ((int32_t)1 << 20) + 9 * (int32_t)128 * 128);
+        }
+        memset(out, 0x5A, sizeof out);
+        ml_rows_k_layer((uint8_t)out_w, (uint8_t)channels, (int8_t)zp, (int8_t)low);
+        ml_rows_channels_k(ring, (uint8_t)slot0, (uint16_t)in_next, (uint8_t)stride, (uint8_t)channels, bias, taps,
+                           rq, out, 1);
+        for (int c = 0; c < channels; ++c) {
+            for (int x = 0; x < out_w; ++x) {
+                int32_t acc = bias[c];
+                for (int ky = 0; ky < 3; ++ky) {
+                    const int8_t *row = ring + c * in_next + (slot0 + ky) % 3;
+                    for (int kx = 0; kx < 3; ++kx) {
+                        acc += (int32_t)row[(x * stride + kx) * 3] * taps[c * 9 + ky * 3 + kx];
+                    }
+                }
+                ok &= out[x * channels + c] == ml_requantize_s8(acc, m, shift, zp, low);
+            }
+        }
+        for (int i = out_w * channels; i < (int)sizeof out; ++i) ok &= out[i] == 0x5A;
+        check(ok, "3x3 layer row (assembly)", t);
+    }
+}
+
+#define MAX_C 32          /* the AVR's fast path takes in_c = 8, 16, 24, 32 */
+#define MAX_ROW (MAX_W + 4) /* a pointwise output row: width * step + 0..4 */
 #else
 #define MAX_C 80
+#define MAX_ROW (3 * MAX_W + 4)
 #endif
 
 static void test_pointwise(int trials)
 {
-    static int8_t in[MAX_W * MAX_C], weight[MAX_C * MAX_C], out[MAX_C * (MAX_W + 4)];
+    static int8_t in[MAX_W * MAX_C], weight[MAX_C * MAX_C], out[MAX_C * MAX_ROW];
     static int32_t bias[MAX_C], sums[MAX_C], expected[MAX_C];
     static int16_t multiplier[MAX_C];
     static ml_rows_rq rqs[MAX_C];
     for (int t = 0; t < trials; ++t) {
         const int width = random_in(1, MAX_W), in_c = t % 5 == 0 && MAX_C > 64 ? random_in(65, MAX_C)
                          : t % 3 == 1 ? 8 * (next_random() % 2 ? 1 : random_in(2, 4)) : random_in(1, 32);
-        const int out_c = random_in(1, 30), stride = width + random_in(0, 4), gap = next_random() % 3 == 0;
+        const int out_c = random_in(1, 30), gap = next_random() % 3 == 0;
+        const int step = width * 3 + 4 <= MAX_ROW ? random_in(1, 3) : 1; /* (into a ring: 3) */
+        const int stride = width * step + random_in(0, 4);
         ml_layer_s8 layer;
         int ok = 1;
         layer.weight = weight;
@@ -173,7 +225,7 @@ static void test_pointwise(int trials)
         layer.shift = (uint8_t)(t % 2 == 0 ? random_in(19, 24) : pick_shift()); /* as in test_filter */
         layer.rq = NULL;
         for (int i = 0; i < width * in_c; ++i) in[i] = (int8_t)random_in(-128, 127);
-        for (int i = 0; i < out_c * in_c; ++i) weight[i] = (int8_t)random_in(-128, 127);
+        for (int i = 0; i < out_c * in_c; ++i) weight[i] = (int8_t)random_in(t % 2 == 0 ? -127 : -128, 127);
         for (int c = 0; c < out_c; ++c) {
             bias[c] = t % 2 == 0 ? random_in(-32768, 32767) : random_in(-((int32_t)1 << 20), (int32_t)1 << 20);
             multiplier[c] = (int16_t)(next_random() % 4 || t % 2 == 0 ? random_in(1, 32767)
@@ -189,7 +241,7 @@ static void test_pointwise(int trials)
             if (fast) layer.rq = rqs;
         }
         memset(out, 0x5A, sizeof out);
-        ml_rows_pointwise_s8(in, width, in_c, &layer, out_c, gap ? NULL : out, stride, sums, layer.out_zp);
+        ml_rows_pointwise_s8(in, width, in_c, &layer, out_c, gap ? NULL : out, stride, step, sums, layer.out_zp);
         for (int co = 0; co < out_c; ++co) {
             for (int x = 0; x < width; ++x) {
                 int32_t acc = bias[co];
@@ -197,11 +249,13 @@ static void test_pointwise(int trials)
                 {
                     const int8_t value = ml_requantize_s8(acc, multiplier[co], layer.shift, layer.out_zp, layer.low);
                     if (gap) expected[co] += value - layer.out_zp;
-                    else ok &= out[co * stride + x] == value;
+                    else ok &= out[co * stride + x * step] == value;
                 }
             }
             if (gap) ok &= sums[co] == expected[co];
-            for (int x = width; !gap && x < stride; ++x) ok &= out[co * stride + x] == 0x5A;
+            for (int i = 0; !gap && i < stride; ++i) { /* the bytes between the outputs: untouched */
+                ok &= i % step == 0 && i / step < width ? 1 : out[co * stride + i] == 0x5A;
+            }
         }
         check(ok, gap ? "pointwise into the pooling sums" : "pointwise", t);
     }
@@ -228,9 +282,10 @@ int main(void)
     stdout = &uart_out;
     test_requantize(2000);
     test_filter(1200);
+    test_channels_k(300);
     test_pointwise(600);
-    printf("%d passed, %d failed, fast paths: %u + %u depthwise rows, %u + %u pointwise rows\n",
-           checks - failures, failures, fast_dw, fast_dw_regs, fast_pw, fast_pw_regs);
+    printf("%d passed, %d failed, fast paths: %u depthwise rows, %u + %u pointwise rows\n", checks - failures,
+           failures, fast_dw_regs, fast_pw, fast_pw_regs);
     while ((UCSR0A & _BV(TXC0)) == 0) { /* the last byte sent */
     }
     cli();

@@ -47,13 +47,26 @@ def test_row_plan_is_the_rings_the_network_declares(qmodel):
     # padded by one column on each side ((width + 2) x channels)
     assert [(ring.rows, ring.row_bytes) for ring in plan.rings] == (
         [(3, 30)] + [(3, 30 * 8)] * 3 + [(3, 16 * 16)] * 2 + [(3, 9 * 24)])
-    assert plan.ram_bytes == sum(ring.bytes for ring in plan.rings) + 28 * 8 + 30 + 4 * 24
+    assert plan.ram_bytes == sum(ring.bytes for ring in plan.rings) + 28 * 8 + 4 * 24  # + dw_row, pooling sums
     assert plan.ram_bytes < memory.int8_plan().ram_bytes / 2
     source = c_int8.generate_library(qmodel, "rows")["mobile_lenet.c"]
     assert f"static int8_t ring_stem[{plan.rings[0].bytes}];" in source
     for index, ring in enumerate(plan.rings[1:]):
         assert f"static int8_t ring_{index}[{ring.bytes}];" in source
     assert f"static int8_t dw_row[{plan.dw_row_bytes}];" in source and "activation_a" not in source
+    assert "pad_row" not in source  # no buffer the kernels do not use
+
+
+def test_requant_table_sends_a_layer_with_a_minus_128_weight_to_the_generic_path(qmodel):
+    """The AVR loops add two products in 16 bits, which needs |w| <= 127; quantize never makes -128, but a
+    layer that has one must not take the fast path."""
+    import dataclasses
+
+    layer = next(layer for layer in qmodel.layers if getattr(layer, "weight", None) is not None)
+    assert c_int8.requant_table(layer) is not None and layer.weight.min() >= -127
+    weight = layer.weight.copy()
+    weight.flat[0] = -128
+    assert c_int8.requant_table(dataclasses.replace(layer, weight=weight)) is None
 
 
 def test_folded_biases_carry_the_input_zero_point(qmodel):

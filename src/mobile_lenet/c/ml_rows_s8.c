@@ -8,21 +8,13 @@
 #include "ml_kernels_s8.h"
 
 #define ML_ROWS_MAX_KERNEL 7    /* larger kernels: not supported by the schedule (the generator checks) */
-#define ML_ROWS_MAX_CHANNELS 64 /* a pointwise filter's weights copied out of flash; more: read in place */
+#define ML_ROWS_MAX_CHANNELS 64 /* a pointwise filter's weights copied out of flash (more: read in place); the
+                                 * AVR fast path's in_c and width at most */
 
-/* Called each time an AVR assembly row loop runs (kind: dw, dw_regs, pw, pw_regs); the AVR unit test
- * (tests/c/test_rows_s8.c) counts them. */
+/* Called each time an AVR assembly row loop runs (kind: dw_regs: a 3x3 channel row; pw: a pointwise channel row
+ * of 16 or more input channels; pw_regs: of 8); the AVR unit test (tests/c/test_rows_s8.c) counts them. */
 #ifndef ML_ROWS_FAST_RAN
 #define ML_ROWS_FAST_RAN(kind) ((void)0)
-#endif
-
-/* n bytes out of flash (on the AVR memcpy_P; the AVR unit test, whose data are in RAM, makes it memcpy). */
-#ifndef ML_ROWS_FLASH_BYTES
-#if defined(__AVR__)
-#define ML_ROWS_FLASH_BYTES(to, from, n) memcpy_P((to), (from), (n))
-#else
-#define ML_ROWS_FLASH_BYTES(to, from, n) memcpy((to), (from), (n))
-#endif
 #endif
 
 /* acc + sum of a[i] * w[i], i < n (n >= 1), modulo 2^32 (the int32 sums never wrap: same bits). On the AVR a
@@ -55,293 +47,25 @@ static inline int32_t ml_rows_dot(int32_t acc, const int8_t *a, const int8_t *w,
 #endif
 }
 
-/* The fast path's sums (|sum| < 2^23, checked by the generator: ml_rows_rq). acc24 + sum of a[i] * w[i], i < n
- * (n >= 1). On the AVR only the low three bytes of acc24 are kept (the top byte is left as it was: the
- * requantization below reads three), and each product p goes in as p + 2^15 (its sign bit flipped: one EOR,
- * then a three-byte unsigned add), so the caller starts from the sum's first term minus n * 2^15
- * (ml_rows_start24); eight multiply-adds per loop turn, ten cycles each. */
-#if defined(__AVR__)
-#define ML_ROWS_MAC                                                                                              \
-    "ld %[x], X+\n\t"                                                                                            \
-    "ld %[y], Z+\n\t"                                                                                            \
-    "muls %[x], %[y]\n\t"                                                                                        \
-    "eor r1, %[k]\n\t"                                                                                           \
-    "add %A[acc], r0\n\t"                                                                                        \
-    "adc %B[acc], r1\n\t"                                                                                        \
-    "adc %C[acc], %[zero]\n\t"
-#define ML_ROWS_START24(first, n) ((first) - (int32_t)(n) * 32768)
-#else
-#define ML_ROWS_START24(first, n) (first)
-#endif
-
-static inline int32_t ml_rows_dot24(int32_t acc, const int8_t *a, const int8_t *w, uint8_t n)
-{
-#if defined(__AVR__)
-    uint8_t x, y, eights = n >> 3, rest = n & 7;
-    const uint8_t k = 0x80, zero = 0;
-    __asm__ volatile("tst %[e]\n\t"
-                     "breq 2f\n"
-                     "1:\n\t" ML_ROWS_MAC ML_ROWS_MAC ML_ROWS_MAC ML_ROWS_MAC ML_ROWS_MAC ML_ROWS_MAC ML_ROWS_MAC
-                     ML_ROWS_MAC
-                     "dec %[e]\n\t"
-                     "brne 1b\n"
-                     "2:\n\t"
-                     "tst %[r]\n\t"
-                     "breq 4f\n"
-                     "3:\n\t" ML_ROWS_MAC
-                     "dec %[r]\n\t"
-                     "brne 3b\n"
-                     "4:\n\t"
-                     "clr __zero_reg__"
-                     : [acc] "+r"(acc), [a] "+x"(a), [w] "+z"(w), [e] "+r"(eights), [r] "+r"(rest),
-                       [x] "=&d"(x), [y] "=&d"(y)
-                     : [k] "r"(k), [zero] "r"(zero)
-                     : "r0", "memory");
-    return acc;
-#else
-    for (uint8_t i = 0; i < n; ++i) acc += a[i] * w[i];
-    return acc;
-#endif
-}
-
-/* Three rows of three taps (a 3x3 window): acc24 + sum of r0[i] * t[i] + r1[i] * t[3 + i] + r2[i] * t[6 + i]. */
-static inline int32_t ml_rows_dot3x3(int32_t acc, const int8_t *r0, const int8_t *r1, const int8_t *r2,
-                                     const int8_t *t)
-{
-#if defined(__AVR__)
-    uint8_t x, y;
-    const uint8_t k = 0x80, zero = 0;
-    const int8_t *a = r0;
-    __asm__ volatile(ML_ROWS_MAC ML_ROWS_MAC ML_ROWS_MAC
-                     "movw r26, %[r1]\n\t" ML_ROWS_MAC ML_ROWS_MAC ML_ROWS_MAC
-                     "movw r26, %[r2]\n\t" ML_ROWS_MAC ML_ROWS_MAC ML_ROWS_MAC
-                     "clr __zero_reg__"
-                     : [acc] "+r"(acc), [a] "+x"(a), [w] "+z"(t), [x] "=&d"(x), [y] "=&d"(y)
-                     : [r1] "r"(r1), [r2] "r"(r2), [k] "r"(k), [zero] "r"(zero)
-                     : "r0", "memory");
-    return acc;
-#else
-    return acc + r0[0] * t[0] + r0[1] * t[1] + r0[2] * t[2] + r1[0] * t[3] + r1[1] * t[4] + r1[2] * t[5]
-           + r2[0] * t[6] + r2[1] * t[7] + r2[2] * t[8];
-#endif
-}
-
-/* ml_rows_rq's value: 127 at or above hi, low below lo, else zero_point + byte 3 of acc * scale + 2^23 (on the
- * AVR: the low three bytes of acc, eight MUL / MULSU and the carries into byte 3; no shifts, no calls). */
-static inline int8_t ml_rows_rq_value(int32_t acc, const ml_rows_rq *q, int8_t zero_point, int8_t low)
-{
-#if defined(__AVR__)
-    uint8_t s1, s2, v, z, ta, tm;
-    __asm__("cp %A[acc], %A[hi]\n\t"
-            "cpc %B[acc], %B[hi]\n\t"
-            "cpc %C[acc], %C[hi]\n\t"
-            "brlt 1f\n\t"
-            "ldi %[v], 127\n\t"
-            "rjmp 3f\n"
-            "1:\n\t"
-            "cp %A[acc], %A[lo]\n\t"
-            "cpc %B[acc], %B[lo]\n\t"
-            "cpc %C[acc], %C[lo]\n\t"
-            "brge 2f\n\t"
-            "mov %[v], %[low]\n\t"
-            "rjmp 3f\n"
-            "2:\n\t"
-            "mov %[ta], %C[acc]\n\t"
-            "mov %[tm], %A[m]\n\t"
-            "clr %[z]\n\t"
-            "mul %A[acc], %A[m]\n\t" /* byte 0: only its carry byte matters */
-            "mov %[s1], r1\n\t"
-            "ldi %[s2], 0x80\n\t" /* + 2^23: rounding */
-            "clr %[v]\n\t"
-            "mul %A[acc], %B[m]\n\t" /* byte 1 */
-            "add %[s1], r0\n\t"
-            "adc %[s2], r1\n\t"
-            "adc %[v], %[z]\n\t"
-            "mul %B[acc], %A[m]\n\t"
-            "add %[s1], r0\n\t"
-            "adc %[s2], r1\n\t"
-            "adc %[v], %[z]\n\t"
-            "mul %A[acc], %C[m]\n\t" /* byte 2 */
-            "add %[s2], r0\n\t"
-            "adc %[v], r1\n\t"
-            "mul %B[acc], %B[m]\n\t"
-            "add %[s2], r0\n\t"
-            "adc %[v], r1\n\t"
-            "mulsu %[ta], %[tm]\n\t" /* the signed top byte of acc */
-            "add %[s2], r0\n\t"
-            "adc %[v], r1\n\t"
-            "mul %B[acc], %C[m]\n\t" /* byte 3: low bytes only */
-            "add %[v], r0\n\t"
-            "mul %C[acc], %B[m]\n\t"
-            "add %[v], r0\n\t"
-            "add %[v], %[zp]\n\t"
-            "clr __zero_reg__\n"
-            "3:"
-            : [v] "=&d"(v), [s1] "=&r"(s1), [s2] "=&d"(s2), [z] "=&r"(z), [ta] "=&a"(ta), [tm] "=&a"(tm)
-            : [acc] "r"(acc), [m] "r"(q->scale), [lo] "r"(q->lo), [hi] "r"(q->hi), [zp] "r"(zero_point),
-              [low] "r"(low)
-            : "r0");
-    return (int8_t)v;
-#else
-    if (acc >= q->hi) return 127;
-    if (acc < q->lo) return low;
-    return (int8_t)((int32_t)(((int64_t)acc * q->scale + ((int64_t)1 << 23)) >> 24) + zero_point);
-#endif
-}
-
-#if defined(__AVR__)
-/* One output channel of a 1x1 convolution over a row, all in assembly (explicit registers, nothing spilled):
- * rec = [the sum's first term - n * 2^15 (three bytes), the n weights, lo (three bytes), hi (three bytes)],
- * n = 8 * eights; out[x] = ml_rows_rq_value(...) for x < width (>= 1); in is pixel-major (width x n). Per output:
- * the three bytes of the start, 8-way unrolled multiply-adds (ten cycles each), the thresholds read in turn,
- * the product's byte 3 (MUL only: the signed top byte's correction is one SBRC / SUB). */
-static void ml_rows_pw_row_avr(const int8_t *in, int8_t *out, const int8_t *rec, uint8_t width, uint8_t eights,
-                               const ml_rows_rq *q, int8_t zp, int8_t low)
-{
-    struct {
-        const int8_t *in;
-        int8_t *out;
-        const int8_t *rec;
-        uint8_t width, eights;
-        int8_t zp, low;
-        uint8_t s0, s1, s2;
-    } b;
-    b.in = in;
-    b.out = out;
-    b.rec = rec;
-    b.width = width;
-    b.eights = eights;
-    b.zp = zp;
-    b.low = low;
-    b.s0 = (uint8_t)q->scale;
-    b.s1 = (uint8_t)(q->scale >> 8);
-    b.s2 = (uint8_t)(q->scale >> 16);
-    __asm__ volatile(
-        "ld r26, Z+\n\t" "ld r27, Z+\n\t" "ld r16, Z+\n\t" "ld r17, Z+\n\t" "ld r14, Z+\n\t" "ld r15, Z+\n\t"
-        "ld r11, Z+\n\t" "ld r12, Z+\n\t" "ld r9, Z+\n\t" "ld r10, Z+\n\t" "ld r6, Z+\n\t" "ld r7, Z+\n\t"
-        "ld r8, Z+\n\t"
-        "ldi r23, 0x80\n\t" "mov r5, r23\n\t" "clr r25\n"
-        "10:\n\t"
-        "movw r30, r14\n\t" "ld r2, Z+\n\t" "ld r3, Z+\n\t" "ld r4, Z+\n\t" "mov r13, r12\n"
-        "11:\n\t"
-#define ML_PW_MAC "ld r18, X+\n\t" "ld r19, Z+\n\t" "muls r18, r19\n\t" "eor r1, r5\n\t" "add r2, r0\n\t" \
-                  "adc r3, r1\n\t" "adc r4, r25\n\t"
-        ML_PW_MAC ML_PW_MAC ML_PW_MAC ML_PW_MAC ML_PW_MAC ML_PW_MAC ML_PW_MAC ML_PW_MAC
-#undef ML_PW_MAC
-        "dec r13\n\t" "brne 11b\n\t"
-        /* below lo: low */
-        "ld r23, Z+\n\t" "cp r2, r23\n\t" "ld r23, Z+\n\t" "cpc r3, r23\n\t" "ld r23, Z+\n\t" "cpc r4, r23\n\t"
-        "brge 12f\n\t" "mov r22, r10\n\t" "rjmp 14f\n"
-        "12:\n\t" /* at or above hi: 127 */
-        "ld r23, Z+\n\t" "cp r2, r23\n\t" "ld r23, Z+\n\t" "cpc r3, r23\n\t" "ld r23, Z+\n\t" "cpc r4, r23\n\t"
-        "brlt 13f\n\t" "ldi r22, 127\n\t" "rjmp 14f\n"
-        "13:\n\t" /* zp + byte 3 of acc * scale + 2^23 */
-        "mul r2, r6\n\t" "mov r20, r1\n\t" "ldi r21, 0x80\n\t" "clr r22\n\t"
-        "mul r2, r7\n\t" "add r20, r0\n\t" "adc r21, r1\n\t" "adc r22, r25\n\t"
-        "mul r3, r6\n\t" "add r20, r0\n\t" "adc r21, r1\n\t" "adc r22, r25\n\t"
-        "mul r2, r8\n\t" "add r21, r0\n\t" "adc r22, r1\n\t"
-        "mul r3, r7\n\t" "add r21, r0\n\t" "adc r22, r1\n\t"
-        "mul r4, r6\n\t" "add r21, r0\n\t" "adc r22, r1\n\t" "sbrc r4, 7\n\t" "sub r22, r6\n\t"
-        "mul r3, r8\n\t" "add r22, r0\n\t"
-        "mul r4, r7\n\t" "add r22, r0\n\t"
-        "add r22, r9\n"
-        "14:\n\t"
-        "movw r30, r16\n\t" "st Z+, r22\n\t" "movw r16, r30\n\t"
-        "dec r11\n\t" "breq 15f\n\t" "rjmp 10b\n" /* (a branch does not reach back) */
-        "15:\n\t"
-        "clr __zero_reg__"
-        :
-        : "z"(&b)
-        : "r0", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "r16",
-          "r17", "r18", "r19", "r20", "r21", "r22", "r23", "r25", "r26", "r27", "memory");
-}
-#endif
-
-#if defined(__AVR__)
-/* One row of a 3x3 filter, all in assembly: rec = [the sum's first term - 9 * 2^15 (three bytes), the 9 taps,
- * out_step, lo (three bytes), hi (three bytes)]; rows r0, r1, r2 advance by stride (1..3) per output;
- * out[x * out_step] for x < width (>= 1). Y holds the third row (saved and restored around the loop). */
-static void ml_rows_dw_row_avr(const int8_t *r0, const int8_t *r1, const int8_t *r2, uint8_t stride, int8_t *out,
-                               const int8_t *rec, uint8_t width, const ml_rows_rq *q, int8_t zp, int8_t low)
-{
-    struct {
-        const int8_t *r0, *r1;
-        int8_t *out;
-        const int8_t *rec;
-        uint8_t width, stride;
-        int8_t zp, low;
-        uint8_t s0, s1, s2;
-        const int8_t *r2;
-    } b;
-    b.r0 = r0;
-    b.r1 = r1;
-    b.r2 = r2;
-    b.out = out;
-    b.rec = rec;
-    b.width = width;
-    b.stride = stride;
-    b.zp = zp;
-    b.low = low;
-    b.s0 = (uint8_t)q->scale;
-    b.s1 = (uint8_t)(q->scale >> 8);
-    b.s2 = (uint8_t)(q->scale >> 16);
-    __asm__ volatile(
-        "push r28\n\t" "push r29\n\t"
-        "ld r12, Z+\n\t" "ld r13, Z+\n\t" "ld r24, Z+\n\t" "ld r25, Z+\n\t" "ld r16, Z+\n\t" "ld r17, Z+\n\t"
-        "ld r14, Z+\n\t" "ld r15, Z+\n\t" "ld r11, Z+\n\t" "ld r21, Z+\n\t" "ld r9, Z+\n\t" "ld r10, Z+\n\t"
-        "ld r6, Z+\n\t" "ld r7, Z+\n\t" "ld r8, Z+\n\t" "ld r28, Z+\n\t" "ld r29, Z+\n\t"
-        "ldi r23, 0x80\n\t" "mov r5, r23\n\t" "clr r23\n"
-        "10:\n\t"
-        "movw r30, r14\n\t" "ld r2, Z+\n\t" "ld r3, Z+\n\t" "ld r4, Z+\n\t"
-#define ML_DW_MAC "ld r18, X+\n\t" "ld r19, Z+\n\t" "muls r18, r19\n\t" "eor r1, r5\n\t" "add r2, r0\n\t" \
-                  "adc r3, r1\n\t" "adc r4, r23\n\t"
-        "movw r26, r12\n\t" ML_DW_MAC ML_DW_MAC ML_DW_MAC
-        "movw r26, r24\n\t" ML_DW_MAC ML_DW_MAC ML_DW_MAC
-        "movw r26, r28\n\t" ML_DW_MAC ML_DW_MAC ML_DW_MAC
-#undef ML_DW_MAC
-        "add r12, r21\n\t" "adc r13, r23\n\t" "add r24, r21\n\t" "adc r25, r23\n\t" "add r28, r21\n\t"
-        "adc r29, r23\n\t"
-        "ld r20, Z+\n\t" /* out_step */
-        "ld r22, Z+\n\t" "cp r2, r22\n\t" "ld r22, Z+\n\t" "cpc r3, r22\n\t" "ld r22, Z+\n\t" "cpc r4, r22\n\t"
-        "brge 12f\n\t" "mov r22, r10\n\t" "rjmp 14f\n"
-        "12:\n\t"
-        "ld r22, Z+\n\t" "cp r2, r22\n\t" "ld r22, Z+\n\t" "cpc r3, r22\n\t" "ld r22, Z+\n\t" "cpc r4, r22\n\t"
-        "brlt 13f\n\t" "ldi r22, 127\n\t" "rjmp 14f\n"
-        "13:\n\t"
-        "mul r2, r6\n\t" "mov r18, r1\n\t" "ldi r19, 0x80\n\t" "clr r22\n\t"
-        "mul r2, r7\n\t" "add r18, r0\n\t" "adc r19, r1\n\t" "adc r22, r23\n\t"
-        "mul r3, r6\n\t" "add r18, r0\n\t" "adc r19, r1\n\t" "adc r22, r23\n\t"
-        "mul r2, r8\n\t" "add r19, r0\n\t" "adc r22, r1\n\t"
-        "mul r3, r7\n\t" "add r19, r0\n\t" "adc r22, r1\n\t"
-        "mul r4, r6\n\t" "add r19, r0\n\t" "adc r22, r1\n\t" "sbrc r4, 7\n\t" "sub r22, r6\n\t"
-        "mul r3, r8\n\t" "add r22, r0\n\t"
-        "mul r4, r7\n\t" "add r22, r0\n\t"
-        "add r22, r9\n"
-        "14:\n\t"
-        "movw r30, r16\n\t" "st Z, r22\n\t" "add r16, r20\n\t" "adc r17, r23\n\t"
-        "dec r11\n\t" "breq 15f\n\t" "rjmp 10b\n"
-        "15:\n\t"
-        "pop r29\n\t" "pop r28\n\t"
-        "clr __zero_reg__"
-        :
-        : "z"(&b)
-        : "r0", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "r16",
-          "r17", "r18", "r19", "r20", "r21", "r22", "r23", "r24", "r25", "r26", "r27", "memory");
-}
-#endif
-
 #if defined(__AVR__)
 /* The parameters of the assembly row loops below, in RAM at a fixed address: read with LDS, so that no
  * pointer register holds them and the filter's taps (or the pointwise weights) can stay in registers. */
 static struct {
-    const int8_t *r0, *r1, *r2; /* 3x3: the three input rows; pointwise: r0 = the input */
+    const int8_t *in; /* 3x3: slot 0 of the window's first column (ml_rows_s8.h's ring layout); pointwise: the input */
     int8_t *out;
-    uint8_t width, step; /* outputs, and out's step between two (3x3) */
+    uint8_t width, step; /* outputs, and out's step between two */
     int8_t zp, low;
-    uint8_t first[3]; /* the sum's first term - n * 2^15 */
-    ml_rows_rq q;          /* lo, hi: their low three bytes, copied from *rq by the loops */
-    const int8_t *taps;    /* in flash: the 3x3 taps, or the 8 pointwise weights */
-    const ml_rows_rq *rq;  /* in flash: the channel's requantization */
+    uint8_t start2;         /* byte 2 of the sum's start (bias - 2^15 per pair of products): the loops put it here */
+    uint8_t hi[3];          /* the channel's hi (ml_rows_rq): its low three bytes, copied by the loops */
+    const int8_t *taps;     /* in flash: the channel's 3x3 taps, or the next 8 pointwise weights */
+    uint8_t slot0;          /* 3x3: the ring slot of the window's first row (row ky in slot (slot0 + ky) % 3) */
+    const ml_rows_rq *rq;   /* in flash: the channel's requantization */
+    /* (the loops move taps, rq and bias on to the next channel's, and for 3x3 in and out) */
+    const int32_t *bias;    /* in flash: the channel's folded bias */
+    int8_t *part;           /* pointwise: the partial sums, three bytes a pixel */
+    uint8_t skip;           /* pointwise: in_c - 8, the input bytes after a pixel's eight */
+    uint8_t quarter_n;      /* pointwise: in_c / 4 (the sum's start, bias - in_c / 2 * 2^15: byte 2 less in_c / 4) */
+    uint16_t in_next, out_next; /* 3x3: from one channel's window (and output) to the next one's */
 } ml_rows_k;
 
 /* How the loops read flash: LPM; the AVR unit test (data in RAM) makes it LD. */
@@ -350,110 +74,182 @@ static struct {
 #endif
 
 #define ML_K_OPERANDS                                                                                            \
-    [r0] "i"(&ml_rows_k.r0), [r1] "i"(&ml_rows_k.r1), [r2] "i"(&ml_rows_k.r2), [out] "i"(&ml_rows_k.out),      \
-        [width] "i"(&ml_rows_k.width), [step] "i"(&ml_rows_k.step), [zp] "i"(&ml_rows_k.zp),                    \
-        [low] "i"(&ml_rows_k.low), [first] "i"(ml_rows_k.first), [lo] "i"(&ml_rows_k.q.lo),                       \
-        [hi] "i"(&ml_rows_k.q.hi), [taps] "i"(&ml_rows_k.taps), [rq] "i"(&ml_rows_k.rq)
+    [in] "i"(&ml_rows_k.in), [out] "i"(&ml_rows_k.out), [width] "i"(&ml_rows_k.width),                          \
+        [step] "i"(&ml_rows_k.step), [zp] "i"(&ml_rows_k.zp), [low] "i"(&ml_rows_k.low),                         \
+        [start2] "i"(&ml_rows_k.start2), [hi] "i"(ml_rows_k.hi), [taps] "i"(&ml_rows_k.taps),                    \
+        [slot0] "i"(&ml_rows_k.slot0), [rq] "i"(&ml_rows_k.rq),                                                  \
+        [part] "i"(&ml_rows_k.part), [skip] "i"(&ml_rows_k.skip), [bias] "i"(&ml_rows_k.bias),                   \
+        [quarter_n] "i"(&ml_rows_k.quarter_n), [in_next] "i"(&ml_rows_k.in_next),                                \
+        [out_next] "i"(&ml_rows_k.out_next)
 
-/* Registers of both loops: r2-r4 the sum, r5 0x80, r6 zero, r7-r9 the scale, r10 the outputs left, r11 the
- * value, r14-r15 requantization bytes; MULS takes only r16-r31, and X, Y, Z are the pointers, so the taps (or
- * weights) are r16-r24 and the input byte r25. Each multiply-add: MULS, the product's sign bit flipped (EOR
- * with 0x80: + 2^15, as in ML_ROWS_MAC) and a three-byte unsigned add. */
+/* Registers of both loops: r2-r4 the sum, r5 0x80, r6 zero, r7-r9 the scale, r10 the outputs left, r14-r15
+ * requantization bytes; MULS takes only r16-r31, and X, Y, Z are the pointers, so the taps (or weights) are
+ * r16-r24 and the input byte r25, which then holds the output value. Multiply-adds go in pairs: two MULS
+ * products added in r15:r14 (weights in [-127, 127], c_int8.requant_table checks it: |q * w| <= 128 * 127, so
+ * the pair's sum fits 16 signed bits), its sign bit flipped (EOR with 0x80: + 2^15) and a three-byte unsigned
+ * add: 7.5 cycles a multiply-add with the loads; a lone one (ML_K_MAC) the same way, 8 cycles. The sum starts
+ * from bias - 2^15 per pair or lone product. */
 #define ML_K_MAC(reg) "muls r25, " reg "\n\t" "eor r1, r5\n\t" "add r2, r0\n\t" "adc r3, r1\n\t" "adc r4, r6\n\t"
-/* lo / hi: r11 = low or 127 (branch to 14f), else zp + byte 3 of acc * scale + 2^23 in r11 */
-#define ML_K_LO_RAM                                                                                              \
-    "lds r0, %[lo]\n\t" "cp r2, r0\n\t" "lds r0, %[lo]+1\n\t" "cpc r3, r0\n\t" "lds r0, %[lo]+2\n\t"            \
-    "cpc r4, r0\n\t"
-#define ML_K_LO_REGS "cp r2, r12\n\t" "cpc r3, r13\n\t" "cpc r4, r24\n\t" /* lo in r12, r13, r24 (pointwise) */
-#define ML_K_REQUANT(lo_compare)                                                                                 \
-    lo_compare "brge 12f\n\t" "lds r11, %[low]\n\t" "rjmp 14f\n"                                                 \
-    "12:\n\t"                                                                                                    \
+#define ML_K_PAIR(load_a, tap_a, load_b, tap_b)                                                                  \
+    load_a "\n\t" "muls r25, " tap_a "\n\t" "movw r14, r0\n\t" load_b "\n\t" "muls r25, " tap_b "\n\t"           \
+    "add r14, r0\n\t" "adc r15, r1\n\t" "eor r15, r5\n\t" "add r2, r14\n\t" "adc r3, r15\n\t" "adc r4, r6\n\t"
+/* The requantization of the sum (r2-r4) into r25, labels a, b, c local to it: below lo (lo_cmp: the sum
+ * compared with lo): low; at or above hi (hi_cmp): 127; else multiply: byte 3 of sum * scale + 2^23 + zp * 2^24
+ * (r15:r14 its bytes 2 and 1; r25 starts from zp).
+ * Two forms of each comparison and product: where a channel has 0 <= lo <= hi < 2^16 ("short"), the sums that
+ * reach the product (lo <= sum < hi) have a top byte of 0, so it compares hi on two bytes and drops the
+ * products of the top byte (six MULs); the others ("long") take all three (eight MULs, the top byte signed). */
+#define ML_K_REQUANT(lo_cmp, hi_cmp, multiply, a, b, c)                                                          \
+    lo_cmp "brge " a "f\n\t" "lds r25, %[low]\n\t" "rjmp " c "f\n" a ":\n\t" hi_cmp "brlt " b "f\n\t"          \
+    "ldi r25, 127\n\t" "rjmp " c "f\n" b ":\n\t" multiply c ":\n\t"
+#define ML_K_LO(lo0, lo1, lo2) "cp r2, " lo0 "\n\t" "cpc r3, " lo1 "\n\t" "cpc r4, " lo2 "\n\t"
+#define ML_K_HI_LONG                                                                                             \
     "lds r0, %[hi]\n\t" "cp r2, r0\n\t" "lds r0, %[hi]+1\n\t" "cpc r3, r0\n\t" "lds r0, %[hi]+2\n\t"            \
-    "cpc r4, r0\n\t" "brlt 13f\n\t" "mov r11, r5\n\t" "dec r11\n\t" "rjmp 14f\n"                                 \
-    "13:\n\t"                                                                                                    \
-    "mul r2, r7\n\t" "mov r14, r1\n\t" "mov r15, r5\n\t" "clr r11\n\t"                                           \
-    "mul r2, r8\n\t" "add r14, r0\n\t" "adc r15, r1\n\t" "adc r11, r6\n\t"                                       \
-    "mul r3, r7\n\t" "add r14, r0\n\t" "adc r15, r1\n\t" "adc r11, r6\n\t"                                       \
-    "mul r2, r9\n\t" "add r15, r0\n\t" "adc r11, r1\n\t"                                                         \
-    "mul r3, r8\n\t" "add r15, r0\n\t" "adc r11, r1\n\t"                                                         \
-    "mul r4, r7\n\t" "add r15, r0\n\t" "adc r11, r1\n\t" "sbrc r4, 7\n\t" "sub r11, r7\n\t"                      \
-    "mul r3, r9\n\t" "add r11, r0\n\t"                                                                           \
-    "mul r4, r8\n\t" "add r11, r0\n\t"                                                                           \
-    "lds r0, %[zp]\n\t" "add r11, r0\n"                                                                          \
-    "14:\n\t"
-/* The setup, out of flash (Z): the taps (or weights) into r16-r23 (and r24: ML_K_TAP9), the scale into r7-r9,
- * the thresholds' low three bytes into ml_rows_k.q (ml_rows_rq: scale, lo, hi, four bytes each). */
+    "cpc r4, r0\n\t"
+#define ML_K_HI_SHORT(hi0) "cp r2, " hi0 "\n\t" "lds r0, %[hi]+1\n\t" "cpc r3, r0\n\t" "cpc r4, r6\n\t"
+#define ML_K_MULTIPLY_SHORT                                                                                      \
+    "mul r2, r7\n\t" "mov r14, r1\n\t" "mov r15, r5\n\t" "lds r25, %[zp]\n\t"                                    \
+    "mul r2, r8\n\t" "add r14, r0\n\t" "adc r15, r1\n\t" "adc r25, r6\n\t"                                       \
+    "mul r3, r7\n\t" "add r14, r0\n\t" "adc r15, r1\n\t" "adc r25, r6\n\t"                                       \
+    "mul r2, r9\n\t" "add r15, r0\n\t" "adc r25, r1\n\t"                                                         \
+    "mul r3, r8\n\t" "add r15, r0\n\t" "adc r25, r1\n\t"                                                         \
+    "mul r3, r9\n\t" "add r25, r0\n\t"
+#define ML_K_MULTIPLY_LONG                                                                                       \
+    "mul r2, r7\n\t" "mov r14, r1\n\t" "mov r15, r5\n\t" "lds r25, %[zp]\n\t"                                    \
+    "mul r2, r8\n\t" "add r14, r0\n\t" "adc r15, r1\n\t" "adc r25, r6\n\t"                                       \
+    "mul r3, r7\n\t" "add r14, r0\n\t" "adc r15, r1\n\t" "adc r25, r6\n\t"                                       \
+    "mul r2, r9\n\t" "add r15, r0\n\t" "adc r25, r1\n\t"                                                         \
+    "mul r3, r8\n\t" "add r15, r0\n\t" "adc r25, r1\n\t"                                                         \
+    "mul r4, r7\n\t" "add r15, r0\n\t" "adc r25, r1\n\t" "sbrc r4, 7\n\t" "sub r25, r7\n\t"                      \
+    "mul r3, r9\n\t" "add r25, r0\n\t"                                                                           \
+    "mul r4, r8\n\t" "add r25, r0\n\t"
 #define ML_K_LPM(reg) ML_ROWS_LPM " " reg ", Z+\n\t"
-#define ML_K_TAP9 ML_K_LPM("r24")
-#define ML_K_SETUP(tap9)                                                                                         \
-    "lds r30, %[taps]\n\t" "lds r31, %[taps]+1\n\t" ML_K_LPM("r16") ML_K_LPM("r17") ML_K_LPM("r18")             \
-    ML_K_LPM("r19") ML_K_LPM("r20") ML_K_LPM("r21") ML_K_LPM("r22") ML_K_LPM("r23") tap9                         \
-    "lds r30, %[rq]\n\t" "lds r31, %[rq]+1\n\t" ML_K_LPM("r7") ML_K_LPM("r8") ML_K_LPM("r9") "adiw r30, 1\n\t"  \
-    ML_K_LPM("r0") "sts %[lo], r0\n\t" ML_K_LPM("r0") "sts %[lo]+1, r0\n\t" ML_K_LPM("r0")                      \
-    "sts %[lo]+2, r0\n\t" "adiw r30, 1\n\t" ML_K_LPM("r0") "sts %[hi], r0\n\t" ML_K_LPM("r0")                  \
-    "sts %[hi]+1, r0\n\t" ML_K_LPM("r0") "sts %[hi]+2, r0\n\t"                                                   \
-    "lds r10, %[width]\n\t" "ldi r25, 0x80\n\t" "mov r5, r25\n\t" "clr r6\n\t"
+/* Z = the flash pointer at RAM address p */
+#define ML_K_Z(p) "lds r30, %[" p "]\n\t" "lds r31, %[" p "]+1\n\t"
+/* The channel's scale into r7-r9, lo's low three bytes into lo0 and r14, r15 (moved to lo's registers after),
+ * hi's into ml_rows_k.hi (ml_rows_rq: scale, lo, hi, four bytes each), and in r6 the OR of the top two
+ * bytes of lo and hi: 0 for a short channel (ML_K_REQUANT); rq on to the next channel's; then the row's count
+ * and 0x80 */
+#define ML_K_RQ(lo0)                                                                                             \
+    ML_K_Z("rq") ML_K_LPM("r7") ML_K_LPM("r8") ML_K_LPM("r9") "adiw r30, 1\n\t" ML_K_LPM(lo0) ML_K_LPM("r14")    \
+    ML_K_LPM("r15") ML_K_LPM("r6") "or r6, r15\n\t" ML_K_LPM("r0") "sts %[hi], r0\n\t" ML_K_LPM("r0")           \
+    "sts %[hi]+1, r0\n\t" ML_K_LPM("r0") "sts %[hi]+2, r0\n\t" "or r6, r0\n\t" ML_K_LPM("r0") "or r6, r0\n\t"   \
+    "sts %[rq], r30\n\t" "sts %[rq]+1, r31\n\t" "lds r10, %[width]\n\t" "ldi r25, 0x80\n\t" "mov r5, r25\n\t"
+/* to the long form's code at 1f where r6 is not 0 (a jump: the short form's loop is in between) */
+#define ML_K_SHORT_OR_LONG "tst r6\n\t" "breq 2f\n\t" "rjmp 1f\n" "2:\n\t" "clr r6\n\t"
 #define ML_K_CLOBBERS                                                                                            \
     "r0", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "r16", "r17", \
         "r18", "r19", "r20", "r21", "r22", "r23", "r24", "r25", "r26", "r27", "r30", "r31", "memory"
 
-/* One row of a 3x3 filter of stride S (1 or 2) from ml_rows_k: the taps in r16-r24, rows in X, Y, Z (Y saved
- * and restored), out in r12:r13; eight cycles a multiply-add. */
+/* One row of a 3x3 filter of stride S (1 or 2) from ml_rows_k, then its pointers on to the next channel's. The
+ * window's nine values are at Y + 3 * kx + s (column kx, ring slot s: the interleaved ring of ml_rows_s8.h), so
+ * one pointer reads them all (LDD) and moves by 3 * S per output; the tap of slot s, column kx is in r16 + 3 * s
+ * + kx (ML_K_TAPS). Out in X, lo in r11, r30 and r31 (short: r6, with hi's low byte in r31; Z is
+ * free in the loop), the sum's first two bytes in r12, r13; 7.6 cycles a multiply-add. Y is saved and
+ * restored. */
+#define ML_K_DW_LOOP(S, requant, loop, end)                                                                      \
+    loop ":\n\t" "movw r2, r12\n\t" "lds r4, %[start2]\n\t"                                                     \
+    ML_K_PAIR("ldd r25, Y+0", "r16", "ldd r25, Y+3", "r17") ML_K_PAIR("ldd r25, Y+6", "r18", "ldd r25, Y+1", "r19") \
+    ML_K_PAIR("ldd r25, Y+4", "r20", "ldd r25, Y+7", "r21") ML_K_PAIR("ldd r25, Y+2", "r22", "ldd r25, Y+5", "r23") \
+    "ldd r25, Y+8\n\t" ML_K_MAC("r24")                                                                           \
+    "adiw r28, 3 * " #S "\n\t" requant                                                                           \
+    "st X, r25\n\t" "lds r0, %[step]\n\t" "add r26, r0\n\t" "adc r27, r6\n\t"                                    \
+    "dec r10\n\t" "breq " end "f\n\t" "rjmp " loop "b\n" end ":\n\t"
+/* The nine taps, window row ky into the registers of slot (slot0 + ky) % 3 (r16 + 3 * slot), and taps on to
+ * the next channel's */
+#define ML_K_ROW(t0, t1, t2) ML_K_LPM(t0) ML_K_LPM(t1) ML_K_LPM(t2)
+#define ML_K_TAPS                                                                                                \
+    ML_K_Z("taps") "lds r0, %[slot0]\n\t" "tst r0\n\t" "breq 3f\n\t" "dec r0\n\t" "breq 4f\n\t"              \
+    ML_K_ROW("r22", "r23", "r24") ML_K_ROW("r16", "r17", "r18") ML_K_ROW("r19", "r20", "r21") "rjmp 5f\n"        \
+    "3:\n\t" ML_K_ROW("r16", "r17", "r18") ML_K_ROW("r19", "r20", "r21") ML_K_ROW("r22", "r23", "r24")            \
+    "rjmp 5f\n"                                                                                                  \
+    "4:\n\t" ML_K_ROW("r19", "r20", "r21") ML_K_ROW("r22", "r23", "r24") ML_K_ROW("r16", "r17", "r18")            \
+    "5:\n\t" "sts %[taps], r30\n\t" "sts %[taps]+1, r31\n\t"
+/* p += its step (16 bits, in RAM), through the register pair lo:hi */
+#define ML_K_NEXT(p, next, lo, hi)                                                                               \
+    "lds " lo ", %[" p "]\n\t" "lds " hi ", %[" p "]+1\n\t" "lds r0, %[" next "]\n\t" "add " lo ", r0\n\t"        \
+    "lds r0, %[" next "]+1\n\t" "adc " hi ", r0\n\t" "sts %[" p "], " lo "\n\t" "sts %[" p "]+1, " hi "\n\t"
 #define ML_K_DW_ROW(S)                                                                                           \
-    __asm__ volatile("push r28\n\t" "push r29\n\t" ML_K_SETUP(ML_K_TAP9)                                        \
-                     "lds r26, %[r0]\n\t" "lds r27, %[r0]+1\n\t" "lds r28, %[r1]\n\t" "lds r29, %[r1]+1\n\t"     \
-                     "lds r30, %[r2]\n\t" "lds r31, %[r2]+1\n\t" "lds r12, %[out]\n\t" "lds r13, %[out]+1\n"     \
-                     "10:\n\t"                                                                                   \
-                     "lds r2, %[first]\n\t" "lds r3, %[first]+1\n\t" "lds r4, %[first]+2\n\t"                    \
-                     "ld r25, X+\n\t" ML_K_MAC("r16") "ld r25, X+\n\t" ML_K_MAC("r17")                           \
-                     "ld r25, X+\n\t" ML_K_MAC("r18") "sbiw r26, 3 - " #S "\n\t"                                 \
-                     "ldd r25, Y+0\n\t" ML_K_MAC("r19") "ldd r25, Y+1\n\t" ML_K_MAC("r20")                       \
-                     "ldd r25, Y+2\n\t" ML_K_MAC("r21") "adiw r28, " #S "\n\t"                                   \
-                     "ldd r25, Z+0\n\t" ML_K_MAC("r22") "ldd r25, Z+1\n\t" ML_K_MAC("r23")                       \
-                     "ldd r25, Z+2\n\t" ML_K_MAC("r24") "adiw r30, " #S "\n\t"                                   \
-                     ML_K_REQUANT(ML_K_LO_RAM)                                                                   \
-                     "movw r14, r30\n\t" "movw r30, r12\n\t" "st Z, r11\n\t" "movw r30, r14\n\t"                 \
-                     "lds r0, %[step]\n\t" "add r12, r0\n\t" "adc r13, r6\n\t"                                   \
-                     "dec r10\n\t" "breq 15f\n\t" "rjmp 10b\n"                                                   \
-                     "15:\n\t"                                                                                   \
+    __asm__ volatile("push r28\n\t" "push r29\n\t"                                                              \
+                     ML_K_TAPS                                                                                   \
+                     /* the sum's start, bias - 5 * 2^15: bytes 0, 1 into r12, r13, byte 2 into start2 */       \
+                     ML_K_Z("bias") ML_K_LPM("r12") ML_K_LPM("r13") ML_K_LPM("r25") "adiw r30, 1\n\t"             \
+                     "sts %[bias], r30\n\t" "sts %[bias]+1, r31\n\t" "ldi r26, 0x80\n\t" "sub r13, r26\n\t"      \
+                     "sbci r25, 0x02\n\t" "sts %[start2], r25\n\t"                                              \
+                     ML_K_RQ("r11")                                                                              \
+                     "lds r28, %[in]\n\t" "lds r29, %[in]+1\n\t" "lds r26, %[out]\n\t" "lds r27, %[out]+1\n\t"   \
+                     ML_K_SHORT_OR_LONG "mov r30, r14\n\t" "lds r31, %[hi]\n\t"                                  \
+                     ML_K_DW_LOOP(S, ML_K_REQUANT(ML_K_LO("r11", "r30", "r6"), ML_K_HI_SHORT("r31"),            \
+                                                  ML_K_MULTIPLY_SHORT, "22", "23", "24"), "20", "25")            \
+                     "rjmp 9f\n"                                                                                 \
+                     "1:\n\t" "clr r6\n\t" "movw r30, r14\n\t"                                                   \
+                     ML_K_DW_LOOP(S, ML_K_REQUANT(ML_K_LO("r11", "r30", "r31"), ML_K_HI_LONG,                   \
+                                                  ML_K_MULTIPLY_LONG, "12", "13", "14"), "10", "15")             \
+                     "9:\n\t" ML_K_NEXT("in", "in_next", "r28", "r29") ML_K_NEXT("out", "out_next", "r26", "r27") \
                      "pop r29\n\t" "pop r28\n\t" "clr __zero_reg__"                                              \
                      :                                                                                           \
                      : ML_K_OPERANDS                                                                             \
                      : ML_K_CLOBBERS)
 
-/* One output channel of a 1x1 convolution with 8 input channels from ml_rows_k: the weights in r16-r23, the
- * pixel-major input in X, out in Z, lo in r12, r13, r24 and the first two bytes of the sum's start in Y (saved
- * and restored); eight cycles a multiply-add. */
-static void ml_rows_pw8_row_k(void)
-{
-    __asm__ volatile("push r28\n\t" "push r29\n\t" ML_K_SETUP("") "lds r26, %[r0]\n\t" "lds r27, %[r0]+1\n\t"
-                     "lds r30, %[out]\n\t" "lds r31, %[out]+1\n\t" "lds r12, %[lo]\n\t" "lds r13, %[lo]+1\n\t"
-                     "lds r24, %[lo]+2\n\t" "lds r28, %[first]\n\t" "lds r29, %[first]+1\n"
-                     "10:\n\t"
-                     "movw r2, r28\n\t" "lds r4, %[first]+2\n\t"
-                     "ld r25, X+\n\t" ML_K_MAC("r16") "ld r25, X+\n\t" ML_K_MAC("r17")
-                     "ld r25, X+\n\t" ML_K_MAC("r18") "ld r25, X+\n\t" ML_K_MAC("r19")
-                     "ld r25, X+\n\t" ML_K_MAC("r20") "ld r25, X+\n\t" ML_K_MAC("r21")
-                     "ld r25, X+\n\t" ML_K_MAC("r22") "ld r25, X+\n\t" ML_K_MAC("r23")
-                     ML_K_REQUANT(ML_K_LO_REGS)
-                     "st Z+, r11\n\t"
-                     "dec r10\n\t" "breq 15f\n\t" "rjmp 10b\n"
-                     "15:\n\t"
-                     "pop r29\n\t" "pop r28\n\t" "clr __zero_reg__"
-                     :
-                     : ML_K_OPERANDS
-                     : ML_K_CLOBBERS);
-}
+/* A 1x1 convolution's row from ml_rows_k, eight input channels (taps: their weights, into r16-r23) of the
+ * pixel-major input (X from in, moving by skip after each pixel's eight); 7.5 cycles a multiply-add. The sum
+ * starts from init: the channel's start (ML_K_FIRST_Y: its first two bytes in Y) or the partial sums (three
+ * bytes a pixel at part). ML_K_PW_PART stores the sums to part (Z) for the next eight channels; ML_K_PW_LAST requantizes
+ * them into out (Z, moving by step, in r11; lo in r12, r13, r24; short: r6, with hi's low byte in r24). Y is
+ * saved and restored. */
+#define ML_K_PW_SETUP                                                                                            \
+    "push r28\n\t" "push r29\n\t" ML_K_Z("taps") ML_K_LPM("r16") ML_K_LPM("r17") ML_K_LPM("r18")               \
+    ML_K_LPM("r19") ML_K_LPM("r20") ML_K_LPM("r21") ML_K_LPM("r22") ML_K_LPM("r23") "sts %[taps], r30\n\t"       \
+    "sts %[taps]+1, r31\n\t"
+#define ML_K_PW_MACS                                                                                             \
+    ML_K_PAIR("ld r25, X+", "r16", "ld r25, X+", "r17") ML_K_PAIR("ld r25, X+", "r18", "ld r25, X+", "r19")       \
+    ML_K_PAIR("ld r25, X+", "r20", "ld r25, X+", "r21") ML_K_PAIR("ld r25, X+", "r22", "ld r25, X+", "r23")
+#define ML_K_PW_END "pop r29\n\t" "pop r28\n\t" "clr __zero_reg__"
+#define ML_K_PW_NEXT(loop, end) "dec r10\n\t" "breq " end "f\n\t" "rjmp " loop "b\n" end ":\n\t"
+/* the sum's start: from the channel's bias (bias - in_c / 2 * 2^15: bytes 0, 1 into Y, byte 2 into b2 and
+ * start2; bias on to the next channel's) or from the partial sums (at Z or Y) */
+#define ML_K_FIRST_Y(b2)                                                                                         \
+    ML_K_Z("bias") ML_K_LPM("r28") ML_K_LPM("r29") ML_K_LPM(b2) "adiw r30, 1\n\t" "sts %[bias], r30\n\t"        \
+    "sts %[bias]+1, r31\n\t" "lds r0, %[quarter_n]\n\t" "sub " b2 ", r0\n\t" "sts %[start2], " b2 "\n\t"
+#define ML_K_PART_Y "lds r28, %[part]\n\t" "lds r29, %[part]+1\n\t"
+#define ML_K_PW_PART(start, init)                                                                                \
+    __asm__ volatile(ML_K_PW_SETUP                                                                               \
+                     "lds r10, %[width]\n\t" "ldi r25, 0x80\n\t" "mov r5, r25\n\t" "clr r6\n\t"                  \
+                     start "lds r11, %[skip]\n\t" "lds r26, %[in]\n\t" "lds r27, %[in]+1\n\t"                    \
+                     "lds r30, %[part]\n\t" "lds r31, %[part]+1\n"                                             \
+                     "10:\n\t" init ML_K_PW_MACS "add r26, r11\n\t" "adc r27, r6\n\t"                             \
+                     "st Z+, r2\n\t" "st Z+, r3\n\t" "st Z+, r4\n\t" ML_K_PW_NEXT("10", "15") ML_K_PW_END        \
+                     :                                                                                           \
+                     : ML_K_OPERANDS                                                                             \
+                     : ML_K_CLOBBERS)
+#define ML_K_PW_LOOP(init, skip, requant, loop, end)                                                             \
+    loop ":\n\t" init ML_K_PW_MACS skip requant "st Z, r25\n\t" "add r30, r11\n\t" "adc r31, r6\n\t"             \
+    ML_K_PW_NEXT(loop, end)
+#define ML_K_PW_LAST(start, init, skip)                                                                          \
+    __asm__ volatile(ML_K_PW_SETUP ML_K_RQ("r12") start                                                          \
+                     "mov r13, r14\n\t" "lds r11, %[step]\n\t"                                                   \
+                     "lds r26, %[in]\n\t" "lds r27, %[in]+1\n\t" "lds r30, %[out]\n\t" "lds r31, %[out]+1\n\t"   \
+                     ML_K_SHORT_OR_LONG "lds r24, %[hi]\n\t"                                                     \
+                     ML_K_PW_LOOP(init, skip, ML_K_REQUANT(ML_K_LO("r12", "r13", "r6"), ML_K_HI_SHORT("r24"),   \
+                                                           ML_K_MULTIPLY_SHORT, "22", "23", "24"), "20", "25")   \
+                     "rjmp 9f\n"                                                                                 \
+                     "1:\n\t" "clr r6\n\t" "mov r24, r15\n\t"                                                    \
+                     ML_K_PW_LOOP(init, skip, ML_K_REQUANT(ML_K_LO("r12", "r13", "r24"), ML_K_HI_LONG,          \
+                                                           ML_K_MULTIPLY_LONG, "12", "13", "14"), "10", "15")    \
+                     "9:\n\t" ML_K_PW_END                                                                        \
+                     :                                                                                           \
+                     : ML_K_OPERANDS                                                                             \
+                     : ML_K_CLOBBERS)
 
-/* Whether a 3x3 filter row takes ml_rows_filter_k: the fast path's requantization, strides 1 and 2, widths and
- * steps in a byte. */
+/* Whether a layer row of 3x3 filters takes ml_rows_channels_k: the fast path's requantization, strides 1 and 2,
+ * widths and steps in a byte. */
 static int ml_rows_k_applies(int kernel, int stride, int out_w, int out_step, const ml_rows_rq *rq)
 {
     return kernel == 3 && rq != NULL && (stride == 1 || stride == 2) && out_w >= 1 && out_w <= 255 && out_step >= 1
            && out_step <= 255;
 }
 
-/* A layer's constants for ml_rows_filter_k. */
+/* A layer's constants for ml_rows_channels_k (and the pointwise loops). */
 static void ml_rows_k_layer(uint8_t out_w, uint8_t out_step, int8_t zp, int8_t low)
 {
     ml_rows_k.width = out_w;
@@ -462,23 +258,28 @@ static void ml_rows_k_layer(uint8_t out_w, uint8_t out_step, int8_t zp, int8_t l
     ml_rows_k.low = low;
 }
 
-/* One row of one channel's 3x3 filter (taps and rq in flash; first: ML_ROWS_START24(bias, 9)), after
- * ml_rows_k_layer. Inlined where it is used, so that the registers the assembly takes are saved once per
- * layer row, not per channel. */
-static inline __attribute__((always_inline)) void ml_rows_filter_k(const int8_t *r0, const int8_t *r1,
-                                                                   const int8_t *r2, uint8_t stride,
-                                                                   int32_t first, const int8_t *taps,
-                                                                   const ml_rows_rq *rq, int8_t *out)
+/* A layer row of 3x3 filters (taps, folded biases and rq in flash), channel after channel, after
+ * ml_rows_k_layer: channel c reads the interleaved window at in + c * in_next (in: slot 0 of its first column;
+ * the window's row ky in slot (slot0 + ky) % 3) and writes from out + c * out_next. A function of its own, so
+ * that the registers the assembly takes are saved once per layer row. */
+__attribute__((noinline)) static void ml_rows_channels_k(const int8_t *in, uint8_t slot0, uint16_t in_next,
+                                                         uint8_t stride, uint8_t channels, const int32_t *bias,
+                                                         const int8_t *taps, const ml_rows_rq *rq, int8_t *out,
+                                                         uint16_t out_next)
 {
     ml_rows_k.taps = taps;
+    ml_rows_k.slot0 = slot0;
+    ml_rows_k.bias = bias;
     ml_rows_k.rq = rq;
-    memcpy(ml_rows_k.first, &first, 3);
-    ml_rows_k.r0 = r0;
-    ml_rows_k.r1 = r1;
-    ml_rows_k.r2 = r2;
+    ml_rows_k.in = in;
+    ml_rows_k.in_next = in_next;
     ml_rows_k.out = out;
-    if (stride == 1) ML_K_DW_ROW(1);
-    else ML_K_DW_ROW(2);
+    ml_rows_k.out_next = out_next;
+    for (uint8_t c = channels; c != 0; --c) {
+        ML_ROWS_FAST_RAN(dw_regs);
+        if (stride == 1) ML_K_DW_ROW(1);
+        else ML_K_DW_ROW(2);
+    }
 }
 #endif
 
@@ -527,164 +328,107 @@ int8_t ml_rows_requantize_s8(int32_t acc, int16_t multiplier, int shift, int32_t
     return (int8_t)value;
 }
 
-void ml_rows_filter_s8(const int8_t *const *in, int kernel, int stride, int out_w, const int8_t *taps,
-                       int32_t bias, int16_t multiplier, int shift, int32_t out_zp, int32_t low,
+void ml_rows_filter_s8(const int8_t *const *in, int kernel, int stride, int in_step, int out_w,
+                       const int8_t *taps, int32_t bias, int16_t multiplier, int shift, int32_t out_zp, int32_t low,
                        const ml_rows_rq *rq, int8_t *out, int out_step)
 {
-#if defined(__AVR__)
-    if (ml_rows_k_applies(kernel, stride, out_w, out_step, rq)) {
-        /* the fast path with the taps in registers */
-        ml_rows_k_layer((uint8_t)out_w, (uint8_t)out_step, (int8_t)out_zp, (int8_t)low);
-        ML_ROWS_FAST_RAN(dw_regs);
-        ml_rows_filter_k(in[0], in[1], in[2], (uint8_t)stride, ML_ROWS_START24(bias, 9), taps, rq, out);
-        return;
-    }
-#endif
-    if (kernel == 3 && rq != NULL) {
-        /* the fast path: three-byte sums, ml_rows_rq's requantization; taps and constants out of flash */
-        int8_t t[9];
-        ml_rows_rq q;
-        const int8_t *r0 = in[0], *r1 = in[1], *r2 = in[2];
-        const int32_t first = ML_ROWS_START24(bias, 9);
-        const int8_t zp = (int8_t)out_zp, lo = (int8_t)low;
-        for (int i = 0; i < 9; ++i) t[i] = ML_FLASH_S8(&taps[i]);
-        ML_FLASH_COPY(&q, rq);
-#if defined(__AVR__)
-        if (out_step >= 1 && out_step <= 255 && stride >= 1 && stride <= 255 && out_w >= 1 && out_w <= 255) {
-            int8_t rec[3 + 9 + 1 + 6];
-            memcpy(rec, &first, 3);
-            memcpy(rec + 3, t, 9);
-            rec[12] = (int8_t)(uint8_t)out_step;
-            memcpy(rec + 13, &q.lo, 3);
-            memcpy(rec + 16, &q.hi, 3);
-            ML_ROWS_FAST_RAN(dw);
-            ml_rows_dw_row_avr(r0, r1, r2, (uint8_t)stride, out, rec, (uint8_t)out_w, &q, zp, lo);
-            return;
-        }
-#endif
-        for (uint8_t x = (uint8_t)out_w; x != 0; --x) {
-            *out = ml_rows_rq_value(ml_rows_dot3x3(first, r0, r1, r2, t), &q, zp, lo);
-            out += out_step;
-            r0 += stride;
-            r1 += stride;
-            r2 += stride;
-        }
-        return;
-    }
+    const int step = stride * in_step; /* between two outputs' windows */
     if (kernel == 3) {
-        /* the nine taps in locals; each product q * w fits in 16 bits (int on the AVR: one MULS) */
+        /* the nine taps in locals; each product q * w fits in 16 bits (int on the AVR: one MULS); with rq the
+         * fast path's three-byte sums and shift-free requantization */
         int8_t t[9];
+        ml_rows_rq q = {0, 0, 0};
         const int8_t *r0 = in[0], *r1 = in[1], *r2 = in[2];
+        const int8_t zp = (int8_t)out_zp, lo = (int8_t)low;
+        const int a = in_step, b = 2 * in_step;
         for (int i = 0; i < 9; ++i) t[i] = ML_FLASH_S8(&taps[i]);
+        if (rq != NULL) ML_FLASH_COPY(&q, rq);
         for (int x = 0; x < out_w; ++x) {
-            int32_t acc = ml_rows_dot(bias, r0, t, 3);
-            acc = ml_rows_dot(acc, r1, t + 3, 3);
-            acc = ml_rows_dot(acc, r2, t + 6, 3);
-            *out = ml_rows_requantize_s8(acc, multiplier, shift, out_zp, low);
+            const int32_t sum = (int32_t)(r0[0] * t[0]) + r0[a] * t[1] + r0[b] * t[2] + (int32_t)(r1[0] * t[3])
+                                + r1[a] * t[4] + r1[b] * t[5] + (int32_t)(r2[0] * t[6]) + r2[a] * t[7] + r2[b] * t[8];
+            *out = rq != NULL ? ml_rows_requantize_rq_s8(bias + sum, &q, zp, lo)
+                              : ml_rows_requantize_s8(bias + sum, multiplier, shift, out_zp, low);
             out += out_step;
-            r0 += stride;
-            r1 += stride;
-            r2 += stride;
+            r0 += step;
+            r1 += step;
+            r2 += step;
         }
         return;
     }
     for (int x = 0; x < out_w; ++x) {
         int32_t acc = bias;
         for (int ky = 0; ky < kernel; ++ky) {
-            const int8_t *row = in[ky] + x * stride;
-            for (int kx = 0; kx < kernel; ++kx) acc += row[kx] * ML_FLASH_S8(&taps[ky * kernel + kx]);
+            const int8_t *row = in[ky] + x * step;
+            for (int kx = 0; kx < kernel; ++kx) acc += row[kx * in_step] * ML_FLASH_S8(&taps[ky * kernel + kx]);
         }
         out[x * out_step] = ml_rows_requantize_s8(acc, multiplier, shift, out_zp, low);
     }
 }
 
 #if defined(__AVR__)
-/* The pointwise fast paths on the AVR (in_c = 8, 16, ..., 64; rq), a function of their own so that the channel
- * loop has a small frame: every output channel's row in assembly, with the weights in registers where in_c is
- * 8 (ml_rows_pw8_row_k), else from a record in RAM (rec: 3 + in_c + 6 bytes; ml_rows_pw_row_avr). With
- * gap_sums (out NULL) each row goes through row (width bytes) into the pooling sums. */
+/* The pointwise fast path on the AVR (in_c = 8, 16, ..., 64): each output channel's row in assembly, eight
+ * input channels at a time with their weights in registers (ML_K_PW_PART, ML_K_PW_LAST), the sums in between
+ * in part (three bytes a pixel); into out + co * out_stride, or with gap_sums (out NULL) through row (width
+ * bytes) into the pooling sums. A function of its own, so that the registers the assembly takes are saved
+ * once per layer row and the loop's variables stay in a small stack frame. */
 __attribute__((noinline)) static void ml_rows_pw_k(const int8_t *in, uint8_t width, uint8_t in_c,
                                                    const ml_layer_s8 *layer, uint8_t out_c, int8_t *out,
-                                                   int out_stride, int8_t *rec, int8_t *row, int32_t *gap_sums,
-                                                   int32_t gap_in_zp)
+                                                   uint16_t out_stride, uint8_t out_step, int8_t *part, int8_t *row,
+                                                   int32_t *gap_sums, int32_t gap_in_zp)
 {
-    const int8_t zp = (int8_t)layer->out_zp, low = (int8_t)layer->low;
-    const int8_t *weight = layer->weight;
-    ml_rows_k.r0 = in;
-    ml_rows_k.width = width;
-    ml_rows_k.zp = zp;
-    ml_rows_k.low = low;
+    const int32_t gap_zero = (int32_t)width * gap_in_zp;
+    ml_rows_k_layer(width, out != NULL ? out_step : 1, (int8_t)layer->out_zp, (int8_t)layer->low);
+    ml_rows_k.skip = (uint8_t)(in_c - 8);
+    ml_rows_k.quarter_n = (uint8_t)(in_c >> 2);
+    ml_rows_k.part = part;
+    ml_rows_k.taps = layer->weight; /* (the loops move taps, bias and rq on) */
+    ml_rows_k.bias = layer->bias;
+    ml_rows_k.rq = layer->rq;
     for (uint8_t co = 0; co < out_c; ++co) {
-        const int32_t first = ML_ROWS_START24(ML_FLASH_S32(&layer->bias[co]), in_c);
-        int8_t *o = out != NULL ? out + co * out_stride : row;
+        ml_rows_k.out = out != NULL ? out : row;
+        ml_rows_k.in = in;
         if (in_c == 8) {
-            ml_rows_k.taps = weight;
-            ml_rows_k.rq = &layer->rq[co];
-            memcpy(ml_rows_k.first, &first, 3);
-            ml_rows_k.out = o;
             ML_ROWS_FAST_RAN(pw_regs);
-            ml_rows_pw8_row_k();
+            ML_K_PW_LAST(ML_K_FIRST_Y("r25"), "movw r2, r28\n\t" "lds r4, %[start2]\n\t", "");
         } else {
-            ML_FLASH_COPY(&ml_rows_k.q, &layer->rq[co]);
-            memcpy(rec, &first, 3);
-            ML_ROWS_FLASH_BYTES(rec + 3, weight, in_c);
-            memcpy(rec + 3 + in_c, &ml_rows_k.q.lo, 3);
-            memcpy(rec + 6 + in_c, &ml_rows_k.q.hi, 3);
             ML_ROWS_FAST_RAN(pw);
-            ml_rows_pw_row_avr(in, o, rec, width, (uint8_t)(in_c >> 3), &ml_rows_k.q, zp, low);
+            ML_K_PW_PART(ML_K_FIRST_Y("r12"), "movw r2, r28\n\t" "mov r4, r12\n\t");
+            for (uint8_t g = 8; g < in_c; g += 8) {
+                ml_rows_k.in = in + g;
+                if (g + 8 < in_c) ML_K_PW_PART("", "ld r2, Z\n\t" "ldd r3, Z+1\n\t" "ldd r4, Z+2\n\t");
+                else ML_K_PW_LAST(ML_K_PART_Y, "ld r2, Y+\n\t" "ld r3, Y+\n\t" "ld r4, Y+\n\t",
+                                  "lds r0, %[skip]\n\t" "add r26, r0\n\t" "adc r27, r6\n\t");
+            }
         }
-        weight += in_c;
         if (out == NULL) {
             int32_t sum = gap_sums[co];
             for (uint8_t x = 0; x < width; ++x) sum += row[x];
-            gap_sums[co] = sum - (int32_t)width * gap_in_zp;
+            gap_sums[co] = sum - gap_zero;
+        } else {
+            out += out_stride;
         }
     }
 }
 #endif
 
-void ml_rows_pointwise_s8(const int8_t *in, int width, int in_c, const ml_layer_s8 *layer, int out_c,
-                          int8_t *out, int out_stride, int32_t *gap_sums, int32_t gap_in_zp)
+/* ml_rows_pointwise_s8 in plain C (on the AVR a function of its own: the registers it takes are not saved on
+ * the fast path's way) */
+#if defined(__AVR__)
+__attribute__((noinline))
+#endif
+static void ml_rows_pointwise_c(const int8_t *in, int width, int in_c, const ml_layer_s8 *layer, int out_c,
+                                int8_t *out, int out_stride, int out_step, int32_t *gap_sums, int32_t gap_in_zp)
 {
     int8_t copy[ML_ROWS_MAX_CHANNELS]; /* one filter's weights, out of flash */
-#if defined(__AVR__)
-    if (layer->rq != NULL && (in_c & 7) == 0 && in_c >= 8 && in_c <= ML_ROWS_MAX_CHANNELS && width >= 1
-        && width <= ML_ROWS_MAX_CHANNELS && out_c >= 1 && out_c <= 255) {
-        int8_t rec[3 + ML_ROWS_MAX_CHANNELS + 6]; /* (copy: the row for the pooling sums) */
-        ml_rows_pw_k(in, (uint8_t)width, (uint8_t)in_c, layer, (uint8_t)out_c, out, out_stride, rec, copy, gap_sums,
-                     gap_in_zp);
-        return;
-    }
-#endif
     for (int co = 0; co < out_c; ++co) {
         const int8_t *w = layer->weight + co * in_c;
         const int32_t bias = ML_FLASH_S32(&layer->bias[co]);
         const int16_t multiplier = ML_FLASH_S16(&layer->multiplier[co]);
+        ml_rows_rq q = {0, 0, 0}; /* with rq: the fast path's requantization (the same values) */
+        if (layer->rq != NULL) ML_FLASH_COPY(&q, &layer->rq[co]);
         if (in_c >= 1 && in_c <= ML_ROWS_MAX_CHANNELS) {
             for (int ci = 0; ci < in_c; ++ci) copy[ci] = ML_FLASH_S8(&w[ci]);
             w = copy;
-            if (layer->rq != NULL) { /* the fast path: three-byte sums, ml_rows_rq's requantization */
-                ml_rows_rq q;
-                const int32_t first = ML_ROWS_START24(bias, in_c);
-                const int8_t zp = (int8_t)layer->out_zp, lo = (int8_t)layer->low;
-                const int8_t *p = in;
-                ML_FLASH_COPY(&q, &layer->rq[co]);
-                if (out != NULL) {
-                    int8_t *o = out + co * out_stride;
-                    for (uint8_t x = (uint8_t)width; x != 0; --x) {
-                        *o++ = ml_rows_rq_value(ml_rows_dot24(first, p, copy, (uint8_t)in_c), &q, zp, lo);
-                        p += in_c;
-                    }
-                } else {
-                    int32_t sum = gap_sums[co];
-                    for (uint8_t x = (uint8_t)width; x != 0; --x) {
-                        sum += ml_rows_rq_value(ml_rows_dot24(first, p, copy, (uint8_t)in_c), &q, zp, lo);
-                        p += in_c;
-                    }
-                    gap_sums[co] = sum - (int32_t)width * gap_in_zp;
-                }
-                continue;
-            }
         }
         for (int x = 0; x < width; ++x) {
             const int8_t *p = in + x * in_c;
@@ -695,9 +439,12 @@ void ml_rows_pointwise_s8(const int8_t *in, int width, int in_c, const ml_layer_
                 for (int ci = 0; ci < in_c; ++ci) acc += p[ci] * ML_FLASH_S8(&w[ci]);
             }
             {
-                const int8_t value = ml_rows_requantize_s8(acc, multiplier, layer->shift, layer->out_zp, layer->low);
+                const int8_t value = layer->rq != NULL
+                                         ? ml_rows_requantize_rq_s8(acc, &q, layer->out_zp, layer->low)
+                                         : ml_rows_requantize_s8(acc, multiplier, layer->shift, layer->out_zp,
+                                                                 layer->low);
                 if (out != NULL) {
-                    out[co * out_stride + x] = value;
+                    out[co * out_stride + x * out_step] = value;
                 } else {
                     gap_sums[co] += (int32_t)value - gap_in_zp;
                 }
@@ -706,10 +453,36 @@ void ml_rows_pointwise_s8(const int8_t *in, int width, int in_c, const ml_layer_
     }
 }
 
-/* Row r's slot in a ring of `kernel` rows of row_bytes each. */
-static int8_t *slot(const ml_block_rows *rows, int r, int kernel, int row_bytes)
+void ml_rows_pointwise_s8(const int8_t *in, int width, int in_c, const ml_layer_s8 *layer, int out_c,
+                          int8_t *out, int out_stride, int out_step, int32_t *gap_sums, int32_t gap_in_zp)
 {
-    return rows->ring + (r % kernel) * row_bytes;
+#if defined(__AVR__)
+    if (layer->rq != NULL && (in_c & 7) == 0 && in_c >= 8 && in_c <= ML_ROWS_MAX_CHANNELS && width >= 1
+        && width <= ML_ROWS_MAX_CHANNELS && out_c >= 1 && out_c <= 255 && out_step >= 1 && out_step <= 255) {
+        int8_t part[3 * ML_ROWS_MAX_CHANNELS], row[ML_ROWS_MAX_CHANNELS]; /* the partial sums; a row for the
+                                                                            * pooling sums */
+        ml_rows_pw_k(in, (uint8_t)width, (uint8_t)in_c, layer, (uint8_t)out_c, out, (uint16_t)out_stride,
+                     (uint8_t)out_step, part, row, gap_sums, gap_in_zp);
+        return;
+    }
+#endif
+    ml_rows_pointwise_c(in, width, in_c, layer, out_c, out, out_stride, out_step, gap_sums, gap_in_zp);
+}
+
+/* Row r's slot (r mod kernel; r >= -kernel) in a ring of `kernel` rows, without a division (a library call on
+ * the AVR): the row's values are at ring + slot + kernel * (padded position) (ml_rows_s8.h). */
+static uint8_t slot(int r, int kernel)
+{
+    uint8_t i = (uint8_t)(r < 0 ? r + kernel : r); /* r < 256 */
+    while (i >= (uint8_t)kernel) i -= (uint8_t)kernel;
+    return i;
+}
+
+/* A row of zero-point bytes in slot s of a ring of `kernel` rows, `values` (channels x padded) each: the rows
+ * above and below the plane, which the window reads (the slot's own row is no longer needed: see block_row). */
+static void fill_slot(int8_t *ring, int values, int kernel, uint8_t s, int8_t zero_point)
+{
+    for (int8_t *p = ring + s; values != 0; --values, p += kernel) *p = zero_point;
 }
 
 void ml_rows_start_s8(const ml_rows_network *net)
@@ -730,55 +503,58 @@ void ml_rows_start_s8(const ml_rows_network *net)
     for (int c = 0; c < channels; ++c) net->gap_sums[c] = 0;
 }
 
-/* Where the producer of block b's next input row writes it: channel 0's first value, and the channel stride. */
-static int8_t *next_row(const ml_rows_network *net, int b, int *channel_stride)
+/* Where the producer of block b's next input row writes it: channel 0's first value; the channel stride and
+ * the step between two values in *channel_stride and *step. */
+static int8_t *next_row(const ml_rows_network *net, int b, int *channel_stride, int *step)
 {
-    ml_block_s8 block;
-    ML_FLASH_COPY(&block, &net->blocks[b]);
-    *channel_stride = block.in_w + 2 * block.padding;
-    return slot(&net->rows[b + 1], net->rows[b + 1].received, block.kernel, block.channels * *channel_stride)
-           + block.padding;
+    const ml_block_s8 *block = &net->blocks[b]; /* in flash: only the three bytes read here */
+    const int padding = (uint8_t)ML_FLASH_S8(&block->padding), kernel = (uint8_t)ML_FLASH_S8(&block->kernel);
+    *channel_stride = ((uint8_t)ML_FLASH_S8(&block->in_w) + 2 * padding) * kernel;
+    *step = kernel;
+    return net->rows[b + 1].ring + slot(net->rows[b + 1].received, kernel) + padding * kernel;
+}
+
+/* The window of output row y (first input row first_row, `kernel` rows) in a ring of `values` (channels x
+ * padded) per slot: the slot of each window row in slots[], the rows below the plane (>= h) filled with the
+ * zero point (their slot's own row is above the window: no longer needed). The rows above it (< 0) are zero
+ * points already: their slots belong to rows below the window, not received yet (an output row is computed as
+ * soon as its last row is in), which ml_rows_start_s8 filled. */
+static void window(int8_t *ring, int values, int kernel, int first_row, int h, int8_t zero_point, uint8_t *slots)
+{
+    for (int ky = 0; ky < kernel; ++ky) {
+        const int iy = first_row + ky;
+        slots[ky] = slot(iy, kernel);
+        if (iy >= h) fill_slot(ring, values, kernel, slots[ky], zero_point);
+    }
 }
 
 /* Output row y of block p (its ring: rows): the depthwise layer into dw_row, the pointwise one into block
  * b + 1's ring (or the pooling sums). */
 static void block_row(const ml_rows_network *net, int b, const ml_block_s8 *p, const ml_block_rows *rows, int y)
 {
-    const int k = p->kernel, padded = p->in_w + 2 * p->padding, row_bytes = p->channels * padded;
-    const int8_t *base[ML_ROWS_MAX_KERNEL], *in[ML_ROWS_MAX_KERNEL];
+    const int k = p->kernel, channel_bytes = (p->in_w + 2 * p->padding) * k;
+    uint8_t slots[ML_ROWS_MAX_KERNEL];
     int8_t *out = NULL;
-    int out_stride = 0;
-    for (int ky = 0; ky < k; ++ky) {
-        const int iy = y * p->stride + ky - p->padding;
-        base[ky] = iy >= 0 && iy < p->in_h ? slot(rows, iy, k, row_bytes) : NULL;
-        if (base[ky] == NULL) memset(net->pad_row, p->dw.in_zp, (size_t)padded);
-    }
+    int out_stride = 0, out_step = 1;
+    window(rows->ring, p->channels * (p->in_w + 2 * p->padding), k, y * p->stride - p->padding, p->in_h,
+           (int8_t)p->dw.in_zp, slots);
 #if defined(__AVR__)
     if (ml_rows_k_applies(k, p->stride, p->out_w, p->channels, p->dw.rq)) {
         /* the fast path with the taps in registers, channel after channel */
-        const int8_t *r0 = base[0] != NULL ? base[0] : net->pad_row, *r1 = base[1] != NULL ? base[1] : net->pad_row;
-        const int8_t *r2 = base[2] != NULL ? base[2] : net->pad_row;
-        const int step0 = base[0] != NULL ? padded : 0, step1 = base[1] != NULL ? padded : 0;
-        const int step2 = base[2] != NULL ? padded : 0;
         ml_rows_k_layer(p->out_w, p->channels, (int8_t)p->dw.out_zp, (int8_t)p->dw.low);
-        for (int c = 0; c < p->channels; ++c) {
-            ML_ROWS_FAST_RAN(dw_regs);
-            ml_rows_filter_k(r0, r1, r2, p->stride, ML_ROWS_START24(ML_FLASH_S32(&p->dw.bias[c]), 9),
-                             p->dw.weight + 9 * c, &p->dw.rq[c], net->dw_row + c);
-            r0 += step0;
-            r1 += step1;
-            r2 += step2;
-        }
+        ml_rows_channels_k(rows->ring, slots[0], (uint16_t)channel_bytes, p->stride, p->channels, p->dw.bias,
+                           p->dw.weight, p->dw.rq, net->dw_row, 1);
     } else
 #endif
     for (int c = 0; c < p->channels; ++c) {
-        for (int ky = 0; ky < k; ++ky) in[ky] = base[ky] != NULL ? base[ky] + c * padded : net->pad_row;
-        ml_rows_filter_s8(in, k, p->stride, p->out_w, p->dw.weight + c * k * k, ML_FLASH_S32(&p->dw.bias[c]),
+        const int8_t *in[ML_ROWS_MAX_KERNEL];
+        for (int ky = 0; ky < k; ++ky) in[ky] = rows->ring + c * channel_bytes + slots[ky];
+        ml_rows_filter_s8(in, k, p->stride, k, p->out_w, p->dw.weight + c * k * k, ML_FLASH_S32(&p->dw.bias[c]),
                           ML_FLASH_S16(&p->dw.multiplier[c]), p->dw.shift, p->dw.out_zp, p->dw.low,
                           p->dw.rq != NULL ? &p->dw.rq[c] : NULL, net->dw_row + c, p->channels);
     }
-    if (b + 1 < net->count) out = next_row(net, b + 1, &out_stride);
-    ml_rows_pointwise_s8(net->dw_row, p->out_w, p->channels, &p->pw, p->out_channels, out, out_stride,
+    if (b + 1 < net->count) out = next_row(net, b + 1, &out_stride, &out_step);
+    ml_rows_pointwise_s8(net->dw_row, p->out_w, p->channels, &p->pw, p->out_channels, out, out_stride, out_step,
                          net->gap_sums, net->gap_in_zp);
 }
 
@@ -803,46 +579,38 @@ void ml_rows_run_s8(const ml_rows_network *net, const uint8_t *image)
 {
     ml_stem_s8 s;
     ml_block_rows *rows = &net->rows[0];
-    const int8_t *in[ML_ROWS_MAX_KERNEL];
     ML_FLASH_COPY(&s, net->stem);
     {
         const int k = s.kernel, padded = s.w + 2 * s.padding;
         for (int y = 0; y < s.h; ++y) {
-            int last = y - s.padding + k - 1, channel_stride;
+            int last = y - s.padding + k - 1, channel_stride, out_step;
+            uint8_t slots[ML_ROWS_MAX_KERNEL];
             int8_t *out;
             if (last > s.h - 1) last = s.h - 1;
             while (rows->received <= last) { /* the image rows it reads, as int8 (q = pixel - 128) */
-                int8_t *row = slot(rows, rows->received, k, padded) + s.padding;
+                int8_t *row = rows->ring + slot(rows->received, k) + s.padding * k;
                 const uint8_t *pixels = image + rows->received * s.w;
-                for (int x = 0; x < s.w; ++x) row[x] = (int8_t)((int)pixels[x] - 128);
+                for (int x = 0; x < s.w; ++x) row[x * k] = (int8_t)((int)pixels[x] - 128);
                 rows->received++;
             }
-            for (int ky = 0; ky < k; ++ky) {
-                const int iy = y + ky - s.padding;
-                in[ky] = iy >= 0 && iy < s.h ? slot(rows, iy, k, padded) : NULL;
-                if (in[ky] == NULL) {
-                    memset(net->pad_row, s.conv.in_zp, (size_t)padded);
-                    in[ky] = net->pad_row;
-                }
-            }
-            out = next_row(net, 0, &channel_stride);
+            window(rows->ring, padded, k, y - s.padding, s.h, (int8_t)s.conv.in_zp, slots);
+            out = next_row(net, 0, &channel_stride, &out_step);
 #if defined(__AVR__)
-            if (ml_rows_k_applies(k, 1, s.w, 1, s.conv.rq)) {
-                /* the fast path with the taps in registers, channel after channel */
-                ml_rows_k_layer(s.w, 1, (int8_t)s.conv.out_zp, (int8_t)s.conv.low);
-                for (int co = 0; co < s.out_channels; ++co) {
-                    ML_ROWS_FAST_RAN(dw_regs);
-                    ml_rows_filter_k(in[0], in[1], in[2], 1, ML_ROWS_START24(ML_FLASH_S32(&s.conv.bias[co]), 9),
-                                     s.conv.weight + 9 * co, &s.conv.rq[co], out + co * channel_stride);
-                }
+            if (ml_rows_k_applies(k, 1, s.w, out_step, s.conv.rq)) {
+                /* the fast path with the taps in registers, channel after channel (the same window) */
+                ml_rows_k_layer(s.w, (uint8_t)out_step, (int8_t)s.conv.out_zp, (int8_t)s.conv.low);
+                ml_rows_channels_k(rows->ring, slots[0], 0, 1, s.out_channels, s.conv.bias, s.conv.weight,
+                                   s.conv.rq, out, (uint16_t)channel_stride);
                 push(net, 0);
                 continue;
             }
 #endif
             for (int co = 0; co < s.out_channels; ++co) {
-                ml_rows_filter_s8(in, k, 1, s.w, s.conv.weight + co * k * k, ML_FLASH_S32(&s.conv.bias[co]),
+                const int8_t *in[ML_ROWS_MAX_KERNEL];
+                for (int ky = 0; ky < k; ++ky) in[ky] = rows->ring + slots[ky];
+                ml_rows_filter_s8(in, k, 1, k, s.w, s.conv.weight + co * k * k, ML_FLASH_S32(&s.conv.bias[co]),
                                   ML_FLASH_S16(&s.conv.multiplier[co]), s.conv.shift, s.conv.out_zp, s.conv.low,
-                                  s.conv.rq != NULL ? &s.conv.rq[co] : NULL, out + co * channel_stride, 1);
+                                  s.conv.rq != NULL ? &s.conv.rq[co] : NULL, out + co * channel_stride, out_step);
             }
             push(net, 0); /* row y of the stem flows through the blocks */
         }

@@ -10,17 +10,22 @@
  * accumulators. The memory planner (codegen/memory.py, row_plan) sizes the rings from the architecture table;
  * `mobile-lenet summary --memory --int8 --target atmega2560` prints them.
  *
- * Ring rows are padded: value (c, x) of a row at [c * (width + 2 * padding) + padding + x], and the padding
- * bytes hold the layer's input zero point (the real 0), so the kernels have no bounds tests per tap; rows
- * above and below the plane read a row of zero-point bytes. The depthwise scratch row is pixel-major
- * ((x, c) at [x * channels + c]) so the pointwise layer reads one pixel's channels in a run.
+ * Ring rows are padded and interleaved: row r goes into slot s = r mod K, its value (c, x) at
+ * [(c * (width + 2 * padding) + padding + x) * K + s], so the K rows of a channel's window lie side by side
+ * (on the AVR one pointer reaches a 3x3 window's nine values, at fixed offsets); the padding bytes hold the
+ * layer's input zero point (the real 0), so the kernels have no bounds tests per tap, and a row above or below
+ * the plane is a slot of zero points (above: a slot not yet written, from ml_rows_start_s8; below: filled when
+ * reached, the row it held being no longer needed). The depthwise
+ * scratch row is pixel-major ((x, c) at [x * channels + c]) so the pointwise layer reads one pixel's channels
+ * in a run.
  *
  * The arithmetic gives the int8 reference's (ml_kernels_s8.c) integers, bit for bit: each bias has the input
  * zero point folded in (bias - in_zp * sum of the filter's weights, at generation time, so the loops add
  * q * w with no subtraction; q * w fits in 16 bits). Where the generator has checked its assumptions
  * (ml_rows_rq below) a layer takes the fast path: three-byte sums and a shift-free requantization, on the AVR
- * whole rows in assembly (ml_rows_s8.c; 3x3 filters of stride 1 or 2 and 8-channel pointwise filters with their
- * weights in registers, eight cycles a multiply-add, checked at run time); otherwise requantization uses 32-bit
+ * whole layer rows in assembly (ml_rows_s8.c; 3x3 filters of stride 1 or 2 and pointwise filters eight input
+ * channels at a time, taps or weights in registers, products added in pairs: 7.5 cycles a multiply-add; checked
+ * at run time); otherwise requantization uses 32-bit
  * products (exact for shifts 17..31, the reference's int64 path otherwise). Layer descriptions and weights stay
  * in flash (ml_flash.h). */
 #ifndef ML_ROWS_S8_H
@@ -32,11 +37,12 @@
  * per-channel multipliers (in flash), zero points, shift; low is the lower clamp (-128, or the output zero
  * point when a ReLU is fused). */
 /* One output channel's requantization in a form without shifts (the fast path; the generator computes it and
- * checks its assumptions, c_int8._requant_table): for an accumulator acc with |acc| < 2^23 (checked from the
- * weights), the reference's value zero_point + floor((acc * multiplier + 2^(shift-1)) / 2^shift), clamped to
- * [low, 127], is 127 when acc >= hi, low when acc < lo, and otherwise zero_point + floor((acc * scale + 2^23) /
- * 2^24), where scale = multiplier * 2^(24 - shift) (multiplier > 0, shift <= 24, scale < 2^24): only byte 3
- * of that product matters, which the AVR computes with eight 8 x 8 multiplies and no shifts. */
+ * checks its assumptions, c_int8.requant_table): for an accumulator acc with |acc| < 2^23 (checked from the
+ * weights, which are in [-127, 127]), the reference's value zero_point + floor((acc * multiplier +
+ * 2^(shift-1)) / 2^shift), clamped to [low, 127], is 127 when acc >= hi, low when acc < lo, and otherwise
+ * zero_point + floor((acc * scale + 2^23) / 2^24), where scale = multiplier * 2^(24 - shift) (multiplier > 0,
+ * shift <= 24, scale < 2^24): only byte 3 of that product matters, which the AVR computes with eight 8 x 8
+ * multiplies and no shifts (six where 0 <= lo <= hi < 2^16: then acc < 2^16 there). */
 typedef struct {
     int32_t scale, lo, hi;
 } ml_rows_rq;
@@ -76,7 +82,6 @@ typedef struct {
     ml_block_rows *rows;       /* rows[0]: the stem's ring; rows[b + 1]: block b's */
     uint8_t count;             /* blocks */
     int8_t *dw_row;            /* scratch: one depthwise output row (any block), pixel-major */
-    int8_t *pad_row;           /* scratch: one padded row of zero-point bytes (the widest ring row's width) */
     int32_t *gap_sums;         /* per channel of the last block's output: sum of (value - gap_in_zp) */
     int16_t gap_in_zp;
 } ml_rows_network;
@@ -88,17 +93,19 @@ void ml_rows_start_s8(const ml_rows_network *net);
 void ml_rows_run_s8(const ml_rows_network *net, const uint8_t *image);
 
 /* One output row of a kernel x kernel filter (taps in flash) over padded rows in[0..kernel-1] (int8, the
- * zero point's bytes as padding): out[x * out_step] = requantized (bias + sum of in[ky][x * stride + kx] *
- * taps[ky * kernel + kx]), x < out_w. rq (in flash): this channel's ml_rows_rq (the fast path), or NULL. */
-void ml_rows_filter_s8(const int8_t *const *in, int kernel, int stride, int out_w, const int8_t *taps,
-                       int32_t bias, int16_t multiplier, int shift, int32_t out_zp, int32_t low,
+ * zero point's bytes as padding; in_step bytes between two values of a row): out[x * out_step] = requantized
+ * (bias + sum of in[ky][(x * stride + kx) * in_step] * taps[ky * kernel + kx]), x < out_w. rq (in flash): this
+ * channel's ml_rows_rq (the fast path), or NULL. (Plain C: on the AVR the network's 3x3 layers take the
+ * assembly, a layer row at a time: ml_rows_s8.c.) */
+void ml_rows_filter_s8(const int8_t *const *in, int kernel, int stride, int in_step, int out_w,
+                       const int8_t *taps, int32_t bias, int16_t multiplier, int shift, int32_t out_zp, int32_t low,
                        const ml_rows_rq *rq, int8_t *out, int out_step);
 
-/* A 1x1 convolution of one row: in is pixel-major (width x in_c), out[co * out_stride + x] = requantized
- * (bias[co] + sum over ci of in[x * in_c + ci] * weight[co * in_c + ci]); with gap_sums instead (out NULL),
- * gap_sums[co] += value - gap_in_zp. */
+/* A 1x1 convolution of one row: in is pixel-major (width x in_c), out[co * out_stride + x * out_step] =
+ * requantized (bias[co] + sum over ci of in[x * in_c + ci] * weight[co * in_c + ci]); with gap_sums instead
+ * (out NULL), gap_sums[co] += value - gap_in_zp. */
 void ml_rows_pointwise_s8(const int8_t *in, int width, int in_c, const ml_layer_s8 *layer, int out_c,
-                          int8_t *out, int out_stride, int32_t *gap_sums, int32_t gap_in_zp);
+                          int8_t *out, int out_stride, int out_step, int32_t *gap_sums, int32_t gap_in_zp);
 
 /* zero_point + round(acc * multiplier / 2^shift) clamped to [low, 127]: ml_requantize_s8's value. */
 int8_t ml_rows_requantize_s8(int32_t acc, int16_t multiplier, int shift, int32_t zero_point, int32_t low);

@@ -133,7 +133,7 @@ def _folded_bias(layer: QLayer) -> str:
     return f"static const int32_t {_folded_name(layer)}[{folded.size}] ML_FLASH = {{{values}}};"
 
 
-ACC24_LIMIT = 2**23 - 1  # the fast path's sums are kept in three bytes (c/ml_rows_s8.c, ml_rows_dot24)
+ACC24_LIMIT = 2**23 - 1  # the fast path's sums are kept in three bytes (the AVR loops of c/ml_rows_s8.c)
 
 
 def _rq_name(layer: QLayer) -> str:
@@ -145,6 +145,8 @@ def requant_table(layer: QLayer) -> np.ndarray | None:
     (scale, lo, hi) int64 rows, or None where one of its assumptions fails (then the layer takes the generic
     path: int32 sums and the reference's requantization). Checked here, for every channel:
     - every sum the kernels can form, folded bias + sum of q * w over int8 q, has |sum| <= 2^23 - 2 (three bytes);
+    - the weights are in [-127, 127] (as quantize makes them), so two products q * w add up in 16 bits (the AVR's
+      loops take them in pairs);
     - 0 < multiplier, shift <= 24 and scale = multiplier * 2^(24 - shift) < 2^24 (three unsigned bytes);
     - hi = the smallest sum whose value reaches 127, lo = the smallest whose value exceeds the lower clamp
       (the value is non-decreasing in the sum since the multiplier is positive), both clipped to the sums'
@@ -154,7 +156,7 @@ def requant_table(layer: QLayer) -> np.ndarray | None:
     folded = layer.bias.astype(np.int64) - layer.in_zero_point * weight.sum(axis=1)
     bound = np.abs(folded) + 128 * np.abs(weight).sum(axis=1)
     multiplier = layer.multiplier.astype(np.int64)
-    if shift < 1 or shift > 24 or bound.max() >= ACC24_LIMIT or multiplier.min() <= 0:
+    if shift < 1 or shift > 24 or bound.max() >= ACC24_LIMIT or multiplier.min() <= 0 or weight.min() < -127:
         return None
     scale = multiplier << (24 - shift)
     if scale.max() >= 2**24:
@@ -217,7 +219,7 @@ def rows_network_source(qmodel: QuantizedModel) -> str:
         stem_kernel=stem.kernel, stem_padding=stem.padding,
         block_count=len(blocks), blocks="\n".join(block_lines), ram_bytes=f"{plan.ram_bytes:,}",
         rings="\n".join(rings), ring_count=len(plan.rings), row_states=", ".join(states),
-        dw_row_bytes=plan.dw_row_bytes, pad_row_bytes=plan.pad_row_bytes, gap_channels=gap.in_shape[2],
+        dw_row_bytes=plan.dw_row_bytes, gap_channels=gap.in_shape[2],
         gap_in_zp=gap.in_zero_point, gap_rows=" + ".join(gap.rows), gap_plane=gap.in_shape[0] * gap.in_shape[1],
         gap_multiplier=f"ML_FLASH_S16(&{array_name(gap.name, 'multiplier')}[0])", gap_shift=gap.shift,
         gap_out_zp=gap.out_zero_point, dense_rows=" + ".join(dense.rows), dense_call=dense_call)

@@ -169,20 +169,19 @@ class RowPlan:
 
     rings: tuple  # the stem's, then each block's
     dw_row_bytes: int  # scratch: the widest depthwise output row
-    pad_row_bytes: int  # scratch: one padded row of zero-point bytes (the widest padded width)
     gap_sum_bytes: int  # int32 sums of the global average pool
     flash_bytes: int  # the int8 weight data (as in int8_plan)
 
     @property
     def ram_bytes(self) -> int:
-        return sum(ring.bytes for ring in self.rings) + self.dw_row_bytes + self.pad_row_bytes + self.gap_sum_bytes
+        return sum(ring.bytes for ring in self.rings) + self.dw_row_bytes + self.gap_sum_bytes
 
 
 def row_plan() -> RowPlan:
     """The row schedule of ``spec.LAYERS``: a ring of kernel-many padded input rows for the stem and for each
     depthwise-separable block (pointwise and stem outputs go straight into the next ring), a depthwise scratch
-    row, a row of zero-point bytes and the pooling sums."""
-    rings, dw_row, pad_row, gap_sums = [], 0, 0, 0
+    row and the pooling sums (the rows above and below the plane are ring slots of zero-point bytes)."""
+    rings, dw_row, gap_sums = [], 0, 0
     pad = 0  # a ZeroPadding2D row's padding, which the depthwise convolution after it applies itself
     for layer in spec.LAYERS:
         if layer.kind == LayerKind.PAD:
@@ -191,20 +190,19 @@ def row_plan() -> RowPlan:
             _, in_w, in_c = layer.in_shape if not pad else (0, layer.in_shape[1] - 2 * pad, layer.in_shape[2])
             padding = layer.padding + pad
             rings.append(Ring(layer.name, layer.kernel, (in_w + 2 * padding) * in_c))
-            pad_row = max(pad_row, in_w + 2 * padding)
             if layer.kind == LayerKind.DWCONV:
                 dw_row = max(dw_row, layer.out_shape[1] * layer.out_shape[2])
             pad = 0
         elif layer.kind == LayerKind.GAP:
             gap_sums = 4 * layer.in_shape[-1]
-    return RowPlan(tuple(rings), dw_row, pad_row, gap_sums, int8_plan().flash_bytes)
+    return RowPlan(tuple(rings), dw_row, gap_sums, int8_plan().flash_bytes)
 
 
 def row_plan_dict(p: RowPlan) -> dict:
     """The row plan as plain data (``summary --memory --int8 --target atmega2560 --json``)."""
     return {"schedule": "rows", "rings": [{"layer": r.layer, "rows": r.rows, "row_bytes": r.row_bytes,
                                            "bytes": r.bytes} for r in p.rings],
-            "dw_row_bytes": p.dw_row_bytes, "pad_row_bytes": p.pad_row_bytes, "gap_sum_bytes": p.gap_sum_bytes,
+            "dw_row_bytes": p.dw_row_bytes, "gap_sum_bytes": p.gap_sum_bytes,
             "ram_bytes": p.ram_bytes, "flash_bytes": p.flash_bytes, "buffer_plan_ram_bytes": int8_plan().ram_bytes}
 
 
@@ -216,7 +214,6 @@ def row_plan_text(p: RowPlan) -> list[str]:
         lines.append(f"{'ring of ' + ring.layer:<28} {f'{ring.rows} padded input rows of {ring.row_bytes} bytes':<44} "
                      f"{ring.bytes:>6,}")
     lines += [f"{'dw_row':<28} {'one depthwise output row (the widest)':<44} {p.dw_row_bytes:>6,}",
-              f"{'pad_row':<28} {'one padded row of zero-point bytes':<44} {p.pad_row_bytes:>6,}",
               f"{'gap_sums':<28} {'int32 pooling sums':<44} {p.gap_sum_bytes:>6,}", "-" * 80,
               f"RAM (activations): {p.ram_bytes:,} bytes (the buffer plan: {int8_plan().ram_bytes:,}); "
               f"flash (weights): {p.flash_bytes:,} bytes"]
