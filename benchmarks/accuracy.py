@@ -57,7 +57,8 @@ def train_and_score(config, data: dict, run_dir: Path) -> dict:
     from mobile_lenet.model.data import Dataset
     from mobile_lenet.model.training import train
 
-    done_file, key = run_dir / "benchmark-result.json", {"config": asdict(config), "data": data}
+    done_file = run_dir / "benchmark-result.json"
+    key = json.loads(json.dumps({"config": asdict(config), "data": data}, default=str))  # folders as text
     if done_file.is_file():
         done = json.loads(done_file.read_text())
         if done.get("key") == key:
