@@ -256,3 +256,13 @@ def test_config_of_a_run_saved_before_the_new_settings_reads_as_off(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(data))
     with pytest.raises(UserError, match="ema_decay"):
         read_config(tmp_path / "config.json")
+
+
+@pytest.mark.parametrize("images", [20, 200, 700])
+def test_runs_of_a_few_steps_train_with_the_default_batch(tmp_path, images):
+    """1, 2 or 5 steps of the default batch: the one-cycle schedule still lays out its phases (it used to
+    divide by zero below six steps)."""
+    config = TrainConfig(epochs=1, augment=False, val_fraction=0.1)
+    row = train(config, synthetic_digits(images), tmp_path, progress=False, log=lambda s: None)
+    assert row["epoch"] == 1 and np.isfinite(row["train_loss"])
+    train(config, synthetic_digits(images), tmp_path, resume=True, progress=False, log=lambda s: None)

@@ -131,6 +131,8 @@ def write_config(out_dir: Path, config: TrainConfig) -> None:
 # threads with the default layout, and ~1.6x faster than one thread with it. The network is so small that
 # splitting its work between threads costs more than it gains, and depthwise kernels prefer channels last.
 TRAIN_THREADS = 1
+# The shortest one-cycle schedule: its warm-up must span at least one step (0.2 x 10 - 1 = 1)
+MIN_SCHEDULE_STEPS = 10
 # Images whose exact BN statistics are used for the per-epoch validation (the final checkpoints get all).
 EPOCH_CALIBRATION_IMAGES = 2048
 
@@ -244,8 +246,11 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
         raise UserError("training set is empty")
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, epochs=config.epochs,
-                                                    steps_per_epoch=steps_per_epoch, pct_start=0.2)
+    # OneCycleLR needs a few steps to lay out its two phases: a run shorter than that (a handful of images) walks
+    # the first steps of a MIN_SCHEDULE_STEPS-step schedule
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=max(config.epochs * steps_per_epoch, MIN_SCHEDULE_STEPS),
+        pct_start=0.2)
     start_epoch, best_val, history = 0, -1.0, []
     average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
 
