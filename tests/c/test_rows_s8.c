@@ -19,13 +19,7 @@
 #include <avr/io.h>
 #include <avr/sleep.h>
 #include <stdint.h>
-#define ML_FLASH_H /* the test's data are in RAM: ml_flash.h's macros as elsewhere */
-#define ML_FLASH
-#define ML_FLASH_COPY(to, from) (*(to) = *(from))
-#define ML_FLASH_F32(p) (*(p))
-#define ML_FLASH_S8(p) (*(p))
-#define ML_FLASH_S16(p) (*(p))
-#define ML_FLASH_S32(p) (*(p))
+#define ML_FLASH_IN_RAM /* the test's data are in RAM: ml_flash.h's macros as elsewhere */
 #define ML_ROWS_LPM "ld" /* the assembly's flash reads */
 /* how often the assembly row loops ran (ml_rows_s8.c's hook) */
 static uint16_t fast_dw_regs = 0, fast_pw = 0, fast_pw_regs = 0;

@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#if defined(__AVR__)
+#if defined(__AVR__) && !defined(ML_FLASH_IN_RAM) /* a test may keep its data in RAM */
 #include <avr/pgmspace.h>
 #define ML_FLASH PROGMEM
 #define ML_FLASH_COPY(to, from) memcpy_P((to), (from), sizeof *(to))

@@ -237,6 +237,34 @@ ML_S8H_INLINE __m256i s8h_tap_mask(int stride)
  * its outputs are the same values again), or one group of w < 8 pixels */
 #define S8H_NEXT_GROUP(x0, w) ((x0) + 8 >= (w) ? (w) : ((x0) + 16 <= (w) ? (x0) + 8 : (w) - 8))
 
+/* Every output channel of up to eight pixels whose inputs come as quads (lane i of quads[k]: pixel i's inputs
+ * 4k..4k+3, channels or taps), each channel's 4 x groups weights in a row: four channels at a time (one
+ * four-row store), then the last out_c % 4 */
+ML_S8H_INLINE __m256i s8h_dot_quads(const __m256i *quads, const int groups, const int8_t *weight_row)
+{
+    __m256i acc = _mm256_setzero_si256();
+    for (int k = 0; k < groups; ++k) acc = s8h_dot4(acc, quads[k], _mm256_set1_epi32(s8h_quad(weight_row + 4 * k)));
+    return acc;
+}
+
+ML_S8H_INLINE void s8h_all_channels(const __m256i *quads, const int groups, const int8_t *weight, int out_c,
+                                    const ml_s8h_rq *rq, __m128i sh, const int clamp, uint8_t *o, int out_cs, int n)
+{
+    int co = 0;
+    for (; co + 4 <= out_c; co += 4) {
+        __m256i v[4];
+        for (int j = 0; j < 4; ++j) {
+            v[j] = s8h_scale(s8h_dot_quads(quads, groups, weight + (co + j) * 4 * groups), &rq[co + j], sh, clamp);
+        }
+        s8h_store4(o + co * out_cs, o + (co + 1) * out_cs, o + (co + 2) * out_cs, o + (co + 3) * out_cs,
+                   v[0], v[1], v[2], v[3], n);
+    }
+    for (int j = 0; j < 3 && co + j < out_c; ++j) { /* out_c not a multiple of 4: the last ones */
+        const __m256i acc = s8h_dot_quads(quads, groups, weight + (co + j) * 4 * groups);
+        s8h_store1(o + (co + j) * out_cs, s8h_scale(acc, &rq[co + j], sh, clamp), n);
+    }
+}
+
 ML_S8H_INLINE void conv3x3_c1_avx(const uint8_t *in, int in_rs, uint8_t *out, int out_rs, int out_cs, int out_h,
                                   int out_w, int out_c, const int8_t *weight, const int32_t *bias, const ml_s8h_rq *rq,
                                   int shift, const int clamp)
@@ -248,31 +276,9 @@ ML_S8H_INLINE void conv3x3_c1_avx(const uint8_t *in, int in_rs, uint8_t *out, in
     for (int oy = 0; oy < out_h; ++oy) {
         for (int x0 = 0; x0 < out_w; x0 = S8H_NEXT_GROUP(x0, out_w)) {
             const uint8_t *p = in + oy * in_rs + x0;
-            const __m256i t0 = s8h_taps(p, 1, mask), t1 = s8h_taps(p + in_rs, 1, mask);
-            const __m256i t2 = s8h_taps(p + 2 * in_rs, 1, mask);
-            uint8_t *o = out + oy * out_rs + x0;
-            int co = 0;
-            for (; co + 4 <= out_c; co += 4) {
-                __m256i v[4];
-                for (int j = 0; j < 4; ++j) {
-                    const int8_t *wq = weight + (co + j) * 12;
-                    __m256i acc = _mm256_setzero_si256();
-                    acc = s8h_dot4(acc, t0, _mm256_set1_epi32(s8h_quad(wq)));
-                    acc = s8h_dot4(acc, t1, _mm256_set1_epi32(s8h_quad(wq + 4)));
-                    acc = s8h_dot4(acc, t2, _mm256_set1_epi32(s8h_quad(wq + 8)));
-                    v[j] = s8h_scale(acc, &rq[co + j], sh, clamp);
-                }
-                s8h_store4(o + co * out_cs, o + (co + 1) * out_cs, o + (co + 2) * out_cs, o + (co + 3) * out_cs,
-                           v[0], v[1], v[2], v[3], n);
-            }
-            for (int j = 0; j < 3 && co + j < out_c; ++j) { /* out_c not a multiple of 4: the last ones */
-                const int8_t *wq = weight + (co + j) * 12;
-                __m256i acc = _mm256_setzero_si256();
-                acc = s8h_dot4(acc, t0, _mm256_set1_epi32(s8h_quad(wq)));
-                acc = s8h_dot4(acc, t1, _mm256_set1_epi32(s8h_quad(wq + 4)));
-                acc = s8h_dot4(acc, t2, _mm256_set1_epi32(s8h_quad(wq + 8)));
-                s8h_store1(o + (co + j) * out_cs, s8h_scale(acc, &rq[co + j], sh, clamp), n);
-            }
+            const __m256i taps[3] = {s8h_taps(p, 1, mask), s8h_taps(p + in_rs, 1, mask),
+                                     s8h_taps(p + 2 * in_rs, 1, mask)}; /* a row of the kernel per quad */
+            s8h_all_channels(taps, 3, weight, out_c, rq, sh, clamp, out + oy * out_rs + x0, out_cs, n);
         }
     }
 }
@@ -331,7 +337,7 @@ ML_S8H_INLINE void pointwise_avx_groups(const uint8_t *in, int in_rs, int in_cs,
 {
     const __m128i sh = _mm_cvtsi32_si128(shift);
     (void)bias; /* in the requantization rows (ml_s8h_rq) */
-    const int in_c = 4 * groups, n = w < 8 ? w : 8;
+    const int n = w < 8 ? w : 8;
     __m256i quads[ML_S8H_MAX_IN_CHANNELS / 4];
     for (int y = 0; y < h; ++y) {
         for (int x0 = 0; x0 < w; x0 = S8H_NEXT_GROUP(x0, w)) {
@@ -346,27 +352,7 @@ ML_S8H_INLINE void pointwise_avx_groups(const uint8_t *in, int in_rs, int in_cs,
                 quads[k] = _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_unpacklo_epi16(a, b)),
                                                    _mm_unpackhi_epi16(a, b), 1);
             }
-            uint8_t *o = out + y * out_rs + x0;
-            int co = 0;
-            for (; co + 4 <= out_c; co += 4) {
-                __m256i v[4];
-                for (int j = 0; j < 4; ++j) {
-                    const int8_t *wr = weight + (co + j) * in_c;
-                    __m256i acc = _mm256_setzero_si256();
-                    for (int k = 0; k < groups; ++k) {
-                        acc = s8h_dot4(acc, quads[k], _mm256_set1_epi32(s8h_quad(wr + 4 * k)));
-                    }
-                    v[j] = s8h_scale(acc, &rq[co + j], sh, clamp);
-                }
-                s8h_store4(o + co * out_cs, o + (co + 1) * out_cs, o + (co + 2) * out_cs, o + (co + 3) * out_cs,
-                           v[0], v[1], v[2], v[3], n);
-            }
-            for (int j = 0; j < 3 && co + j < out_c; ++j) { /* out_c not a multiple of 4: the last ones */
-                const int8_t *wr = weight + (co + j) * in_c;
-                __m256i acc = _mm256_setzero_si256();
-                for (int k = 0; k < groups; ++k) acc = s8h_dot4(acc, quads[k], _mm256_set1_epi32(s8h_quad(wr + 4 * k)));
-                s8h_store1(o + (co + j) * out_cs, s8h_scale(acc, &rq[co + j], sh, clamp), n);
-            }
+            s8h_all_channels(quads, groups, weight, out_c, rq, sh, clamp, out + y * out_rs + x0, out_cs, n);
         }
     }
 }
@@ -460,33 +446,13 @@ ML_S8H_INLINE void pointwise_quads_avx_groups(const uint8_t *in, int in_rs, int 
 {
     const __m128i sh = _mm_cvtsi32_si128(shift);
     (void)bias; /* in the requantization rows (ml_s8h_rq) */
-    const int in_c = 4 * groups, n = w < 8 ? w : 8;
+    const int n = w < 8 ? w : 8;
     __m256i quads[ML_S8H_MAX_IN_CHANNELS / 4];
     for (int y = 0; y < h; ++y) {
         for (int x0 = 0; x0 < w; x0 = S8H_NEXT_GROUP(x0, w)) {
             const uint8_t *p = in + y * in_rs + 4 * x0;
             for (int k = 0; k < groups; ++k) quads[k] = _mm256_loadu_si256((const __m256i *)(const void *)(p + k * in_gs));
-            uint8_t *o = out + y * out_rs + x0;
-            int co = 0;
-            for (; co + 4 <= out_c; co += 4) {
-                __m256i v[4];
-                for (int j = 0; j < 4; ++j) {
-                    const int8_t *wr = weight + (co + j) * in_c;
-                    __m256i acc = _mm256_setzero_si256();
-                    for (int k = 0; k < groups; ++k) {
-                        acc = s8h_dot4(acc, quads[k], _mm256_set1_epi32(s8h_quad(wr + 4 * k)));
-                    }
-                    v[j] = s8h_scale(acc, &rq[co + j], sh, clamp);
-                }
-                s8h_store4(o + co * out_cs, o + (co + 1) * out_cs, o + (co + 2) * out_cs, o + (co + 3) * out_cs,
-                           v[0], v[1], v[2], v[3], n);
-            }
-            for (int j = 0; j < 3 && co + j < out_c; ++j) { /* out_c not a multiple of 4: the last ones */
-                const int8_t *wr = weight + (co + j) * in_c;
-                __m256i acc = _mm256_setzero_si256();
-                for (int k = 0; k < groups; ++k) acc = s8h_dot4(acc, quads[k], _mm256_set1_epi32(s8h_quad(wr + 4 * k)));
-                s8h_store1(o + (co + j) * out_cs, s8h_scale(acc, &rq[co + j], sh, clamp), n);
-            }
+            s8h_all_channels(quads, groups, weight, out_c, rq, sh, clamp, out + y * out_rs + x0, out_cs, n);
         }
     }
 }
