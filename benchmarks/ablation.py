@@ -43,7 +43,7 @@ def run(options: Options) -> dict:
         return {"recipe": asdict(defaults), "variants": not_available(f"no {options.full_mnist_dir}")}
     quick = options.quick
     data = {"name": "mnist", "data_dir": str(options.mnist_dir),
-            "train_images": QUICK["train_images"] if quick else None, "test_images": 1,
+            "train_images": QUICK["train_images"] if quick else None,
             "holdout": {"data_dir": str(options.full_mnist_dir), "start": HOLDOUT[0],
                         "stop": HOLDOUT[0] + QUICK["test_images"] if quick else HOLDOUT[1]}}
     configs = []

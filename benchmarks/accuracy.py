@@ -43,9 +43,10 @@ def load(name: str, split: str, data_dir: Path | None, count: int | None):
 def train_and_score(config, data: dict, run_dir: Path) -> dict:
     """Train with ``config`` into ``run_dir`` (one thread) and score the run's best.pt on the test split.
 
-    ``data`` names the data set: {"name", "data_dir", "train_images", "test_images"} (counts None for all), and
-    optionally "holdout": {"data_dir", "start", "stop"}, training images of another folder that the run never
-    sees, to score best.pt on as a validation set (the ablation decides on those, never on the test set).
+    ``data`` names the data set: {"name", "data_dir", "train_images", "test_images"} (counts None for all), or,
+    instead of "test_images", "holdout": {"data_dir", "start", "stop"}, training images of another folder that
+    the run never sees, to score best.pt on as a validation set (the ablation decides on those, never on the
+    test set).
     Runs in a worker process, so it loads the data itself. A run whose result is already in ``run_dir`` (same
     config and data) is not trained again: an interrupted benchmark picks up where it stopped.
     """
@@ -65,7 +66,6 @@ def train_and_score(config, data: dict, run_dir: Path) -> dict:
             return done["result"]
     torch.set_num_threads(1)
     train_set = load(data["name"], "train", data["data_dir"], data["train_images"])
-    test_set = load(data["name"], "test", data["data_dir"], data["test_images"])
     start = time.perf_counter()
     train(config, train_set, run_dir, progress=False, log=lambda message: None)
     seconds = time.perf_counter() - start
@@ -81,6 +81,7 @@ def train_and_score(config, data: dict, run_dir: Path) -> dict:
         result.update(holdout_images=len(holdout),
                       holdout_accuracy=evaluate(tensors, holdout, engine="torch")["accuracy"])
     else:
+        test_set = load(data["name"], "test", data["data_dir"], data["test_images"])
         result.update(test_accuracy=evaluate(tensors, test_set, engine="torch")["accuracy"],
                       test_images=len(test_set), int8_test_accuracy=int8_accuracy(tensors, train_set, test_set))
     done_file.write_text(json.dumps({"key": key, "result": result}))
