@@ -9,22 +9,13 @@ import pytest
 import torch
 
 from mobile_lenet.model.checkpoints import load_checkpoint_model, read_checkpoint, save_checkpoint
-from mobile_lenet.model.data import Dataset, to_tensor_input
+from mobile_lenet.model.data import to_tensor_input
 from mobile_lenet.errors import UserError
 from mobile_lenet.model.network import MobileLeNet
 from mobile_lenet.model.training import (TrainConfig, WeightAverage, augment_batch, calibrate_batchnorm,
                                          elastic_displacement, loss_and_accuracy, read_config, train)
 
-
-def synthetic_digits(n: int, seed: int = 0) -> Dataset:
-    """Ten easily told apart classes: a bright bar at a class-specific position, plus noise."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 10, n).astype(np.uint8)
-    images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
-    for i, c in enumerate(labels):
-        r = 2 + 2 * int(c)
-        images[i, r:r + 3, 4:24] = 230
-    return Dataset(images, labels, "synthetic")
+from conftest import synthetic_digits
 
 
 QUICK = dict(epochs=3, batch_size=32, lr=1e-2, augment=False, val_fraction=0.2)
@@ -55,8 +46,8 @@ def test_same_seed_same_weights(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
-@pytest.mark.parametrize("levers", [{}, {"ema_decay": 0.9, "augment": True, "elastic": 8.0}],
-                         ids=["plain", "weight-average-and-elastic"])
+@pytest.mark.parametrize("levers", [{}, {"ema_decay": 0.9, "augment": True, "elastic": 8.0}, {"distill_epochs": 1}],
+                         ids=["plain", "weight-average-and-elastic", "distillation"])
 def test_resume_continues_to_the_same_weights(tmp_path, levers):
     ds = synthetic_digits(300)
     train(TrainConfig(**dict(QUICK, **levers)), ds, tmp_path / "full", progress=False, log=lambda s: None)
@@ -71,7 +62,7 @@ def test_resume_continues_to_the_same_weights(tmp_path, levers):
         train(cfg2, ds, two, progress=False, log=stop_after_two)
     assert read_checkpoint(two / "last.pt")["epoch"] == 2
     train(cfg2, ds, two, resume=True, progress=False, log=lambda s: None)
-    for key in ("model", "trained_model") if levers else ("model",):  # the average and the raw weights
+    for key in ("model", "trained_model") if "ema_decay" in levers else ("model",):  # the average and the raw weights
         full = read_checkpoint(tmp_path / "full" / "last.pt")[key]
         resumed = read_checkpoint(two / "last.pt")[key]
         for k in full:
@@ -248,10 +239,10 @@ def test_config_of_a_run_saved_before_the_new_settings_reads_as_off(tmp_path):
     train(TrainConfig(**dict(QUICK, epochs=1)), synthetic_digits(100), tmp_path, progress=False, log=lambda s: None)
 
     data = json.loads((tmp_path / "config.json").read_text())
-    del data["elastic"], data["ema_decay"]
+    del data["elastic"], data["ema_decay"], data["distill_epochs"]
     (tmp_path / "config.json").write_text(json.dumps(data))
     config = read_config(tmp_path / "config.json")
-    assert config.elastic == 0.0 and config.ema_decay == 0.0
+    assert config.elastic == 0.0 and config.ema_decay == 0.0 and config.distill_epochs == 0
     data["ema_decay"] = 1.5
     (tmp_path / "config.json").write_text(json.dumps(data))
     with pytest.raises(UserError, match="ema_decay"):

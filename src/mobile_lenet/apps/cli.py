@@ -76,7 +76,7 @@ def cmd_train(args) -> int:
         if (out / "last.pt").exists() or (out / "config.json").exists():
             raise UserError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
         config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, augment=args.augment)
-        for name in ("epochs", "batch_size", "lr", "elastic", "ema_decay", "label_smoothing"):
+        for name in ("epochs", "batch_size", "lr", "elastic", "ema_decay", "label_smoothing", "distill_epochs"):
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))
         check_config(config)
@@ -250,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=float, help=f"average the weights with this decay per step, 0 = off "
                                                    f"(default {defaults.ema_decay:g})")
     p.add_argument("--label-smoothing", type=float, help=f"label smoothing (default {defaults.label_smoothing:g})")
+    p.add_argument("--distill-epochs", type=int, help="first train a larger teacher network this many epochs on the "
+                                                      "same images, then learn from its predictions too; 0 = off "
+                                                      f"(default {defaults.distill_epochs})")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

@@ -2,9 +2,10 @@
 
 The recipe (chosen on validation images, see README and the ablation in BENCHMARKS.md): AdamW with a
 one-cycle learning-rate schedule (peak 2e-2) over 60 epochs of batch 128, cross-entropy, and small random
-affine distortions of the digits (``--augment``, on by default). Two more levers are here as options, off by
+affine distortions of the digits (``--augment``, on by default). More levers are here as options, off by
 default because they did not help this 3,258-parameter network on validation: elastic distortions
-(``elastic``) and an exponential moving average of the weights (``ema_decay``).
+(``elastic``), an exponential moving average of the weights (``ema_decay``), label smoothing, and
+distillation from a larger teacher (``distill_epochs``, see ``model.teacher``).
 
 BatchNorm: the model trains with Keras' momentum (0.99), whose moving averages lag far behind the
 weights in short runs. Before every validation, and for the checkpoints a finished or interrupted run
@@ -34,6 +35,8 @@ from mobile_lenet.files import atomic_write, atomic_write_text, clean_stale_tmp
 from mobile_lenet.model.checkpoints import check_finite_state, read_checkpoint, save_checkpoint
 from mobile_lenet.model.data import Dataset, split_validation, to_tensor_input
 from mobile_lenet.model.network import MobileLeNet, predict_logits
+from mobile_lenet.model.teacher import (SEED_OFFSET, TEACHER_FILE, TEACHER_STAGES, Teacher, data_fingerprint,
+                                        distillation_loss, read_teacher, save_teacher)
 
 
 @dataclass
@@ -50,6 +53,7 @@ class TrainConfig:
     augment: bool = True
     elastic: float = 0.0  # elastic distortion strength (Simard's alpha, in pixels) on top of --augment; 0 = off
     ema_decay: float = 0.0  # exponential moving average of the weights (what is validated and saved); 0 = off
+    distill_epochs: int = 0  # > 0: first train a larger teacher this many epochs, then learn from it; 0 = off
     val_fraction: float = 0.1
     seed: int = 0
 
@@ -61,7 +65,7 @@ MAX_LR = 1.0  # AdamW's peak learning rate; beyond it training only diverges
 MAX_ELASTIC = 100.0  # pixels; far beyond it the digits are noise
 ELASTIC_SIGMA = 4.0  # smoothing of the elastic displacement field, in pixels (Simard et al. 2003)
 # Settings added after runs were first saved: a config.json without them means what it meant then (off).
-ADDED_LATER = {"elastic": 0.0, "ema_decay": 0.0}
+ADDED_LATER = {"elastic": 0.0, "ema_decay": 0.0, "distill_epochs": 0}
 RESUME_KEYS = ("model", "optimizer", "scheduler", "generator", "epoch", "best_val_accuracy", "history")
 
 
@@ -97,6 +101,8 @@ def check_config(config: TrainConfig, where: str = "") -> TrainConfig:
         bad("elastic", f"must be from 0 to {MAX_ELASTIC:g} pixels, not {config.elastic!r}")
     if not is_real(config.ema_decay) or not 0 <= config.ema_decay < 1:
         bad("ema_decay", f"must be from 0 (off) to below 1, not {config.ema_decay!r}")
+    if not is_int(config.distill_epochs) or not 0 <= config.distill_epochs <= MAX_EPOCHS:
+        bad("distill_epochs", f"must be an integer from 0 (off) to {MAX_EPOCHS}, not {config.distill_epochs!r}")
     if not is_real(config.val_fraction) or not 0 <= config.val_fraction < 1:
         bad("val_fraction", f"must be from 0 to below 1, not {config.val_fraction!r}")
     if not is_int(config.seed) or not 0 <= config.seed < 2 ** 63:
@@ -143,8 +149,10 @@ def set_threads(threads: int = TRAIN_THREADS) -> None:
 
 
 @torch.no_grad()
-def calibrate_batchnorm(model: MobileLeNet, images: np.ndarray, chunk: int = 256) -> None:
+def calibrate_batchnorm(model: nn.Module, images: np.ndarray, chunk: int = 256) -> None:
     """Set every BN layer's moving mean/variance to the exact statistics of its input over ``images``.
+
+    ``model`` is Mobile-LeNet or the distillation teacher: a network whose ``layers`` run in sequence.
 
     Runs the network over the whole set in inference mode, from one BN layer to the next, so each BN sees
     inputs produced with the already-calibrated BN layers before it (exactly what inference will feed it).
@@ -223,7 +231,7 @@ class WeightAverage:
         self.updates += 1
 
 
-def loss_and_accuracy(model: MobileLeNet, ds: Dataset) -> tuple[float, float]:
+def loss_and_accuracy(model: nn.Module, ds: Dataset) -> tuple[float, float]:
     logits = torch.from_numpy(predict_logits(model, ds.images))
     labels = torch.from_numpy(ds.labels.astype(np.int64))
     return F.cross_entropy(logits, labels).item(), (logits.argmax(1) == labels).float().mean().item()
@@ -246,11 +254,7 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
         raise UserError("training set is empty")
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    # OneCycleLR needs a few steps to lay out its two phases: a run shorter than that (a handful of images) walks
-    # the first steps of a MIN_SCHEDULE_STEPS-step schedule
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=config.lr, total_steps=max(config.epochs * steps_per_epoch, MIN_SCHEDULE_STEPS),
-        pct_start=0.2)
+    scheduler = one_cycle(optimizer, config.lr, config.epochs * steps_per_epoch)
     start_epoch, best_val, history = 0, -1.0, []
     average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
 
@@ -273,6 +277,7 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
         else:
             log(f"cannot resume {out_dir} ({why}): starting it again from epoch 1")
     write_config(out_dir, config)
+    teacher = teacher_for(config, train_split, val_split, out_dir, progress, log) if config.distill_epochs else None
 
     images = torch.from_numpy(to_tensor_input(train_split.images))
     labels = torch.from_numpy(train_split.labels.astype(np.int64))
@@ -289,8 +294,14 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
                 x, y = images[idx], labels[idx]
                 if config.augment:
                     x = augment_batch(x, generator, config.elastic)
-                logits = model(x.contiguous(memory_format=torch.channels_last))
-                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                x = x.contiguous(memory_format=torch.channels_last)
+                logits = model(x)
+                if teacher is None:
+                    loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+                else:  # the teacher's view of this very augmented batch
+                    with torch.no_grad():
+                        teacher_logits = teacher(x)
+                    loss = distillation_loss(logits, teacher_logits, y, config.label_smoothing)
                 if not math.isfinite(loss.item()):  # diverged: stop before NaN reaches the weights
                     raise UserError(f"training diverged in epoch {epoch + 1} (loss {loss.item()}); lower --lr "
                                     f"(now {config.lr:g}); {out_dir} keeps the epochs finished before")
@@ -333,6 +344,78 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
         raise
     finalize_checkpoints(out_dir, train_split, val_split)
     return row
+
+
+def one_cycle(optimizer: torch.optim.Optimizer, peak_lr: float, steps: int):
+    """The one-cycle learning-rate schedule (20% warm-up) over ``steps`` optimizer steps.
+
+    OneCycleLR needs a few steps to lay out its two phases: a run shorter than that (a handful of images) walks
+    the first steps of a MIN_SCHEDULE_STEPS-step schedule."""
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak_lr, total_steps=max(steps, MIN_SCHEDULE_STEPS),
+                                               pct_start=0.2)
+
+
+def teacher_for(config: TrainConfig, train_split: Dataset, val_split: Dataset, out_dir: Path, progress: bool = True,
+                log=print) -> Teacher:
+    """The run's distillation teacher, in inference mode: out_dir/teacher.pt when it was trained with these
+    settings on these images (a resumed run), else trained now for ``config.distill_epochs`` epochs with the
+    student's recipe (optimizer, schedule, augmentation) and saved there, with its size, training time and
+    accuracy on the run's validation split."""
+    key = {"epochs": config.distill_epochs, "batch_size": config.batch_size, "lr": config.lr,
+           "weight_decay": config.weight_decay, "augment": config.augment, "elastic": config.elastic,
+           "seed": config.seed, "stages": [list(stage) for stage in TEACHER_STAGES],
+           "data": data_fingerprint(train_split)}
+    path = out_dir / TEACHER_FILE
+
+    def new_teacher() -> Teacher:
+        with torch.random.fork_rng():  # the teacher's initial weights leave the global random state alone
+            torch.manual_seed(config.seed + SEED_OFFSET)
+            return Teacher().to(memory_format=torch.channels_last)
+
+    saved = read_teacher(path)
+    if saved is not None and saved.get("key") == key:
+        try:
+            teacher = new_teacher()
+            teacher.load_state_dict(saved["model"])
+            log(f"teacher: {path} reused (trained in {float(saved['seconds']) / 60:.1f} min)")
+            return teacher.eval()
+        except (KeyError, TypeError, ValueError, RuntimeError):  # damaged inside: train it again
+            pass
+    teacher = new_teacher()
+
+    parameters = sum(p.numel() for p in teacher.parameters())
+    log(f"teacher: training a {parameters:,}-parameter CNN for {config.distill_epochs} epochs first (distillation)")
+    generator = torch.Generator().manual_seed(config.seed + SEED_OFFSET)
+    images = torch.from_numpy(to_tensor_input(train_split.images))
+    labels = torch.from_numpy(train_split.labels.astype(np.int64))
+    steps_per_epoch = math.ceil(len(labels) / config.batch_size)
+    optimizer = torch.optim.AdamW(teacher.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = one_cycle(optimizer, config.lr, config.distill_epochs * steps_per_epoch)
+    start = time.perf_counter()
+    teacher.train()
+    for epoch in range(config.distill_epochs):
+        order = torch.randperm(len(labels), generator=generator)
+        bar = tqdm(range(steps_per_epoch), desc=f"teacher epoch {epoch + 1}/{config.distill_epochs}",
+                   disable=not progress, leave=False, unit="batch")
+        for step in bar:
+            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+            x = augment_batch(images[idx], generator, config.elastic) if config.augment else images[idx]
+            loss = F.cross_entropy(teacher(x.contiguous(memory_format=torch.channels_last)), labels[idx])
+            if not math.isfinite(loss.item()):
+                raise UserError(f"the distillation teacher diverged in its epoch {epoch + 1}; lower --lr "
+                                f"(now {config.lr:g})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        bar.close()
+    calibrate_batchnorm(teacher, train_split.images)  # exact statistics, as for the student
+    seconds = time.perf_counter() - start
+    val_accuracy = loss_and_accuracy(teacher, val_split)[1] if len(val_split) else None
+    save_teacher(path, teacher, key=key, seconds=seconds, parameters=parameters, val_accuracy=val_accuracy)
+    log(f"teacher: trained in {seconds / 60:.1f} min" + (f", validation accuracy {val_accuracy:.4f}" if len(val_split)
+                                                        else "") + f" -> {path}")
+    return teacher.eval()
 
 
 def resume_problem(path: Path, config: TrainConfig, total_steps: int) -> str | None:
