@@ -55,16 +55,17 @@ def train_and_score(config, data: dict, run_dir: Path) -> dict:
     from mobile_lenet.apps.evaluation import evaluate
     from mobile_lenet.formats.model_files import load_tensors
     from mobile_lenet.model.checkpoints import read_checkpoint
-    from mobile_lenet.model.data import Dataset
     from mobile_lenet.model.training import train
 
     done_file = run_dir / "benchmark-result.json"
-    key = json.loads(json.dumps({"config": asdict(config), "data": data}, default=str))  # folders as text
+    key = json.loads(json.dumps({"config": cache_key(config), "data": data}, default=str))  # folders as text
+    torch.set_num_threads(1)
     if done_file.is_file():
         done = json.loads(done_file.read_text())
         if done.get("key") == key:
+            if add_diagnostics(done["result"], config, data, run_dir):  # a run finished before these columns
+                done_file.write_text(json.dumps(done))
             return done["result"]
-    torch.set_num_threads(1)
     train_set = load(data["name"], "train", data["data_dir"], data["train_images"])
     start = time.perf_counter()
     train(config, train_set, run_dir, progress=False, log=lambda message: None)
@@ -74,18 +75,74 @@ def train_and_score(config, data: dict, run_dir: Path) -> dict:
     result = {"seed": config.seed, "epochs": config.epochs, "seconds": seconds,
               "images_per_second": trained_images / seconds, "train_images": len(train_set),
               "val_accuracy": read_checkpoint(run_dir / "best.pt").get("val_accuracy")}
+    scored = scored_set(data)
     if "holdout" in data:
-        holdout = load(data["name"], "train", data["holdout"]["data_dir"], data["holdout"]["stop"])
-        start_index = data["holdout"]["start"]
-        holdout = Dataset(holdout.images[start_index:], holdout.labels[start_index:], "holdout")
-        result.update(holdout_images=len(holdout),
-                      holdout_accuracy=evaluate(tensors, holdout, engine="torch")["accuracy"])
+        result.update(holdout_images=len(scored), holdout_accuracy=evaluate(tensors, scored, engine="torch")["accuracy"])
     else:
-        test_set = load(data["name"], "test", data["data_dir"], data["test_images"])
-        result.update(test_accuracy=evaluate(tensors, test_set, engine="torch")["accuracy"],
-                      test_images=len(test_set), int8_test_accuracy=int8_accuracy(tensors, train_set, test_set))
+        result.update(test_accuracy=evaluate(tensors, scored, engine="torch")["accuracy"],
+                      test_images=len(scored), int8_test_accuracy=int8_accuracy(tensors, train_set, scored))
+    add_diagnostics(result, config, data, run_dir, train_set, scored)
     done_file.write_text(json.dumps({"key": key, "result": result}))
     return result
+
+
+def scored_set(data: dict):
+    """The images a run is scored on: the held-out training images, or the test split."""
+    from mobile_lenet.model.data import Dataset
+
+    if "holdout" not in data:
+        return load(data["name"], "test", data["data_dir"], data["test_images"])
+    holdout = load(data["name"], "train", data["holdout"]["data_dir"], data["holdout"]["stop"])
+    start = data["holdout"]["start"]
+    return Dataset(holdout.images[start:], holdout.labels[start:], "holdout")
+
+
+def add_diagnostics(result: dict, config, data: dict, run_dir: Path, train_set=None, scored=None) -> bool:
+    """Add what a result lacks of: "fit_accuracy" (see ``fit_accuracy``) and, for a distilled run, "teacher"
+    (its size, training time, and accuracy on the run's validation split and on the scored images).
+    True if anything was added (results cached before these existed get them without training again)."""
+    from mobile_lenet.formats.model_files import load_tensors
+    from mobile_lenet.model.network import predict_logits
+    from mobile_lenet.model.teacher import TEACHER_FILE, Teacher, read_teacher
+
+    added = False
+    if "fit_accuracy" not in result:
+        train_set = train_set or load(data["name"], "train", data["data_dir"], data["train_images"])
+        result["fit_accuracy"] = fit_accuracy(load_tensors(run_dir), train_set, config)
+        added = True
+    saved = read_teacher(run_dir / TEACHER_FILE) if config.distill_epochs and "teacher" not in result else None
+    if saved is not None:
+        teacher = Teacher()
+        teacher.load_state_dict(saved["model"])
+        scored = scored or scored_set(data)
+        accuracy = float((predict_logits(teacher, scored.images).argmax(1) == scored.labels).mean())
+        result["teacher"] = {"parameters": saved["parameters"], "epochs": config.distill_epochs,
+                             "seconds": saved["seconds"], "val_accuracy": saved.get("val_accuracy"),
+                             ("holdout_accuracy" if "holdout" in data else "test_accuracy"): accuracy}
+        added = True
+    return added
+
+
+# Settings added to TrainConfig after runs were first cached, with their "off" value: left out of a run's key
+# while off, so the runs finished before them keep their results.
+KEY_ADDED_LATER = {"distill_epochs": 0}
+
+
+def cache_key(config) -> dict:
+    """The settings that identify a finished run."""
+    return {k: v for k, v in asdict(config).items() if not (k in KEY_ADDED_LATER and v == KEY_ADDED_LATER[k])}
+
+
+def fit_accuracy(tensors, train_set, config) -> float:
+    """Accuracy on the very images the run trained on (without augmentation, the validation share left out).
+
+    How well the network fits what it has seen: a test accuracy above it is not to be expected, so when it
+    stays low the limit is the network's capacity, not the recipe's regularization."""
+    from mobile_lenet.apps.evaluation import evaluate
+    from mobile_lenet.model.data import split_validation
+
+    trained_on, _ = split_validation(train_set, config.val_fraction, config.seed)  # the trainer's own split
+    return evaluate(tensors, trained_on, engine="torch")["accuracy"]
 
 
 def int8_accuracy(tensors, train_set, test_set) -> float:
@@ -104,7 +161,8 @@ def summary(label: str, runs: list[dict], epochs: int, defaults) -> dict:
             "epochs": epochs, "default_epochs": defaults.epochs, "runs": runs,
             "accuracy": mean_and_spread([run["test_accuracy"] for run in runs]),
             "int8_accuracy": mean_and_spread([run["int8_test_accuracy"] for run in runs]),
-            "int8_max_drop": max(run["test_accuracy"] - run["int8_test_accuracy"] for run in runs)}
+            "int8_max_drop": max(run["test_accuracy"] - run["int8_test_accuracy"] for run in runs),
+            "fit_accuracy": mean_and_spread([run["fit_accuracy"] for run in runs])}
 
 
 def fashion_epochs(options: Options, defaults, mnist_runs: list[dict], train_images: int) -> tuple[int, float]:

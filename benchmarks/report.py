@@ -63,7 +63,7 @@ def accuracy_section(entry: dict) -> list[str]:
     for key in ("mnist", "fashion"):
         part = result[key]
         if part.get("available", True) is False:
-            rows.append([key, "-", "-", "-", f"not available: {part['reason']}", "-", "-", "-"])
+            rows.append([key, "-", "-", "-", f"not available: {part['reason']}", "-", "-", "-", "-"])
             continue
         epochs = str(part["epochs"])
         if part.get("epochs_limited_by_budget"):
@@ -78,13 +78,15 @@ def accuracy_section(entry: dict) -> list[str]:
                                               f"{100 * part['int8_max_drop']:.2f} points)")
         rows.append([part["dataset"], f"{part['train_images']:,} / {part['test_images']:,}", epochs,
                      ", ".join(str(run["seed"]) for run in part["runs"]), f"**{percent(acc['mean'])}**", spread,
-                     int8_text, duration(seconds)])
+                     int8_text, percent(part["fit_accuracy"]["mean"]) if part.get("fit_accuracy") else "-",
+                     duration(seconds)])
     for row in result["upstream"]:
         accuracy = f"not available: {row['reason']}" if row.get("available") is False else percent(row["test_accuracy"])
         rows.append([f"upstream published weights ({row['source']}), MNIST", f"- / {row['test_images']:,}",
-                     "(trained by the seed author)", "-", accuracy, "-", "-", "-"])
+                     "(trained by the seed author)", "-", accuracy, "-", "-", "-", "-"])
     lines.append(table(["model / data set", "train / test images", "epochs", "seeds", "test accuracy (mean)",
-                        "spread (std over seeds)", "int8 test accuracy (mean)", "training time per run"], rows))
+                        "spread (std over seeds)", "int8 test accuracy (mean)",
+                        "fit (mean accuracy on the images trained on)", "training time per run"], rows))
     return lines + [""]
 
 
@@ -264,10 +266,12 @@ def recipe_text(recipe: dict) -> str:
     augmentation = ("off" if not recipe["augment"] else "random affine"
                     + (f" + elastic (alpha {recipe['elastic']:g} px)" if recipe.get("elastic") else ""))
     averaging = f"weight average (EMA, decay {recipe['ema_decay']:g})" if recipe.get("ema_decay") else "no weight average"
+    teacher = (f", distillation from a teacher trained {recipe['distill_epochs']} epochs first"
+               if recipe.get("distill_epochs") else "")
     return (f"{recipe['epochs']} epochs, batch {recipe['batch_size']}, AdamW one-cycle lr {recipe['lr']}, weight "
             f"decay {recipe['weight_decay']}, label smoothing {recipe['label_smoothing']}, augmentation "
-            f"{augmentation}, {averaging}, {percent(recipe['val_fraction'], 0)} of the training images held out "
-            "for validation")
+            f"{augmentation}, {averaging}{teacher}, {percent(recipe['val_fraction'], 0)} of the training images "
+            "held out for validation")
 
 
 def accuracy_full_section(entry: dict) -> list[str]:
@@ -284,15 +288,19 @@ def accuracy_full_section(entry: dict) -> list[str]:
               "load. int8 as in the accuracy part.", ""]
     rows = []
     for one in part["runs"]:
-        rows.append([str(one["seed"]), percent(one.get("val_accuracy")), f"**{percent(one['test_accuracy'])}**",
+        rows.append([str(one["seed"]), percent(one.get("fit_accuracy")), percent(one.get("val_accuracy")),
+                     f"**{percent(one['test_accuracy'])}**",
                      percent(one["int8_test_accuracy"]),
                      f"{100 * (one['int8_test_accuracy'] - one['test_accuracy']):+.2f}",
                      duration(one["seconds"]), number(one["images_per_second"])])
     acc, int8 = part["accuracy"], part["int8_accuracy"]
-    rows.append(["**mean**", "-", f"**{percent(acc['mean'])}** (std {100 * acc['std']:.2f} points)",
+    fit = part.get("fit_accuracy")
+    rows.append(["**mean**", percent(fit["mean"]) if fit else "-", "-",
+                 f"**{percent(acc['mean'])}** (std {100 * acc['std']:.2f} points)",
                  percent(int8["mean"]), f"{100 * (int8['mean'] - acc['mean']):+.2f}",
                  duration(sum(one["seconds"] for one in part["runs"]) / len(part["runs"])), "-"])
-    lines.append(table(["seed", "validation accuracy (the run's held-out training images)", "test accuracy",
+    lines.append(table(["seed", "fit (accuracy on the images it trained on)",
+                        "validation accuracy (the run's held-out training images)", "test accuracy",
                         "int8 test accuracy", "int8 - float, points", "training time", "images/s"], rows))
     slowest = max(one["seconds"] for one in part["runs"]) / 60
     goal = result.get("time_goal_minutes")
@@ -311,20 +319,53 @@ def ablation_section(entry: dict) -> list[str]:
         return lines + [f"Not available: {variants['reason']}", ""]
     start, stop = result["holdout"]
     held_out = variants[0]["holdout_images"] if variants else stop - start
-    lines += [f"Default recipe: {recipe_text(result['recipe'])}. Each row trains once (seed {result['seed']}) on "
-              f"the 10k MNIST training subset and scores its best.pt on {held_out:,} other official training "
-              f"images (from number {start:,} of the full set on, which no run trains on); the test set "
-              "plays no part. One seed per row: differences under about 0.1 points are within seed-to-seed "
-              "noise (see the spread in the accuracy part).", ""]
+    lines += [f"Default recipe: {recipe_text(result['recipe'])}. Each row trains on the 10k MNIST training "
+              f"subset and scores its best.pt on {held_out:,} other official training images (from number "
+              f"{start:,} of the full set on, which no run trains on); the test set plays no part. Rows with one "
+              "seed (0): differences under about 0.1 points are within seed-to-seed noise (see the spread in the "
+              "accuracy part). The difference to the default is taken seed by seed over the seeds both rows "
+              "trained with.", ""]
     base = next((row for row in variants if not row["changes"]), None)
     rows = []
     for row in variants:
-        delta = "-" if base is None or row is base else f"{100 * (row['holdout_accuracy'] - base['holdout_accuracy']):+.2f}"
+        runs = row_runs(row)
+        delta = "-" if base is None or row is base else paired_difference(runs, row_runs(base))
         changes = ", ".join(f"{key} = {value}" for key, value in row["changes"].items()) or "(none)"
-        rows.append([row["label"], changes, f"**{percent(row['holdout_accuracy'])}**", delta, duration(row["seconds"])])
-    lines.append(table(["variant", "settings changed", "validation accuracy", "vs default, points",
-                        "training time"], rows))
+        seeds = ", ".join(f"{one['seed']}: {percent(one['holdout_accuracy'])}" for one in runs) if len(runs) > 1 \
+            else str(runs[0]["seed"])
+        rows.append([row["label"], changes, seeds, f"**{percent(row['holdout_accuracy'])}**", delta,
+                     duration(row["seconds"])])
+    lines.append(table(["variant", "settings changed", "seeds", "validation accuracy (mean)", "vs default, points",
+                        "training time per run"], rows))
+    for row in variants:
+        teachers = [one["teacher"] for one in row_runs(row) if one.get("teacher")]
+        if teachers:
+            mean = lambda key: sum(t[key] for t in teachers) / len(teachers)  # noqa: E731
+            lines += ["", f"- The teacher of \"{row['label']}\": {teachers[0]['parameters']:,} parameters, "
+                          f"{teachers[0]['epochs']} epochs, trained in {duration(mean('seconds'))} (included in the "
+                          f"row's training time); on the same held-out images {percent(mean('holdout_accuracy'))} "
+                          f"(mean of {len(teachers)} seed{'s' if len(teachers) > 1 else ''})."]
+    fits = [(row["label"], sum(one["fit_accuracy"] for one in row["runs"]) / len(row["runs"]))
+            for row in variants if row.get("runs") and all("fit_accuracy" in one for one in row["runs"])]
+    if fits:
+        lines += ["", "- Fit (accuracy on the very images each row trained on, unaugmented): " +
+                  "; ".join(f"{label}: {percent(fit)}" for label, fit in fits) + "."]
     return lines + [""]
+
+
+def row_runs(row: dict) -> list[dict]:
+    """An ablation row's runs (results written before rows had several seeds are one run of seed 0)."""
+    return row.get("runs") or [{"seed": row.get("seed", 0), "holdout_accuracy": row["holdout_accuracy"]}]
+
+
+def paired_difference(runs: list[dict], base_runs: list[dict]) -> str:
+    """Mean difference in points to the default's runs of the same seeds, and over how many seeds."""
+    base = {one["seed"]: one["holdout_accuracy"] for one in base_runs}
+    pairs = [100 * (one["holdout_accuracy"] - base[one["seed"]]) for one in runs if one["seed"] in base]
+    if not pairs:
+        return "-"
+    text = f"{sum(pairs) / len(pairs):+.2f}"
+    return text if len(pairs) == 1 else f"{text} (mean of {len(pairs)} seeds: {', '.join(f'{p:+.2f}' for p in pairs)})"
 
 
 SECTIONS = {"accuracy-full": accuracy_full_section, "ablation": ablation_section, "accuracy": accuracy_section, "training": training_section, "inference": inference_section,

@@ -73,11 +73,14 @@ def test_quick_run_writes_results_and_markdown(tmp_path):
     assert accuracy["mnist"]["accuracy"]["mean"] == pytest.approx(sum(run["test_accuracy"] for run in runs) / 2)
     full = data["parts"]["accuracy-full"]["result"]["mnist_full"]
     assert len(full["runs"]) == 2 and full["train_images"] == 600 and full["test_images"] == 500
+    assert all(0 <= run["fit_accuracy"] <= 1 for run in full["runs"]) and full["fit_accuracy"]["n"] == 2
     ablation = data["parts"]["ablation"]["result"]
     labels = [row["label"] for row in ablation["variants"]]
     assert labels[0] == "default recipe" and len(labels) == len(set(labels)) >= 3
     for row in ablation["variants"]:  # scored on held-out training images, never the test set
         assert row["holdout_images"] == 500 and 0 <= row["holdout_accuracy"] <= 1 and "test_accuracy" not in row
+        assert [one["seed"] for one in row["runs"]] == [0] and all("test_accuracy" not in one for one in row["runs"])
+    assert any(row["changes"].get("distill_epochs") for row in ablation["variants"])
     training = data["parts"]["training"]["result"]
     ours = [run for run in training["runs"] if run["stack"] == "ours"]
     # our trainer runs thousands of images/s on one core; 100 would mean something is badly wrong
@@ -97,3 +100,27 @@ def test_quick_run_writes_results_and_markdown(tmp_path):
         assert heading in text
     assert "--quick" in text
     assert {path: path.stat().st_mtime_ns for path in committed if path.exists()} == before
+
+
+def test_fit_accuracy_scores_the_images_trained_on_and_not_the_validation_share():
+    """The capacity diagnostic: a model's accuracy on exactly the trainer's training share, unaugmented."""
+    import numpy as np
+    import torch
+
+    from benchmarks.accuracy import fit_accuracy
+    from mobile_lenet.model.data import Dataset, split_validation
+    from mobile_lenet.model.network import MobileLeNet, predict_logits, to_noodle
+    from mobile_lenet.model.training import TrainConfig
+
+    torch.manual_seed(0)
+    model = MobileLeNet().eval()
+    images = np.random.default_rng(0).integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    labels = predict_logits(model, images).argmax(1).astype(np.uint8)  # the model is right on every image
+    config = TrainConfig(val_fraction=0.25, seed=3)
+    _, val = split_validation(Dataset(images, np.arange(40, dtype=np.uint8), "index"), 0.25, 3)
+    wrong = labels.copy()
+    wrong[val.labels] = (labels[val.labels] + 1) % 10  # every validation image mislabelled: must not count
+    assert fit_accuracy(to_noodle(model), Dataset(images, wrong, "d"), config) == 1.0
+    trained_on = np.setdiff1d(np.arange(40), val.labels)
+    wrong[trained_on[:3]] = (labels[trained_on[:3]] + 1) % 10  # three of the 30 trained-on images
+    assert fit_accuracy(to_noodle(model), Dataset(images, wrong, "d"), config) == pytest.approx(27 / 30)
