@@ -143,3 +143,21 @@ def test_resume_with_a_copy_of_best_pt_starts_again(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "cannot resume" in out and "copy of best.pt" in out and "starting it again from epoch 1" in out
     assert read_checkpoint(run / "last.pt")["epoch"] == 2
+
+
+def test_kill_between_last_pt_and_metrics_csv_of_the_final_epoch(tmp_path, capsys):
+    """The window the random kills hit now and then: last.pt holds the final epoch, metrics.csv does not yet.
+    Resume finds the run finished and must still leave a metrics row for every epoch (from last.pt's history)."""
+    rng = np.random.default_rng(3)
+    data = write_idx_set(tmp_path / "data", rng.integers(0, 256, (80, 28, 28), dtype=np.uint8),
+                         np.arange(80, dtype=np.uint8) % 10)
+    run = tmp_path / "run"
+    argv = ["train", "--data-dir", str(data), "--epochs", str(EPOCHS), "--batch-size", "32", "--no-augment",
+            "--quiet", "--out", str(run)]
+    assert main(argv) == 0
+    lines = (run / "metrics.csv").read_text().splitlines(keepends=True)
+    (run / "metrics.csv").write_text("".join(lines[:-1]))  # the final epoch's row never written
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 0
+    assert " already finished all " in capsys.readouterr().out
+    check_complete(run)

@@ -272,6 +272,8 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
             scheduler.load_state_dict(state["scheduler"])
             generator.set_state(state["generator"])
             start_epoch, best_val, history = state["epoch"], state["best_val_accuracy"], state["history"]
+            # a kill after last.pt but before metrics.csv leaves the csv an epoch short: last.pt's history decides
+            write_metrics(out_dir / "metrics.csv", history)
             log(f"resuming {out_dir} at epoch {start_epoch + 1}/{config.epochs}" if start_epoch < config.epochs
                 else f"{out_dir} already finished all {config.epochs} epochs")
         else:
