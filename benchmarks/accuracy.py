@@ -98,7 +98,7 @@ def scored_set(data: dict):
 
 
 def add_diagnostics(result: dict, config, data: dict, run_dir: Path, train_set=None, scored=None) -> bool:
-    """Add what a result lacks of: "fit_accuracy" (see ``fit_accuracy``) and, for a distilled run, "teacher"
+    """Add to ``result`` what it lacks: "fit_accuracy" (see ``fit_accuracy``) and, for a distilled run, "teacher"
     (its size, training time, and accuracy on the run's validation split and on the scored images).
     True if anything was added (results cached before these existed get them without training again)."""
     from mobile_lenet.formats.model_files import load_tensors
@@ -107,14 +107,15 @@ def add_diagnostics(result: dict, config, data: dict, run_dir: Path, train_set=N
 
     added = False
     if "fit_accuracy" not in result:
-        train_set = train_set or load(data["name"], "train", data["data_dir"], data["train_images"])
+        if train_set is None:
+            train_set = load(data["name"], "train", data["data_dir"], data["train_images"])
         result["fit_accuracy"] = fit_accuracy(load_tensors(run_dir), train_set, config)
         added = True
     saved = read_teacher(run_dir / TEACHER_FILE) if config.distill_epochs and "teacher" not in result else None
     if saved is not None:
         teacher = Teacher()
         teacher.load_state_dict(saved["model"])
-        scored = scored or scored_set(data)
+        scored = scored_set(data) if scored is None else scored
         accuracy = float((predict_logits(teacher, scored.images).argmax(1) == scored.labels).mean())
         result["teacher"] = {"parameters": saved["parameters"], "epochs": config.distill_epochs,
                              "seconds": saved["seconds"], "val_accuracy": saved.get("val_accuracy"),
@@ -136,8 +137,8 @@ def cache_key(config) -> dict:
 def fit_accuracy(tensors, train_set, config) -> float:
     """Accuracy on the very images the run trained on (without augmentation, the validation share left out).
 
-    How well the network fits what it has seen: a test accuracy above it is not to be expected, so when it
-    stays low the limit is the network's capacity, not the recipe's regularization."""
+    How well the network fits what it has seen. Test accuracy has stayed below it in every run, so a fit that
+    stays low points at the network's capacity rather than at the recipe's regularization."""
     from mobile_lenet.apps.evaluation import evaluate
     from mobile_lenet.model.data import split_validation
 
