@@ -2,13 +2,13 @@
 
 The teacher is a plain VGG-style network (``TEACHER_STAGES``: 72,666 parameters, 22x Mobile-LeNet). The trainer
 (``training.teacher_for``) trains it with the student's recipe (AdamW one-cycle, the same augmentation) for
-``TrainConfig.distill_epochs`` epochs and saves it as ``teacher.pt`` in the run folder. Mobile-LeNet then learns
-from the teacher's softened predictions for the very same augmented batch as well as from the labels
+``TrainConfig.distill_epochs`` epochs and saves it as ``teacher.pt`` in the run folder. Mobile-LeNet then
+learns from the teacher's softened predictions for the very same augmented batch as well as from the labels
 (``distillation_loss``, Hinton et al. 2015): the soft targets say which other digits a sample resembles.
 
-Measured (BENCHMARKS.md, ablation): the teacher reaches 99.3% on validation images from the 10k subset, but the
-student gains nothing within the seed-to-seed noise, at 2.4x the training time, so distillation is an option of
-``train`` (``--distill-epochs``), off by default.
+Measured (BENCHMARKS.md, ablation): trained on the 10k subset, the teacher reaches 99.4% on held-out images,
+but the student gains nothing beyond the seed-to-seed noise, at 2.4x the training time, so distillation is an
+option of ``train`` (``--distill-epochs``), off by default.
 
 The student's checkpoints (best.pt, last.pt) hold only Mobile-LeNet: the teacher is needed to train, never to
 use the result. ``teacher.pt`` stays in the run folder so that ``--resume`` does not train it again.
