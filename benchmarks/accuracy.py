@@ -77,7 +77,8 @@ def train_and_score(config, data: dict, run_dir: Path) -> dict:
               "val_accuracy": read_checkpoint(run_dir / "best.pt").get("val_accuracy")}
     scored = scored_set(data)
     if "holdout" in data:
-        result.update(holdout_images=len(scored), holdout_accuracy=evaluate(tensors, scored, engine="torch")["accuracy"])
+        result.update(holdout_images=len(scored),
+                      holdout_accuracy=evaluate(tensors, scored, engine="torch")["accuracy"])
     else:
         result.update(test_accuracy=evaluate(tensors, scored, engine="torch")["accuracy"],
                       test_images=len(scored), int8_test_accuracy=int8_accuracy(tensors, train_set, scored))

@@ -45,7 +45,8 @@ class Teacher(nn.Module):
             if i:
                 layers.append(nn.MaxPool2d(2))
             for _ in range(depth):
-                layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                layers += [nn.Conv2d(channels, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                           nn.ReLU(inplace=True)]
                 channels = width
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, 10)]
         self.layers = nn.Sequential(*layers)
