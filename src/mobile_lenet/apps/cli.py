@@ -82,7 +82,8 @@ def cmd_train(args) -> int:
         check_config(config)
     train_set = load_dataset(config.dataset, "train", config.data_dir)
     train(config, train_set, out, resume=args.resume, progress=not args.quiet)
-    print(f"wrote {out / 'best.pt'}, {out / 'last.pt'} and {out / 'metrics.csv'}")
+    teacher = f" (teacher: {out / 'teacher.pt'})" if config.distill_epochs else ""
+    print(f"wrote {out / 'best.pt'}, {out / 'last.pt'} and {out / 'metrics.csv'}{teacher}")
     return 0
 
 

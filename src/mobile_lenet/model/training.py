@@ -386,7 +386,8 @@ def teacher_for(config: TrainConfig, train_split: Dataset, val_split: Dataset, o
     teacher = new_teacher()
 
     parameters = sum(p.numel() for p in teacher.parameters())
-    log(f"teacher: training a {parameters:,}-parameter CNN for {config.distill_epochs} epochs first (distillation)")
+    epochs = f"{config.distill_epochs} epoch{'s' if config.distill_epochs > 1 else ''}"
+    log(f"teacher: training a {parameters:,}-parameter CNN for {epochs} first (distillation)")
     generator = torch.Generator().manual_seed(config.seed + SEED_OFFSET)
     images = torch.from_numpy(to_tensor_input(train_split.images))
     labels = torch.from_numpy(train_split.labels.astype(np.int64))
