@@ -328,8 +328,8 @@ def ablation_section(entry: dict) -> list[str]:
     base = next((row for row in variants if not row["changes"]), None)
     rows = []
     for row in variants:
-        runs = row_runs(row)
-        delta = "-" if base is None or row is base else paired_difference(runs, row_runs(base))
+        runs = row["runs"]
+        delta = "-" if base is None or row is base else paired_difference(runs, base["runs"])
         changes = ", ".join(f"{key} = {value}" for key, value in row["changes"].items()) or "(none)"
         seeds = ", ".join(f"{one['seed']}: {percent(one['holdout_accuracy'])}" for one in runs) if len(runs) > 1 \
             else str(runs[0]["seed"])
@@ -338,7 +338,7 @@ def ablation_section(entry: dict) -> list[str]:
     lines.append(table(["variant", "settings changed", "seeds", "validation accuracy (mean)", "vs default, points",
                         "training time per run"], rows))
     for row in variants:
-        teachers = [one["teacher"] for one in row_runs(row) if one.get("teacher")]
+        teachers = [one["teacher"] for one in row["runs"] if one.get("teacher")]
         if teachers:
             mean = lambda key: sum(t[key] for t in teachers) / len(teachers)  # noqa: E731
             lines += ["", f"- The teacher of \"{row['label']}\": {teachers[0]['parameters']:,} parameters, "
@@ -346,16 +346,11 @@ def ablation_section(entry: dict) -> list[str]:
                           f"row's training time); on the same held-out images {percent(mean('holdout_accuracy'))} "
                           f"(mean of {len(teachers)} seed{'s' if len(teachers) > 1 else ''})."]
     fits = [(row["label"], sum(one["fit_accuracy"] for one in row["runs"]) / len(row["runs"]))
-            for row in variants if row.get("runs") and all("fit_accuracy" in one for one in row["runs"])]
+            for row in variants if all("fit_accuracy" in one for one in row["runs"])]
     if fits:
         lines += ["", "- Fit (accuracy on the very images each row trained on, unaugmented): " +
                   "; ".join(f"{label}: {percent(fit)}" for label, fit in fits) + "."]
     return lines + [""]
-
-
-def row_runs(row: dict) -> list[dict]:
-    """An ablation row's runs (results written before rows had several seeds are one run of seed 0)."""
-    return row.get("runs") or [{"seed": row.get("seed", 0), "holdout_accuracy": row["holdout_accuracy"]}]
 
 
 def paired_difference(runs: list[dict], base_runs: list[dict]) -> str:

@@ -14,16 +14,16 @@ MNIST_10K = SHARED / "data" / "mnist-10k"
 UPSTREAM = SHARED / "data" / "upstream-mobile-lenet"
 
 
-def synthetic_digits(n: int, seed: int = 0) -> Dataset:
+def synthetic_digits(n: int, seed: int = 0):
     """Ten easily told apart classes: a bright bar at a class-specific position, plus noise."""
+    from mobile_lenet.model.data import Dataset
+
     rng = np.random.default_rng(seed)
     labels = rng.integers(0, 10, n).astype(np.uint8)
     images = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
     for i, c in enumerate(labels):
         r = 2 + 2 * int(c)
         images[i, r:r + 3, 4:24] = 230
-    from mobile_lenet.model.data import Dataset
-
     return Dataset(images, labels, "synthetic")
 
 

@@ -288,15 +288,9 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
         for epoch in range(start_epoch, config.epochs):
             model.train()
             t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-            order = torch.randperm(len(labels), generator=generator)
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
-                       leave=False, unit="batch")
-            for step in bar:
-                idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-                x, y = images[idx], labels[idx]
-                if config.augment:
-                    x = augment_batch(x, generator, config.elastic)
-                x = x.contiguous(memory_format=torch.channels_last)
+            bar = tqdm(epoch_batches(images, labels, config, generator), total=steps_per_epoch,
+                       desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False, unit="batch")
+            for x, y in bar:
                 logits = model(x)
                 if teacher is None:
                     loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
@@ -348,6 +342,18 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
     return row
 
 
+def epoch_batches(images: torch.Tensor, labels: torch.Tensor, config: TrainConfig, generator: torch.Generator):
+    """One epoch of shuffled batches (x, y), augmented as ``config`` says, x channels last (what both the
+    student's and the teacher's training loops consume; ``generator`` draws the order and the distortions)."""
+    order = torch.randperm(len(labels), generator=generator)
+    for start in range(0, len(labels), config.batch_size):
+        idx = order[start:start + config.batch_size]
+        x = images[idx]
+        if config.augment:
+            x = augment_batch(x, generator, config.elastic)
+        yield x.contiguous(memory_format=torch.channels_last), labels[idx]
+
+
 def one_cycle(optimizer: torch.optim.Optimizer, peak_lr: float, steps: int):
     """The one-cycle learning-rate schedule (20% warm-up) over ``steps`` optimizer steps.
 
@@ -397,13 +403,11 @@ def teacher_for(config: TrainConfig, train_split: Dataset, val_split: Dataset, o
     start = time.perf_counter()
     teacher.train()
     for epoch in range(config.distill_epochs):
-        order = torch.randperm(len(labels), generator=generator)
-        bar = tqdm(range(steps_per_epoch), desc=f"teacher epoch {epoch + 1}/{config.distill_epochs}",
-                   disable=not progress, leave=False, unit="batch")
-        for step in bar:
-            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
-            x = augment_batch(images[idx], generator, config.elastic) if config.augment else images[idx]
-            loss = F.cross_entropy(teacher(x.contiguous(memory_format=torch.channels_last)), labels[idx])
+        bar = tqdm(epoch_batches(images, labels, config, generator), total=steps_per_epoch,
+                   desc=f"teacher epoch {epoch + 1}/{config.distill_epochs}", disable=not progress, leave=False,
+                   unit="batch")
+        for x, y in bar:
+            loss = F.cross_entropy(teacher(x), y)
             if not math.isfinite(loss.item()):
                 raise UserError(f"the distillation teacher diverged in its epoch {epoch + 1}; lower --lr "
                                 f"(now {config.lr:g})")
