@@ -19,11 +19,11 @@ import time
 import traceback
 from pathlib import Path
 
-from . import ablation, accuracy, accuracy_full, inference, machine, microcontrollers, report, training
+from . import ablation, ablation_full, accuracy, accuracy_full, inference, machine, microcontrollers, report, training
 from .common import DEFAULT_PARTS, PARTS, ROOT, Options, default_shared_data
 
-MODULES = {"accuracy-full": accuracy_full, "accuracy": accuracy, "ablation": ablation, "training": training,
-           "inference": inference, "microcontrollers": microcontrollers}
+MODULES = {"accuracy-full": accuracy_full, "accuracy": accuracy, "ablation": ablation, "ablation-full": ablation_full,
+           "training": training, "inference": inference, "microcontrollers": microcontrollers}
 FULL_OUTPUTS = (ROOT / "benchmarks" / "results.json", ROOT / "BENCHMARKS.md")
 QUICK_DIR = ROOT / "build" / "benchmarks-quick"
 

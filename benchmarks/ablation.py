@@ -42,19 +42,30 @@ def run_name(overrides: dict, seed: int = 0) -> str:
 
 
 def run(options: Options) -> dict:
-    """Train every variant (once per seed of its row) and score it on the held-out training images."""
+    """Train every variant (once per seed of its row) on the 10k subset; score it on the held-out images."""
+    quick = options.quick
+    data = {"name": "mnist", "data_dir": str(options.mnist_dir),
+            "train_images": QUICK["train_images"] if quick else None, "holdout": holdout(options)}
+    return train_variants(options, VARIANTS, data, "ablation", "the 10k MNIST training subset")
+
+
+def holdout(options: Options) -> dict:
+    """The validation images every ablation row is scored on: numbers 50,000 to 59,999 of the full set."""
+    stop = HOLDOUT[0] + QUICK["test_images"] if options.quick else HOLDOUT[1]
+    return {"data_dir": str(options.full_mnist_dir), "start": HOLDOUT[0], "stop": stop}
+
+
+def train_variants(options: Options, variant_table: tuple, data: dict, prefix: str, trained_on: str) -> dict:
+    """Train each (label, overrides, seeds) row of ``variant_table`` on ``data`` into ``{prefix}-{run name}``
+    folders, two or more at a time, and collect each row's validation accuracy (mean over its seeds)."""
     from mobile_lenet.model.training import TrainConfig
 
     defaults = TrainConfig()
     if not options.full_mnist_dir.is_dir():
         return {"recipe": asdict(defaults), "variants": not_available(f"no {options.full_mnist_dir}")}
     quick = options.quick
-    data = {"name": "mnist", "data_dir": str(options.mnist_dir),
-            "train_images": QUICK["train_images"] if quick else None,
-            "holdout": {"data_dir": str(options.full_mnist_dir), "start": HOLDOUT[0],
-                        "stop": HOLDOUT[0] + QUICK["test_images"] if quick else HOLDOUT[1]}}
     variants = []
-    for label, overrides, seeds in VARIANTS:
+    for label, overrides, seeds in variant_table:
         config = replace(defaults, **overrides)
         if label != "default recipe" and config == defaults:
             continue  # the default has this setting (now): the row would repeat the default's
@@ -65,15 +76,19 @@ def run(options: Options) -> dict:
         variants.append((label, overrides, [replace(config, seed=seed) for seed in seeds]))
     jobs = max(1, options.threads)
     count = sum(len(configs) for _, _, configs in variants)
-    options.log(f"  ablation: {len(variants)} variants, {count} runs on the 10k subset, {jobs} at a time ...")
+    options.log(f"  {prefix}: {len(variants)} variants, {count} runs on {trained_on}, {jobs} at a time ...")
+    # The costliest runs first, so that the pool's last minutes are not one long run alone.
+    order = sorted(((config.distill_epochs, index, config) for index, (_, _, configs) in enumerate(variants)
+                    for config in configs), key=lambda item: -item[0])
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = [[pool.submit(train_and_score, config, data,
-                                options.work_dir / f"ablation-{run_name(overrides, config.seed)}")
-                    for config in configs] for _, overrides, configs in variants]
+        futures = {(index, config.seed): pool.submit(
+                       train_and_score, config, data,
+                       options.work_dir / f"{prefix}-{run_name(variants[index][1], config.seed)}")
+                   for _, index, config in order}
         rows = []
-        for (label, overrides, _), row_futures in zip(variants, futures):
-            runs = [future.result() for future in row_futures]
+        for index, (label, overrides, configs) in enumerate(variants):
+            runs = [futures[index, config.seed].result() for config in configs]
             rows.append({"label": label, "changes": overrides, "runs": runs,
                          "holdout_images": runs[0]["holdout_images"],
                          "holdout_accuracy": mean_and_spread([one["holdout_accuracy"] for one in runs])["mean"],
@@ -82,4 +97,4 @@ def run(options: Options) -> dict:
         options.log(f"    {row['label']}: validation accuracy {row['holdout_accuracy']:.4f} "
                     f"({len(row['runs'])} seed{'s' if len(row['runs']) > 1 else ''})")
     return {"recipe": asdict(defaults), "seeds": list(SEEDS), "holdout": list(HOLDOUT), "parallel_runs": jobs,
-            "variants": rows}
+            "trained_on": trained_on, "variants": rows}

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("accuracy-full", "accuracy", "ablation", "training", "inference", "microcontrollers")
-# The long parts (hours of training on a 2-core machine) run only when named: --only accuracy-full,ablation
+PARTS = ("accuracy-full", "accuracy", "ablation", "ablation-full", "training", "inference", "microcontrollers")
+# The long parts (hours of training on a 2-core machine) run only when named: --only accuracy-full,ablation,ablation-full
 DEFAULT_PARTS = ("accuracy", "training", "inference", "microcontrollers")
 
 

@@ -311,20 +311,20 @@ def accuracy_full_section(entry: dict) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ ablation
-def ablation_section(entry: dict) -> list[str]:
+def ablation_section(entry: dict, title: str = "Ablation of the training recipe (validation images)") -> list[str]:
     result = entry["result"]
-    lines = part_header("Ablation of the training recipe (validation images)", entry)
+    lines = part_header(title, entry)
     variants = result["variants"]
     if isinstance(variants, dict):
         return lines + [f"Not available: {variants['reason']}", ""]
     start, stop = result["holdout"]
     held_out = variants[0]["holdout_images"] if variants else stop - start
-    lines += [f"Default recipe: {recipe_text(result['recipe'])}. Each row trains on the 10k MNIST training "
-              f"subset and scores its best.pt on {held_out:,} other official training images (from number "
-              f"{start:,} of the full set on, which no run trains on); the test set plays no part. Rows with one "
-              "seed (0): differences under about 0.1 points are within seed-to-seed noise (see the spread in the "
-              "accuracy part). The difference to the default is taken seed by seed over the seeds both rows "
-              "trained with.", ""]
+    trained_on = result.get("trained_on", "the 10k MNIST training subset")
+    lines += [f"Default recipe: {recipe_text(result['recipe'])}. Each row trains on {trained_on} and scores its "
+              f"best.pt on {held_out:,} other official training images (from number {start:,} of the full set on, "
+              "which no run trains on); the test set plays no part. Rows with one seed (0): differences under about "
+              "0.1 points are within seed-to-seed noise (see the spread in the accuracy part). The difference to the "
+              "default is taken seed by seed over the seeds both rows trained with.", ""]
     base = next((row for row in variants if not row["changes"]), None)
     rows = []
     for row in variants:
@@ -363,7 +363,12 @@ def paired_difference(runs: list[dict], base_runs: list[dict]) -> str:
     return text if len(pairs) == 1 else f"{text} (mean of {len(pairs)} seeds: {', '.join(f'{p:+.2f}' for p in pairs)})"
 
 
-SECTIONS = {"accuracy-full": accuracy_full_section, "ablation": ablation_section, "accuracy": accuracy_section, "training": training_section, "inference": inference_section,
+def ablation_full_section(entry: dict) -> list[str]:
+    return ablation_section(entry, "Ablation on the full training set (validation images)")
+
+
+SECTIONS = {"accuracy-full": accuracy_full_section, "accuracy": accuracy_section, "ablation": ablation_section,
+            "ablation-full": ablation_full_section, "training": training_section, "inference": inference_section,
             "microcontrollers": microcontrollers_section}
 
 

@@ -19,7 +19,7 @@ from conftest import ROOT, SHARED
 
 def test_parse_parts_keeps_canonical_order_and_rejects_unknown_names():
     assert parse_parts("inference,accuracy") == ["accuracy", "inference"]
-    assert parse_parts("ablation,accuracy-full") == ["accuracy-full", "ablation"]
+    assert parse_parts("ablation-full,ablation,accuracy-full") == ["accuracy-full", "ablation", "ablation-full"]
     assert parse_parts("training") == ["training"]
     with pytest.raises(argparse.ArgumentTypeError):
         parse_parts("accuracy,speed")
@@ -81,6 +81,14 @@ def test_quick_run_writes_results_and_markdown(tmp_path):
         assert row["holdout_images"] == 500 and 0 <= row["holdout_accuracy"] <= 1 and "test_accuracy" not in row
         assert [one["seed"] for one in row["runs"]] == [0] and all("test_accuracy" not in one for one in row["runs"])
     assert any(row["changes"].get("distill_epochs") for row in ablation["variants"])
+    ablation_full = data["parts"]["ablation-full"]["result"]  # the same harness on full-MNIST training images
+    assert "full-MNIST" in ablation_full["trained_on"] and ablation_full["holdout"] == ablation["holdout"]
+    rows = ablation_full["variants"]
+    assert rows[0]["label"] == "default recipe" and len(rows) >= 2
+    for row in rows:
+        assert row["holdout_images"] == 500 and all(one["train_images"] == 600 for one in row["runs"])
+    distilled = [row for row in rows if row["changes"].get("distill_epochs")]
+    assert distilled and distilled[0]["runs"][0]["teacher"]["parameters"] > 3258
     training = data["parts"]["training"]["result"]
     ours = [run for run in training["runs"] if run["stack"] == "ours"]
     # our trainer runs thousands of images/s on one core; 100 would mean something is badly wrong
@@ -96,7 +104,8 @@ def test_quick_run_writes_results_and_markdown(tmp_path):
         assert row["images_per_second"] == pytest.approx(row["images"] / row["seconds"])
 
     text = markdown.read_text()
-    for heading in ("## Accuracy on the full MNIST", "## Ablation", "## Accuracy", "## Training speed", "## Inference speed", "## Machine", "Quick run"):
+    for heading in ("## Accuracy on the full MNIST", "## Ablation of", "## Ablation on the full", "## Accuracy",
+                    "## Training speed", "## Inference speed", "## Machine", "Quick run"):
         assert heading in text
     assert "--quick" in text
     assert {path: path.stat().st_mtime_ns for path in committed if path.exists()} == before
