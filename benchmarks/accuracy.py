@@ -103,8 +103,8 @@ def add_diagnostics(result: dict, config, data: dict, run_dir: Path, train_set=N
     (its size, training time, and accuracy on the run's validation split and on the scored images).
     True if anything was added (results cached before these existed get them without training again)."""
     from mobile_lenet.formats.model_files import load_tensors
-    from mobile_lenet.model.network import predict_logits
     from mobile_lenet.model.teacher import TEACHER_FILE, Teacher, read_teacher
+    from mobile_lenet.model.training import loss_and_accuracy
 
     added = False
     if "fit_accuracy" not in result:
@@ -117,7 +117,7 @@ def add_diagnostics(result: dict, config, data: dict, run_dir: Path, train_set=N
         teacher = Teacher()
         teacher.load_state_dict(saved["model"])
         scored = scored_set(data) if scored is None else scored
-        accuracy = float((predict_logits(teacher, scored.images).argmax(1) == scored.labels).mean())
+        accuracy = loss_and_accuracy(teacher, scored)[1]
         result["teacher"] = {"parameters": saved["parameters"], "epochs": config.distill_epochs,
                              "seconds": saved["seconds"], "val_accuracy": saved.get("val_accuracy"),
                              ("holdout_accuracy" if "holdout" in data else "test_accuracy"): accuracy}

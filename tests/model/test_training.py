@@ -257,3 +257,21 @@ def test_runs_of_a_few_steps_train_with_the_default_batch(tmp_path, images):
     row = train(config, synthetic_digits(images), tmp_path, progress=False, log=lambda s: None)
     assert row["epoch"] == 1 and np.isfinite(row["train_loss"])
     train(config, synthetic_digits(images), tmp_path, resume=True, progress=False, log=lambda s: None)
+
+
+def test_take_step_stops_on_a_non_finite_loss_before_the_weights_change():
+    """Divergence is one line naming what to do, and the weights keep their last finite values."""
+    from mobile_lenet.model.training import one_cycle, take_step
+
+    model = MobileLeNet()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    scheduler = one_cycle(optimizer, 0.01, 10)
+    weights = lambda: dict(model.named_parameters())  # noqa: E731 (BN's statistics move with any forward pass)
+    before = {name: value.detach().clone() for name, value in weights().items()}
+    x = torch.from_numpy(to_tensor_input(np.zeros((2, 28, 28), dtype=np.uint8)))
+    loss = model(x).sum() * float("nan")
+    with pytest.raises(UserError, match=r"^diverged in epoch 3; lower --lr \(loss nan\)$"):
+        take_step(loss, optimizer, scheduler, lambda: "diverged in epoch 3; lower --lr")
+    assert all(torch.equal(before[name], value) for name, value in weights().items())
+    take_step(model(x).sum(), optimizer, scheduler, lambda: "unused")  # a finite loss moves the weights
+    assert not all(torch.equal(before[name], value) for name, value in weights().items())

@@ -298,13 +298,8 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
                     with torch.no_grad():
                         teacher_logits = teacher(x)
                     loss = distillation_loss(logits, teacher_logits, y, config.label_smoothing)
-                if not math.isfinite(loss.item()):  # diverged: stop before NaN reaches the weights
-                    raise UserError(f"training diverged in epoch {epoch + 1} (loss {loss.item()}); lower --lr "
-                                    f"(now {config.lr:g}); {out_dir} keeps the epochs finished before")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
+                take_step(loss, optimizer, scheduler, lambda: f"training diverged in epoch {epoch + 1}; lower --lr "
+                          f"(now {config.lr:g}); {out_dir} keeps the epochs finished before")
                 if average:
                     average.update(model)
                 seen += len(y)
@@ -352,6 +347,18 @@ def epoch_batches(images: torch.Tensor, labels: torch.Tensor, config: TrainConfi
         if config.augment:
             x = augment_batch(x, generator, config.elastic)
         yield x.contiguous(memory_format=torch.channels_last), labels[idx]
+
+
+def take_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scheduler, diverged) -> None:
+    """One optimizer and schedule step down ``loss``'s gradient. A loss that is not finite stops training first,
+    before NaN reaches the weights, with the one-line error ``diverged()`` (the loss value appended)."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise UserError(f"{diverged()} (loss {value})")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
 
 
 def one_cycle(optimizer: torch.optim.Optimizer, peak_lr: float, steps: int):
@@ -407,14 +414,9 @@ def teacher_for(config: TrainConfig, train_split: Dataset, val_split: Dataset, o
                    desc=f"teacher epoch {epoch + 1}/{config.distill_epochs}", disable=not progress, leave=False,
                    unit="batch")
         for x, y in bar:
-            loss = F.cross_entropy(teacher(x), y)
-            if not math.isfinite(loss.item()):
-                raise UserError(f"the distillation teacher diverged in its epoch {epoch + 1}; lower --lr "
-                                f"(now {config.lr:g})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+            take_step(F.cross_entropy(teacher(x), y), optimizer, scheduler,
+                      lambda: f"the distillation teacher diverged in its epoch {epoch + 1}; lower --lr "
+                              f"(now {config.lr:g})")
         bar.close()
     calibrate_batchnorm(teacher, train_split.images)  # exact statistics, as for the student
     seconds = time.perf_counter() - start
