@@ -45,6 +45,8 @@ class Target:
     simulator_package: str
     counts: str  # what the simulator measures per image: "instructions" or "cycles"
     int8_schedule: str = "buffers"  # c_int8.SCHEDULES: "rows" where whole feature maps do not fit the RAM
+    more_tools: tuple = ()  # (tool, Debian package) the build needs besides the compiler and size tool
+    measure_note: str = ""  # what the per-image figure is and is not, where it differs from a real chip
 
 
 ARM = dict(compiler="arm-none-eabi-gcc", size_tool="arm-none-eabi-size", nm_tool="arm-none-eabi-nm",
@@ -58,6 +60,18 @@ TARGETS = {
                          compiler="avr-gcc", size_tool="avr-size", nm_tool="avr-nm",
                          compiler_package="gcc-avr avr-libc", simulator="simavr", simulator_package="simavr",
                          counts="cycles", int8_schedule="rows"),
+    # The seed's own chip. LLVM compiles for its instruction set (Debian's GCC has no Xtensa target with its
+    # options); QEMU's de233_fpu core runs the code (the ESP32 has no QEMU model in Debian): the same ISA
+    # options but for MUL32_HIGH, emulated by the firmware's exception handler (c/targets/startup_xtensa.S).
+    "esp32": Target("esp32", "ESP32-class Xtensa LX6", 4 * 1024 * 1024, 320 * 1024, 240_000_000, True,
+                    compiler="clang-22", size_tool="xtensa-lx106-elf-size", nm_tool="xtensa-lx106-elf-nm",
+                    compiler_package="clang-22", simulator="qemu", simulator_package="qemu-system-misc",
+                    counts="instructions",
+                    more_tools=(("llc-22", "llvm-22"), ("llvm-mc-22", "llvm-22"),
+                                ("xtensa-lx106-elf-ld", "binutils-xtensa-lx106"),
+                                ("xtensa-lx106-elf-size", "binutils-xtensa-lx106")),
+                    measure_note="instructions counted on QEMU's de233_fpu Xtensa core, code from LLVM 22; not "
+                                 "ESP32 cycles: no flash cache, wait states or pipeline timing"),
 }
 
 
@@ -83,8 +97,9 @@ def get_target(name: str) -> Target:
 
 def check_toolchain(target: Target) -> None:
     """One line naming the Debian package to install when a tool of the target's toolchain is missing."""
-    for tool, package in ((target.compiler, target.compiler_package), (target.size_tool, target.compiler_package),
-                          ("make", "make")):
+    size_package = dict(target.more_tools).get(target.size_tool, target.compiler_package)
+    for tool, package in ((target.compiler, target.compiler_package), (target.size_tool, size_package),
+                          *target.more_tools, ("make", "make")):
         if shutil.which(tool) is None:
             raise UserError(f"{tool} not found: install Debian's {package} (apt-get install {package})")
 

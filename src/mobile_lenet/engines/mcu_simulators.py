@@ -34,12 +34,16 @@ from mobile_lenet.codegen.mcu_firmware import Firmware
 from mobile_lenet.engines.host_c import cache_root, compiler
 from mobile_lenet.errors import UserError
 
-QEMU = "qemu-system-arm"
-QEMU_MACHINES = {  # the board models with the right cores (see shared facts in MCU_SIMULATION.md)
-    "cortex-m0plus": ["-M", "microbit", "-global", "nrf51-soc.sram-size=270336",
+QEMU_MACHINES = {  # the QEMU program and board model with the right core (see shared facts in MCU_SIMULATION.md)
+    "cortex-m0plus": ["qemu-system-arm", "-M", "microbit", "-global", "nrf51-soc.sram-size=270336",
                       "-global", "nrf51-soc.flash-size=2097152"],  # nRF51 (Cortex-M0) sized like an RP2040
-    "cortex-m4f": ["-M", "netduinoplus2"],  # STM32F405
+    "cortex-m4f": ["qemu-system-arm", "-M", "netduinoplus2"],  # STM32F405
+    # Xtensa: an ESP32-like core (windowed registers, FPU, MAC16, loops; no MUL32_HIGH) on the LX60 board
+    # (RAM at 0, ROM at the reset vector, a 16550 UART)
+    "esp32": ["qemu-system-xtensa", "-M", "lx60", "-cpu", "de233_fpu"],
 }
+QEMU_PACKAGES = {"qemu-system-arm": "qemu-system-arm", "qemu-system-xtensa": "qemu-system-misc"}
+XTENSA_USER_VECTOR_OFFSET = 0x340  # from the vector base: the MULSH/MULUH emulation (c/targets/startup_xtensa.S)
 START_TIMEOUT_S = 30  # until the simulator names its pseudo-terminal
 STOP_TIMEOUT_S = 10  # after SIGTERM, before SIGKILL
 AVR_TIMER_HANDLER = "__vector_17"  # TIMER1_COMPA: the firmware's millisecond tick (c/targets/uart_avr.c)
@@ -115,20 +119,32 @@ class SimulatorRun:
         self.port = self._read_port()
         return self
 
-    def _qemu_command(self) -> list[str]:
-        if shutil.which(QEMU) is None:
-            raise UserError(f"{QEMU} not found: install Debian's qemu-system-arm")
+    def _skip_range(self) -> tuple[int, int]:
+        """The code whose instructions are not the inference's: the ARM boards' 1 kHz SysTick handler; on the
+        esp32 target the user exception handler, which emulates the MUL32_HIGH instructions the simulated core
+        lacks (the trapping instruction itself is counted once, as the ESP32 executes it)."""
         symbols = self.firmware.symbols
+        if self.firmware.target.name == "esp32":
+            return symbols["_vectors"][0] + XTENSA_USER_VECTOR_OFFSET, symbols["_vectors_end"][0]
         handler, handler_size = symbols["SysTick_Handler"]
         handler &= ~1  # a Thumb function's address has bit 0 set
+        return handler, handler + handler_size
+
+    def _qemu_command(self) -> list[str]:
+        machine = QEMU_MACHINES[self.firmware.target.name]
+        if shutil.which(machine[0]) is None:
+            package = QEMU_PACKAGES[machine[0]]
+            raise UserError(f"{machine[0]} not found: install Debian's {package} (apt-get install {package})")
+        symbols = self.firmware.symbols
+        skip_lo, skip_hi = self._skip_range()
         self.marks_file = self.work_dir / "marks.txt"
         self.marks_file.unlink(missing_ok=True)
         self.stack_top = symbols["_estack"][0]
         plugin = (f"{qemu_plugin()},mark={symbols['ml_mark'][0] & ~1:#x},out={self.marks_file},"
                   f"stack_lo={symbols['_ebss'][0]:#x},stack_hi={self.stack_top:#x},"
-                  f"skip_lo={handler:#x},skip_hi={handler + handler_size:#x}")
-        return [QEMU, *QEMU_MACHINES[self.firmware.target.name], "-nographic", "-monitor", "none",
-                "-serial", "pty", "-kernel", str(self.firmware.elf), "-plugin", plugin]
+                  f"skip_lo={skip_lo:#x},skip_hi={skip_hi:#x}")
+        return [*machine, "-nographic", "-monitor", "none", "-serial", "pty", "-kernel", str(self.firmware.elf),
+                "-plugin", plugin]
 
     def _simavr_command(self) -> list[str]:
         symbols = self.firmware.symbols
