@@ -19,6 +19,13 @@
  *   multiply-accumulates per instruction, through the ACLE intrinsics of <arm_acle.h>. Elsewhere (host,
  *   Cortex-M0+) the same loops are plain C99, except the pointwise inner loop on Thumb-1 cores (inline assembly:
  *   GCC spills its four sums there; -DML_S8_NO_ASM keeps the C).
+ * - On the ESP32 (Xtensa with the MAC16 option, __XTENSA__), the multiply-accumulates go to MAC16's 40-bit
+ *   accumulator, one per instruction: a 3x3 filter keeps eight of its taps in the four MAC16 registers (m0-m3,
+ *   two 16-bit taps each) and the ninth in an address register, and slides over the row, reading three new
+ *   bytes per output; a 1x1 convolution widens a tile of pixels to 16 bits, channels last, and its weights once
+ *   per layer, and runs each dot product as MULA.DD.*.LDINC (multiply-accumulate and load the next pair, in a
+ *   zero-overhead loop). The requantization clamps the sum with MIN/MAX first (see ml_s8_out_clamped).
+ *   -DML_S8_NO_XTENSA keeps the plain C.
  * - On x86 with AVX2 (the host program is built with -march=native; not on ARM), the 3x3 filters and the 1x1
  *   convolutions use VPMADDWD: pairs of 16-bit values (inputs widened from bytes) times pairs of weights, summed
  *   into eight int32 lanes exactly (|u * w| < 2^15); with VNNI as well (AVX512-VNNI + AVX512VL, or AVX-VNNI),
@@ -89,6 +96,13 @@ static inline uint32_t ml_s8_odd_bytes_signed(uint32_t v)
 #define ML_S8_THUMB1 1
 #else
 #define ML_S8_THUMB1 0
+#endif
+
+/* Xtensa with MAC16 (the ESP32): the multiply-accumulate paths below */
+#if defined(__XTENSA__) && !defined(ML_S8_NO_XTENSA)
+#define ML_S8_XTENSA 1
+#else
+#define ML_S8_XTENSA 0
 #endif
 
 /* x86 with AVX2 (e.g. -march=native on the host): the VPMADDWD paths below */
@@ -220,6 +234,35 @@ ML_S8_INLINE int8_t ml_s8_out(uint32_t acc, const ml_s8_rq *q, int shift, int re
     return (int8_t)((int32_t)(acc * (uint32_t)q->mult + (uint32_t)q->round) >> shift);
 #endif
 }
+
+#if ML_S8_XTENSA
+/* ml_s8_out without branches (plain C thresholds): the sum clamped to [lo, hi] first, so that (acc * mult + round)
+ * >> shift is exact in int32 (at hi the value is 127 or a little more, at lo low or less: see ml_s8_requant), then
+ * the value clamped to [low, 127]: 127 for sums >= hi, low for sums <= lo, as ml_s8_out. MIN and MAX are single
+ * instructions on the ESP32. */
+ML_S8_INLINE int8_t ml_s8_out_clamped(int32_t acc, const ml_s8_rq *q, int shift)
+{
+    acc = acc < q->lo ? q->lo : acc;
+    acc = acc > q->hi ? q->hi : acc;
+    int32_t value = (int32_t)((uint32_t)acc * (uint32_t)q->mult + (uint32_t)q->round) >> shift;
+    value = value < q->low ? q->low : value;
+    return (int8_t)(value > 127 ? 127 : value);
+}
+
+/* The requantization of bias + acc as one of acc alone: clamp(bias + acc, lo, hi) = bias + clamp(acc, lo - bias,
+ * hi - bias), and (bias + a) mult + round = a mult + (round + bias mult) modulo 2^32. Returns 0 (and the
+ * kernel keeps the bias apart) where lo - bias or hi - bias would leave int32. */
+static int ml_s8_rq_biased(const ml_s8_rq *q, int32_t bias, ml_s8_rq *biased)
+{
+    const int64_t lo = (int64_t)q->lo - bias, hi = (int64_t)q->hi - bias;
+    if (lo < INT32_MIN || hi > INT32_MAX || lo > INT32_MAX || hi < INT32_MIN) return 0;
+    *biased = *q;
+    biased->lo = (int32_t)lo;
+    biased->hi = (int32_t)hi;
+    biased->round = (int32_t)((uint32_t)q->round + (uint32_t)bias * (uint32_t)q->mult);
+    return 1;
+}
+#endif
 
 /* bias - (zp + 128) * sum of the count weights (modulo 2^32): the bias for sums of u * w, u = q + 128. */
 static int32_t ml_s8_folded_bias(const int8_t *weight, int count, int32_t bias, int32_t in_zp)
@@ -355,6 +398,18 @@ ML_S8_INLINE void ml_s8_row3_x86(const uint8_t *r0, const uint8_t *r1, const uin
 #endif
 
 /* -------------------------------------------------------------------------------- padded planes, KxK filters */
+#if ML_S8_XTENSA
+#define ML_S8_XT_PITCH 32 /* the padded plane's row pitch on Xtensa, where a row fits (see ml_s8_row3_xtensa) */
+#endif
+
+/* The distance between two rows of a padded plane: its width, or on Xtensa ML_S8_XT_PITCH where the row fits */
+static inline int ml_s8_plane_pitch(int in_w, int padding)
+{
+#if ML_S8_XTENSA
+    if (in_w + 2 * padding <= ML_S8_XT_PITCH) return ML_S8_XT_PITCH;
+#endif
+    return in_w + 2 * padding;
+}
 /* The plane in_h x in_w as u = q + 128, surrounded by padding rows and columns of zp + 128 (real zero):
  * (in_h + 2 padding) rows of pw = in_w + 2 padding bytes. */
 static void ml_s8_pad_plane(const int8_t *in, int in_h, int in_w, int padding, int32_t in_zp, uint8_t *plane)
@@ -362,6 +417,35 @@ static void ml_s8_pad_plane(const int8_t *in, int in_h, int in_w, int padding, i
     const int pw = in_w + 2 * padding;
     const uint8_t pad = (uint8_t)(in_zp + 128);
     uint8_t *row = plane;
+#if ML_S8_XTENSA
+    if (pw <= ML_S8_XT_PITCH) { /* rows ML_S8_XT_PITCH bytes apart (ml_s8_plane_pitch), the rest of each unused */
+        for (int y = 0; y < padding; ++y, row += ML_S8_XT_PITCH) {
+            for (int x = 0; x < pw; ++x) row[x] = pad;
+        }
+        for (int y = 0; y < in_h; ++y, in += in_w, row += ML_S8_XT_PITCH) {
+            for (int x = 0; x < padding; ++x) row[x] = pad, row[in_w + padding + x] = pad;
+            /* the bytes with their sign bits flipped (u = q + 128), in a zero-overhead loop */
+            const int8_t *from = in;
+            uint8_t *to = row + padding;
+            uint32_t t;
+            const uint32_t flip = 0x80u;
+            __asm__ volatile("loopnez %[n], 1f\n\t"
+                             "l8ui %[t], %[from], 0\n\t"
+                             "addi %[from], %[from], 1\n\t"
+                             "xor %[t], %[t], %[flip]\n\t"
+                             "s8i %[t], %[to], 0\n\t"
+                             "addi %[to], %[to], 1\n"
+                             "1:"
+                             : [from] "+r"(from), [to] "+r"(to), [t] "=&r"(t)
+                             : [n] "r"(in_w), [flip] "r"(flip)
+                             : "memory");
+        }
+        for (int y = 0; y < padding; ++y, row += ML_S8_XT_PITCH) {
+            for (int x = 0; x < pw; ++x) row[x] = pad;
+        }
+        return;
+    }
+#endif
     for (int i = 0; i < padding * pw; ++i) *row++ = pad;
     for (int y = 0; y < in_h; ++y, in += in_w) {
         for (int i = 0; i < padding; ++i) *row++ = pad;
@@ -433,6 +517,76 @@ static void ml_s8_fill_interior(const int8_t *in, int in_h, int in_w, int paddin
 }
 #endif
 
+#if ML_S8_XTENSA
+/* out[i] = the int8 of bias + sums[i], i < n. A function of its own (not inlined), so that the requantization's
+ * constants stay in registers in its loop rather than on the stack of a kernel with many values live. */
+__attribute__((noinline)) static void ml_s8_requant_row_xtensa(const int32_t *sums, int n, int32_t bias,
+                                                              const ml_s8_rq *rq, int shift, int8_t *out)
+{
+    const ml_s8_rq q = *rq;
+    for (int i = 0; i < n; ++i) out[i] = ml_s8_out_clamped((int32_t)((uint32_t)sums[i] + (uint32_t)bias), &q, shift);
+}
+
+/* Taps 0-7 of a 3x3 filter into MAC16's m0-m3, two 16-bit taps a register (low half first): m0 = (w0, w1),
+ * m1 = (w2, w3), m2 = (w4, w5), m3 = (w6, w7). */
+static inline void ml_s8_taps_xtensa(int32_t w0, int32_t w1, int32_t w2, int32_t w3, int32_t w4, int32_t w5,
+                                     int32_t w6, int32_t w7)
+{
+    const uint32_t m0 = ((uint32_t)w0 & 0xFFFFu) | ((uint32_t)w1 << 16), m1 = ((uint32_t)w2 & 0xFFFFu) | ((uint32_t)w3 << 16);
+    const uint32_t m2 = ((uint32_t)w4 & 0xFFFFu) | ((uint32_t)w5 << 16), m3 = ((uint32_t)w6 & 0xFFFFu) | ((uint32_t)w7 << 16);
+    __asm__ volatile("wsr %0, m0\n\twsr %1, m1\n\twsr %2, m2\n\twsr %3, m3" : : "r"(m0), "r"(m1), "r"(m2), "r"(m3));
+}
+
+/* One output row of a 3x3 filter whose taps 0-7 are in m0-m3 (ml_s8_taps_xtensa) and tap 8 is w8, over a
+ * padded plane whose rows are ML_S8_XT_PITCH bytes apart (so that one pointer reaches the whole window with the
+ * load instructions' constant offsets), in a zero-overhead loop of assembly: per output nine byte loads, nine
+ * MAC16 multiply-accumulates (each taking a 16-bit tap from m0-m3, the DA and AD forms, or from w8; the first,
+ * MUL, replaces the accumulator), then the requantization of ml_s8_out_clamped with the bias folded into its
+ * constants (see ml_s8_rq_biased): MIN/MAX, one multiply, the shift (SAR set once), CLAMPS to 8 bits, MAX. */
+ML_S8_INLINE void ml_s8_row3_xtensa(const uint8_t *r0, int8_t *out, int out_w, int stride, int32_t w8,
+                                    const ml_s8_rq *q, int shift)
+{
+    const uint8_t *p = r0;
+    uint32_t t0, t1, t2;
+    __asm__ volatile("ssr %[shift]" : : [shift] "r"(shift));
+    __asm__ volatile("loopnez %[n], 1f\n\t"
+                     "l8ui %[t0], %[p], 0\n\t"
+                     "l8ui %[t1], %[p], 1\n\t"
+                     "l8ui %[t2], %[p], 2\n\t"
+                     "mul.da.ll m0, %[t0]\n\t"   /* w0 */
+                     "mula.da.hl m0, %[t1]\n\t"  /* w1 */
+                     "mula.da.ll m1, %[t2]\n\t"  /* w2 */
+                     "l8ui %[t0], %[p], 32\n\t"
+                     "l8ui %[t1], %[p], 33\n\t"
+                     "l8ui %[t2], %[p], 34\n\t"
+                     "mula.da.hl m1, %[t0]\n\t"  /* w3 */
+                     "mula.ad.ll %[t1], m2\n\t"  /* w4 */
+                     "mula.ad.lh %[t2], m2\n\t"  /* w5 */
+                     "l8ui %[t0], %[p], 64\n\t"
+                     "l8ui %[t1], %[p], 65\n\t"
+                     "l8ui %[t2], %[p], 66\n\t"
+                     "mula.ad.ll %[t0], m3\n\t"  /* w6 */
+                     "mula.ad.lh %[t1], m3\n\t"  /* w7 */
+                     "mula.aa.ll %[t2], %[w8]\n\t"
+                     "rsr %[t0], acclo\n\t"
+                     "max %[t0], %[t0], %[lo]\n\t"
+                     "min %[t0], %[t0], %[hi]\n\t"
+                     "mull %[t0], %[t0], %[mult]\n\t"
+                     "add %[t0], %[t0], %[round]\n\t"
+                     "sra %[t0], %[t0]\n\t"
+                     "clamps %[t0], %[t0], 7\n\t"
+                     "max %[t0], %[t0], %[low]\n\t"
+                     "s8i %[t0], %[out], 0\n\t"
+                     "add %[p], %[p], %[stride]\n\t"
+                     "addi %[out], %[out], 1\n"
+                     "1:"
+                     : [p] "+r"(p), [out] "+r"(out), [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2)
+                     : [n] "r"(out_w), [stride] "r"(stride), [w8] "r"(w8), [lo] "r"(q->lo), [hi] "r"(q->hi),
+                       [mult] "r"(q->mult), [round] "r"(q->round), [low] "r"(q->low)
+                     : "memory");
+}
+#endif
+
 /* One output plane of a kernel x kernel filter over a padded plane (row stride pw): out = requantized
  * (bias + sum of u * taps), no bounds to test. */
 ML_S8_INLINE void ml_s8_filter(const uint8_t *plane, int pw, int8_t *out, int out_h, int out_w, int kernel,
@@ -442,6 +596,11 @@ ML_S8_INLINE void ml_s8_filter(const uint8_t *plane, int pw, int8_t *out, int ou
         const int32_t w0 = ML_FLASH_S8(&taps[0]), w1 = ML_FLASH_S8(&taps[1]), w2 = ML_FLASH_S8(&taps[2]);
         const int32_t w3 = ML_FLASH_S8(&taps[3]), w4 = ML_FLASH_S8(&taps[4]), w5 = ML_FLASH_S8(&taps[5]);
         const int32_t w6 = ML_FLASH_S8(&taps[6]), w7 = ML_FLASH_S8(&taps[7]), w8 = ML_FLASH_S8(&taps[8]);
+#if ML_S8_XTENSA
+        ml_s8_taps_xtensa(w0, w1, w2, w3, w4, w5, w6, w7);
+        ml_s8_rq biased;
+        const int biased_ok = ml_s8_rq_biased(q, bias, &biased);
+#endif
 #if ML_S8_X86
         const __m256i wx[9] = {
             _mm256_set1_epi32(ml_s8_pair(w0, w1)), _mm256_set1_epi32(ml_s8_pair(w3, w4)),
@@ -505,6 +664,12 @@ ML_S8_INLINE void ml_s8_filter(const uint8_t *plane, int pw, int8_t *out, int ou
                 }
             }
 #endif
+#if ML_S8_XTENSA
+            if (pw == ML_S8_XT_PITCH && biased_ok) {
+                ml_s8_row3_xtensa(r0, out, out_w, stride, w8, &biased, shift);
+                ox = out_w;
+            }
+#endif
 #if ML_S8_X86
             if (stride == 1) {
                 ml_s8_row3_x86(r0, r1, r2, out, out_w, 1, wx, bias_x, q, shift_x, (out_h - oy) * out_w >= 8);
@@ -545,7 +710,7 @@ static int ml_s8_covered(int in_h, int in_w, int out_h, int out_w, int channels,
 {
     const int ph = in_h + 2 * padding, pw = in_w + 2 * padding;
     return channels <= ML_S8_MAX_CHANNELS && kernel >= 1 && stride >= 1 && padding >= 0 && low >= -128 && low <= 127
-           && ph * pw <= ML_S8_PLANE_BYTES && out_h >= 1 && out_w >= 1 && (out_h - 1) * stride + kernel <= ph
+           && ph * ml_s8_plane_pitch(in_w, padding) <= ML_S8_PLANE_BYTES && out_h >= 1 && out_w >= 1 && (out_h - 1) * stride + kernel <= ph
            && (out_w - 1) * stride + kernel <= pw && ml_s8_rq_covered(multiplier, channels, shift);
 }
 
@@ -772,6 +937,127 @@ static int ml_s8_pointwise_vnni(const int8_t *in, int plane, int in_c, int8_t *o
 
 /* The plain C version (Cortex-M0+, host), on u = q + 128 with the folded biases, from pixel `first`: the tile
  * holds u[c][p + j] at tile[4c + j]; the pixels left over (plane % 4) go one at a time. */
+#if ML_S8_XTENSA
+#define ML_S8_XT_PIXELS 16      /* pixels widened at a time (channels last, 16 bits) */
+#define ML_S8_XT_WEIGHTS 1152   /* 16-bit weights on the stack: out_c x in_c rounded up to 4 (24 x 24 fits) */
+
+/* bias + the dot product of n4 * 4 16-bit pairs x[] and w[] (both 4-byte aligned), by MAC16: the accumulator
+ * starts at the bias (its low word: sums are modulo 2^32), LDINC preloads the first pairs, and each turn of the
+ * zero-overhead loop does four multiply-accumulates, each loading the pair two steps ahead (so the last turn
+ * reads up to 8 bytes past both vectors). n4 >= 1. */
+static inline uint32_t ml_s8_dot_xtensa(const int16_t *x, const int16_t *w, int n4, int32_t bias)
+{
+    const int16_t *px = x - 2, *pw = w - 2; /* LDINC adds 4 before it loads */
+    uint32_t acc;
+    __asm__ volatile("wsr %[bias], acclo\n\t"
+                     "ldinc m0, %[px]\n\t"
+                     "ldinc m2, %[pw]\n\t"
+                     "loopnez %[n4], 1f\n\t"
+                     "mula.dd.ll.ldinc m1, %[px], m0, m2\n\t"
+                     "mula.dd.hh.ldinc m3, %[pw], m0, m2\n\t"
+                     "mula.dd.ll.ldinc m0, %[px], m1, m3\n\t"
+                     "mula.dd.hh.ldinc m2, %[pw], m1, m3\n"
+                     "1:\n\t"
+                     "rsr %[acc], acclo"
+                     : [acc] "=r"(acc), [px] "+r"(px), [pw] "+r"(pw)
+                     : [bias] "r"(bias), [n4] "r"(n4)
+                     : "memory");
+    return acc;
+}
+
+/* The int8 outputs of n dot products, row j of x (16-bit, c4 values a row, c4 % 4 == 0, rows contiguous) with
+ * w, requantized with q (the bias folded in, ml_s8_rq_biased) into out[0..n-1]: ml_s8_dot_xtensa's loop for
+ * each, then ml_s8_row3_xtensa's requantization, all in one piece of assembly. */
+static inline void ml_s8_dots_xtensa(const int16_t *x, const int16_t *w, int c4, int n, const ml_s8_rq *q, int shift,
+                                     int8_t *out)
+{
+    const int16_t *px = x - 2, *pw;
+    uint32_t t;
+    int count = n;
+    __asm__ volatile("ssr %[shift]" : : [shift] "r"(shift));
+    __asm__ volatile("1:\n\t"
+                     "movi %[t], 0\n\t"
+                     "wsr %[t], acclo\n\t"
+                     "addi %[pw], %[w], -4\n\t"
+                     "ldinc m0, %[px]\n\t"
+                     "ldinc m2, %[pw]\n\t"
+                     "loopnez %[n4], 2f\n\t"
+                     "mula.dd.ll.ldinc m1, %[px], m0, m2\n\t"
+                     "mula.dd.hh.ldinc m3, %[pw], m0, m2\n\t"
+                     "mula.dd.ll.ldinc m0, %[px], m1, m3\n\t"
+                     "mula.dd.hh.ldinc m2, %[pw], m1, m3\n"
+                     "2:\n\t"
+                     "rsr %[t], acclo\n\t"
+                     "max %[t], %[t], %[lo]\n\t"
+                     "min %[t], %[t], %[hi]\n\t"
+                     "mull %[t], %[t], %[mult]\n\t"
+                     "add %[t], %[t], %[round]\n\t"
+                     "sra %[t], %[t]\n\t"
+                     "clamps %[t], %[t], 7\n\t"
+                     "max %[t], %[t], %[low]\n\t"
+                     "s8i %[t], %[out], 0\n\t"
+                     "addi %[out], %[out], 1\n\t"
+                     "addi %[px], %[px], -4\n\t" /* the loop read one word into the next row: back to before it */
+                     "addi %[count], %[count], -1\n\t"
+                     "bnez %[count], 1b"
+                     : [px] "+r"(px), [pw] "=&r"(pw), [out] "+r"(out), [t] "=&r"(t), [count] "+r"(count)
+                     : [w] "r"(w), [n4] "r"(c4 / 4), [lo] "r"(q->lo), [hi] "r"(q->hi), [mult] "r"(q->mult),
+                       [round] "r"(q->round), [low] "r"(q->low)
+                     : "memory");
+}
+
+/* The pointwise convolution with MAC16 dot products: the weights widened to 16 bits once (zeros up to a multiple
+ * of four channels), then per tile of pixels the inputs u = q + 128 widened and put channels last, then one dot
+ * product per pixel and output channel. Returns the pixels done (0 when the weights do not fit the table). */
+static int ml_s8_pointwise_xtensa(const int8_t *in, int plane, int in_c, int8_t *out, int out_c, const int8_t *weight,
+                                  const int32_t *folded, const ml_s8_rq *rq, int shift)
+{
+    const int c4 = (in_c + 3) & ~3;
+    if (out_c * c4 + 4 > ML_S8_XT_WEIGHTS) return 0;
+    int16_t w16[ML_S8_XT_WEIGHTS] __attribute__((aligned(4)));
+    int16_t x16[ML_S8_XT_PIXELS * ML_S8_MAX_CHANNELS + 4] __attribute__((aligned(4)));
+    for (int co = 0; co < out_c; ++co) {
+        for (int ci = 0; ci < c4; ++ci) w16[co * c4 + ci] = (int16_t)(ci < in_c ? ML_FLASH_S8(&weight[co * in_c + ci]) : 0);
+    }
+    for (int p0 = 0; p0 < plane; p0 += ML_S8_XT_PIXELS) {
+        const int n = plane - p0 < ML_S8_XT_PIXELS ? plane - p0 : ML_S8_XT_PIXELS;
+        for (int ci = 0; ci < c4; ++ci) {
+            const int8_t *x = in + ci * plane + p0;
+            int16_t *column = x16 + ci;
+            if (ci < in_c) { /* u = q + 128 to 16 bits, every c4-th value: a zero-overhead loop */
+                uint32_t t;
+                const uint32_t flip = 0x80u, step = 2u * (uint32_t)c4;
+                __asm__ volatile("loopnez %[n], 1f\n\t"
+                                 "l8ui %[t], %[x], 0\n\t"
+                                 "addi %[x], %[x], 1\n\t"
+                                 "xor %[t], %[t], %[flip]\n\t"
+                                 "s16i %[t], %[column], 0\n\t"
+                                 "add %[column], %[column], %[step]\n"
+                                 "1:"
+                                 : [x] "+r"(x), [column] "+r"(column), [t] "=&r"(t)
+                                 : [n] "r"(n), [flip] "r"(flip), [step] "r"(step)
+                                 : "memory");
+            } else {
+                for (int j = 0; j < n; ++j, column += c4) *column = 0;
+            }
+        }
+        for (int co = 0; co < out_c; ++co) {
+            ml_s8_rq biased;
+            const int16_t *w = w16 + co * c4;
+            if (ml_s8_rq_biased(&rq[co], folded[co], &biased)) {
+                ml_s8_dots_xtensa(x16, w, c4, n, &biased, shift, out + co * plane + p0);
+                continue;
+            }
+            int32_t sums[ML_S8_XT_PIXELS];
+            const int16_t *x = x16;
+            for (int j = 0; j < n; ++j, x += c4) sums[j] = (int32_t)ml_s8_dot_xtensa(x, w, c4 / 4, 0);
+            ml_s8_requant_row_xtensa(sums, n, folded[co], &rq[co], shift, out + co * plane + p0);
+        }
+    }
+    return plane;
+}
+#endif
+
 static void ml_s8_pointwise(const int8_t *in, int plane, int in_c, int8_t *out, int out_c, const int8_t *weight,
                             const int32_t *folded, const ml_s8_rq *rq, int shift, int first)
 {
@@ -888,6 +1174,12 @@ void ml_conv2d_s8(const int8_t *in, int in_h, int in_w, int in_c, int32_t in_zp,
             else first = ml_s8_pointwise_dsp(in, plane, in_c, out, out_c, weight, folded, rq, 1);
         }
 #endif
+#if ML_S8_XTENSA
+        for (int co = 0; co < out_c; ++co) { /* bias - (zp + 128) * sum w, for u = q + 128 */
+            folded[co] = ml_s8_folded_bias(weight + co * in_c, in_c, ML_FLASH_S32(&bias[co]), in_zp);
+        }
+        first = ml_s8_pointwise_xtensa(in, plane, in_c, out, out_c, weight, folded, rq, shift);
+#endif
 #if ML_S8_VNNI
         if (in_c % 4 == 0 && plane >= 8) {
             for (int co = 0; co < out_c; ++co) { /* bias - (zp + 128) * sum w, for u = q + 128 */
@@ -915,7 +1207,7 @@ void ml_conv2d_s8(const int8_t *in, int in_h, int in_w, int in_c, int32_t in_zp,
     if (in_c == 1 && ml_s8_covered(in_h, in_w, out_h, out_w, out_c, kernel, stride, padding, multiplier, shift, low)) {
         /* one input plane (the stem): pad it once, filter it once per output channel */
         uint8_t padded[ML_S8_PLANE_BYTES + ML_S8_SLACK];
-        const int pw = in_w + 2 * padding;
+        const int pw = ml_s8_plane_pitch(in_w, padding);
         ml_s8_pad_plane(in, in_h, in_w, padding, in_zp, padded);
         if (low == -128) {
             ml_s8_filters(padded, pw, out, out_h, out_w, out_c, kernel, stride, weight, bias, multiplier, 0, shift,
@@ -942,7 +1234,7 @@ void ml_depthwise_conv2d_s8(const int8_t *in, int in_h, int in_w, int channels, 
         return;
     }
     uint8_t padded[ML_S8_PLANE_BYTES + ML_S8_SLACK];
-    const int pw = in_w + 2 * padding;
+    const int pw = ml_s8_plane_pitch(in_w, padding);
     for (int c = 0; c < channels; ++c) {
 #if ML_S8_X86
         if (c > 0) ml_s8_fill_interior(in + c * in_h * in_w, in_h, in_w, padding, padded); /* same border */

@@ -59,6 +59,15 @@ void *memmove(void *to, const void *from, size_t count)
 void *memset(void *to, int value, size_t count)
 {
     uint8_t *out = to;
+    for (; count > 0u && ((uintptr_t)out & 3u) != 0u; --count) { /* up to a word boundary */
+        *out++ = (uint8_t)value;
+        NO_IDIOM();
+    }
+    const uint32_t word = 0x01010101u * (uint8_t)value;
+    for (; count >= 4u; count -= 4u, out += 4) {
+        *(uint32_t *)(void *)out = word;
+        NO_IDIOM();
+    }
     for (; count > 0u; --count) {
         *out++ = (uint8_t)value;
         NO_IDIOM();
