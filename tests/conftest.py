@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -129,3 +130,32 @@ def write_idx_set(folder: Path, images: np.ndarray, labels: np.ndarray, prefix: 
     write_idx(folder / f"{prefix}-images-idx3-ubyte{ext}", images)
     write_idx(folder / f"{prefix}-labels-idx1-ubyte{ext}", labels)
     return folder
+
+
+XTENSA_TOOLS = ("clang-22", "llc-22", "llvm-mc-22", "xtensa-lx106-elf-ld", "qemu-system-xtensa")
+
+
+def build_xtensa(sources, folder: Path, flags: tuple = ()) -> Path:
+    """An ELF for the esp32 target from C sources with the target's start-up and runtime, the way
+    c/targets/Makefile builds one (clang -> LLVM IR -> llc -mcpu=esp32 -> llvm-mc -> xtensa-lx106-elf-ld)."""
+    from mobile_lenet.codegen import c_library as lib
+
+    targets = Path(str(lib.c_folder())) / "targets"
+    objects = []
+    for source in [*map(Path, sources), targets / "runtime_xtensa.c"]:
+        stem = folder / source.stem
+        subprocess.run(["clang-22", "--target=xtensa", "-nostdlibinc", "-isystem", str(targets / "xtensa_libc"),
+                        f"-I{targets}", f"-I{targets.parent}", "-std=c99", "-O2", "-ffp-contract=off", *flags,
+                        "-S", "-emit-llvm", "-o", f"{stem}.ll", str(source)], check=True)
+        subprocess.run(["llc-22", "-O2", "-mcpu=esp32", "-o", f"{stem}.s", f"{stem}.ll"], check=True)
+        subprocess.run(["llvm-mc-22", "-triple=xtensa", "-mcpu=esp32", "-filetype=obj", "-o", f"{stem}.o",
+                        f"{stem}.s"], check=True)
+        objects.append(f"{stem}.o")
+    for name in ("startup_xtensa", "fpu_xtensa"):
+        subprocess.run(["llvm-mc-22", "-triple=xtensa", "-mcpu=esp32", "-filetype=obj", "-o", str(folder / f"{name}.o"),
+                        str(targets / f"{name}.S")], check=True)
+        objects.append(str(folder / f"{name}.o"))
+    elf = folder / "program.elf"
+    subprocess.run(["xtensa-lx106-elf-ld", f"-T{targets / 'esp32.ld'}", *objects, "-o", str(elf)], check=True,
+                   capture_output=True)
+    return elf

@@ -6,13 +6,33 @@
  * It includes the .c files it tests, so the static helpers are reachable. Built for the host by
  * tests/codegen/test_kernels_s8.py (strict C99, and under the sanitizers), and for the Cortex-M targets with
  * -DML_TEST_BAREMETAL, run in QEMU: the result is the semihosting exit status (so the DSP path of the
- * Cortex-M4 is tested on its own instruction set). */
+ * Cortex-M4 and the MAC16 path of the ESP32 are tested on their own instruction sets). */
 #include <stdint.h>
 
 #include "ml_kernels_s8.c"
 #include "ml_kernels_s8_fast.c"
 
-#ifdef ML_TEST_BAREMETAL
+#if defined(ML_TEST_BAREMETAL) && defined(__XTENSA__)
+/* the esp32 target (c/targets/startup_xtensa.S): QEMU's Xtensa semihosting, the SIMCALL instruction */
+static uint32_t simcall(uint32_t operation, uint32_t a, uint32_t b, uint32_t c)
+{
+    register uint32_t a2 __asm__("a2") = operation;
+    register uint32_t a3 __asm__("a3") = a;
+    register uint32_t a4 __asm__("a4") = b;
+    register uint32_t a5 __asm__("a5") = c;
+    __asm__ volatile(".byte 0x00, 0x51, 0x00" : "+r"(a2), "+r"(a3) : "r"(a4), "r"(a5) : "memory");
+    return a2;
+}
+
+static void say(const char *text)
+{
+    uint32_t length = 0;
+    while (text[length] != '\0') ++length;
+    simcall(4u, 1u, (uint32_t)(uintptr_t)text, length); /* write(1, text, length) */
+}
+
+static void finish(int failed) { simcall(1u, (uint32_t)failed, 0u, 0u); } /* exit(failed) */
+#elif defined(ML_TEST_BAREMETAL)
 void SysTick_Handler(void) {} /* the vector table of c/targets/startup_cortexm.c wants one */
 
 static void semihosting_call(uint32_t operation, uint32_t argument)
@@ -23,6 +43,9 @@ static void semihosting_call(uint32_t operation, uint32_t argument)
 }
 
 static void say(const char *text) { semihosting_call(0x04u, (uint32_t)(uintptr_t)text); } /* SYS_WRITE0 */
+
+/* SYS_EXIT: internal error / application exit */
+static void finish(int failed) { semihosting_call(0x18u, failed ? 0x20023u : 0x20026u); }
 #else
 #include <stdio.h>
 static void say(const char *text) { fputs(text, stdout); }
@@ -257,7 +280,7 @@ int main(void)
     test_depthwise(trials);
 #ifdef ML_TEST_BAREMETAL
     say(failures ? "test_kernels_s8: FAILED\n" : "test_kernels_s8: all passed\n");
-    semihosting_call(0x18u, failures ? 0x20023u : 0x20026u); /* SYS_EXIT: internal error / application exit */
+    finish(failures != 0);
     return failures ? 1 : 0;
 #else
 #if !defined(ML_S8_REFERENCE) && ML_S8_X86

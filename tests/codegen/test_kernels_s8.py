@@ -72,3 +72,17 @@ def test_fast_kernels_match_the_reference_in_qemu(target, tmp_path):
                              "-semihosting-config", "enable=on,target=native", "-kernel", str(elf)],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "all passed" in result.stdout + result.stderr, result.stdout + result.stderr
+
+
+def test_fast_kernels_match_the_reference_on_the_esp32_in_qemu(tmp_path):
+    """The MAC16 paths (Xtensa), bit for bit against the reference kernels, on the ESP32's instruction set."""
+    from conftest import XTENSA_TOOLS, build_xtensa
+    from mobile_lenet.engines.mcu_simulators import QEMU_MACHINES
+
+    if any(shutil.which(tool) is None for tool in XTENSA_TOOLS):
+        pytest.skip("no LLVM 22, binutils-xtensa-lx106 or qemu-system-xtensa")
+    elf = build_xtensa([TEST_SOURCE], tmp_path, ("-DML_TEST_BAREMETAL", f"-I{C_DIR}"))
+    result = subprocess.run(["qemu-system-xtensa", *QEMU_MACHINES["esp32"], "-nographic", "-monitor", "none",
+                             "-serial", "none", "-semihosting", "-kernel", str(elf)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "all passed" in result.stdout + result.stderr, result.stdout + result.stderr

@@ -69,6 +69,7 @@ def simulate(model, target_name: str, images: np.ndarray, labels: np.ndarray, *,
         # wait states) that is the latency. AVR: simavr counts cycles.
         "ms_per_image_at_clock": 1000.0 * float(per_image.mean()) / target.clock_hz,
         "latency_assumes": "one cycle per instruction" if target.counts == "instructions" else "measured cycles",
+        "measure_note": target.measure_note or (f"{target.counts} counted in {target.simulator}"),
         "n": device["n"], "accuracy": device["accuracy"],
         "agreement_with_reference": int((predictions == expected.argmax(axis=1)).sum()),
         "max_confidence_difference": float(np.max(np.abs(np.array(device["confidences"]) - confidences))),
@@ -89,6 +90,7 @@ def format_report(report: dict) -> str:
         f"  {per_image['mean']:,.0f} {unit} per image (min {per_image['min']:,}, max {per_image['max']:,}): "
         f"{report['ms_per_image_at_clock']:.1f} ms at {report['clock_hz'] / 1e6:g} MHz "
         f"({report['latency_assumes']})",
+        *([f"  ({report['measure_note']})"] if report["measure_note"].startswith("instructions counted on") else []),
         f"  accuracy {100 * report['accuracy']:.2f}% ({round(report['accuracy'] * report['n'])}/{report['n']}); "
         f"agrees with the reference engine on {report['agreement_with_reference']}/{report['n']}; confidences "
         f"within {report['max_confidence_difference']:.1e}",

@@ -1,4 +1,4 @@
-"""Firmware in simulators: QEMU for the ARM cores, simavr for the AVR, with the UART on a pseudo-terminal.
+"""Firmware in simulators: QEMU for the ARM and Xtensa cores, simavr for the AVR, with the UART on a pseudo-terminal.
 
 A ``SimulatorRun`` starts the simulator on a built firmware (``codegen.mcu_firmware``) and gives the path of the
 pseudo-terminal its UART is on, so the project's device client talks to it exactly as to a board. When the run
@@ -7,7 +7,8 @@ measurements are read:
 
 * ARM (QEMU): a TCG plugin (``c/sim/qemu_insn_plugin.c``) counts every executed instruction and notes the
   count each time the firmware reaches its marker ``ml_mark`` (called right before and right after each
-  inference), less the instructions of the 1 kHz SysTick handler; QEMU models no timing, so instructions are
+  inference), less the instructions of the 1 kHz SysTick handler (esp32: of the exception handler that emulates
+  MULSH/MULUH for QEMU's core, c/targets/startup_xtensa.S); QEMU models no timing, so instructions are
   the measure. Peak stack: the lowest address a store wrote in the stack region.
 * AVR (simavr, cycle-accurate): the runner (``c/sim/simavr_runner.c``) notes the cycle count at each marker,
   and the lowest stack pointer seen.
@@ -34,14 +35,16 @@ from mobile_lenet.codegen.mcu_firmware import Firmware
 from mobile_lenet.engines.host_c import cache_root, compiler
 from mobile_lenet.errors import UserError
 
-QEMU_MACHINES = {  # the QEMU program and board model with the right core (see shared facts in MCU_SIMULATION.md)
-    "cortex-m0plus": ["qemu-system-arm", "-M", "microbit", "-global", "nrf51-soc.sram-size=270336",
+QEMU = "qemu-system-arm"
+QEMU_MACHINES = {  # the board models with the right cores (see shared facts in MCU_SIMULATION.md)
+    "cortex-m0plus": ["-M", "microbit", "-global", "nrf51-soc.sram-size=270336",
                       "-global", "nrf51-soc.flash-size=2097152"],  # nRF51 (Cortex-M0) sized like an RP2040
-    "cortex-m4f": ["qemu-system-arm", "-M", "netduinoplus2"],  # STM32F405
+    "cortex-m4f": ["-M", "netduinoplus2"],  # STM32F405
     # Xtensa: an ESP32-like core (windowed registers, FPU, MAC16, loops; no MUL32_HIGH) on the LX60 board
     # (RAM at 0, ROM at the reset vector, a 16550 UART)
-    "esp32": ["qemu-system-xtensa", "-M", "lx60", "-cpu", "de233_fpu"],
+    "esp32": ["-M", "lx60", "-cpu", "de233_fpu"],
 }
+QEMU_PROGRAMS = {"esp32": "qemu-system-xtensa"}  # the others: QEMU
 QEMU_PACKAGES = {"qemu-system-arm": "qemu-system-arm", "qemu-system-xtensa": "qemu-system-misc"}
 XTENSA_USER_VECTOR_OFFSET = 0x340  # from the vector base: the MULSH/MULUH emulation (c/targets/startup_xtensa.S)
 START_TIMEOUT_S = 30  # until the simulator names its pseudo-terminal
@@ -131,10 +134,10 @@ class SimulatorRun:
         return handler, handler + handler_size
 
     def _qemu_command(self) -> list[str]:
-        machine = QEMU_MACHINES[self.firmware.target.name]
-        if shutil.which(machine[0]) is None:
-            package = QEMU_PACKAGES[machine[0]]
-            raise UserError(f"{machine[0]} not found: install Debian's {package} (apt-get install {package})")
+        program = QEMU_PROGRAMS.get(self.firmware.target.name, QEMU)
+        if shutil.which(program) is None:
+            package = QEMU_PACKAGES[program]
+            raise UserError(f"{program} not found: install Debian's {package} (apt-get install {package})")
         symbols = self.firmware.symbols
         skip_lo, skip_hi = self._skip_range()
         self.marks_file = self.work_dir / "marks.txt"
@@ -143,8 +146,8 @@ class SimulatorRun:
         plugin = (f"{qemu_plugin()},mark={symbols['ml_mark'][0] & ~1:#x},out={self.marks_file},"
                   f"stack_lo={symbols['_ebss'][0]:#x},stack_hi={self.stack_top:#x},"
                   f"skip_lo={skip_lo:#x},skip_hi={skip_hi:#x}")
-        return [*machine, "-nographic", "-monitor", "none", "-serial", "pty", "-kernel", str(self.firmware.elf),
-                "-plugin", plugin]
+        return [program, *QEMU_MACHINES[self.firmware.target.name], "-nographic", "-monitor", "none", "-serial", "pty",
+                "-kernel", str(self.firmware.elf), "-plugin", plugin]
 
     def _simavr_command(self) -> list[str]:
         symbols = self.firmware.symbols
