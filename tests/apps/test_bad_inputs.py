@@ -489,7 +489,8 @@ def _setup(t: Path, a: Path) -> None:
     (t / "empty.png").write_bytes(b"")
     Image.fromarray(IMAGES[0]).save(t / "cut.png")
     (t / "cut.png").write_bytes((t / "cut.png").read_bytes()[:60])
-    for name, config in (("empty-config", ""), ("list-config", "[]"), ("nan-config", None),
+    for name, config in (("good-config", None), ("damaged-last", None), ("empty-config", ""), ("list-config", "[]"),
+                         ("nan-config", None),
                          ("extra-key", None), ("missing-key", None), ("string-epochs", None), ("zero-epochs", None)):
         run = t / name
         run.mkdir()
@@ -508,6 +509,7 @@ def _setup(t: Path, a: Path) -> None:
                 good["epochs"] = 0
             config = json.dumps(good)
         (run / "config.json").write_text(config)
+    (t / "damaged-last" / "last.pt").write_bytes(b"PK\x03\x04 cut short")
     (t / "notarun").mkdir()
 
 
@@ -551,6 +553,23 @@ FLAG_CASES = {
     "train-resume-other-epochs": (lambda t, a: ["train", "--resume", "--epochs", "5", "--out", t / "extra-key"],
                                   "config.json"),
     "train-existing-run": (lambda t, a: _train(t, a)[:-2] + ["--out", t / "extra-key"], "--resume"),
+    # a resumed run keeps its settings: a different one is refused, not ignored; a damaged last.pt is not replaced
+    "train-resume-new-lr": (lambda t, a: ["train", "--resume", "--lr", "0.5", "--out", t / "good-config"],
+                            "--lr 0.01"),
+    "train-resume-new-elastic": (lambda t, a: ["train", "--resume", "--elastic", "2", "--out", t / "good-config"],
+                                 "--elastic"),
+    "train-resume-new-ema": (lambda t, a: ["train", "--resume", "--ema-decay", "0.9", "--out", t / "good-config"],
+                             "--ema-decay"),
+    "train-resume-new-augment": (lambda t, a: ["train", "--resume", "--augment", "--out", t / "good-config"],
+                                 "--no-augment"),
+    "train-resume-new-seed": (lambda t, a: ["train", "--resume", "--seed", "3", "--out", t / "good-config"],
+                              "--seed 0"),
+    "train-resume-new-data-dir": (lambda t, a: ["train", "--resume", "--data-dir", t, "--out", t / "good-config"],
+                                  "--data-dir"),
+    "train-resume-damaged-last": (lambda t, a: ["train", "--resume", "--out", t / "damaged-last"],
+                                  "not a readable checkpoint"),
+    "train-elastic-no-augment": (lambda t, a: _train(t, a, "--elastic", "2", "--no-augment"), "--augment"),
+    "summary-int8-without-memory": (lambda t, a: ["summary", "--int8"], "--memory"),
     "train-missing-data-dir": (lambda t, a: ["train", "--data-dir", t / "nope", "--out", t / "run"], "nope"),
     "pipeline-epochs-0": (lambda t, a: ["pipeline", "--data-dir", a / "data", "--epochs", "0", "--out", t / "m"],
                           "--epochs"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -30,11 +31,11 @@ from mobile_lenet.errors import UserError
 from mobile_lenet.files import check_writable_file, check_writable_folder
 from mobile_lenet.formats.int8_folder import load_quantized
 from mobile_lenet.formats.model_files import load_model, load_tensors
-from mobile_lenet.model.checkpoints import save_checkpoint
+from mobile_lenet.model.checkpoints import read_checkpoint, save_checkpoint
 from mobile_lenet.model.data import DATASETS, load_dataset
 from mobile_lenet.model.images import load_digit
 from mobile_lenet.model.network import from_noodle
-from mobile_lenet.model.training import TrainConfig, check_config, read_config, train
+from mobile_lenet.model.training import TrainConfig, check_config, read_config, resume_refused, train
 from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT
 
 
@@ -50,6 +51,9 @@ def cmd_summary(args) -> int:
     """Print the architecture table (or JSON) with parameters and MACs per layer."""
     if args.target and not (args.memory and args.int8):
         raise UserError("--target goes with --memory --int8 (the int8 schedule of that microcontroller)")
+    if args.int8 and not args.memory:
+        raise UserError("--int8 goes with --memory (the int8 plan next to float); the architecture table is the "
+                        "same for both")
     if args.memory and args.target and get_target(args.target).int8_schedule == "rows":
         plan = row_plan()
         print(json.dumps(row_plan_dict(plan), indent=2) if args.json else "\n".join(row_plan_text(plan)))
@@ -61,6 +65,10 @@ def cmd_summary(args) -> int:
     return 0
 
 
+RUN_FLAGS = ("epochs", "batch_size", "lr", "elastic", "ema_decay", "label_smoothing", "distill_epochs", "seed",
+             "augment", "data_dir")  # train's flags that set a run's config.json (None: not given)
+
+
 def cmd_train(args) -> int:
     """Train a model into a run folder."""
     out = Path(args.out)
@@ -69,14 +77,25 @@ def cmd_train(args) -> int:
         if not (out / "config.json").is_file():
             raise UserError(f"{out}: nothing to resume (no config.json and last.pt)")
         config = read_config(out / "config.json")
-        if args.epochs is not None and args.epochs != config.epochs:
-            raise UserError(f"{out} was started for {config.epochs} epochs and its learning-rate schedule is fixed "
-                            f"by that; resume without --epochs, or start a new run")
+        for name in RUN_FLAGS:  # a resumed run keeps its settings: a different one given now is refused
+            given, saved, flag = getattr(args, name), getattr(config, name), "--" + name.replace("_", "-")
+            same = given == saved or (name == "data_dir" and None not in (given, saved)
+                                      and os.path.realpath(given) == os.path.realpath(saved))
+            if given is not None and not same:
+                shown = (("--augment" if saved else "--no-augment") if name == "augment"
+                         else f"no {flag}" if saved is None else f"{flag} {saved}")
+                raise UserError(f"{out} was started with {shown} (its config.json) and a resumed run keeps its "
+                                f"settings; resume without {flag}, or start a new run")
+        if (out / "last.pt").exists():  # a damaged one is refused now, before the data is loaded
+            try:
+                read_checkpoint(out / "last.pt")
+            except UserError as e:
+                raise resume_refused(out, str(e)) from None
     else:
         if (out / "last.pt").exists() or (out / "config.json").exists():
             raise UserError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
-        config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, augment=args.augment)
-        for name in ("epochs", "batch_size", "lr", "elastic", "ema_decay", "label_smoothing", "distill_epochs"):
+        config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, seed=0, augment=True)
+        for name in RUN_FLAGS:
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))
         check_config(config)
@@ -243,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help=f"number of epochs (default {defaults.epochs})")
     p.add_argument("--batch-size", type=int, help=f"batch size (default {defaults.batch_size})")
     p.add_argument("--lr", type=float, help=f"peak learning rate of the one-cycle schedule (default {defaults.lr:g})")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same weights")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--seed", type=int, help="random seed (default 0); same seed, same weights")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="random affine distortions of the training digits (default on)")
     p.add_argument("--elastic", type=float, help=f"elastic distortion strength in pixels, 0 = off "
                                                  f"(default {defaults.elastic:g}; needs --augment)")
