@@ -194,6 +194,18 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     _fsync_path(path.parent, directory=True)
 
 
+def staging_folder(path: str | os.PathLike) -> Path:
+    """A new private temporary folder beside ``path`` (a stale temporary if a kill leaves it), to build several
+    files in before they are renamed into place; WriteError if it cannot be made."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(path.parent)
+        return Path(tempfile.mkdtemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp"))
+    except OSError as e:
+        raise WriteError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (see ``atomic_write``)."""
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))

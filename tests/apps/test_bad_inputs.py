@@ -511,6 +511,24 @@ def _setup(t: Path, a: Path) -> None:
         (run / "config.json").write_text(config)
     (t / "damaged-last" / "last.pt").write_bytes(b"PK\x03\x04 cut short")
     (t / "notarun").mkdir()
+    for name, metrics in (("done-run", GOOD_METRICS), ("nan-run", GOOD_METRICS + "nan,nan,nan,nan,nan\n")):
+        _finished_run(t / name, a, metrics)
+    (t / "u").mkdir()
+    (t / "u" / "curves.png").write_bytes(b"a user's own figure")
+    (t / "dangling").symlink_to(t / "missing" / "report.html")
+    shutil.copytree(a / "noodle", t / "noodle-copy")
+
+
+GOOD_METRICS = "epoch,train_loss,train_accuracy,val_loss,val_accuracy\n1,2.0,0.3,1.9,0.35\n2,1.5,0.5,1.4,0.55\n"
+
+
+def _finished_run(run: Path, a: Path, metrics: str) -> Path:
+    """A run folder as train leaves it (config.json, metrics.csv, best.pt), for report."""
+    run.mkdir()
+    shutil.copy(a / "model.pt", run / "best.pt")
+    (run / "metrics.csv").write_text(metrics)
+    (run / "config.json").write_text(json.dumps({"dataset": "mnist", "data_dir": str(a / "data")}))
+    return run
 
 
 def _train(t, a, *flags):
@@ -638,6 +656,21 @@ FLAG_CASES = {
     "report-not-a-run": (lambda t, a: ["report", t / "notarun"], "notarun"),
     "report-missing": (lambda t, a: ["report", t / "nope"], "nope"),
     "report-bad-config": (lambda t, a: ["report", t / "empty-config"], "empty-config"),
+    # the report's page and figures never replace a run's own files, a user's page or an unrelated PNG
+    "report-out-best-pt": (lambda t, a: ["report", t / "done-run", "--out", t / "done-run" / "best.pt"],
+                           "not a mobile-lenet report"),
+    "report-out-metrics-csv": (lambda t, a: ["report", t / "done-run", "--out", t / "done-run" / "metrics.csv"],
+                               "not a mobile-lenet report"),
+    "report-out-beside-user-png": (lambda t, a: ["report", t / "done-run", "--out", t / "u" / "report.html"],
+                                   "curves.png: exists and is not a figure"),
+    "report-out-named-as-figure": (lambda t, a: ["report", t / "done-run", "--out", t / "v" / "curves.png"],
+                                   "one of the report's figures"),
+    "report-out-dangling-symlink": (lambda t, a: ["report", t / "done-run", "--out", t / "dangling"],
+                                    "symbolic link to a missing"),
+    "report-nan-metrics-row": (lambda t, a: ["report", t / "nan-run", "--out", t / "r" / "index.html"],
+                               "epoch of row 3 is nan"),
+    "import-out-weight-file": (lambda t, a: ["import", t / "noodle-copy", "--out", t / "noodle-copy" / "w01.txt"],
+                               "not a mobile-lenet checkpoint"),
     "demo-port-0": (lambda t, a: ["demo", "--model", a / "model.pt", "--port", "0"], "--port"),
     "demo-port-huge": (lambda t, a: ["demo", "--model", a / "model.pt", "--port", "70000"], "--port"),
     "demo-missing-model": (lambda t, a: ["demo", "--model", t / "nope.pt", "--port", "8123"], "nope.pt"),
@@ -652,6 +685,24 @@ def test_bad_flag_or_output(capsys, tmp_path, assets, case):
     _setup(tmp_path, assets)
     build, fragment = FLAG_CASES[case]
     run_refused(capsys, tmp_path, build(tmp_path, assets), fragment)
+
+
+def test_report_replaces_only_a_previous_report(capsys, tmp_path, assets):
+    """Control of the report cases: a report is written, written again over itself, and keeps a user's other
+    files in its folder; a run without a validation split (NaN validation columns) has a report too."""
+    no_validation = GOOD_METRICS.replace("1.9,0.35", "nan,nan").replace("1.4,0.55", "nan,nan")
+    run = _finished_run(tmp_path / "run", assets, no_validation)
+    out = tmp_path / "u" / "report.html"
+    out.parent.mkdir()
+    (out.parent / "notes.txt").write_text("keep")
+    for _ in range(2):
+        assert main(["report", str(run), "--out", str(out)]) == 0
+    assert "no validation split" in out.read_text()
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["notes.txt", "report.html", "curves.png",
+                                                                  "confusion.png", "misclassified.png",
+                                                                  "architecture.png", "block_costs.png",
+                                                                  "feature_maps.png"])
+    assert (out.parent / "notes.txt").read_text() == "keep"
 
 
 # ------------------------------------------------------------------------------------------------ demo API

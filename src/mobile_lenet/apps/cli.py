@@ -151,6 +151,13 @@ def cmd_import(args) -> int:
     if Path(args.out).is_dir():
         raise UserError(f"{args.out}: is a folder; --out names the checkpoint file to write")
     check_writable_file(args.out)
+    if Path(args.out).exists() or Path(args.out).is_symlink():  # replace only a checkpoint, never another file
+        if not Path(args.out).is_file():
+            raise UserError(f"{args.out}: exists and is not a file; --out names the checkpoint file to write")
+        try:
+            read_checkpoint(args.out)
+        except UserError:
+            raise UserError(f"{args.out}: exists and is not a mobile-lenet checkpoint; choose another --out") from None
     save_checkpoint(args.out, from_noodle(load_tensors(args.source)), imported_from=str(args.source))
     print(f"wrote {args.out}")
     return 0
