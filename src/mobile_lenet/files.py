@@ -16,6 +16,7 @@ import errno
 import os
 import re
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 
@@ -120,6 +121,22 @@ def check_name(path: str | os.PathLike) -> None:
     too_long = next((part for part in Path(path).parts if len(os.fsencode(part)) > NAME_MAX), None)
     if too_long is not None:
         raise UserError(f"{str(path)[:60]}...: a name longer than the {NAME_MAX} bytes a file name may have")
+
+
+def check_readable_file(path: str | os.PathLike) -> None:
+    """UserError unless ``path`` is a regular file (or a link to one): reading a FIFO, a device or a socket would
+    block or never end, so it is refused before it is opened."""
+    check_name(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    if stat.S_ISDIR(mode):
+        raise UserError(f"{path}: is a folder, not a file")
+    if not stat.S_ISREG(mode):
+        raise UserError(f"{path}: not a regular file (a pipe, device or socket); give a file")
 
 
 def _check_parent(path: Path) -> None:

@@ -705,6 +705,74 @@ def test_report_replaces_only_a_previous_report(capsys, tmp_path, assets):
     assert (out.parent / "notes.txt").read_text() == "keep"
 
 
+# ------------------------------------------------------------------------------------------------ FIFOs
+FIFO_CASES = {  # a named pipe where a file is read: refused before it is opened (opening it would block)
+    "predict-image": lambda a, f, t: ["predict", a / "model.pt", f],
+    "predict-model": lambda a, f, t: ["predict", f, a / "digit.png"],
+    "export": lambda a, f, t: ["export", f, "--format", "c", "--out", t / "out"],
+    "quantize": lambda a, f, t: ["quantize", f, "--calibration-data", "mnist", "--data-dir", a / "data",
+                                 "--out", t / "q"],
+    "import": lambda a, f, t: ["import", f, "--out", t / "x.pt"],
+    "import-keras": lambda a, f, t: ["import", f.rename(f.with_suffix(".keras")), "--out", t / "x.pt"],
+    "simulate": lambda a, f, t: ["simulate", f, "--target", "cortex-m4f", "--data-dir", a / "data"],
+    "evaluate-data": lambda a, f, t: ["evaluate", a / "model.pt", "--data-dir",
+                                      _data_with_fifo(a, f, "t10k-images-idx3-ubyte")],
+    "quantize-data-npz": lambda a, f, t: ["quantize", a / "model.pt", "--calibration-data", "mnist", "--data-dir",
+                                          _data_with_fifo(a, f, "mnist.npz", idx=False), "--out", t / "q"],
+}
+
+
+def _data_with_fifo(a: Path, fifo: Path, name: str, idx: bool = True) -> Path:
+    folder = fifo.parent / "data"
+    folder.mkdir()
+    if idx:
+        for prefix in ("train", "t10k"):
+            shutil.copy(a / "data" / f"{prefix}-labels-idx1-ubyte", folder)
+            shutil.copy(a / "data" / f"{prefix}-images-idx3-ubyte", folder)
+    fifo.rename(folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("case", FIFO_CASES)
+def test_a_fifo_given_as_input_is_refused_without_blocking(capsys, tmp_path, assets, case):
+    import os
+    import threading
+    import time
+
+    fifo = tmp_path / "pipe.pt"
+    os.mkfifo(fifo)
+    argv = FIFO_CASES[case](assets, fifo, tmp_path)
+    fifos = [p for p in tmp_path.rglob("*") if p.is_fifo()]
+    done, unblocked = threading.Event(), []
+
+    def watchdog():  # a reader blocked on the FIFO after 20 s gets end-of-file, so the test fails, not hangs
+        deadline = time.monotonic() + 20
+        while not done.wait(0.1):
+            if time.monotonic() > deadline:
+                for path in fifos:
+                    try:
+                        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                        unblocked.append(path)
+                    except OSError:
+                        pass
+
+    thread = threading.Thread(target=watchdog, daemon=True)
+    thread.start()
+    try:
+        run_refused(capsys, tmp_path, argv, "not a regular file")
+    finally:
+        done.set()
+        thread.join()
+    assert not unblocked, "the command blocked on the FIFO"
+
+
+def test_export_keeps_a_users_file_that_looks_like_a_temporary(capsys, tmp_path, assets):
+    """A user's ``.notes.40000.keep.tmp`` beside the export is not taken for a killed writer's temporary."""
+    (tmp_path / ".notes.40000.keep.tmp").write_text("mine")
+    assert main(["export", str(assets / "model.pt"), "--format", "noodle", "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / ".notes.40000.keep.tmp").read_text() == "mine"
+
+
 # ------------------------------------------------------------------------------------------------ demo API
 def _png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
     buffer = io.BytesIO()

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mobile_lenet.errors import UserError
+from mobile_lenet.files import check_readable_file
 from mobile_lenet.formats.int8_folder import is_quantized_folder, load_quantized
 from mobile_lenet.formats.keras import read_keras
 from mobile_lenet.formats.noodle import looks_like_noodle_folder, read_noodle_folder
@@ -36,6 +37,7 @@ def load_tensors(source: str | os.PathLike) -> dict[str, np.ndarray]:
         raise UserError(f"{path}: neither a run folder (best.pt) nor a folder of Noodle weight files")
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
+    check_readable_file(path)
     if path.suffix == ".keras":
         return read_keras(path)
     return to_noodle(load_checkpoint_model(path))

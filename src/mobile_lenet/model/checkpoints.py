@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from mobile_lenet.errors import UserError
-from mobile_lenet.files import atomic_write
+from mobile_lenet.files import atomic_write, check_readable_file
 from mobile_lenet.model.network import MobileLeNet
 
 
@@ -24,6 +24,7 @@ def save_checkpoint(path: str | os.PathLike, model: MobileLeNet, **extra) -> Non
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint dict safely; raises UserError naming the file if it is not one of ours."""
     path = Path(path)
+    check_readable_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

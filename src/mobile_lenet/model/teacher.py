@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobile_lenet.files import atomic_write
+from mobile_lenet.files import atomic_write, check_readable_file
 from mobile_lenet.model.data import Dataset
 
 # (channels, 3x3 conv + BN + ReLU layers) per stage; a 2x2 max-pool between stages; then GAP and a dense layer
@@ -81,6 +81,7 @@ def save_teacher(path: Path, teacher: Teacher, **extra) -> None:
 def read_teacher(path: Path) -> dict | None:
     """The saved teacher state, or None if ``path`` is missing or not a readable teacher file."""
     try:
+        check_readable_file(path)  # a FIFO would block the load
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # missing, truncated or foreign: the caller trains a new teacher  # noqa: BLE001
         return None
