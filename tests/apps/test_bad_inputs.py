@@ -519,6 +519,15 @@ def _setup(t: Path, a: Path) -> None:
     shutil.copytree(a / "noodle", t / "noodle-copy")
 
 
+OUT_VERBS = {  # verb -> argv writing to the given --out
+    "train": lambda t, a, out: _train(t, a, "--epochs", "1")[:-2] + ["--out", out],
+    "export": lambda t, a, out: ["export", a / "model.pt", "--format", "noodle", "--out", out],
+    "quantize": lambda t, a, out: ["quantize", a / "model.pt", "--calibration-data", "mnist", "--data-dir",
+                                   a / "data", "--out", out],
+    "import": lambda t, a, out: ["import", a / "noodle", "--out", out],
+    "pipeline": lambda t, a, out: ["pipeline", "--data-dir", a / "data", "--epochs", "1", "--quiet", "--out", out],
+    "report": lambda t, a, out: ["report", t / "done-run", "--out", out],
+}
 GOOD_METRICS = "epoch,train_loss,train_accuracy,val_loss,val_accuracy\n1,2.0,0.3,1.9,0.35\n2,1.5,0.5,1.4,0.55\n"
 
 
@@ -669,6 +678,18 @@ FLAG_CASES = {
                                     "symbolic link to a missing"),
     "report-nan-metrics-row": (lambda t, a: ["report", t / "nan-run", "--out", t / "r" / "index.html"],
                                "epoch of row 3 is nan"),
+    # the edges of the file system: a symbolic link to nothing, a 300-character name, a folder that cannot be made
+    **{f"{verb}-out-dangling-symlink": (lambda t, a, verb=verb: OUT_VERBS[verb](t, a, t / "dangling"),
+                                        "symbolic link to a missing") for verb in ("train", "export", "quantize",
+                                                                                   "import", "pipeline")},
+    **{f"{verb}-out-300-characters": (lambda t, a, verb=verb: OUT_VERBS[verb](t, a, t / ("o" * 300)), "long")
+       for verb in ("train", "export", "quantize", "import", "pipeline", "report")},
+    "predict-image-300-characters": (lambda t, a: ["predict", a / "model.pt", t / ("i" * 300 + ".png")], "long"),
+    "evaluate-model-300-characters": (lambda t, a: ["evaluate", t / ("m" * 300), "--data-dir", a / "data"], "long"),
+    "evaluate-data-300-characters": (lambda t, a: ["evaluate", a / "model.pt", "--data-dir", t / ("d" * 300)],
+                                     "long"),
+    "train-out-in-proc": (lambda t, a: _train(t, a, "--epochs", "1")[:-2] + ["--out", "/proc/mobile-lenet-x"],
+                          "/proc/mobile-lenet-x"),
     "import-out-weight-file": (lambda t, a: ["import", t / "noodle-copy", "--out", t / "noodle-copy" / "w01.txt"],
                                "not a mobile-lenet checkpoint"),
     "demo-port-0": (lambda t, a: ["demo", "--model", a / "model.pt", "--port", "0"], "--port"),
@@ -703,6 +724,45 @@ def test_report_replaces_only_a_previous_report(capsys, tmp_path, assets):
                                                                   "architecture.png", "block_costs.png",
                                                                   "feature_maps.png"])
     assert (out.parent / "notes.txt").read_text() == "keep"
+
+
+# ------------------------------------------------------------------------------------------------ full disks
+def _disk_full_for(fragment: str):
+    """Path.write_bytes failing with ENOSPC for the files whose name holds ``fragment`` (what a full disk does)."""
+    import errno
+    real = Path.write_bytes
+
+    def write_bytes(self, data):
+        if fragment in self.name:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, data)
+
+    return write_bytes
+
+
+@pytest.mark.parametrize("verb", ["train", "import", "export", "quantize"])
+def test_a_full_disk_is_one_line_and_leaves_nothing(capsys, tmp_path, assets, monkeypatch, verb):
+    """The disk fills while the checkpoint (train, import) or the folder (export, quantize) is written: one line,
+    and no half-written output, temporary or run folder claiming a run (train's config.json) is left."""
+    _setup(tmp_path, assets)
+    monkeypatch.setattr(Path, "write_bytes", _disk_full_for(".pt." if verb in ("train", "import") else ""))
+    out = tmp_path / ("x.pt" if verb == "import" else "out")
+    run_refused(capsys, tmp_path, OUT_VERBS[verb](tmp_path, assets, out), "No space left on device")
+
+
+def test_a_full_stdout_is_one_line():
+    """``summary --json >/dev/full``: one line on stderr, exit 2, and no second complaint at exit."""
+    import os
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-c", "import sys; from mobile_lenet.apps.cli import main; "
+                                 "sys.exit(main(sys.argv[1:]))", "summary", "--json"], stdout=full,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                                timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == ["mobile-lenet: error: cannot write the output (No space left on device)"]
 
 
 # ------------------------------------------------------------------------------------------------ FIFOs

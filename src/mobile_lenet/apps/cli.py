@@ -7,6 +7,8 @@ Each ``cmd_*`` function below is one verb; ``build_parser`` declares its flags. 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import math
 import os
@@ -28,7 +30,7 @@ from mobile_lenet.codegen.memory import memory_dict, memory_text, row_plan, row_
 from mobile_lenet.engines.reference import softmax
 from mobile_lenet.engines.registry import ENGINES, check_engine, logits, real_logits
 from mobile_lenet.errors import UserError
-from mobile_lenet.files import check_writable_file, check_writable_folder
+from mobile_lenet.files import WriteError, check_writable_file, check_writable_folder
 from mobile_lenet.formats.int8_folder import load_quantized
 from mobile_lenet.formats.model_files import load_model, load_tensors
 from mobile_lenet.model.checkpoints import read_checkpoint, save_checkpoint
@@ -100,7 +102,16 @@ def cmd_train(args) -> int:
                 setattr(config, name, getattr(args, name))
         check_config(config)
     train_set = load_dataset(config.dataset, "train", config.data_dir)
-    train(config, train_set, out, resume=args.resume, progress=not args.quiet)
+    existed = out.exists()
+    try:
+        train(config, train_set, out, resume=args.resume, progress=not args.quiet)
+    except WriteError:  # e.g. a full disk: a new run that saved no epoch leaves no config.json that claims a run
+        if not args.resume and not (out / "last.pt").exists():
+            (out / "config.json").unlink(missing_ok=True)
+            if not existed:
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+        raise
     teacher = f" (teacher: {out / 'teacher.pt'})" if config.distill_epochs else ""
     print(f"wrote {out / 'best.pt'}, {out / 'last.pt'} and {out / 'metrics.csv'}{teacher}")
     return 0
@@ -383,11 +394,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors of the file system that a user's names or disk cause wherever they are met: one line, not a traceback.
+USER_OS_ERRORS = {errno.ENAMETOOLONG: "a file name too long", errno.ENOSPC: "no space left on the disk",
+                  errno.EDQUOT: "disk quota exceeded", errno.EROFS: "a read-only file system"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    stdout, sys.stdout = sys.stdout, _GuardedOutput(sys.stdout)
     try:
         args = parser.parse_args(argv)
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a full stdout can still be reported
+        return code
     except UserError as e:
         print(f"mobile-lenet: error: {e}", file=sys.stderr)
         return 2
@@ -395,7 +414,55 @@ def main(argv: list[str] | None = None) -> int:
         print("mobile-lenet: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        _silence(stdout)
         return 141
+    except OSError as e:
+        if e.errno not in USER_OS_ERRORS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"mobile-lenet: error: {where}{USER_OS_ERRORS[e.errno]} ({e.strerror})", file=sys.stderr)
+        return 2
+    finally:
+        sys.stdout = stdout
+
+
+class _GuardedOutput:
+    """``sys.stdout`` while a verb runs: a write that fails (a full disk, ``>/dev/full``) is a UserError, and the
+    stream is silenced so the interpreter's flush at exit adds no second message."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def write(self, text: str) -> int:
+        return self._guarded(self._stream.write, text)
+
+    def flush(self) -> None:
+        return self._guarded(self._stream.flush)
+
+    def _guarded(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            _silence(self._stream)
+            raise UserError(f"cannot write the output ({e.strerror or e})") from None
+
+
+def _silence(stream) -> None:
+    """Point ``stream``'s file descriptor at /dev/null (where what it still holds can be flushed harmlessly)."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):  # no real descriptor (a test's capture)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
 
 
 if __name__ == "__main__":

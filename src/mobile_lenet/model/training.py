@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mobile_lenet.errors import UserError
-from mobile_lenet.files import atomic_write, atomic_write_text, clean_stale_tmp
+from mobile_lenet.files import WriteError, atomic_write, atomic_write_text, clean_stale_tmp
 from mobile_lenet.model.checkpoints import check_finite_state, read_checkpoint, save_checkpoint
 from mobile_lenet.model.data import Dataset, split_validation, to_tensor_input
 from mobile_lenet.model.network import MobileLeNet, predict_logits
@@ -260,7 +260,10 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
     start_epoch, best_val, history = 0, -1.0, []
     average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"{out_dir}: cannot make the run folder ({e.strerror or e})") from None
     clean_stale_tmp(out_dir)  # what a kill during a write left
     if resume:
         why = resume_problem(out_dir / "last.pt", config, scheduler.total_steps)
