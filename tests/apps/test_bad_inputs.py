@@ -325,6 +325,10 @@ def _noodle(assets, folder: Path, variant: str) -> None:
     elif variant == "huge-value":
         lines = w05.read_text().splitlines()
         w05.write_text("\n".join(["1e999"] + lines[1:]) + "\n")
+    elif variant == "negative-variance":  # the fourth row of a BatchNorm file: its moving variances
+        lines = (folder / "bn03.txt").read_text().splitlines()
+        lines[3 * len(lines) // 4] = "-0.5"
+        (folder / "bn03.txt").write_text("\n".join(lines) + "\n")
     elif variant == "bad-bin":
         w05.unlink()
         (folder / "w05.bin").write_bytes(b"\x00" * 7)
@@ -340,7 +344,8 @@ def _noodle(assets, folder: Path, variant: str) -> None:
 NOODLE_VARIANTS = {"w05-is-a-folder": "w05.txt", "underscore-number": "w05.txt", "nan-value": "w05.txt",
                    "word-value": "w05.txt", "too-few-values": "w05.txt", "too-many-values": "w05.txt",
                    "missing-file": "w05", "stale-w15": "w15.txt", "binary-txt": "w05.txt", "huge-value": "w05.txt",
-                   "bad-bin": "w05.bin", "bad-manifest": "manifest.json", "edited-under-manifest": "w05.txt"}
+                   "bad-bin": "w05.bin", "negative-variance": "bn03 (BatchNorm) has a negative moving variance",
+                   "bad-manifest": "manifest.json", "edited-under-manifest": "w05.txt"}
 
 
 @pytest.mark.parametrize("verb", ["evaluate", "predict", "export-c", "import"])
