@@ -945,13 +945,17 @@ def test_demo_control_and_rgba_alpha_ink(demo_client, capsys, tmp_path, assets):
 
 
 # ------------------------------------------------------------------------------------------------ device replies
-@pytest.mark.parametrize("replies, fragment", [
-    (b"PRED 7 0.0100 0.9000\nPRED 7 0.0100 0.9000\n", "more than one reply to image 0"),
-    (b"PRED 7 0.0100 0.9000\nhello\n", "more than one reply to image 0"),
-    (b"PRED 12 0.0100 0.9000\n", "malformed reply"),
+@pytest.mark.parametrize("greeting, replies, fragment", [
+    (b"READY\n", b"PRED 7 0.0100 0.9000\nPRED 7 0.0100 0.9000\n", "more than one reply to image 0"),
+    (b"READY\n", b"PRED 7 0.0100 0.9000\nhello\n", "more than one reply to image 0"),
+    (b"READY\n", b"PRED 12 0.0100 0.9000\n", "malformed reply"),
+    (b"READY\n", b"PRED 7 0.0100 9.9999\n", "confidence of 9.9999"),
+    (b"READY\n", b"PRED 7 100000000000000000000.0000 0.9000\n", "inference time of 1e+20 s"),
+    (b"READY\nPRED 3 0.0100 0.9000\n", b"PRED 7 0.0100 0.9000\n", "a reply before any image was sent"),
 ])
-def test_device_out_of_step_replies_refused(capsys, tmp_path, assets, replies, fragment):
-    """A device answering twice per image (or garbage after its answer) is refused, not tallied out of step."""
+def test_device_out_of_step_replies_refused(capsys, tmp_path, assets, greeting, replies, fragment):
+    """A device answering twice per image, before any image, or with garbage after its answer, a probability
+    above 1 or an absurd time is refused, not tallied (out of step)."""
     import os
     import threading
     import tty
@@ -959,13 +963,20 @@ def test_device_out_of_step_replies_refused(capsys, tmp_path, assets, replies, f
     master, slave = os.openpty()
     tty.setraw(slave)
 
+    done = threading.Event()  # the client has finished: the device stops
+
     def fake_device():
         import select
         while not select.select([master], [], [], 0.2)[0]:  # READY until the client (which opens late) sends
-            os.write(master, b"READY\n")
+            if done.is_set():
+                return
+            os.write(master, greeting)
         received = 0
         while received < 784:
-            received += len(os.read(master, 784 - received))
+            if select.select([master], [], [], 0.1)[0]:
+                received += len(os.read(master, 784 - received))
+            elif done.is_set():
+                return
         os.write(master, replies)
 
     thread = threading.Thread(target=fake_device, daemon=True)
@@ -974,6 +985,7 @@ def test_device_out_of_step_replies_refused(capsys, tmp_path, assets, replies, f
         run_refused(capsys, tmp_path, ["device", "--port", os.ttyname(slave), "--data-dir", assets / "data",
                                        "--count", 1, "--timeout", 2, "--quiet"], fragment)
     finally:
+        done.set()
         thread.join(timeout=5)
         os.close(master)
         os.close(slave)
