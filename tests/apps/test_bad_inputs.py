@@ -944,6 +944,29 @@ def test_demo_control_and_rgba_alpha_ink(demo_client, capsys, tmp_path, assets):
     np.testing.assert_allclose(alpha["probabilities"], demo["probabilities"], rtol=0, atol=1e-5)
 
 
+def test_demo_answers_only_at_its_own_address_and_hides_the_model_path(assets, monkeypatch):
+    """A page elsewhere reaching the demo by DNS rebinding sends its own Host header: 400, nothing served;
+    /api/info names the model's file, not where it sits on the machine."""
+    from fastapi.testclient import TestClient
+
+    from mobile_lenet.apps import demo
+
+    apps = []
+    monkeypatch.setattr(demo.uvicorn, "run", lambda app, **kwargs: apps.append(app))
+    demo.serve(model=str(assets / "model.pt"), host="127.0.0.1", port=8123)
+    with TestClient(apps[0], base_url="http://127.0.0.1:8123") as client:
+        info = client.get("/api/info")
+        assert info.status_code == 200 and info.json()["model"] == "model.pt"
+        assert client.get("/api/info", headers={"host": "localhost:8123"}).status_code == 200
+        for host in ("evil.example:8123", "127.0.0.1:9999", "evil.example", ""):
+            response = client.get("/api/info", headers={"host": host})
+            assert response.status_code == 400 and "Host" in response.json()["error"], host
+            assert client.post("/api/predict", json={"pixels": IMAGES[0].tolist()},
+                               headers={"host": host}).status_code == 400
+    assert demo.allowed_hosts("0.0.0.0", 8000) is None
+    assert demo.allowed_hosts("192.168.1.5", 8000) == {"192.168.1.5:8000"}
+
+
 # ------------------------------------------------------------------------------------------------ device replies
 @pytest.mark.parametrize("greeting, replies, fragment", [
     (b"READY\n", b"PRED 7 0.0100 0.9000\nPRED 7 0.0100 0.9000\n", "more than one reply to image 0"),
