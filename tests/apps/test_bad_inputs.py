@@ -325,6 +325,10 @@ def _noodle(assets, folder: Path, variant: str) -> None:
     elif variant == "huge-value":
         lines = w05.read_text().splitlines()
         w05.write_text("\n".join(["1e999"] + lines[1:]) + "\n")
+    elif variant == "negative-variance":  # the fourth row of a BatchNorm file: its moving variances
+        lines = (folder / "bn03.txt").read_text().splitlines()
+        lines[3 * len(lines) // 4] = "-0.5"
+        (folder / "bn03.txt").write_text("\n".join(lines) + "\n")
     elif variant == "bad-bin":
         w05.unlink()
         (folder / "w05.bin").write_bytes(b"\x00" * 7)
@@ -340,7 +344,8 @@ def _noodle(assets, folder: Path, variant: str) -> None:
 NOODLE_VARIANTS = {"w05-is-a-folder": "w05.txt", "underscore-number": "w05.txt", "nan-value": "w05.txt",
                    "word-value": "w05.txt", "too-few-values": "w05.txt", "too-many-values": "w05.txt",
                    "missing-file": "w05", "stale-w15": "w15.txt", "binary-txt": "w05.txt", "huge-value": "w05.txt",
-                   "bad-bin": "w05.bin", "bad-manifest": "manifest.json", "edited-under-manifest": "w05.txt"}
+                   "bad-bin": "w05.bin", "negative-variance": "bn03 (BatchNorm) has a negative moving variance",
+                   "bad-manifest": "manifest.json", "edited-under-manifest": "w05.txt"}
 
 
 @pytest.mark.parametrize("verb", ["evaluate", "predict", "export-c", "import"])
@@ -489,7 +494,8 @@ def _setup(t: Path, a: Path) -> None:
     (t / "empty.png").write_bytes(b"")
     Image.fromarray(IMAGES[0]).save(t / "cut.png")
     (t / "cut.png").write_bytes((t / "cut.png").read_bytes()[:60])
-    for name, config in (("empty-config", ""), ("list-config", "[]"), ("nan-config", None),
+    for name, config in (("good-config", None), ("damaged-last", None), ("empty-config", ""), ("list-config", "[]"),
+                         ("nan-config", None),
                          ("extra-key", None), ("missing-key", None), ("string-epochs", None), ("zero-epochs", None)):
         run = t / name
         run.mkdir()
@@ -508,7 +514,35 @@ def _setup(t: Path, a: Path) -> None:
                 good["epochs"] = 0
             config = json.dumps(good)
         (run / "config.json").write_text(config)
+    (t / "damaged-last" / "last.pt").write_bytes(b"PK\x03\x04 cut short")
     (t / "notarun").mkdir()
+    for name, metrics in (("done-run", GOOD_METRICS), ("nan-run", GOOD_METRICS + "nan,nan,nan,nan,nan\n")):
+        _finished_run(t / name, a, metrics)
+    (t / "u").mkdir()
+    (t / "u" / "curves.png").write_bytes(b"a user's own figure")
+    (t / "dangling").symlink_to(t / "missing" / "report.html")
+    shutil.copytree(a / "noodle", t / "noodle-copy")
+
+
+OUT_VERBS = {  # verb -> argv writing to the given --out
+    "train": lambda t, a, out: _train(t, a, "--epochs", "1")[:-2] + ["--out", out],
+    "export": lambda t, a, out: ["export", a / "model.pt", "--format", "noodle", "--out", out],
+    "quantize": lambda t, a, out: ["quantize", a / "model.pt", "--calibration-data", "mnist", "--data-dir",
+                                   a / "data", "--out", out],
+    "import": lambda t, a, out: ["import", a / "noodle", "--out", out],
+    "pipeline": lambda t, a, out: ["pipeline", "--data-dir", a / "data", "--epochs", "1", "--quiet", "--out", out],
+    "report": lambda t, a, out: ["report", t / "done-run", "--out", out],
+}
+GOOD_METRICS = "epoch,train_loss,train_accuracy,val_loss,val_accuracy\n1,2.0,0.3,1.9,0.35\n2,1.5,0.5,1.4,0.55\n"
+
+
+def _finished_run(run: Path, a: Path, metrics: str) -> Path:
+    """A run folder as train leaves it (config.json, metrics.csv, best.pt), for report."""
+    run.mkdir()
+    shutil.copy(a / "model.pt", run / "best.pt")
+    (run / "metrics.csv").write_text(metrics)
+    (run / "config.json").write_text(json.dumps({"dataset": "mnist", "data_dir": str(a / "data")}))
+    return run
 
 
 def _train(t, a, *flags):
@@ -551,6 +585,23 @@ FLAG_CASES = {
     "train-resume-other-epochs": (lambda t, a: ["train", "--resume", "--epochs", "5", "--out", t / "extra-key"],
                                   "config.json"),
     "train-existing-run": (lambda t, a: _train(t, a)[:-2] + ["--out", t / "extra-key"], "--resume"),
+    # a resumed run keeps its settings: a different one is refused, not ignored; a damaged last.pt is not replaced
+    "train-resume-new-lr": (lambda t, a: ["train", "--resume", "--lr", "0.5", "--out", t / "good-config"],
+                            "--lr 0.01"),
+    "train-resume-new-elastic": (lambda t, a: ["train", "--resume", "--elastic", "2", "--out", t / "good-config"],
+                                 "--elastic"),
+    "train-resume-new-ema": (lambda t, a: ["train", "--resume", "--ema-decay", "0.9", "--out", t / "good-config"],
+                             "--ema-decay"),
+    "train-resume-new-augment": (lambda t, a: ["train", "--resume", "--augment", "--out", t / "good-config"],
+                                 "--no-augment"),
+    "train-resume-new-seed": (lambda t, a: ["train", "--resume", "--seed", "3", "--out", t / "good-config"],
+                              "--seed 0"),
+    "train-resume-new-data-dir": (lambda t, a: ["train", "--resume", "--data-dir", t, "--out", t / "good-config"],
+                                  "--data-dir"),
+    "train-resume-damaged-last": (lambda t, a: ["train", "--resume", "--out", t / "damaged-last"],
+                                  "not a readable checkpoint"),
+    "train-elastic-no-augment": (lambda t, a: _train(t, a, "--elastic", "2", "--no-augment"), "--augment"),
+    "summary-int8-without-memory": (lambda t, a: ["summary", "--int8"], "--memory"),
     "train-missing-data-dir": (lambda t, a: ["train", "--data-dir", t / "nope", "--out", t / "run"], "nope"),
     "pipeline-epochs-0": (lambda t, a: ["pipeline", "--data-dir", a / "data", "--epochs", "0", "--out", t / "m"],
                           "--epochs"),
@@ -619,6 +670,33 @@ FLAG_CASES = {
     "report-not-a-run": (lambda t, a: ["report", t / "notarun"], "notarun"),
     "report-missing": (lambda t, a: ["report", t / "nope"], "nope"),
     "report-bad-config": (lambda t, a: ["report", t / "empty-config"], "empty-config"),
+    # the report's page and figures never replace a run's own files, a user's page or an unrelated PNG
+    "report-out-best-pt": (lambda t, a: ["report", t / "done-run", "--out", t / "done-run" / "best.pt"],
+                           "not a mobile-lenet report"),
+    "report-out-metrics-csv": (lambda t, a: ["report", t / "done-run", "--out", t / "done-run" / "metrics.csv"],
+                               "not a mobile-lenet report"),
+    "report-out-beside-user-png": (lambda t, a: ["report", t / "done-run", "--out", t / "u" / "report.html"],
+                                   "curves.png: exists and is not a figure"),
+    "report-out-named-as-figure": (lambda t, a: ["report", t / "done-run", "--out", t / "v" / "curves.png"],
+                                   "one of the report's figures"),
+    "report-out-dangling-symlink": (lambda t, a: ["report", t / "done-run", "--out", t / "dangling"],
+                                    "symbolic link to a missing"),
+    "report-nan-metrics-row": (lambda t, a: ["report", t / "nan-run", "--out", t / "r" / "index.html"],
+                               "epoch of row 3 is nan"),
+    # the edges of the file system: a symbolic link to nothing, a 300-character name, a folder that cannot be made
+    **{f"{verb}-out-dangling-symlink": (lambda t, a, verb=verb: OUT_VERBS[verb](t, a, t / "dangling"),
+                                        "symbolic link to a missing") for verb in ("train", "export", "quantize",
+                                                                                   "import", "pipeline")},
+    **{f"{verb}-out-300-characters": (lambda t, a, verb=verb: OUT_VERBS[verb](t, a, t / ("o" * 300)), "long")
+       for verb in ("train", "export", "quantize", "import", "pipeline", "report")},
+    "predict-image-300-characters": (lambda t, a: ["predict", a / "model.pt", t / ("i" * 300 + ".png")], "long"),
+    "evaluate-model-300-characters": (lambda t, a: ["evaluate", t / ("m" * 300), "--data-dir", a / "data"], "long"),
+    "evaluate-data-300-characters": (lambda t, a: ["evaluate", a / "model.pt", "--data-dir", t / ("d" * 300)],
+                                     "long"),
+    "train-out-in-proc": (lambda t, a: _train(t, a, "--epochs", "1")[:-2] + ["--out", "/proc/mobile-lenet-x"],
+                          "/proc/mobile-lenet-x"),
+    "import-out-weight-file": (lambda t, a: ["import", t / "noodle-copy", "--out", t / "noodle-copy" / "w01.txt"],
+                               "not a mobile-lenet checkpoint"),
     "demo-port-0": (lambda t, a: ["demo", "--model", a / "model.pt", "--port", "0"], "--port"),
     "demo-port-huge": (lambda t, a: ["demo", "--model", a / "model.pt", "--port", "70000"], "--port"),
     "demo-missing-model": (lambda t, a: ["demo", "--model", t / "nope.pt", "--port", "8123"], "nope.pt"),
@@ -633,6 +711,131 @@ def test_bad_flag_or_output(capsys, tmp_path, assets, case):
     _setup(tmp_path, assets)
     build, fragment = FLAG_CASES[case]
     run_refused(capsys, tmp_path, build(tmp_path, assets), fragment)
+
+
+def test_report_replaces_only_a_previous_report(capsys, tmp_path, assets):
+    """Control of the report cases: a report is written, written again over itself, and keeps a user's other
+    files in its folder; a run without a validation split (NaN validation columns) has a report too."""
+    no_validation = GOOD_METRICS.replace("1.9,0.35", "nan,nan").replace("1.4,0.55", "nan,nan")
+    run = _finished_run(tmp_path / "run", assets, no_validation)
+    out = tmp_path / "u" / "report.html"
+    out.parent.mkdir()
+    (out.parent / "notes.txt").write_text("keep")
+    for _ in range(2):
+        assert main(["report", str(run), "--out", str(out)]) == 0
+    assert "no validation split" in out.read_text()
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(["notes.txt", "report.html", "curves.png",
+                                                                  "confusion.png", "misclassified.png",
+                                                                  "architecture.png", "block_costs.png",
+                                                                  "feature_maps.png"])
+    assert (out.parent / "notes.txt").read_text() == "keep"
+
+
+# ------------------------------------------------------------------------------------------------ full disks
+def _disk_full_for(fragment: str):
+    """Path.write_bytes failing with ENOSPC for the files whose name holds ``fragment`` (what a full disk does)."""
+    import errno
+    real = Path.write_bytes
+
+    def write_bytes(self, data):
+        if fragment in self.name:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return real(self, data)
+
+    return write_bytes
+
+
+@pytest.mark.parametrize("verb", ["train", "import", "export", "quantize"])
+def test_a_full_disk_is_one_line_and_leaves_nothing(capsys, tmp_path, assets, monkeypatch, verb):
+    """The disk fills while the checkpoint (train, import) or the folder (export, quantize) is written: one line,
+    and no half-written output, temporary or run folder claiming a run (train's config.json) is left."""
+    _setup(tmp_path, assets)
+    monkeypatch.setattr(Path, "write_bytes", _disk_full_for(".pt." if verb in ("train", "import") else ""))
+    out = tmp_path / ("x.pt" if verb == "import" else "out")
+    run_refused(capsys, tmp_path, OUT_VERBS[verb](tmp_path, assets, out), "No space left on device")
+
+
+def test_a_full_stdout_is_one_line():
+    """``summary --json >/dev/full``: one line on stderr, exit 2, and no second complaint at exit."""
+    import os
+    import subprocess
+    import sys
+
+    with open("/dev/full", "w") as full:
+        result = subprocess.run([sys.executable, "-c", "import sys; from mobile_lenet.apps.cli import main; "
+                                 "sys.exit(main(sys.argv[1:]))", "summary", "--json"], stdout=full,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+                                timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == ["mobile-lenet: error: cannot write the output (No space left on device)"]
+
+
+# ------------------------------------------------------------------------------------------------ FIFOs
+FIFO_CASES = {  # a named pipe where a file is read: refused before it is opened (opening it would block)
+    "predict-image": lambda a, f, t: ["predict", a / "model.pt", f],
+    "predict-model": lambda a, f, t: ["predict", f, a / "digit.png"],
+    "export": lambda a, f, t: ["export", f, "--format", "c", "--out", t / "out"],
+    "quantize": lambda a, f, t: ["quantize", f, "--calibration-data", "mnist", "--data-dir", a / "data",
+                                 "--out", t / "q"],
+    "import": lambda a, f, t: ["import", f, "--out", t / "x.pt"],
+    "import-keras": lambda a, f, t: ["import", f.rename(f.with_suffix(".keras")), "--out", t / "x.pt"],
+    "simulate": lambda a, f, t: ["simulate", f, "--target", "cortex-m4f", "--data-dir", a / "data"],
+    "evaluate-data": lambda a, f, t: ["evaluate", a / "model.pt", "--data-dir",
+                                      _data_with_fifo(a, f, "t10k-images-idx3-ubyte")],
+    "quantize-data-npz": lambda a, f, t: ["quantize", a / "model.pt", "--calibration-data", "mnist", "--data-dir",
+                                          _data_with_fifo(a, f, "mnist.npz", idx=False), "--out", t / "q"],
+}
+
+
+def _data_with_fifo(a: Path, fifo: Path, name: str, idx: bool = True) -> Path:
+    folder = fifo.parent / "data"
+    folder.mkdir()
+    if idx:
+        for prefix in ("train", "t10k"):
+            shutil.copy(a / "data" / f"{prefix}-labels-idx1-ubyte", folder)
+            shutil.copy(a / "data" / f"{prefix}-images-idx3-ubyte", folder)
+    fifo.rename(folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("case", FIFO_CASES)
+def test_a_fifo_given_as_input_is_refused_without_blocking(capsys, tmp_path, assets, case):
+    import os
+    import threading
+    import time
+
+    fifo = tmp_path / "pipe.pt"
+    os.mkfifo(fifo)
+    argv = FIFO_CASES[case](assets, fifo, tmp_path)
+    fifos = [p for p in tmp_path.rglob("*") if p.is_fifo()]
+    done, unblocked = threading.Event(), []
+
+    def watchdog():  # a reader blocked on the FIFO after 20 s gets end-of-file, so the test fails, not hangs
+        deadline = time.monotonic() + 20
+        while not done.wait(0.1):
+            if time.monotonic() > deadline:
+                for path in fifos:
+                    try:
+                        os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+                        unblocked.append(path)
+                    except OSError:
+                        pass
+
+    thread = threading.Thread(target=watchdog, daemon=True)
+    thread.start()
+    try:
+        run_refused(capsys, tmp_path, argv, "not a regular file")
+    finally:
+        done.set()
+        thread.join()
+    assert not unblocked, "the command blocked on the FIFO"
+
+
+def test_export_keeps_a_users_file_that_looks_like_a_temporary(capsys, tmp_path, assets):
+    """A user's ``.notes.40000.keep.tmp`` beside the export is not taken for a killed writer's temporary."""
+    (tmp_path / ".notes.40000.keep.tmp").write_text("mine")
+    assert main(["export", str(assets / "model.pt"), "--format", "noodle", "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / ".notes.40000.keep.tmp").read_text() == "mine"
 
 
 # ------------------------------------------------------------------------------------------------ demo API
@@ -741,14 +944,41 @@ def test_demo_control_and_rgba_alpha_ink(demo_client, capsys, tmp_path, assets):
     np.testing.assert_allclose(alpha["probabilities"], demo["probabilities"], rtol=0, atol=1e-5)
 
 
+def test_demo_answers_only_at_its_own_address_and_hides_the_model_path(assets, monkeypatch):
+    """A page elsewhere reaching the demo by DNS rebinding sends its own Host header: 400, nothing served;
+    /api/info names the model's file, not where it sits on the machine."""
+    from fastapi.testclient import TestClient
+
+    from mobile_lenet.apps import demo
+
+    apps = []
+    monkeypatch.setattr(demo.uvicorn, "run", lambda app, **kwargs: apps.append(app))
+    demo.serve(model=str(assets / "model.pt"), host="127.0.0.1", port=8123)
+    with TestClient(apps[0], base_url="http://127.0.0.1:8123") as client:
+        info = client.get("/api/info")
+        assert info.status_code == 200 and info.json()["model"] == "model.pt"
+        assert client.get("/api/info", headers={"host": "localhost:8123"}).status_code == 200
+        for host in ("evil.example:8123", "127.0.0.1:9999", "evil.example", ""):
+            response = client.get("/api/info", headers={"host": host})
+            assert response.status_code == 400 and "Host" in response.json()["error"], host
+            assert client.post("/api/predict", json={"pixels": IMAGES[0].tolist()},
+                               headers={"host": host}).status_code == 400
+    assert demo.allowed_hosts("0.0.0.0", 8000) is None
+    assert demo.allowed_hosts("192.168.1.5", 8000) == {"192.168.1.5:8000"}
+
+
 # ------------------------------------------------------------------------------------------------ device replies
-@pytest.mark.parametrize("replies, fragment", [
-    (b"PRED 7 0.0100 0.9000\nPRED 7 0.0100 0.9000\n", "more than one reply to image 0"),
-    (b"PRED 7 0.0100 0.9000\nhello\n", "more than one reply to image 0"),
-    (b"PRED 12 0.0100 0.9000\n", "malformed reply"),
+@pytest.mark.parametrize("greeting, replies, fragment", [
+    (b"READY\n", b"PRED 7 0.0100 0.9000\nPRED 7 0.0100 0.9000\n", "more than one reply to image 0"),
+    (b"READY\n", b"PRED 7 0.0100 0.9000\nhello\n", "more than one reply to image 0"),
+    (b"READY\n", b"PRED 12 0.0100 0.9000\n", "malformed reply"),
+    (b"READY\n", b"PRED 7 0.0100 9.9999\n", "confidence of 9.9999"),
+    (b"READY\n", b"PRED 7 100000000000000000000.0000 0.9000\n", "inference time of 1e+20 s"),
+    (b"READY\nPRED 3 0.0100 0.9000\n", b"PRED 7 0.0100 0.9000\n", "a reply before any image was sent"),
 ])
-def test_device_out_of_step_replies_refused(capsys, tmp_path, assets, replies, fragment):
-    """A device answering twice per image (or garbage after its answer) is refused, not tallied out of step."""
+def test_device_out_of_step_replies_refused(capsys, tmp_path, assets, greeting, replies, fragment):
+    """A device answering twice per image, before any image, or with garbage after its answer, a probability
+    above 1 or an absurd time is refused, not tallied (out of step)."""
     import os
     import threading
     import tty
@@ -756,13 +986,20 @@ def test_device_out_of_step_replies_refused(capsys, tmp_path, assets, replies, f
     master, slave = os.openpty()
     tty.setraw(slave)
 
+    done = threading.Event()  # the client has finished: the device stops
+
     def fake_device():
         import select
         while not select.select([master], [], [], 0.2)[0]:  # READY until the client (which opens late) sends
-            os.write(master, b"READY\n")
+            if done.is_set():
+                return
+            os.write(master, greeting)
         received = 0
         while received < 784:
-            received += len(os.read(master, 784 - received))
+            if select.select([master], [], [], 0.1)[0]:
+                received += len(os.read(master, 784 - received))
+            elif done.is_set():
+                return
         os.write(master, replies)
 
     thread = threading.Thread(target=fake_device, daemon=True)
@@ -771,6 +1008,7 @@ def test_device_out_of_step_replies_refused(capsys, tmp_path, assets, replies, f
         run_refused(capsys, tmp_path, ["device", "--port", os.ttyname(slave), "--data-dir", assets / "data",
                                        "--count", 1, "--timeout", 2, "--quiet"], fragment)
     finally:
+        done.set()
         thread.join(timeout=5)
         os.close(master)
         os.close(slave)

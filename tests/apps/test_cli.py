@@ -44,7 +44,7 @@ def test_train_evaluate_predict(tmp_path, capsys, mnist_train, mnist_test):
     code, out, err = run(capsys, "train", "--resume", "--out", run_dir, "--quiet")
     assert code == 0 and "already finished all 2 epochs" in out, err
     code, out, err = run(capsys, "train", "--resume", "--epochs", 3, "--out", run_dir, "--quiet")
-    assert code == 2 and "started for 2 epochs" in err
+    assert code == 2 and "started with --epochs 2" in err
 
     code, out, _ = run(capsys, "evaluate", run_dir, "--data-dir", data, "--json")
     result = json.loads(out)

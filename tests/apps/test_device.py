@@ -184,6 +184,37 @@ def test_noise_without_line_ends_is_reported(silent_pty):
             link.wait_ready()
 
 
+class VanishedPort:
+    """A USB serial port unplugged mid-run: every call fails the way pyserial's POSIX port then fails."""
+
+    @property
+    def in_waiting(self):
+        raise OSError(5, "Input/output error")
+
+    def read(self, size):
+        raise OSError(5, "Input/output error")
+
+    def write(self, data):
+        return len(data)
+
+    def flush(self):
+        import termios
+        raise termios.error(5, "Input/output error")
+
+    def close(self):
+        import termios
+        raise termios.error(5, "Input/output error")
+
+
+def test_a_board_that_disconnects_is_one_device_error():
+    link = DeviceLink(VanishedPort(), "/dev/ttyUSB0", timeout=0.5)
+    with pytest.raises(DeviceError, match="/dev/ttyUSB0: cannot write to the serial port"):
+        link.send_image(np.zeros((28, 28), np.uint8))
+    with pytest.raises(DeviceError, match="/dev/ttyUSB0: the serial port failed"):
+        link.read_reply(0)
+    link.close()  # the port is gone: closing it is no second error
+
+
 def test_parse_reply():
     assert parse_reply("PRED 3 0.0123 0.9870").digit == 3
     assert parse_reply("PRED 3 0.0123 0.9870").seconds == pytest.approx(0.0123)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import subprocess
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,17 +14,43 @@ from mobile_lenet.apps import simulate
 from mobile_lenet.apps.cli import main
 from mobile_lenet.codegen import memory
 from mobile_lenet.engines.host_c import c_layer_outputs
+from mobile_lenet.engines.mcu_simulators import SimulatorRun
 from mobile_lenet.engines.reference import reference_logits
 from mobile_lenet.errors import UserError
 from mobile_lenet.formats.int8_folder import save_quantized
 from mobile_lenet.engines.reference_int8 import int8_logits
 
 
+STARTED_SESSIONS: list[int] = []  # the simulators this test module started (each leads a session of its own)
+
+
+@pytest.fixture(autouse=True)
+def record_simulators(monkeypatch):
+    """Note the session of every simulator the test starts, so that only the test's own are watched."""
+    real = SimulatorRun.__enter__
+
+    def entering(self):
+        try:
+            return real(self)
+        finally:
+            if self.process is not None:
+                STARTED_SESSIONS.append(self.process.pid)
+
+    monkeypatch.setattr(SimulatorRun, "__enter__", entering)
+    STARTED_SESSIONS.clear()
 
 
 def simulators_running() -> int:
-    ps = subprocess.run(["ps", "-eo", "comm"], capture_output=True, text=True).stdout.split()
-    return sum(name in ("qemu-system-arm", "simavr_runner") for name in ps)
+    """Live processes in the sessions of the simulators this test started (a simulator and anything it
+    spawned, even if orphaned): never anything else on the machine."""
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        count += fields[0] != "Z" and int(fields[3]) in STARTED_SESSIONS  # state, ..., session id
+    return count
 
 
 def test_cortex_m4f_float_agrees_with_the_reference_and_is_measured(upstream_tensors, mnist_test, tmp_path):
@@ -102,12 +129,16 @@ def test_layer_debugger_finds_where_a_layer_parts(upstream_int8, mnist_test, tmp
     assert report["firmware_bit_exact_layers"] == len(upstream_int8.layers) - 1
 
 
-def test_cli_simulate_json_and_errors(upstream_int8, tmp_path, capsys):
+def test_cli_simulate_json_and_errors(upstream_int8, tmp_path, capsys, monkeypatch):
     save_quantized(upstream_int8, tmp_path / "q")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where simulate makes its work folder
+    (tmp_path / "tmp").mkdir()
     assert main(["simulate", str(tmp_path / "q"), "--target", "cortex-m4f", "--data-dir", str(MNIST_10K),
                  "--count", "2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["n"] == 2 and report["precision"] == "int8" and report["target"] == "cortex-m4f"
+    assert STARTED_SESSIONS and simulators_running() == 0
+    assert list((tmp_path / "tmp").iterdir()) == []  # its mobile-lenet-simulate-* folder is gone
     assert main(["simulate", str(UPSTREAM / "noodle"), "--target", "atmega2560", "--data-dir", str(MNIST_10K)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "does not fit: static RAM needs" in err and "over the chip's 8,192" in err
@@ -127,3 +158,18 @@ def test_a_simulator_that_does_not_answer_in_time_is_stopped(upstream_tensors, m
         simulate.simulate(upstream_tensors, "cortex-m0plus", mnist_test.images[:1], mnist_test.labels[:1],
                           work_dir=tmp_path, progress=False, timeout=0.05)
     assert simulators_running() == 0
+
+
+def test_a_cache_that_cannot_be_written_is_one_line(upstream_int8, tmp_path, capsys, monkeypatch):
+    """The simulator's host tool cannot be built into the cache (a file in its way, like a read-only folder for a
+    user): one line naming the cache and MOBILE_LENET_CACHE, and no work folder left."""
+    save_quantized(upstream_int8, tmp_path / "q")
+    (tmp_path / "cache").write_text("not a folder")
+    monkeypatch.setenv("MOBILE_LENET_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert main(["simulate", str(tmp_path / "q"), "--target", "atmega2560", "--data-dir", str(MNIST_10K),
+                 "--count", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "MOBILE_LENET_CACHE" in err and str(tmp_path / "cache") in err, err
+    assert list((tmp_path / "tmp").iterdir()) == []

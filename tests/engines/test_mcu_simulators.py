@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +83,85 @@ def test_a_missing_simulator_names_its_debian_package(monkeypatch, tmp_path):
     with pytest.raises(UserError, match="qemu-system-arm not found: install Debian's qemu-system-arm"):
         with SimulatorRun(firmware, tmp_path):
             pass
+
+
+def _fake_run(tmp_path, command):
+    """A SimulatorRun whose 'simulator' is ``command`` (no firmware needed to start it)."""
+    from mobile_lenet.codegen.mcu_firmware import TARGETS, Firmware
+    from mobile_lenet.engines.mcu_simulators import SimulatorRun
+
+    run = SimulatorRun(Firmware(TARGETS["atmega2560"], tmp_path / "none.elf", False, 0, 0, {}), tmp_path)
+    run._simavr_command = lambda: command
+    return run
+
+
+def gone(pid: int) -> bool:
+    """The process has ended (a zombie not yet reaped by its new parent counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def wait_gone(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return gone(pid)
+
+
+@pytest.mark.parametrize("prints", ["", "starting /dev/pts/"])  # nothing at all; half a line, never ended
+def test_a_silent_simulator_is_stopped_at_the_start_timeout(tmp_path, monkeypatch, prints):
+    from mobile_lenet.engines import mcu_simulators
+    from mobile_lenet.errors import UserError
+
+    monkeypatch.setattr(mcu_simulators, "START_TIMEOUT_S", 0.5)
+    run = _fake_run(tmp_path, [sys.executable, "-c", f"import sys, time; sys.stdout.write({prints!r}); "
+                                                     "sys.stdout.flush(); time.sleep(60)"])
+    started = time.monotonic()
+    with pytest.raises(UserError, match="simavr did not start within 0.5 s"):
+        with run:
+            pass
+    assert time.monotonic() - started < 5 and run.process.poll() is not None
+
+
+PARENT = r"""
+import sys, time
+from pathlib import Path
+sys.path[:0] = sys.argv[2:]
+from test_mcu_simulators import _fake_run
+run = _fake_run(Path(sys.argv[1]), ["sh", "-c", "echo /dev/pts/0 ready; exec sleep 60"]).__enter__()
+print(run.process.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_simulator_dies_with_the_process_that_started_it(tmp_path):
+    """kill -9 of the process running a simulator (simulate, the tests) takes the simulator down too."""
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, str(tmp_path), str(Path(__file__).parent), *sys.path],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert not gone(child)
+    finally:
+        parent.kill()
+        parent.wait()
+    assert wait_gone(child, 5), "the simulator outlived the process that started it"
+
+
+def test_simavr_runner_stops_when_its_parent_dies(tmp_path):
+    """The runner itself asks Linux to be told of its parent's death, however it was started."""
+    source = tmp_path / "spin.c"
+    source.write_text("int main(void) { for (;;) { __asm__ volatile(\"nop\"); } }\n")
+    elf = tmp_path / "spin.elf"
+    subprocess.run(["avr-gcc", "-mmcu=atmega2560", "-O1", "-o", str(elf), str(source)], check=True)
+    shell = subprocess.Popen(["sh", "-c", f"'{simavr_runner()}' --stdio --max-seconds 60 '{elf}' </dev/null "
+                                          ">/dev/null & echo $!; wait"], stdout=subprocess.PIPE, text=True)
+    try:
+        runner = int(shell.stdout.readline())
+        time.sleep(0.3)
+        assert not gone(runner)
+    finally:
+        shell.kill()
+        shell.wait()
+    assert wait_gone(runner, 5), "simavr_runner kept running after its parent was killed"

@@ -134,6 +134,27 @@ def test_weights_not_hdf5(tmp_path):
     expect_error(write_keras(tmp_path / "m.keras", parts), "HDF5")
 
 
+def test_a_member_declaring_an_absurd_size_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A 1.5 MB .keras file may hold a 1.5 GB member: refused by its declared size, without inflating it."""
+    import zipfile
+
+    from mobile_lenet.formats import keras
+
+    parts = read_parts()
+    parts["model.weights.h5"] = bytes(keras.MAX_MEMBER_BYTES + 1)  # zeros: a few KB deflated
+    path = tmp_path / "m.keras"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in parts.items():
+            archive.writestr(name, data)
+    assert path.stat().st_size < 100_000
+
+    def no_read(self, name, pwd=None):
+        raise AssertionError(f"{name} was read")
+
+    monkeypatch.setattr(zipfile.ZipFile, "read", no_read)
+    expect_error(path, "declares 16,777,217 bytes")
+
+
 def test_config_not_json(tmp_path):
     parts = read_parts()
     parts["config.json"] = b"{ not json"

@@ -2,7 +2,7 @@
 
 ``train`` is killed with SIGKILL at 20 random moments (during data loading, in the first epoch, while a
 checkpoint or metrics.csv is being written, between files, while the final checkpoints are calibrated);
-``train --resume`` must then either resume or start again from epoch 1 saying why in one line, and finish
+``train --resume`` must then either resume or (no last.pt yet) start again from epoch 1 saying why in one line, and finish
 with a complete run and no temporary file left, 20 times out of 20.
 
 To kill at precise moments without paying PyTorch's import for every run, the runs are forked from a
@@ -128,8 +128,9 @@ def test_resume_after_kill_at_random_moments(tmp_path, capsys):
         zygote.close()
 
 
-def test_resume_with_a_copy_of_best_pt_starts_again(tmp_path, capsys):
-    """last.pt replaced by a copy of best.pt (no optimizer state): starts again from epoch 1, saying why."""
+def test_resume_with_a_copy_of_best_pt_is_refused(tmp_path, capsys):
+    """last.pt replaced by a copy of best.pt (no optimizer state): refused in one line, saying why and how to start
+    again; the run's files are untouched (a fresh start would replace best.pt)."""
     rng = np.random.default_rng(1)
     data = write_idx_set(tmp_path / "data", rng.integers(0, 256, (80, 28, 28), dtype=np.uint8),
                          np.arange(80, dtype=np.uint8) % 10)
@@ -138,10 +139,16 @@ def test_resume_with_a_copy_of_best_pt_starts_again(tmp_path, capsys):
             "--out", str(run)]
     assert main(argv) == 0
     (run / "last.pt").write_bytes((run / "best.pt").read_bytes())
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
     capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot resume" in err and "copy of best.pt" in err, err
+    assert f"delete {run / 'last.pt'}" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    (run / "last.pt").unlink()  # what the message says: then the run starts again
     assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 0
-    out = capsys.readouterr().out
-    assert "cannot resume" in out and "copy of best.pt" in out and "starting it again from epoch 1" in out
+    assert "starting it again from epoch 1" in capsys.readouterr().out
     assert read_checkpoint(run / "last.pt")["epoch"] == 2
 
 

@@ -7,8 +7,11 @@ Each ``cmd_*`` function below is one verb; ``build_parser`` declares its flags. 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -27,14 +30,14 @@ from mobile_lenet.codegen.memory import memory_dict, memory_text, row_plan, row_
 from mobile_lenet.engines.reference import softmax
 from mobile_lenet.engines.registry import ENGINES, check_engine, logits, real_logits
 from mobile_lenet.errors import UserError
-from mobile_lenet.files import check_writable_file, check_writable_folder
+from mobile_lenet.files import WriteError, check_writable_file, check_writable_folder
 from mobile_lenet.formats.int8_folder import load_quantized
 from mobile_lenet.formats.model_files import load_model, load_tensors
-from mobile_lenet.model.checkpoints import save_checkpoint
+from mobile_lenet.model.checkpoints import read_checkpoint, save_checkpoint
 from mobile_lenet.model.data import DATASETS, load_dataset
 from mobile_lenet.model.images import load_digit
 from mobile_lenet.model.network import from_noodle
-from mobile_lenet.model.training import TrainConfig, check_config, read_config, train
+from mobile_lenet.model.training import TrainConfig, check_config, read_config, resume_refused, train
 from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT
 
 
@@ -50,6 +53,9 @@ def cmd_summary(args) -> int:
     """Print the architecture table (or JSON) with parameters and MACs per layer."""
     if args.target and not (args.memory and args.int8):
         raise UserError("--target goes with --memory --int8 (the int8 schedule of that microcontroller)")
+    if args.int8 and not args.memory:
+        raise UserError("--int8 goes with --memory (the int8 plan next to float); the architecture table is the "
+                        "same for both")
     if args.memory and args.target and get_target(args.target).int8_schedule == "rows":
         plan = row_plan()
         print(json.dumps(row_plan_dict(plan), indent=2) if args.json else "\n".join(row_plan_text(plan)))
@@ -61,6 +67,10 @@ def cmd_summary(args) -> int:
     return 0
 
 
+RUN_FLAGS = ("epochs", "batch_size", "lr", "elastic", "ema_decay", "label_smoothing", "distill_epochs", "seed",
+             "augment", "data_dir")  # train's flags that set a run's config.json (None: not given)
+
+
 def cmd_train(args) -> int:
     """Train a model into a run folder."""
     out = Path(args.out)
@@ -69,19 +79,39 @@ def cmd_train(args) -> int:
         if not (out / "config.json").is_file():
             raise UserError(f"{out}: nothing to resume (no config.json and last.pt)")
         config = read_config(out / "config.json")
-        if args.epochs is not None and args.epochs != config.epochs:
-            raise UserError(f"{out} was started for {config.epochs} epochs and its learning-rate schedule is fixed "
-                            f"by that; resume without --epochs, or start a new run")
+        for name in RUN_FLAGS:  # a resumed run keeps its settings: a different one given now is refused
+            given, saved, flag = getattr(args, name), getattr(config, name), "--" + name.replace("_", "-")
+            same = given == saved or (name == "data_dir" and None not in (given, saved)
+                                      and os.path.realpath(given) == os.path.realpath(saved))
+            if given is not None and not same:
+                shown = (("--augment" if saved else "--no-augment") if name == "augment"
+                         else f"no {flag}" if saved is None else f"{flag} {saved}")
+                raise UserError(f"{out} was started with {shown} (its config.json) and a resumed run keeps its "
+                                f"settings; resume without {flag}, or start a new run")
+        if (out / "last.pt").exists():  # a damaged one is refused now, before the data is loaded
+            try:
+                read_checkpoint(out / "last.pt")
+            except UserError as e:
+                raise resume_refused(out, str(e)) from None
     else:
         if (out / "last.pt").exists() or (out / "config.json").exists():
             raise UserError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
-        config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed, augment=args.augment)
-        for name in ("epochs", "batch_size", "lr", "elastic", "ema_decay", "label_smoothing", "distill_epochs"):
+        config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, seed=0, augment=True)
+        for name in RUN_FLAGS:
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))
         check_config(config)
     train_set = load_dataset(config.dataset, "train", config.data_dir)
-    train(config, train_set, out, resume=args.resume, progress=not args.quiet)
+    existed = out.exists()
+    try:
+        train(config, train_set, out, resume=args.resume, progress=not args.quiet)
+    except WriteError:  # e.g. a full disk: a new run that saved no epoch leaves no config.json that claims a run
+        if not args.resume and not (out / "last.pt").exists():
+            (out / "config.json").unlink(missing_ok=True)
+            if not existed:
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+        raise
     teacher = f" (teacher: {out / 'teacher.pt'})" if config.distill_epochs else ""
     print(f"wrote {out / 'best.pt'}, {out / 'last.pt'} and {out / 'metrics.csv'}{teacher}")
     return 0
@@ -132,6 +162,13 @@ def cmd_import(args) -> int:
     if Path(args.out).is_dir():
         raise UserError(f"{args.out}: is a folder; --out names the checkpoint file to write")
     check_writable_file(args.out)
+    if Path(args.out).exists() or Path(args.out).is_symlink():  # replace only a checkpoint, never another file
+        if not Path(args.out).is_file():
+            raise UserError(f"{args.out}: exists and is not a file; --out names the checkpoint file to write")
+        try:
+            read_checkpoint(args.out)
+        except UserError:
+            raise UserError(f"{args.out}: exists and is not a mobile-lenet checkpoint; choose another --out") from None
     save_checkpoint(args.out, from_noodle(load_tensors(args.source)), imported_from=str(args.source))
     print(f"wrote {args.out}")
     return 0
@@ -243,8 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help=f"number of epochs (default {defaults.epochs})")
     p.add_argument("--batch-size", type=int, help=f"batch size (default {defaults.batch_size})")
     p.add_argument("--lr", type=float, help=f"peak learning rate of the one-cycle schedule (default {defaults.lr:g})")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same weights")
-    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--seed", type=int, help="random seed (default 0); same seed, same weights")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="random affine distortions of the training digits (default on)")
     p.add_argument("--elastic", type=float, help=f"elastic distortion strength in pixels, 0 = off "
                                                  f"(default {defaults.elastic:g}; needs --augment)")
@@ -357,11 +394,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Errors of the file system that a user's names or disk cause wherever they are met: one line, not a traceback.
+USER_OS_ERRORS = {errno.ENAMETOOLONG: "a file name too long", errno.ENOSPC: "no space left on the disk",
+                  errno.EDQUOT: "disk quota exceeded", errno.EROFS: "a read-only file system"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    stdout, sys.stdout = sys.stdout, _GuardedOutput(sys.stdout)
     try:
         args = parser.parse_args(argv)
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, where a full stdout can still be reported
+        return code
     except UserError as e:
         print(f"mobile-lenet: error: {e}", file=sys.stderr)
         return 2
@@ -369,7 +414,55 @@ def main(argv: list[str] | None = None) -> int:
         print("mobile-lenet: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
+        _silence(stdout)
         return 141
+    except OSError as e:
+        if e.errno not in USER_OS_ERRORS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"mobile-lenet: error: {where}{USER_OS_ERRORS[e.errno]} ({e.strerror})", file=sys.stderr)
+        return 2
+    finally:
+        sys.stdout = stdout
+
+
+class _GuardedOutput:
+    """``sys.stdout`` while a verb runs: a write that fails (a full disk, ``>/dev/full``) is a UserError, and the
+    stream is silenced so the interpreter's flush at exit adds no second message."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+    def write(self, text: str) -> int:
+        return self._guarded(self._stream.write, text)
+
+    def flush(self) -> None:
+        return self._guarded(self._stream.flush)
+
+    def _guarded(self, call, *args):
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            _silence(self._stream)
+            raise UserError(f"cannot write the output ({e.strerror or e})") from None
+
+
+def _silence(stream) -> None:
+    """Point ``stream``'s file descriptor at /dev/null (where what it still holds can be flushed harmlessly)."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):  # no real descriptor (a test's capture)
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, fd)
+    finally:
+        os.close(null)
 
 
 if __name__ == "__main__":

@@ -231,11 +231,32 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return b"".join(chunks)
 
 
-def create_app(tensors: dict[str, np.ndarray], label: str = "model") -> FastAPI:
-    """The FastAPI application serving the page, ``GET /api/info`` and ``POST /api/predict``."""
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+
+def allowed_hosts(host: str, port: int) -> set[str] | None:
+    """The ``Host`` headers a demo listening on ``host:port`` answers: its own address (any loopback name for a
+    loopback address), so a web page elsewhere cannot reach it by DNS rebinding; None (any) for a wildcard."""
+    if host in ("0.0.0.0", "::", ""):
+        return None
+    names = LOOPBACK_NAMES if host in ("127.0.0.1", "localhost", "::1") else (f"[{host}]" if ":" in host else host,)
+    return {f"{name}:{port}" for name in names} | ({*names} if port == 80 else set())
+
+
+def create_app(tensors: dict[str, np.ndarray], label: str = "model", hosts: set[str] | None = None) -> FastAPI:
+    """The FastAPI application serving the page, ``GET /api/info`` and ``POST /api/predict``; with ``hosts``,
+    a request whose ``Host`` header is not one of them gets 400."""
     demo_model = DemoModel(tensors, label)
     app = FastAPI(title="Mobile-LeNet demo", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.demo_model = demo_model
+
+    if hosts is not None:
+        @app.middleware("http")
+        async def check_host(request: Request, call_next):
+            if request.headers.get("host", "").lower() not in hosts:
+                return JSONResponse({"error": "unknown Host header: this demo answers only at its own address"},
+                                    status_code=400)
+            return await call_next(request)
 
     @app.exception_handler(RequestError)
     async def request_error(_request, error: RequestError):
@@ -294,4 +315,6 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000) -
         print(f"warning: listening on {host}: anyone who can reach this address can use the demo")
     shown_host = f"[{host}]" if ":" in host else host
     print(f"serving {source} at http://{shown_host}:{port}/ (Ctrl-C to stop)")
-    uvicorn.run(create_app(tensors, label=str(source)), host=host, port=port, log_level="warning")
+    # /api/info names the model by its file name only: a page must not learn where files sit on this machine
+    app = create_app(tensors, label=Path(source).name, hosts=allowed_hosts(host, port))
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -20,13 +20,22 @@ from tqdm import tqdm
 
 from mobile_lenet.errors import UserError
 
+try:
+    from termios import error as TermiosError  # a vanished USB serial port's tcdrain/tcsetattr raises it
+except ImportError:  # not POSIX
+    class TermiosError(Exception):
+        pass
+
+PORT_ERRORS = (serial.SerialException, OSError, TermiosError)  # what a port that fails or vanishes raises
+
 BAUD_RATE = 115200
 IMAGE_BYTES = 784
 REPLY_PATTERN = re.compile(r"PRED ([0-9]) ([0-9]+\.[0-9]{4}) ([0-9]+\.[0-9]{4})")
 READ_SLICE_S = 0.05  # how long one read waits, so deadlines are checked often
 MAX_LINE_BYTES = 256  # a longer "line" is noise (e.g. a wrong baud rate), not the protocol
 MAX_TIMEOUT_S = 3600.0  # --timeout must be finite (a NaN deadline would never pass) and at most an hour
-EXTRA_REPLY_WAIT_S = 0.1  # after the last image: how long a second PRED line has to show up
+EXTRA_REPLY_WAIT_S = 0.1  # after READY and after the last image: how long an unasked PRED line has to show up
+MAX_REPLY_SECONDS = MAX_TIMEOUT_S  # a device-reported inference time above an hour is not a measurement
 
 
 class DeviceError(UserError):
@@ -75,7 +84,10 @@ class DeviceLink:
         return cls(port, port_name, timeout)
 
     def close(self) -> None:
-        self.port.close()
+        try:
+            self.port.close()
+        except PORT_ERRORS:  # the port is gone already; the error that showed it is reported
+            pass
 
     def __enter__(self) -> "DeviceLink":
         return self
@@ -93,7 +105,7 @@ class DeviceLink:
                 return None
             try:
                 self._pending += self.port.read(max(1, self.port.in_waiting))
-            except (serial.SerialException, OSError) as e:
+            except PORT_ERRORS as e:
                 raise DeviceError(f"{self.name}: the serial port failed ({e})") from None
         line, _, self._pending = self._pending.partition(b"\n")
         return line.rstrip(b"\r").decode("ascii", errors="replace")
@@ -118,7 +130,7 @@ class DeviceLink:
         try:
             self.port.write(data)
             self.port.flush()
-        except (serial.SerialException, OSError) as e:
+        except PORT_ERRORS as e:
             raise DeviceError(f"{self.name}: cannot write to the serial port ({e})") from None
 
     def read_reply(self, index: int = 0) -> Reply:
@@ -133,20 +145,26 @@ class DeviceLink:
             if reply is None:
                 raise DeviceError(f"{self.name}: malformed reply to image {index}: {_show(line)} "
                                   f"(expected 'PRED <digit> <seconds> <confidence>')")
+            if reply.confidence > 1:
+                raise DeviceError(f"{self.name}: reply to image {index} gives a confidence of {reply.confidence:g}, "
+                                  f"but a probability is at most 1: {_show(line)}")
+            if reply.seconds > MAX_REPLY_SECONDS:
+                raise DeviceError(f"{self.name}: reply to image {index} gives an inference time of "
+                                  f"{reply.seconds:g} s, over {MAX_REPLY_SECONDS:g} s: not a measurement")
             return reply
         why = (" (the device printed READY: it dropped the image, bytes lost on the link?)" if readies else "")
         raise DeviceError(f"{self.name}: no reply to image {index} within {self.timeout:g} s{why}")
 
     def check_no_extra_reply(self, index: int, wait: float = 0.0) -> None:
-        """DeviceError if a second ``PRED`` line for image ``index`` has arrived (within ``wait`` seconds):
-        the replies would go out of step with the images."""
+        """DeviceError if a second ``PRED`` line for image ``index`` (index -1: any line before the first image) has
+        arrived (within ``wait`` seconds): the replies would go out of step with the images."""
         deadline = time.monotonic() + wait
         while True:
             try:
                 waiting = self.port.in_waiting
                 if waiting:
                     self._pending += self.port.read(waiting)
-            except (serial.SerialException, OSError) as e:
+            except PORT_ERRORS as e:
                 raise DeviceError(f"{self.name}: the serial port failed ({e})") from None
             while b"\n" in self._pending:
                 line, _, rest = self._pending.partition(b"\n")
@@ -154,6 +172,9 @@ class DeviceLink:
                 if text == "READY":
                     self._pending = rest
                     continue
+                if index < 0:
+                    raise DeviceError(f"{self.name}: a reply before any image was sent ({_show(text)} after READY); "
+                                      f"the answers would go out of step with the images (reset the board?)")
                 raise DeviceError(f"{self.name}: more than one reply to image {index} ({_show(text)} after its "
                                   f"PRED line); the answers would go out of step with the images")
             if time.monotonic() >= deadline:
@@ -189,6 +210,7 @@ def latency_summary(seconds: np.ndarray) -> dict:
 def run_on_device(link: DeviceLink, images: np.ndarray, labels: np.ndarray, progress: bool = True) -> dict:
     """Wait for READY, classify every image on the device, and tally accuracy and latency."""
     link.wait_ready()
+    link.check_no_extra_reply(-1, wait=EXTRA_REPLY_WAIT_S)
     replies, round_trips = [], []
     for index, image in enumerate(tqdm(images, desc="device", unit="img", disable=not progress)):
         start = time.monotonic()

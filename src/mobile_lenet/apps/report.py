@@ -21,6 +21,7 @@ import csv
 import html
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ from mobile_lenet.apps.evaluation import score
 from mobile_lenet.engines.reference import softmax
 from mobile_lenet.engines.registry import logits
 from mobile_lenet.errors import UserError
-from mobile_lenet.files import atomic_write, atomic_write_text, check_writable_file
+from mobile_lenet.files import WriteError, atomic_write, atomic_write_text, check_writable_file, staging_folder
 from mobile_lenet.formats.model_files import load_tensors
 from mobile_lenet.model.data import load_dataset, to_tensor_input
 from mobile_lenet.model.network import from_noodle
@@ -44,6 +45,9 @@ from mobile_lenet.spec import LayerKind
 STAGES = ("stem",) + tuple(name for name, _, _ in spec.BLOCKS)  # what "after each stage" means
 METRIC_COLUMNS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy")
 MAX_MISCLASSIFIED = 40  # digits shown in the grid of mistakes
+FIGURE_FILES = {"curves": "curves.png", "confusion": "confusion.png", "misclassified": "misclassified.png",
+                "architecture": "architecture.png", "costs": "block_costs.png", "feature_maps": "feature_maps.png"}
+REPORT_MARK = "<title>Mobile-LeNet report: "  # in the head of every report page: what may be replaced
 
 # Colour of each layer kind in the architecture diagram.
 KIND_COLOURS = {
@@ -126,9 +130,20 @@ def read_metrics(path: Path) -> dict[str, np.ndarray]:
     if missing:
         raise UserError(f"{path}: missing column(s) {', '.join(missing)}")
     try:
-        return {c: np.array([float(r[c]) for r in rows]) for c in rows[0] if _column_complete(rows, c)}
+        columns = {c: np.array([float(r[c]) for r in rows]) for c in rows[0] if _column_complete(rows, c)}
     except ValueError as e:
         raise UserError(f"{path}: not a number ({e})") from None
+    for c in METRIC_COLUMNS:  # validation columns are NaN in a run without a validation split, never infinite
+        values = columns.get(c)
+        if values is None:
+            raise UserError(f"{path}: column {c} has an empty cell")
+        bad = np.isinf(values) if c.startswith("val_") else ~np.isfinite(values)
+        if bad.any():
+            raise UserError(f"{path}: {c} of row {int(np.argmax(bad)) + 1} is {values[bad][0]}, not a finite number")
+    misnumbered = columns["epoch"] != np.arange(1, len(rows) + 1)
+    if misnumbered.any():
+        raise UserError(f"{path}: the epochs are not numbered 1, 2, 3, ... (row {int(np.argmax(misnumbered)) + 1})")
+    return columns
 
 
 def _column_complete(rows: list[dict], column: str) -> bool:
@@ -445,6 +460,7 @@ def build_report(run_dir: str | os.PathLike, dataset: str | None = None, data_di
     html_path = Path(out) if out else run_dir / "report" / "index.html"
     folder = html_path.parent
     check_writable_file(html_path)  # before the test set is loaded
+    check_replaceable(html_path)
 
     test_set = load_dataset(dataset, "test", data_dir)
     images, labels = test_set.images[:limit], test_set.labels[:limit]
@@ -459,25 +475,64 @@ def build_report(run_dir: str | os.PathLike, dataset: str | None = None, data_di
     log(f"drawing figures into {folder}")
     costs = block_costs()
     digit = 0  # the first test digit: the same one every time, so reports of different runs compare
-    figures = {
-        "curves": plot_curves(metrics, folder / "curves.png"),
-        "confusion": plot_confusion(np.array(result["confusion"]), folder / "confusion.png"),
-        "misclassified": plot_misclassified(images, labels, predictions, probabilities.max(axis=1),
-                                            folder / "misclassified.png"),
-        "architecture": plot_architecture(folder / "architecture.png"),
-        "costs": plot_costs(costs, folder / "block_costs.png"),
-        "feature_maps": plot_feature_maps(images[digit], stage_activations(from_noodle(tensors), images[digit]),
-                                          int(labels[digit]), int(predictions[digit]), folder / "feature_maps.png"),
-    }
-    best_epoch = int(metrics["epoch"][int(np.argmax(metrics["val_accuracy"]))])
-    facts = [
-        ("data set", f"{dataset}" + (f" (from {data_dir})" if data_dir else "")),
-        ("epochs trained", f"{int(metrics['epoch'][-1])}"),
-        ("best validation accuracy", f"{100 * metrics['val_accuracy'].max():.2f}% (epoch {best_epoch}, best.pt)"),
-        ("test accuracy", f"{100 * result['accuracy']:.2f}% on {result['n']:,} test images"
-                          + (" (limited)" if limit and limit < len(test_set) else "")),
-        ("parameters", f"{spec.totals()['total_params']:,}"),
-        ("MACs per image", f"{spec.totals()['macs']:,}"),
-    ]
-    atomic_write_text(html_path, render_html(facts, figures, result, costs, str(run_dir)))
+    staging = staging_folder(html_path)  # every file is made here first, then renamed into place, the page last
+    try:
+        figures = {
+            "curves": plot_curves(metrics, staging / FIGURE_FILES["curves"]),
+            "confusion": plot_confusion(np.array(result["confusion"]), staging / FIGURE_FILES["confusion"]),
+            "misclassified": plot_misclassified(images, labels, predictions, probabilities.max(axis=1),
+                                                staging / FIGURE_FILES["misclassified"]),
+            "architecture": plot_architecture(staging / FIGURE_FILES["architecture"]),
+            "costs": plot_costs(costs, staging / FIGURE_FILES["costs"]),
+            "feature_maps": plot_feature_maps(images[digit], stage_activations(from_noodle(tensors), images[digit]),
+                                              int(labels[digit]), int(predictions[digit]),
+                                              staging / FIGURE_FILES["feature_maps"]),
+        }
+        validated = metrics["val_accuracy"]
+        if np.isnan(validated).all():
+            best = "none (the run had no validation split; best.pt is the last epoch)"
+        else:
+            best_epoch = int(metrics["epoch"][int(np.nanargmax(validated))])
+            best = f"{100 * np.nanmax(validated):.2f}% (epoch {best_epoch}, best.pt)"
+        facts = [
+            ("data set", f"{dataset}" + (f" (from {data_dir})" if data_dir else "")),
+            ("epochs trained", f"{int(metrics['epoch'][-1])}"),
+            ("best validation accuracy", best),
+            ("test accuracy", f"{100 * result['accuracy']:.2f}% on {result['n']:,} test images"
+                              + (" (limited)" if limit and limit < len(test_set) else "")),
+            ("parameters", f"{spec.totals()['total_params']:,}"),
+            ("MACs per image", f"{spec.totals()['macs']:,}"),
+        ]
+        atomic_write_text(staging / html_path.name, render_html(facts, figures, result, costs, str(run_dir)))
+        try:
+            for name in [*FIGURE_FILES.values(), html_path.name]:
+                os.replace(staging / name, folder / name)
+        except OSError as e:
+            raise WriteError(f"{folder / name}: cannot write ({e.strerror or e})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return html_path
+
+
+def check_replaceable(html_path: Path) -> None:
+    """UserError unless the report's page and figures may be written at ``html_path`` and beside it: each either
+    absent or part of a previous report there (never a run's own file, a user's page or an unrelated PNG)."""
+    if html_path.name in FIGURE_FILES.values():
+        raise UserError(f"{html_path}: that name is one of the report's figures; name the page e.g. index.html")
+    previous = html_path.is_file() and REPORT_MARK.encode() in _head(html_path)
+    if html_path.exists() and not previous:
+        raise UserError(f"{html_path}: exists and is not a mobile-lenet report; choose another --out")
+    if not previous:
+        taken = [name for name in FIGURE_FILES.values() if (html_path.parent / name).exists()
+                 or (html_path.parent / name).is_symlink()]
+        if taken:
+            raise UserError(f"{html_path.parent / taken[0]}: exists and is not a figure of a report at {html_path} "
+                            f"(the figures go beside the page); choose another folder for --out")
+
+
+def _head(path: Path, size: int = 4096) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError:
+        return b""

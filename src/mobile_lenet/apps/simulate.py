@@ -12,6 +12,8 @@ host C and the firmware in the simulator, compared layer by layer.
 
 from __future__ import annotations
 
+import contextlib
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -27,14 +29,28 @@ from mobile_lenet.engines.mcu_simulators import SimulatorRun
 from mobile_lenet.engines.reference import reference_layer_outputs, softmax
 from mobile_lenet.engines.reference_int8 import int8_layer_outputs
 from mobile_lenet.errors import UserError
+from mobile_lenet.files import WriteError
 
 REPLY_TIMEOUT_S = 120.0  # per image: a Cortex-M0+ float image is ~100 M simulated instructions
 CONFIDENCE_DECIMALS = 4  # the protocol's confidence has 4 decimals
 TRACE_LINE_BYTES = 1 << 20  # the layer debugger's longest line: 6,272 float32 in hex
 
 
-def _work_dir(work_dir: Path | None) -> Path:
-    return Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="mobile-lenet-simulate-"))
+@contextlib.contextmanager
+def _work_dir(work_dir: Path | None):
+    """``work_dir``, or a temporary ``mobile-lenet-simulate-*`` folder removed when the run ends, however."""
+    if work_dir is not None:
+        yield Path(work_dir)
+        return
+    try:
+        work = Path(tempfile.mkdtemp(prefix="mobile-lenet-simulate-"))
+    except OSError as e:
+        raise WriteError(f"{tempfile.gettempdir()}: cannot make a work folder ({e.strerror or e}); set TMPDIR "
+                         f"to a folder you can write") from None
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def simulate(model, target_name: str, images: np.ndarray, labels: np.ndarray, *, work_dir: Path | None = None,
@@ -43,12 +59,12 @@ def simulate(model, target_name: str, images: np.ndarray, labels: np.ndarray, *,
     """Build, run and measure ``model``'s firmware on ``target_name`` for ``images``; returns the report.
     ``firmware_options`` go to ``build_firmware`` (e.g. ``reference_kernels=True`` for a before/after)."""
     target = get_target(target_name)
-    work = _work_dir(work_dir)
-    firmware = build_firmware(model, target, work / "build", external_ram=external_ram, **firmware_options)
-    with SimulatorRun(firmware, work) as run:
-        with DeviceLink.open(run.port, timeout=timeout) as link:
-            link.name = f"{target.name} ({target.simulator})"
-            device = run_on_device(link, images, labels, progress=progress)
+    with _work_dir(work_dir) as work:
+        firmware = build_firmware(model, target, work / "build", external_ram=external_ram, **firmware_options)
+        with SimulatorRun(firmware, work) as run:
+            with DeviceLink.open(run.port, timeout=timeout) as link:
+                link.name = f"{target.name} ({target.simulator})"
+                device = run_on_device(link, images, labels, progress=progress)
     measured = run.measurements
     expected = softmax(registry.real_logits(model, images, "reference"))
     predictions = np.array(device["predictions"])
@@ -111,20 +127,20 @@ def firmware_layer_outputs(model, target_name: str, image: np.ndarray, work_dir:
                            c_standard: str = "c99") -> dict[int, np.ndarray]:
     """Every layer's output for one image, from the firmware built with the layer debugger, in the simulator."""
     target = get_target(target_name)
-    work = _work_dir(work_dir)
-    firmware = build_firmware(model, target, work / "trace", trace=True, external_ram=external_ram,
-                              c_standard=c_standard)
     outputs = {}
-    with SimulatorRun(firmware, work) as run, DeviceLink.open(run.port, timeout=timeout) as link:
-        link.max_line_bytes = TRACE_LINE_BYTES
-        link.wait_ready()
-        link.send_image(image)
-        while True:
-            line = link.read_line(time.monotonic() + timeout)
-            if line is None or not line.startswith(TRACE_PREFIX):
-                break
-            number, values = parse_trace_line(line, firmware.int8)
-            outputs[number] = values
+    with _work_dir(work_dir) as work:
+        firmware = build_firmware(model, target, work / "trace", trace=True, external_ram=external_ram,
+                                  c_standard=c_standard)
+        with SimulatorRun(firmware, work) as run, DeviceLink.open(run.port, timeout=timeout) as link:
+            link.max_line_bytes = TRACE_LINE_BYTES
+            link.wait_ready()
+            link.send_image(image)
+            while True:
+                line = link.read_line(time.monotonic() + timeout)
+                if line is None or not line.startswith(TRACE_PREFIX):
+                    break
+                number, values = parse_trace_line(line, firmware.int8)
+                outputs[number] = values
     return outputs
 
 

@@ -18,10 +18,12 @@ The two host tools are compiled once with the host's C compiler into the cache (
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -74,9 +76,13 @@ def _build_tool(source_name: str, output_name: str, flags: list[str], libraries:
     tool = folder / output_name
     if tool.is_file():
         return tool
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=output_name + ".", delete=False) as tmp:
-        partial = Path(tmp.name)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=output_name + ".", delete=False) as tmp:
+            partial = Path(tmp.name)
+    except OSError as e:
+        raise UserError(f"{folder}: cannot build {output_name} there ({e.strerror or e}); set MOBILE_LENET_CACHE "
+                        f"to a folder you can write") from None
     result = subprocess.run([cc, "-o", str(partial), *command_tail], capture_output=True, text=True)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
@@ -100,6 +106,27 @@ def simavr_runner() -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ runs
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _dies_with_parent():
+    """A ``preexec_fn`` that has Linux send the simulator SIGKILL when this process dies (even by ``kill -9``),
+    so none is left running; None where there is no prctl. (Linux sends it when the forking *thread* ends:
+    a ``SimulatorRun`` lives in one thread.)"""
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (AttributeError, OSError, TypeError):
+        return None
+    parent = os.getpid()
+
+    def set_parent_death_signal():
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the call
+            os._exit(1)
+
+    return set_parent_death_signal
+
+
 class SimulatorRun:
     """A simulator running a firmware, for the length of a ``with`` block: ``port`` is its UART's pty."""
 
@@ -108,7 +135,7 @@ class SimulatorRun:
         self.process: subprocess.Popen | None = None
         self.port: str | None = None
         self.measurements = Measurements()
-        self._summary_text = ""
+        self._summary_text = self._early_output = ""
 
     # -------------------------------------------------------------------------------------------- start
     def __enter__(self) -> "SimulatorRun":
@@ -118,7 +145,8 @@ class SimulatorRun:
         else:
             command = self._simavr_command()
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+                                        stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+                                        preexec_fn=_dies_with_parent())
         self.port = self._read_port()
         return self
 
@@ -157,18 +185,24 @@ class SimulatorRun:
                 str(self.firmware.elf)]
 
     def _read_port(self) -> str:
+        """The pty the simulator names on its output, waited for at most START_TIMEOUT_S (select, then read what
+        is there: a simulator that prints nothing or half a line cannot block the wait past its deadline)."""
         deadline = time.monotonic() + START_TIMEOUT_S
-        seen = []
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
+        fd, output = self.process.stdout.fileno(), b""
+        while (left := deadline - time.monotonic()) > 0 and select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 4096)
+            if not chunk:
                 break
-            seen.append(line.strip())
-            match = re.search(r"(/dev/pts/\d+)", line)
+            output += chunk
+            match = re.search(rb"(/dev/pts/\d+)\D", output)
             if match:
-                return match[1]
+                self._early_output = output.decode(errors="replace")
+                return match[1].decode()
         self._stop()
-        raise UserError(f"{self.firmware.target.simulator} did not start: {' / '.join(seen[-2:]) or 'no output'}")
+        seen = [line.strip() for line in output.decode(errors="replace").splitlines() if line.strip()]
+        waited = f" within {START_TIMEOUT_S:g} s" if time.monotonic() >= deadline else ""
+        raise UserError(f"{self.firmware.target.simulator} did not start{waited}: "
+                        f"{' / '.join(seen[-2:]) or 'no output'}")
 
     # -------------------------------------------------------------------------------------------- stop
     def __exit__(self, *exc) -> None:
@@ -181,10 +215,11 @@ class SimulatorRun:
             return
         self.process.send_signal(signal.SIGTERM)
         try:
-            self._summary_text, _ = self.process.communicate(timeout=STOP_TIMEOUT_S)
+            output, _ = self.process.communicate(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
-            self._summary_text, _ = self.process.communicate()
+            output, _ = self.process.communicate()
+        self._summary_text = self._early_output + (output or "")
 
     def _read_measurements(self) -> None:
         if self.firmware.target.simulator == "qemu":

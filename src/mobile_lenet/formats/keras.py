@@ -42,6 +42,9 @@ KERAS_CLASSES = {
 KERAS_NAME_ALIASES = {"stem_conv": "stem_conv3x3"}
 
 
+MAX_MEMBER_BYTES = 16 * 1024 * 1024  # Mobile-LeNet's weights.h5 is about 100 KB: a larger member is not ours
+
+
 class _KerasFile:
     """The two parts of a .keras file, with errors that name it."""
 
@@ -53,6 +56,10 @@ class _KerasFile:
                 for needed in ("config.json", "model.weights.h5"):
                     if needed not in names:
                         raise UserError(f"{path}: not a Keras 3 .keras file (no {needed} inside)")
+                    size = archive.getinfo(needed).file_size  # declared; the read below stops there too
+                    if size > MAX_MEMBER_BYTES:
+                        raise UserError(f"{path}: its {needed} declares {size:,} bytes, far more than Mobile-LeNet's "
+                                        f"(at most {MAX_MEMBER_BYTES:,}); not this network's .keras file")
                 self.config = json.loads(archive.read("config.json"))
                 self.weights_bytes = archive.read("model.weights.h5")
         except zipfile.BadZipFile:

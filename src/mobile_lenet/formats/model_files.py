@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from mobile_lenet.errors import UserError
+from mobile_lenet.files import check_readable_file
 from mobile_lenet.formats.int8_folder import is_quantized_folder, load_quantized
 from mobile_lenet.formats.keras import read_keras
 from mobile_lenet.formats.noodle import looks_like_noodle_folder, read_noodle_folder
@@ -25,6 +26,10 @@ from mobile_lenet.quantization.quantize import QuantizedModel
 def load_tensors(source: str | os.PathLike) -> dict[str, np.ndarray]:
     """The float weights (Noodle tensors) of MODEL; a quantized folder is refused with one line."""
     path = Path(source)
+    return check_batchnorm(_read_tensors(path), path)
+
+
+def _read_tensors(path: Path) -> dict[str, np.ndarray]:
     if path.is_dir():
         if (path / "best.pt").is_file():
             return to_noodle(load_checkpoint_model(path / "best.pt"))
@@ -36,9 +41,21 @@ def load_tensors(source: str | os.PathLike) -> dict[str, np.ndarray]:
         raise UserError(f"{path}: neither a run folder (best.pt) nor a folder of Noodle weight files")
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
+    check_readable_file(path)
     if path.suffix == ".keras":
         return read_keras(path)
     return to_noodle(load_checkpoint_model(path))
+
+
+def check_batchnorm(tensors: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:
+    """UserError when a BatchNorm's moving variance (row 4 of a ``bn`` tensor) is negative: its square root, and
+    so every output after it, would be NaN. Returns ``tensors``."""
+    for name, values in tensors.items():
+        if name.startswith("bn") and (values[3] < 0).any():
+            channel = int(np.argmax(values[3] < 0))
+            raise UserError(f"{path}: {name} (BatchNorm) has a negative moving variance ({values[3][channel]:g} in "
+                            f"channel {channel}); a variance is never below 0, so the file is damaged or mislabelled")
+    return tensors
 
 
 def load_model(source: str | os.PathLike) -> dict[str, np.ndarray] | QuantizedModel:

@@ -100,7 +100,8 @@ def parse_txt(path: Path, data: bytes) -> np.ndarray:
         text = data.decode("ascii")
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text file of numbers") from None
-    return _parse_numbers(path, text.split())
+    # split at C's white space only (what Noodle's reader skips): str.split would also drop \x1c-\x1f
+    return _parse_numbers(path, [token for token in re.split(r"[ \t\n\v\f\r]+", text) if token])
 
 
 def parse_bin(path: Path, data: bytes) -> np.ndarray:

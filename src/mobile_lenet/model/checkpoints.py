@@ -5,25 +5,29 @@ A checkpoint is a ``torch.save`` of plain tensors, numbers and strings, loaded w
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import torch
 
 from mobile_lenet.errors import UserError
-from mobile_lenet.files import atomic_write
+from mobile_lenet.files import atomic_write_bytes, check_readable_file
 from mobile_lenet.model.network import MobileLeNet
 
 
 def save_checkpoint(path: str | os.PathLike, model: MobileLeNet, **extra) -> None:
     """Save the model's state dict plus any extra plain data (optimizer state, epoch, metrics, ...)."""
     state = {"format": "mobile-lenet-checkpoint/1", "model": model.state_dict(), **extra}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    buffer = io.BytesIO()  # serialized in memory: torch's writer reports a full disk as a RuntimeError
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint dict safely; raises UserError naming the file if it is not one of ours."""
     path = Path(path)
+    check_readable_file(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:

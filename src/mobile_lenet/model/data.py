@@ -28,6 +28,7 @@ import numpy as np
 import pooch
 
 from mobile_lenet.errors import UserError
+from mobile_lenet.files import check_readable_file
 
 IMAGE_SIZE = 28
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned byte, 3 dimensions
@@ -55,6 +56,7 @@ MAX_IDX_ITEMS = 10_000_000  # far beyond any MNIST-like set (70,000); refuses ab
 
 
 def _open(path: Path):
+    check_readable_file(path)
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
@@ -128,7 +130,7 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, where: str) -> None:
 
 def _find(folder: Path, stem: str) -> Path | None:
     for name in (stem, stem + ".gz"):
-        if (folder / name).is_file():
+        if (folder / name).exists():
             return folder / name
     return None
 
@@ -153,6 +155,7 @@ def read_idx_pair(folder: Path, prefix: str) -> Dataset:
 # --------------------------------------------------------------------------------------------------- NPZ / CSV
 def read_npz(path: Path, split: str) -> Dataset:
     """Read Keras' ``mnist.npz`` (arrays x_train, y_train, x_test, y_test)."""
+    check_readable_file(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             images, labels = z[f"x_{split}"], z[f"y_{split}"]
@@ -176,6 +179,7 @@ def read_npz(path: Path, split: str) -> Dataset:
 def read_csv(path: Path) -> Dataset:
     """Read a CSV with the label first and 784 pixel values (0..255) per row; a header row is skipped."""
     labels, pixels = [], []
+    check_readable_file(path)
     try:
         with open(path, newline="") as f:
             for line_no, row in enumerate(csv.reader(f), start=1):
@@ -209,9 +213,9 @@ def read_data_folder(folder: str | os.PathLike, split: str = "train") -> Dataset
     prefix = {"train": "train", "test": "t10k"}[split]
     if _find(folder, f"{prefix}-images-idx3-ubyte") or _find(folder, f"{prefix}-labels-idx1-ubyte"):
         return read_idx_pair(folder, prefix)
-    if (folder / "mnist.npz").is_file():
+    if (folder / "mnist.npz").exists():
         return read_npz(folder / "mnist.npz", split)
-    if (folder / f"mnist_{split}.csv").is_file():
+    if (folder / f"mnist_{split}.csv").exists():
         return read_csv(folder / f"mnist_{split}.csv")
     raise DataError(f"{folder}: no {prefix}-images-idx3-ubyte[.gz], mnist.npz or mnist_{split}.csv")
 

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mobile_lenet.errors import UserError
+from mobile_lenet.files import check_readable_file
 
 MAX_IMAGE_SIDE = 4096  # checked before decoding, so a small file cannot unpack into gigabytes
 INNER_BOX = 20  # MNIST: the digit fits in 20x20 ...
@@ -69,6 +70,7 @@ def load_digit(path: str | os.PathLike, invert: str = "auto") -> np.ndarray:
     """
     if invert not in ("auto", "yes", "no"):
         raise UserError(f"invert must be auto, yes or no, not {invert!r}")
+    check_readable_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused below, not printed

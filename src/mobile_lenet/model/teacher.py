@@ -17,13 +17,14 @@ use the result. ``teacher.pt`` stays in the run folder so that ``--resume`` does
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobile_lenet.files import atomic_write
+from mobile_lenet.files import atomic_write_bytes, check_readable_file
 from mobile_lenet.model.data import Dataset
 
 # (channels, 3x3 conv + BN + ReLU layers) per stage; a 2x2 max-pool between stages; then GAP and a dense layer
@@ -75,12 +76,15 @@ def data_fingerprint(train_split: Dataset) -> str:
 def save_teacher(path: Path, teacher: Teacher, **extra) -> None:
     """teacher.pt, written atomically; its own format, so no command mistakes it for a Mobile-LeNet checkpoint."""
     state = {"format": TEACHER_FORMAT, "model": teacher.state_dict(), **extra}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    buffer = io.BytesIO()  # serialized in memory: torch's writer reports a full disk as a RuntimeError
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def read_teacher(path: Path) -> dict | None:
     """The saved teacher state, or None if ``path`` is missing or not a readable teacher file."""
     try:
+        check_readable_file(path)  # a FIFO would block the load
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # missing, truncated or foreign: the caller trains a new teacher  # noqa: BLE001
         return None

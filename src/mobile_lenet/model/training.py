@@ -31,7 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mobile_lenet.errors import UserError
-from mobile_lenet.files import atomic_write, atomic_write_text, clean_stale_tmp
+from mobile_lenet.files import WriteError, atomic_write, atomic_write_text, clean_stale_tmp
 from mobile_lenet.model.checkpoints import check_finite_state, read_checkpoint, save_checkpoint
 from mobile_lenet.model.data import Dataset, split_validation, to_tensor_input
 from mobile_lenet.model.network import MobileLeNet, predict_logits
@@ -99,6 +99,8 @@ def check_config(config: TrainConfig, where: str = "") -> TrainConfig:
         bad("augment", f"must be true or false, not {config.augment!r}")
     if not is_real(config.elastic) or not 0 <= config.elastic <= MAX_ELASTIC:
         bad("elastic", f"must be from 0 to {MAX_ELASTIC:g} pixels, not {config.elastic!r}")
+    if config.elastic and not config.augment:
+        bad("elastic", "needs --augment (it distorts the augmented digits); drop --elastic or --no-augment")
     if not is_real(config.ema_decay) or not 0 <= config.ema_decay < 1:
         bad("ema_decay", f"must be from 0 (off) to below 1, not {config.ema_decay!r}")
     if not is_int(config.distill_epochs) or not 0 <= config.distill_epochs <= MAX_EPOCHS:
@@ -258,7 +260,10 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
     start_epoch, best_val, history = 0, -1.0, []
     average = WeightAverage(model, config.ema_decay) if config.ema_decay else None
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise WriteError(f"{out_dir}: cannot make the run folder ({e.strerror or e})") from None
     clean_stale_tmp(out_dir)  # what a kill during a write left
     if resume:
         why = resume_problem(out_dir / "last.pt", config, scheduler.total_steps)
@@ -276,6 +281,8 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
             write_metrics(out_dir / "metrics.csv", history)
             log(f"resuming {out_dir} at epoch {start_epoch + 1}/{config.epochs}" if start_epoch < config.epochs
                 else f"{out_dir} already finished all {config.epochs} epochs")
+        elif (out_dir / "last.pt").exists():  # never replace a run's checkpoints with a fresh start unasked
+            raise resume_refused(out_dir, why)
         else:
             log(f"cannot resume {out_dir} ({why}): starting it again from epoch 1")
     write_config(out_dir, config)
@@ -425,6 +432,12 @@ def teacher_for(config: TrainConfig, train_split: Dataset, val_split: Dataset, o
     log(f"teacher: trained in {seconds / 60:.1f} min" + (f", validation accuracy {val_accuracy:.4f}" if len(val_split)
                                                         else "") + f" -> {path}")
     return teacher.eval()
+
+
+def resume_refused(out_dir: Path, why: str) -> UserError:
+    """The error of a resume whose last.pt is there but unusable (a fresh start would replace the run's files)."""
+    return UserError(f"cannot resume {out_dir} ({why}); to train it again from epoch 1, delete "
+                     f"{Path(out_dir) / 'last.pt'} first")
 
 
 def resume_problem(path: Path, config: TrainConfig, total_steps: int) -> str | None:

@@ -17,8 +17,9 @@
  *   {"stop": why, "cycles": total, "frequency": 16000000, "ramend": R, "min_sp": lowest SP,
  *    "marks": [cycle at each hit], "interval_min_sp": [lowest SP since the previous hit, per hit],
  *    "skipped": [cycles spent in the skip range so far, per hit]}
- * Stops also on SIGINT / SIGTERM (and prints the summary), or when the core crashes or sleeps
- * with interrupts off (stop "crashed" / "done"). */
+ * Stops also on SIGINT / SIGTERM (and prints the summary), when the program that started it dies
+ * (Linux: even by SIGKILL, so no runner is left spinning), or when the core crashes or sleeps with
+ * interrupts off (stop "crashed" / "done"). */
 #define _XOPEN_SOURCE 600
 #define _DEFAULT_SOURCE
 #include <errno.h>
@@ -32,6 +33,9 @@
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 #include <simavr/avr_uart.h>
 #include <simavr/sim_avr.h>
@@ -169,6 +173,11 @@ int main(int argc, char **argv)
     }
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
+#ifdef __linux__
+    const pid_t parent = getppid();
+    prctl(PR_SET_PDEATHSIG, SIGTERM); /* the parent's death stops the run like a SIGTERM */
+    if (getppid() != parent) stop_signal = SIGTERM; /* it died before the call */
+#endif
 
     static uint64_t marks[MAX_MARKS], skipped_at[MAX_MARKS];
     static uint16_t interval_sp[MAX_MARKS];
