@@ -412,6 +412,13 @@ def _quantized(assets, folder: Path, variant: str) -> None:
         manifest["npz"] = str(folder / NPZ_NAME)
     elif variant == "input-zero-point":
         manifest["input"]["zero_point"] = -129
+    elif variant == "zero-points-not-chained":  # layer 5 reads a zero point that layer 4 does not write
+        layers[4]["in_zero_point"] = layers[3]["out_zero_point"] + (1 if layers[3]["out_zero_point"] < 127 else -1)
+    elif variant == "first-layer-input-zero-point":
+        layers[0]["in_zero_point"] = -127
+    elif variant == "output-not-last-layer":
+        manifest["output"]["zero_point"] = layers[-1]["out_zero_point"] + (1 if layers[-1]["out_zero_point"] < 127
+                                                                           else -1)
     elif variant == "edited-without-rehash":
         layers[1]["shift"] -= 1
         rehash = False
@@ -422,6 +429,12 @@ def _quantized(assets, folder: Path, variant: str) -> None:
     elif variant == "npz-missing-array":
         with np.load(folder / NPZ_NAME) as z:
             arrays = {k: z[k] for k in z.files if not k.endswith(".bias")}
+        data = _npz(**arrays)
+        (folder / NPZ_NAME).write_bytes(data)
+        manifest["npz_sha256"] = hashlib.sha256(data).hexdigest()
+    elif variant == "npz-int32-weights":  # right names and shapes, wrong type
+        with np.load(folder / NPZ_NAME) as z:
+            arrays = {k: z[k].astype(np.int32) if k.endswith(".weight") else z[k] for k in z.files}
         data = _npz(**arrays)
         (folder / NPZ_NAME).write_bytes(data)
         manifest["npz_sha256"] = hashlib.sha256(data).hexdigest()
@@ -445,8 +458,10 @@ QUANTIZED_VARIANTS = {"no-layers": "layers", "layers-not-list": "layers", "layer
                       "zero-point-300": "out_zero_point", "scale-negative": "out_scale", "scale-nan": "out_scale",
                       "kernel-changed": "kernel", "layer-dropped": "layers", "layer-is-string": "layer 1",
                       "relu-as-int": "relu", "npz-outside": "npz", "npz-absolute": "npz",
-                      "input-zero-point": "input", "edited-without-rehash": "manifest_sha256",
-                      "npz-random-bytes": NPZ_NAME, "npz-missing-array": "bias", "npz-edited": "sha256",
+                      "input-zero-point": "input", "zero-points-not-chained": "in_zero_point",
+                      "first-layer-input-zero-point": "output of input", "output-not-last-layer": '"output"',
+                      "edited-without-rehash": "manifest_sha256", "npz-random-bytes": NPZ_NAME,
+                      "npz-missing-array": "bias", "npz-int32-weights": "weight should be int8", "npz-edited": "sha256",
                       "npz-is-a-folder": NPZ_NAME, "manifest-is-list": "/q: "}
 
 INT8_VERBS = {

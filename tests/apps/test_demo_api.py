@@ -243,3 +243,20 @@ def test_cli_demo_refuses_a_port_in_use(trained_run, monkeypatch, capsys):
         port = busy.getsockname()[1]
         assert main(["demo", "--model", str(trained_run), "--port", str(port)]) == 2
     assert "choose another --port" in capsys.readouterr().err
+
+
+def test_the_demo_listens_on_this_machine_only_by_default(monkeypatch):
+    """The parser's default --host read back, and what `mobile-lenet demo` hands to the server: a loopback
+    address (ipaddress' own test), so the demo is not reachable from other machines unless asked."""
+    import ipaddress
+    import inspect
+
+    from mobile_lenet.apps import cli
+
+    host = cli.build_parser().parse_args(["demo"]).host
+    assert ipaddress.ip_address(host).is_loopback
+    assert ipaddress.ip_address(inspect.signature(demo.serve).parameters["host"].default).is_loopback
+    served = {}
+    monkeypatch.setattr(cli, "serve", lambda **kwargs: served.update(kwargs))
+    assert cli.main(["demo", "--model", "m.pt"]) == 0
+    assert ipaddress.ip_address(served["host"]).is_loopback and served["port"] == 8000

@@ -69,11 +69,18 @@ def test_cortex_m4f_float_agrees_with_the_reference_and_is_measured(upstream_ten
 
 
 def test_cortex_m0plus_int8_agrees_with_the_int8_engine(upstream_int8, mnist_test, tmp_path):
-    images, labels = mnist_test.images[10:13], mnist_test.labels[10:13]
+    """Two digits the int8 engine reads right and the first it reads wrong: agreement with the reference engine
+    (3/3) and accuracy (2/3) are two different figures."""
+    predicted = int8_logits(upstream_int8, mnist_test.images[:300]).argmax(axis=1)
+    wrong = int(np.flatnonzero(predicted != mnist_test.labels[:300])[0])
+    right = [int(i) for i in np.flatnonzero(predicted == mnist_test.labels[:300])[:2]]
+    images, labels = mnist_test.images[[wrong, *right]], mnist_test.labels[[wrong, *right]]
     report = simulate.simulate(upstream_int8, "cortex-m0plus", images, labels, work_dir=tmp_path, progress=False)
     assert report["precision"] == "int8" and report["counts"] == "instructions"
-    assert report["predictions"] == int8_logits(upstream_int8, images).argmax(axis=1).tolist()
+    assert report["predictions"] == predicted[[wrong, *right]].tolist()
+    assert report["agreement_with_reference"] == 3 and report["accuracy"] == pytest.approx(2 / 3)
     assert report["static_ram_bytes"] >= memory.int8_plan().ram_bytes
+    assert report["max_confidence_difference"] <= 0.5e-4 + 1e-6  # the reply's 4 decimals: the logit scale counts
 
 
 def test_atmega2560_runs_the_int8_network_in_its_8_kb(upstream_int8, mnist_test, tmp_path):
@@ -82,6 +89,7 @@ def test_atmega2560_runs_the_int8_network_in_its_8_kb(upstream_int8, mnist_test,
     report = simulate.simulate(upstream_int8, "atmega2560", images, labels, work_dir=tmp_path, progress=False)
     assert report["simulator"] == "simavr" and report["counts"] == "cycles" and not report["external_ram"]
     assert report["predictions"] == int8_logits(upstream_int8, images).argmax(axis=1).tolist()
+    assert report["max_confidence_difference"] <= 0.5e-4 + 1e-6  # the row schedule's confidences too
     assert report["static_ram_bytes"] + report["peak_stack_bytes"] <= 8192 == report["ram_capacity"]
     cycles = report["cycles_per_image"]
     assert cycles["min"] > 452_216  # more than one cycle per multiply-accumulate on an 8-bit core
@@ -129,7 +137,26 @@ def test_layer_debugger_finds_where_a_layer_parts(upstream_int8, mnist_test, tmp
     assert report["firmware_bit_exact_layers"] == len(upstream_int8.layers) - 1
 
 
-def test_cli_simulate_json_and_errors(upstream_int8, tmp_path, capsys, monkeypatch):
+def test_format_report_by_hand():
+    """A hand-made report and its lines written out by hand. 0.57 * 100 is 56.99999999999999 in floating
+    point: the count of right answers must be rounded (57/100), not truncated (56/100)."""
+    report = {"target": "cortex-m4f", "chip": "STM32F4-class Cortex-M4F", "precision": "int8", "simulator": "qemu",
+              "flash_bytes": 16124, "flash_capacity": 1048576, "static_ram_bytes": 13484, "peak_stack_bytes": 1234,
+              "ram_capacity": 131072, "counts": "instructions",
+              "instructions_per_image": {"mean": 1234567.4, "min": 1234000, "max": 1235000},
+              "ms_per_image_at_clock": 7.34861, "clock_hz": 168_000_000, "latency_assumes": "one cycle per instruction",
+              "n": 100, "accuracy": 0.57, "agreement_with_reference": 99, "max_confidence_difference": 3.2e-5}
+    assert simulate.format_report(report).splitlines() == [
+        "cortex-m4f (STM32F4-class Cortex-M4F, int8) in qemu:",
+        "  flash 16,124 of 1,048,576 bytes; static RAM 13,484 + peak stack 1,234 of 131,072 bytes",
+        "  1,234,567 instructions per image (min 1,234,000, max 1,235,000): 7.3 ms at 168 MHz (one cycle per "
+        "instruction)",
+        "  accuracy 57.00% (57/100); agrees with the reference engine on 99/100; confidences within 3.2e-05"]
+    for accuracy, n, count in ((0.29, 100, "(29/100)"), (0.58, 100, "(58/100)"), (7 / 9, 9, "(7/9)")):
+        assert count in simulate.format_report({**report, "accuracy": accuracy, "n": n})
+
+
+def test_cli_simulate_json_and_errors(upstream_int8, mnist_test, tmp_path, capsys, monkeypatch):
     save_quantized(upstream_int8, tmp_path / "q")
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where simulate makes its work folder
     (tmp_path / "tmp").mkdir()
@@ -139,6 +166,18 @@ def test_cli_simulate_json_and_errors(upstream_int8, tmp_path, capsys, monkeypat
     assert report["n"] == 2 and report["precision"] == "int8" and report["target"] == "cortex-m4f"
     assert STARTED_SESSIONS and simulators_running() == 0
     assert list((tmp_path / "tmp").iterdir()) == []  # its mobile-lenet-simulate-* folder is gone
+    # the first two test images, each field against its own oracle: the int8 engine's digits, the labels, the
+    # reference softmax (the 4-decimal replies), the chip's clock and the memory plan
+    expected = int8_logits(upstream_int8, mnist_test.images[:2]).argmax(axis=1)
+    assert report["predictions"] == expected.tolist() and report["agreement_with_reference"] == 2
+    assert report["accuracy"] == float((expected == mnist_test.labels[:2]).mean())
+    assert report["max_confidence_difference"] <= 0.5e-4 + 1e-6
+    counts = report["instructions_per_image"]
+    assert report["counts"] == "instructions" and 100_000 < counts["min"] <= counts["mean"] <= counts["max"]
+    assert report["ms_per_image_at_clock"] == pytest.approx(1000 * counts["mean"] / 168e6)
+    assert memory.int8_plan().flash_bytes < report["flash_bytes"] <= report["flash_capacity"] == 1024 * 1024
+    assert memory.int8_plan().ram_bytes < report["static_ram_bytes"] <= report["ram_capacity"] == 128 * 1024
+    assert 0 < report["peak_stack_bytes"] < 4096 and report["dataset"]
     assert main(["simulate", str(UPSTREAM / "noodle"), "--target", "atmega2560", "--data-dir", str(MNIST_10K)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "does not fit: static RAM needs" in err and "over the chip's 8,192" in err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import subprocess
 from pathlib import Path
 
@@ -16,6 +17,32 @@ from mobile_lenet.errors import UserError
 
 
 
+SHF_WRITE, SHF_ALLOC, SHT_NOBITS = 0x1, 0x2, 8
+
+
+def elf_sections(elf: Path) -> list[tuple[str, int, int, int]]:
+    """(name, type, flags, size) of every section of a 32-bit little-endian ELF, read from its section headers
+    with struct (ARM and AVR ELFs are both): an oracle that does not go through binutils' size."""
+    data = elf.read_bytes()
+    assert data[:4] == b"\x7fELF" and data[4] == 1 and data[5] == 1  # ELFCLASS32, ELFDATA2LSB
+    shoff, = struct.unpack_from("<I", data, 0x20)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x2E)
+    headers = [struct.unpack_from("<10I", data, shoff + i * shentsize) for i in range(shnum)]
+    names_at = headers[shstrndx][4]
+    return [(data[names_at + h[0]:data.index(b"\0", names_at + h[0])].decode(), h[1], h[2], h[5]) for h in headers]
+
+
+def flash_and_ram_from_section_headers(elf: Path) -> tuple[int, int]:
+    """Flash: every allocated section with contents (code, constants, and .data's initial values, copied from
+    flash at start-up). Static RAM: every allocated writable section (.data, .bss), less the ARM linker
+    script's .stack reservation (the stack is measured separately)."""
+    sections = elf_sections(elf)
+    flash = sum(size for _, kind, flags, size in sections if flags & SHF_ALLOC and kind != SHT_NOBITS)
+    ram = sum(size for name, _, flags, size in sections
+              if flags & SHF_ALLOC and flags & SHF_WRITE and name != ".stack")
+    return flash, ram
+
+
 @pytest.mark.parametrize("target", ["cortex-m0plus", "cortex-m4f"])
 def test_arm_firmware_holds_the_planned_buffers_and_the_weights(target, upstream_tensors, upstream_int8, tmp_path):
     for model, plan in ((upstream_tensors, memory.plan()), (upstream_int8, memory.int8_plan())):
@@ -25,6 +52,9 @@ def test_arm_firmware_holds_the_planned_buffers_and_the_weights(target, upstream
         # flash: the weights and the code (the M0+ carries software floating point)
         assert plan.flash_bytes < firmware.flash_bytes < plan.flash_bytes + 32 * 1024
         assert {"ml_mark", "SysTick_Handler", "_estack"} <= set(firmware.symbols)
+        sections = {name: size for name, _, _, size in elf_sections(firmware.elf)}
+        assert sections[".data"] > 0  # so that flash without the data section would be told apart
+        assert (firmware.flash_bytes, firmware.static_ram_bytes) == flash_and_ram_from_section_headers(firmware.elf)
 
 
 def test_avr_int8_runs_row_by_row_with_its_weights_in_flash(upstream_int8, tmp_path):
@@ -37,6 +67,7 @@ def test_avr_int8_runs_row_by_row_with_its_weights_in_flash(upstream_int8, tmp_p
     assert firmware.symbols["ring_0"][0] >= 0x800000 and "activation_a" not in firmware.symbols
     plan = memory.row_plan()
     assert plan.ram_bytes + 784 <= firmware.static_ram_bytes <= plan.ram_bytes + 784 + 256
+    assert (firmware.flash_bytes, firmware.static_ram_bytes) == flash_and_ram_from_section_headers(firmware.elf)
 
 
 def test_does_not_fit_names_the_memory_and_the_bytes_over(upstream_tensors, tmp_path):

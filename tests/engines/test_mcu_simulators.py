@@ -23,14 +23,18 @@ def marks_of(lines: list[str]) -> list[int]:
     return [int(line.split()[3]) for line in lines if line.startswith("mark ")]
 
 
-@pytest.mark.parametrize("target", ["cortex-m0plus", "cortex-m4f"])
-def test_qemu_plugin_counts_the_instructions_of_a_known_loop_exactly(target, tmp_path):
-    """c/sim/known_loop.c: between its two marks, run_loop(n) executes 1 + 2n + 2 instructions (see the file)."""
-    elf = tmp_path / "known_loop.elf"
-    subprocess.run(["arm-none-eabi-gcc", *ARM_FLAGS[target], "-std=c99", "-O2", f"-I{TARGETS_DIR}",
+def build_known_loop(target: str, elf: Path, *defines: str) -> Path:
+    subprocess.run(["arm-none-eabi-gcc", *ARM_FLAGS[target], "-std=c99", "-O2", *defines, f"-I{TARGETS_DIR}",
                     str(TARGETS_DIR.parent / "sim" / "known_loop.c"), str(TARGETS_DIR / "startup_cortexm.c"),
                     f"-T{TARGETS_DIR / (target + '.ld')}", f"-L{TARGETS_DIR}", "-nostartfiles",
                     "--specs=nano.specs", "--specs=nosys.specs", "-o", str(elf)], check=True)
+    return elf
+
+
+@pytest.mark.parametrize("target", ["cortex-m0plus", "cortex-m4f"])
+def test_qemu_plugin_counts_the_instructions_of_a_known_loop_exactly(target, tmp_path):
+    """c/sim/known_loop.c: between its two marks, run_loop(n) executes 1 + 2n + 2 instructions (see the file)."""
+    elf = build_known_loop(target, tmp_path / "known_loop.elf")
     mark = next(line.split()[0] for line in subprocess.run(["arm-none-eabi-nm", str(elf)], capture_output=True,
                                                              text=True, check=True).stdout.splitlines()
                 if line.endswith(" ml_mark"))
@@ -42,6 +46,27 @@ def test_qemu_plugin_counts_the_instructions_of_a_known_loop_exactly(target, tmp
     assert len(marks) == 6
     between = [after - before for before, after in zip(marks[0::2], marks[1::2])]
     assert between == [1 + 2 * n + 2 for n in (1, 1000, 1_000_000)]
+
+
+@pytest.mark.parametrize("target", ["cortex-m0plus", "cortex-m4f"])
+def test_timer_interrupts_are_left_out_of_the_count_exactly(target, tmp_path):
+    """The firmware's measurement path (SimulatorRun: the plugin's skip range over SysTick_Handler, then the
+    per-image subtraction) on known_loop.c with the timer's interrupt fired in every iteration. Hand count (see
+    the file): 1 + 3n + 2 instructions of the loop per pair of marks, and 5 per interrupt, n interrupts. Its
+    first or last handler instruction charged to the loop, or the handler not subtracted, is off by n or more."""
+    from mobile_lenet.codegen.mcu_firmware import TARGETS, Firmware, read_symbols
+    from mobile_lenet.engines.mcu_simulators import SimulatorRun
+
+    elf = build_known_loop(target, tmp_path / "known_loop.elf", "-DTICK_EVERY_ITERATION")
+    firmware = Firmware(TARGETS[target], elf, False, 0, 0, read_symbols("arm-none-eabi-nm", elf))
+    with SimulatorRun(firmware, tmp_path) as run:  # no semihosting here: the program ends in a fault loop
+        deadline = time.monotonic() + 60
+        while len(marks_of(run.marks_file.read_text().splitlines() if run.marks_file.exists() else [])) < 6:
+            assert time.monotonic() < deadline, "known_loop did not reach its sixth mark"
+            time.sleep(0.05)
+    counts = [1, 1000, 1_000_000]
+    assert run.measurements.per_image == [1 + 3 * n + 2 for n in counts]
+    assert run.measurements.excluded == [5 * n for n in counts]
 
 
 def test_simavr_runner_counts_the_cycles_of_a_known_loop(tmp_path):

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from mobile_lenet.errors import UserError
 from mobile_lenet.model.checkpoints import load_checkpoint_model, read_checkpoint
-from mobile_lenet.model.data import split_validation
+from mobile_lenet.model.data import split_validation, to_tensor_input
 from mobile_lenet.model.teacher import SOFT_WEIGHT, TEACHER_FILE, TEMPERATURE, Teacher, distillation_loss
 from mobile_lenet.model.training import TrainConfig, loss_and_accuracy, teacher_for, train
 
@@ -70,6 +70,31 @@ def test_teacher_is_trained_once_and_reused_for_the_same_settings_and_images(tmp
     (tmp_path / TEACHER_FILE).write_bytes(b"not a checkpoint")  # a damaged teacher.pt is trained again
     teacher_for(config, train_split, val_split, tmp_path, progress=False, log=messages.append)
     assert "reused" not in messages[-1]
+
+
+def test_teacher_batchnorm_is_calibrated_on_the_training_split(tmp_path, monkeypatch):
+    """The teacher's exact BN statistics come from the training split (as the student's), never the validation
+    split it is then scored on; the statistics it carries are those of the images recorded."""
+    from mobile_lenet.model import training
+
+    seen = []
+    original = training.calibrate_batchnorm
+
+    def recording(model, images, *args, **kwargs):
+        seen.append(np.array(images, copy=True))
+        return original(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(training, "calibrate_batchnorm", recording)
+    config = TrainConfig(**dict(QUICK, distill_epochs=1))
+    train_split, val_split = split_validation(synthetic_digits(200, seed=5), config.val_fraction, config.seed)
+    teacher = teacher_for(config, train_split, val_split, tmp_path, progress=False, log=lambda s: None)
+    assert len(seen) == 1
+    np.testing.assert_array_equal(seen[0], train_split.images)
+    first_bn = teacher.layers[1]
+    with torch.no_grad():
+        conv = teacher.layers[0](torch.from_numpy(to_tensor_input(train_split.images))).double()
+    np.testing.assert_allclose(first_bn.running_mean.double().numpy(), conv.mean(dim=(0, 2, 3)).numpy(), rtol=1e-4,
+                               atol=1e-6)
 
 
 def test_distilled_student_checkpoint_stands_alone(tmp_path):

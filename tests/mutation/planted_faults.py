@@ -10,6 +10,7 @@ fault), and restores the file. The shared working tree is never touched.
     .venv/bin/python tests/mutation/planted_faults.py softmax serial  # only faults whose name contains a word
     .venv/bin/python tests/mutation/planted_faults.py --list          # the faults, not run
     .venv/bin/python tests/mutation/planted_faults.py --head-c C      # C faults on the last committed C
+    .venv/bin/python tests/mutation/planted_faults.py --issue-25      # only the faults issue 25 added
 
 A fault is "killed" when its tests fail (or time out), "SURVIVED" when they pass, "stale" when its code is no
 longer in the source (the script's strings need updating, counted as neither). The copy's ``src`` comes first
@@ -57,6 +58,20 @@ C_FLOAT = T + "codegen/test_c_float.py"
 HOST_C = T + "engines/test_host_c.py"
 EVAL = T + "apps/test_evaluation.py"
 DEMO = T + "apps/test_demo_api.py"
+MCU_SIM = T + "engines/test_mcu_simulators.py"
+MCU_FW = T + "codegen/test_mcu_firmware.py"
+SIMULATE = T + "apps/test_simulate.py"
+BAD = T + "apps/test_bad_inputs.py"
+FILES = T + "test_files.py"
+NOODLE = T + "formats/test_noodle.py"
+TEACHER = T + "model/test_teacher.py"
+ROWS = T + "codegen/test_rows_s8.py"
+ROWS_K = T + "codegen/test_rows_kernels.py"
+HOST_FAST = T + "engines/test_host_c_fast.py"
+HOST_FAST8 = T + "engines/test_host_c_int8_fast.py"
+TIMER_TEST = "test_timer_interrupts_are_left_out_of_the_count_exactly"
+CONFIDENCE_TEST = "test_confidences_match_the_reference_softmax_of_the_dequantized_logits"
+DISTILL_LOSS_TEST = "test_distillation_loss_is_the_weighted_sum_of_label_and_teacher_terms"
 
 FAULTS = [
     # ---------------------------------------------------------------- the nine that once survived (issue 16)
@@ -78,8 +93,8 @@ FAULTS = [
           (DEVICE + "::test_read_line_keeps_a_deadline_shorter_than_the_timeout",
            DEVICE + "::test_device_that_never_answers_times_out")),
     Fault("per-epoch BN calibration on the validation split", "model/training.py",
-          "calibrate_batchnorm(model, train_split.images[:EPOCH_CALIBRATION_IMAGES])",
-          "calibrate_batchnorm(model, val_split.images[:EPOCH_CALIBRATION_IMAGES])",
+          "calibrate_batchnorm(result, train_split.images[:EPOCH_CALIBRATION_IMAGES])",
+          "calibrate_batchnorm(result, val_split.images[:EPOCH_CALIBRATION_IMAGES])",
           (TRAINING + "::test_batchnorm_is_calibrated_on_training_images_only",)),
     Fault("BN variance over n - 1", "model/training.py",
           "(sq_total / n - mean * mean).clamp_(min=0)", "((sq_total - n * mean * mean) / (n - 1)).clamp_(min=0)",
@@ -219,6 +234,191 @@ FAULTS = [
           "round(result['accuracy'] * result['n'])", "int(result['accuracy'] * result['n'] * 0.999)", (EVAL,)),
 ]
 
+# Issue 25: faults written by reading the code (not the tests) of the classes a fresh set of mutants found
+# surviving, and of the modules added since issue 16 (simulate, the row schedule, the host fast paths, the
+# teacher, the weight average). ``--issue-25`` runs only these.
+ISSUE_25_FAULTS = [
+    # Measurements of the simulated chips
+    Fault("sim: skip range starts at the handler's second instruction", "engines/mcu_simulators.py",
+          "f\"skip_lo={handler:#x},skip_hi={handler + handler_size:#x}\"",
+          "f\"skip_lo={handler + 2:#x},skip_hi={handler + handler_size:#x}\"", (MCU_SIM + "::" + TIMER_TEST,)),
+    Fault("sim: timer handler not subtracted per image", "engines/mcu_simulators.py",
+          "self.measurements.per_image.append((after - before) - (skipped_after - skipped_before))",
+          "self.measurements.per_image.append(after - before)", (MCU_SIM + "::" + TIMER_TEST,)),
+    Fault("QEMU plugin: skip range excludes its first address", "c/sim/qemu_insn_plugin.c",
+          "if (vaddr >= skip_lo && vaddr < skip_hi) {", "if (vaddr > skip_lo && vaddr < skip_hi) {",
+          (MCU_SIM + "::" + TIMER_TEST,)),
+    Fault("QEMU plugin: mark address keeps the Thumb bit", "c/sim/qemu_insn_plugin.c",
+          "            mark_addr &= ~(uint64_t)1; /* a Thumb", "            /* a Thumb",
+          (MCU_SIM + "::test_qemu_plugin_counts_the_instructions_of_a_known_loop_exactly",)),
+    Fault("firmware: flash without the data section", "codegen/mcu_firmware.py",
+          "return Firmware(target, elf, int8, text + data, data + bss,",
+          "return Firmware(target, elf, int8, text, data + bss,", (MCU_FW + "::test_arm_firmware_holds_the_planned_buffers_and_the_weights",)),
+    Fault("firmware: static RAM without the data section", "codegen/mcu_firmware.py",
+          "return Firmware(target, elf, int8, text + data, data + bss,",
+          "return Firmware(target, elf, int8, text + data, bss,", (MCU_FW + "::test_avr_int8_runs_row_by_row_with_its_weights_in_flash",)),
+    Fault("firmware: static RAM counts the stack reservation", "codegen/mcu_firmware.py",
+          'if "_sbss" in symbols and "_ebss" in symbols:', 'if "_sbss" in symbols and "_stack" in symbols:',
+          (MCU_FW + "::test_arm_firmware_holds_the_planned_buffers_and_the_weights",)),
+    Fault("simavr: cycles between inferences taken for inferences", "engines/mcu_simulators.py",
+          "[after - before for before, after in zip(marks[0::2], marks[1::2])]",
+          "[after - before for before, after in zip(marks[1::2], marks[2::2])]",
+          (SIMULATE + "::test_atmega2560_runs_the_int8_network_in_its_8_kb",)),
+    # simulate's report and text
+    Fault("simulate: correct count truncated in the text", "apps/simulate.py",
+          "({round(report['accuracy'] * report['n'])}/{report['n']})",
+          "({int(report['accuracy'] * report['n'])}/{report['n']})", (SIMULATE + "::test_format_report_by_hand",)),
+    Fault("simulate: agreement counted against the labels", "apps/simulate.py",
+          '"agreement_with_reference": int((predictions == expected.argmax(axis=1)).sum())',
+          '"agreement_with_reference": int((predictions == labels).sum())',
+          (SIMULATE + "::test_cortex_m0plus_int8_agrees_with_the_int8_engine",)),
+    Fault("simulate: latency from the slowest image", "apps/simulate.py",
+          '"ms_per_image_at_clock": 1000.0 * float(per_image.mean()) / target.clock_hz',
+          '"ms_per_image_at_clock": 1000.0 * float(per_image.max()) / target.clock_hz',
+          (SIMULATE + "::test_cortex_m4f_float_agrees_with_the_reference_and_is_measured",)),
+    Fault("simulate: int8 reference confidences from undequantized logits", "apps/simulate.py",
+          'expected = softmax(registry.real_logits(model, images, "reference"))',
+          'expected = softmax(registry.logits(model, images, "reference").astype(np.float64))',
+          (SIMULATE + "::test_cortex_m0plus_int8_agrees_with_the_int8_engine",)),
+    # confidences of the int8 C
+    Fault("C int8 API: logit scale dropped", "c/mobile_lenet_api.c",
+          "logits[i] = MOBILE_LENET_LOGIT_SCALE * (float)(quantized[i] - MOBILE_LENET_LOGIT_ZERO_POINT);",
+          "logits[i] = (float)(quantized[i] - MOBILE_LENET_LOGIT_ZERO_POINT);", (C_INT8 + "::" + CONFIDENCE_TEST,)),
+    Fault("C int8 host program: logit scale dropped", "c/mobile_lenet_host.c",
+          "logits[i] = MOBILE_LENET_LOGIT_SCALE * (float)(quantized[i] - MOBILE_LENET_LOGIT_ZERO_POINT);",
+          "logits[i] = (float)(quantized[i] - MOBILE_LENET_LOGIT_ZERO_POINT);", (C_INT8 + "::" + CONFIDENCE_TEST,)),
+    Fault("int8 C header: logit scale of the first layer", "codegen/c_int8.py",
+          '"MOBILE_LENET_LOGIT_SCALE": c_float(np.float32(qmodel.output_scale))',
+          '"MOBILE_LENET_LOGIT_SCALE": c_float(np.float32(qmodel.layers[0].out_scale))', (C_INT8 + "::" + CONFIDENCE_TEST,)),
+    Fault("C serial: reply carries class 0's probability", "c/mobile_lenet_serial.c",
+          "ml_serial_format_reply(reply, digit, elapsed_us, probs[digit]);",
+          "ml_serial_format_reply(reply, digit, elapsed_us, probs[0]);", (C_INT8 + "::" + CONFIDENCE_TEST,)),
+    # quantization parameters
+    Fault("quantize: activation zero point truncated", "quantization/quantize.py",
+          "round(INT8_MIN - lo / scale)", "int(INT8_MIN - lo / scale)",
+          (QUANT + "::test_activation_zero_points_by_hand",
+           QUANT + "::test_activation_zero_point_is_the_nearest_integer_in_exact_arithmetic")),
+    Fault("quantize: calibration ranges from the last batch only", "quantization/quantize.py",
+          "ranges[i] = (min(lo, float(x.min())), max(hi, float(x.max())))", "ranges[i] = (float(x.min()), float(x.max()))",
+          (QUANT + "::test_calibration_ranges_span_every_batch",)),
+    Fault("quantize: calibration maxima from the first batch only", "quantization/quantize.py",
+          "ranges[i] = (min(lo, float(x.min())), max(hi, float(x.max())))",
+          "ranges[i] = (min(lo, float(x.min())), hi if hi > -math.inf else float(x.max()))",
+          (QUANT + "::test_calibration_ranges_span_every_batch",)),
+    Fault("quantize: multiplier mantissa guard one too high", "quantization/quantize.py",
+          "if round(largest * 2.0 ** shift) > 2 ** MULTIPLIER_BITS - 1:", "if round(largest * 2.0 ** shift) > 2 ** MULTIPLIER_BITS:",
+          (QUANT + "::test_a_mantissa_that_rounds_up_to_one_takes_one_bit_less",
+           QUANT + "::test_multipliers_keep_15_bits_for_the_largest_factor")),
+    Fault("quantize: activation range not widened to hold 0", "quantization/quantize.py",
+          "lo, hi = min(lo, 0.0), max(hi, 0.0)", "hi = max(hi, 0.0)", (QUANT + "::test_activation_zero_points_by_hand",)),
+    Fault("quantize: activation scale over 256 levels", "quantization/quantize.py",
+          "scale = (hi - lo) / (INT8_MAX - INT8_MIN)", "scale = (hi - lo) / (INT8_MAX - INT8_MIN + 1)",
+          (QUANT + "::test_activation_zero_point_is_the_nearest_integer_in_exact_arithmetic",)),
+    Fault("quantize: GAP requantized without the 1/49", "quantization/quantize.py",
+          "quantize_multipliers(in_scale / (plane * out_scale))", "quantize_multipliers(in_scale / out_scale)",
+          (QUANT + "::test_int8_accuracy_within_0_3_points_of_float",)),
+    # the int8 folder's validation
+    Fault("int8 folder: zero points not chained", "formats/int8_folder.py",
+          'if (entry["in_scale"], entry["in_zero_point"]) != (scale, zero_point):', 'if entry["in_scale"] != scale:',
+          (BAD + "::test_bad_quantized_folder[zero-points-not-chained-evaluate]",)),
+    Fault("int8 folder: npz dtypes not checked", "formats/int8_folder.py",
+          "if value is None or value.dtype != dtype or value.shape != shape:", "if value is None or value.shape != shape:",
+          (BAD + "::test_bad_quantized_folder[npz-int32-weights-evaluate]",)),
+    Fault("int8 folder: layer 1's input not checked", "formats/int8_folder.py",
+          "for entry, (scale, zero_point, source) in zip(entries, written):",
+          "for entry, (scale, zero_point, source) in zip(entries[1:], written[1:]):",
+          (BAD + "::test_bad_quantized_folder[first-layer-input-zero-point-evaluate]",)),
+    # file modes, the demo's address, the Noodle reader
+    Fault("files: atomic files keep mkstemp's 0600", "files.py",
+          "        os.chmod(tmp, umasked(0o666))", "        pass", (FILES,)),
+    Fault("files: replaced folders keep mkdtemp's 0700", "files.py",
+          "        os.chmod(staging, umasked(0o777))", "        pass", (FILES,)),
+    Fault("files: modes ignore the umask", "files.py", "return mode & ~umask", "return mode", (FILES,)),
+    Fault("demo: default host 0.0.0.0", "apps/cli.py", 'p.add_argument("--host", default="127.0.0.1"',
+          'p.add_argument("--host", default="0.0.0.0"', (DEMO + "::test_the_demo_listens_on_this_machine_only_by_default",)),
+    Fault("Noodle .txt split on Python's whitespace", "formats/noodle.py",
+          "[token for token in _C_WHITESPACE_RUN.split(text) if token]", "text.split()",
+          (NOODLE + "::test_corrupted_txt_value_gives_user_error",)),
+    Fault("Noodle .h items stripped of Python's whitespace", "formats/noodle.py",
+          "item.strip(C_WHITESPACE) for item", "item.strip() for item", (NOODLE + "::test_bad_header_gives_user_error",)),
+    # teacher and distillation
+    Fault("distillation: soft term without T^2", "model/teacher.py",
+          "SOFT_WEIGHT * TEMPERATURE ** 2 * soft", "SOFT_WEIGHT * soft", (TEACHER + "::" + DISTILL_LOSS_TEST,)),
+    Fault("distillation: KL(student || teacher)", "model/teacher.py",
+          "F.kl_div(F.log_softmax(student_logits / TEMPERATURE, 1), F.log_softmax(teacher_logits / TEMPERATURE, 1),",
+          "F.kl_div(F.log_softmax(teacher_logits / TEMPERATURE, 1), F.log_softmax(student_logits / TEMPERATURE, 1),",
+          (TEACHER + "::" + DISTILL_LOSS_TEST,)),
+    Fault("distillation: teacher's logits not softened", "model/teacher.py",
+          "F.log_softmax(teacher_logits / TEMPERATURE, 1)", "F.log_softmax(teacher_logits, 1)",
+          (TEACHER + "::" + DISTILL_LOSS_TEST,)),
+    Fault("teacher: reused when trained on other images", "model/training.py",
+          '"data": data_fingerprint(train_split)}', '}',
+          (TEACHER + "::test_teacher_is_trained_once_and_reused_for_the_same_settings_and_images",)),
+    Fault("teacher: BatchNorm calibrated on the validation split", "model/training.py",
+          "calibrate_batchnorm(teacher, train_split.images)", "calibrate_batchnorm(teacher, val_split.images)",
+          (TEACHER + "::test_teacher_batchnorm_is_calibrated_on_the_training_split",)),
+    Fault("distillation: the student learns from the labels only", "model/training.py",
+          "loss = distillation_loss(logits, teacher_logits, y, config.label_smoothing)",
+          "loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)",
+          (TEACHER + "::test_distilled_student_checkpoint_stands_alone",)),
+    # the weight average (EMA)
+    Fault("EMA: decay without its warm-up", "model/training.py",
+          "decay = min(self.decay, (1 + self.updates) / (10 + self.updates))", "decay = self.decay",
+          (TRAINING + "::test_weight_average_is_the_warmed_up_exponential_average",)),
+    Fault("EMA: interpolates by the decay, not 1 - decay", "model/training.py",
+          "average.lerp_(current, 1 - decay)", "average.lerp_(current, decay)",
+          (TRAINING + "::test_weight_average_is_the_warmed_up_exponential_average",)),
+    Fault("EMA: the raw weights validated and saved", "model/training.py",
+          "result = average.model if average else model", "result = model",
+          (TRAINING + "::test_weight_averaged_run_saves_the_average_and_keeps_the_raw_weights",)),
+    Fault("EMA: resume restarts the warm-up", "model/training.py",
+          'average.updates = state["epoch"] * steps_per_epoch', "average.updates = 0",
+          (TRAINING + "::test_resume_continues_to_the_same_weights",)),
+    Fault("EMA: resume continues from the average, not the raw weights", "model/training.py",
+          'model.load_state_dict(state["trained_model"] if average else state["model"])',
+          'model.load_state_dict(state["model"])', (TRAINING + "::test_resume_continues_to_the_same_weights",)),
+    # the row schedule (c/ml_rows_s8.c)
+    Fault("rows: requantization adds 2^22, not 2^23", "c/ml_rows_s8.c",
+          "(((int64_t)acc * rq->scale + ((int64_t)1 << 23)) >> 24)", "(((int64_t)acc * rq->scale + ((int64_t)1 << 22)) >> 24)",
+          (ROWS_K + "::test_row_kernels_match_plain_loops[O2]",)),
+    Fault("rows: split requantization rounds at the wrong bit", "c/ml_rows_s8.c",
+          "value = (high + ((int32_t)1 << (shift - 17)) + (low_part >> 16)) >> (shift - 16);",
+          "value = (high + ((int32_t)1 << (shift - 16)) + (low_part >> 16)) >> (shift - 16);",
+          (ROWS_K + "::test_row_kernels_match_plain_loops[O2]",)),
+    Fault("rows: the row below the plane not zero-filled", "c/ml_rows_s8.c",
+          "if (iy >= h) fill_slot(ring, values, kernel, slots[ky], zero_point);",
+          "if (iy > h) fill_slot(ring, values, kernel, slots[ky], zero_point);",
+          (ROWS + "::test_rows_give_the_int8_engine_bit_for_bit_on_every_test_image",)),
+    Fault("rows: stem input q = pixel - 127", "c/ml_rows_s8.c",
+          "row[x * k] = (int8_t)((int)pixels[x] - 128);", "row[x * k] = (int8_t)((int)pixels[x] - 127);",
+          (ROWS + "::test_rows_give_the_int8_engine_bit_for_bit_on_every_test_image",)),
+    Fault("rows: pooling sums forget the zero point", "c/ml_rows_s8.c",
+          "gap_sums[co] += (int32_t)value - gap_in_zp;", "gap_sums[co] += (int32_t)value;",
+          (ROWS + "::test_rows_give_the_int8_engine_bit_for_bit_on_every_test_image",)),
+    Fault("rows: a block's last rows wait for rows below the plane", "c/ml_rows_s8.c",
+          "        if (last > p.in_h - 1) last = p.in_h - 1;", "",
+          (ROWS + "::test_rows_give_the_int8_engine_bit_for_bit_on_every_test_image",)),
+    Fault("AVR rows: 3x3 sum starts one pair of products off", "c/ml_rows_s8.c",
+          '"sbci r25, 0x02\\n\\t"', '"sbci r25, 0x03\\n\\t"',
+          (ROWS_K + "::test_row_kernels_avr_assembly_in_simavr",)),
+    # the host fast paths
+    Fault("host float fast path (portable): depthwise stride ignored", "c/ml_kernels_f32_host.c",
+          "const float *corner = in + oy * stride * in_rs + ox * stride * c;", "const float *corner = in + oy * in_rs + ox * c;",
+          (HOST_FAST + "::test_fast_path_keeps_the_reference_predictions_on_all_test_images[portable-c]",)),
+    Fault("host int8 fast path: requantization floors", "c/ml_kernels_s8_host.c",
+          "int64_t v = ((int64_t)acc * rq->mult + ((int64_t)1 << (shift - 1))) >> shift;",
+          "int64_t v = ((int64_t)acc * rq->mult) >> shift;", (HOST_FAST8 + "::test_kernels_match_plain_loops",)),
+    Fault("host int8 fast path (portable): pointwise weights transposed", "c/ml_kernels_s8_host.c",
+          "acc += in[y * in_rs + ci * in_cs + x] * weight[co * in_c + ci];",
+          "acc += in[y * in_rs + ci * in_cs + x] * weight[ci * out_c + co];",
+          (HOST_FAST8 + "::test_fast_path_is_bit_exact_on_all_test_images",)),
+    Fault("host int8 fast path: folded bias forgets the input zero point", "codegen/c_int8.py",
+          "bias = layer.bias.astype(np.int64) - (int(layer.in_zero_point) + 128) * flat.sum(axis=1)",
+          "bias = layer.bias.astype(np.int64) - 128 * flat.sum(axis=1)",
+          (HOST_FAST8 + "::test_fast_path_is_bit_exact_on_all_test_images",)),
+]
+FAULTS += ISSUE_25_FAULTS
+
 # Edits considered and left out: no correct test can tell them from the original.
 EQUIVALENT = [
     ("npz: label check `labels.max() > 9` -> `> 10`", "the shared _check_pair check after it rejects 10 anyway"),
@@ -228,6 +428,12 @@ EQUIVALENT = [
      "never tie, and both engines would have to agree on a tie that does not occur"),
     ("memory plan: input shape left out of the largest buffer", "the input (784 values) is smaller than every "
      "activation (6,272 and up), so the maximum is the same"),
+    ("int8 C: the logit zero point left out of the dequantization (API or host program)", "softmax does not change "
+     "when the same number is added to every logit, and the argmax neither: probabilities and digits are the same"),
+    ("QEMU plugin: a mark's line counts the marker's own instruction", "every mark moves by the same one "
+     "instruction, and the per-image figure is a difference of two marks"),
+    ("QEMU plugin: skip range's end inclusive", "the address after SysTick_Handler is another function's first "
+     "instruction, which no timer interrupt runs; it is never executed between two marks"),
 ]
 
 
@@ -260,7 +466,8 @@ def main(argv: list[str]) -> int:
         print(f"{len(FAULTS)} faults")
         return 0
     words = [a for a in argv if not a.startswith("-")]
-    chosen = [f for f in FAULTS if not words or any(w.lower() in f.name.lower() for w in words)]
+    pool = ISSUE_25_FAULTS if "--issue-25" in argv else FAULTS
+    chosen = [f for f in pool if not words or any(w.lower() in f.name.lower() for w in words)]
     scratch = Path(tempfile.mkdtemp(prefix="planted-faults-"))
     copy = scratch / "repo"
     copy_repository(copy)

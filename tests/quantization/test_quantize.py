@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
@@ -75,6 +76,8 @@ def test_requantize_saturates_and_fuses_relu():
 
 @settings(max_examples=200, deadline=None)
 @given(arrays(np.float64, st.integers(1, 24), elements=st.floats(1e-7, 1e4)))
+@example(np.array([0.99999]))  # once found by chance: its 15-bit mantissa rounds up to 2**15, one bit too many
+@example(np.array([1 - 2.0 ** -17, 0.25]))
 def test_multipliers_keep_15_bits_for_the_largest_factor(real):
     multipliers, shift = quantize_multipliers(real)
     assert multipliers.dtype == np.int16 and 1 <= shift <= 62
@@ -82,6 +85,13 @@ def test_multipliers_keep_15_bits_for_the_largest_factor(real):
     assert m.max() <= 2 ** 15 - 1 and m.max() >= 2 ** 14 - 1  # the largest uses the full 15 bits
     np.testing.assert_allclose(m / 2.0 ** shift, real, rtol=0, atol=0.5 / 2.0 ** shift * (1 + 1e-12))
     assert abs(m.max() / 2.0 ** shift - real.max()) <= real.max() * 2.0 ** -14
+
+
+def test_a_mantissa_that_rounds_up_to_one_takes_one_bit_less():
+    """1 - 2**-17 is 32767.75 / 2**15: rounded at shift 15 it would need 2**15, so the shift is 14 and the
+    multiplier round(16383.875) = 16384 (by hand)."""
+    multipliers, shift = quantize_multipliers(np.array([1 - 2.0 ** -17]))
+    assert (int(multipliers[0]), shift) == (16384, 14)
 
 
 def test_multipliers_reject_factors_too_large_for_16_bits():
@@ -104,6 +114,44 @@ def test_activation_params_make_zero_exact():
     scale, zero_point = activation_params(-1.0, 3.0)
     assert scale == pytest.approx(4 / 255)
     assert scale * (-128 - zero_point) <= -1.0 + scale and scale * (127 - zero_point) >= 3.0 - scale
+
+
+@pytest.mark.parametrize("lo, hi, zero_point", [
+    (-1.0, 1.6, -30),  # -128 + 255 / 2.6 = -29.92: truncation would give -29
+    (-2.0, 0.1, 115),  # -128 + 510 / 2.1 = 114.86: truncation would give 114
+    (-0.2, 0.8, -77),  # -128 + 51 exactly
+    (0.5, 2.0, -128),  # the range is widened to hold 0: [0, 2]
+    (-3.0, -1.0, 127),  # [-3, 0]: the real 0 is the top level
+])
+def test_activation_zero_points_by_hand(lo, hi, zero_point):
+    assert activation_params(lo, hi)[1] == zero_point
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(-1e3, 0.0), st.floats(0.0, 1e3))
+def test_activation_zero_point_is_the_nearest_integer_in_exact_arithmetic(lo, hi):
+    """Oracle: -128 + 255 * (-lo) / (hi - lo) in exact rational arithmetic; the zero point is within half a
+    level of it (a truncated one is up to a whole level off for about half the ranges)."""
+    assume(hi - lo > 1e-6)
+    scale, zero_point = activation_params(lo, hi)
+    exact = -128 + Fraction(255) * Fraction(-lo) / (Fraction(hi) - Fraction(lo))
+    assert abs(Fraction(zero_point) - exact) <= Fraction(1, 2) + Fraction(1, 10 ** 9)
+    assert scale == pytest.approx((hi - lo) / 255, rel=1e-12)
+
+
+def test_calibration_ranges_span_every_batch(trained_tensors, mnist_train):
+    """Oracle: each image calibrated alone, the minima and maxima combined by hand. The brightest image comes
+    first and an all-black one last, so a range taken from one batch only (the last or the first) is off."""
+    images = mnist_train.images[:7].copy()
+    images[0] = 255  # a white square: the widest ranges of the stem
+    images[-1] = 0
+    folded = fold_batchnorm(trained_tensors)
+    alone = [calibrate(folded, image[None]) for image in images]
+    expected = [(min(r[i][0] for r in alone), max(r[i][1] for r in alone)) for i in range(len(folded))]
+    batched = np.array(calibrate(folded, images, batch=3))  # batches of 3, 3 and 1
+    np.testing.assert_allclose(batched, expected, rtol=1e-5, atol=1e-6)
+    for part in (images[:3], images[-1:]):  # each part alone has narrower ranges somewhere: the test can tell
+        assert not np.allclose(calibrate(folded, part), expected, rtol=1e-3)
 
 
 # ------------------------------------------------------------------------------------------------ model

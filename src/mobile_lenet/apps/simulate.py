@@ -106,7 +106,7 @@ def format_report(report: dict) -> str:
         f"  {per_image['mean']:,.0f} {unit} per image (min {per_image['min']:,}, max {per_image['max']:,}): "
         f"{report['ms_per_image_at_clock']:.1f} ms at {report['clock_hz'] / 1e6:g} MHz "
         f"({report['latency_assumes']})",
-        *([f"  ({report['measure_note']})"] if report["measure_note"].startswith("instructions counted on") else []),
+        *([f"  ({report['measure_note']})"] if report.get("measure_note", "").startswith("instructions counted on") else []),
         f"  accuracy {100 * report['accuracy']:.2f}% ({round(report['accuracy'] * report['n'])}/{report['n']}); "
         f"agrees with the reference engine on {report['agreement_with_reference']}/{report['n']}; confidences "
         f"within {report['max_confidence_difference']:.1e}",

@@ -140,9 +140,17 @@ def validate_manifest(manifest, where: Path) -> None:
         scale = entry.get("weight_scale")
         if scale is not None and (not isinstance(scale, list) or not all(_is_number(v) for v in scale)):
             _fail(where, f'{at} ({op.name}): "weight_scale" must be a list of finite numbers')
-    for previous, entry in zip(entries, entries[1:]):
-        if entry["in_scale"] != previous["out_scale"] or entry["in_zero_point"] != previous["out_zero_point"]:
-            _fail(where, f'{entry["name"]}: "in_scale"/"in_zero_point" differ from the previous layer\'s output')
+    # The chain of scales and zero points: the pixels' fixed quantization (what the engines compute), each
+    # layer's output read by the next, the last layer's output as the "output".
+    if (manifest["input"]["scale"], manifest["input"]["zero_point"]) != (INPUT_SCALE, INPUT_ZERO_POINT):
+        _fail(where, f'"input" must be scale 1/255 and zero point {INPUT_ZERO_POINT} (pixel - 128)')
+    written = [(manifest["input"]["scale"], manifest["input"]["zero_point"], "input")]
+    written += [(entry["out_scale"], entry["out_zero_point"], entry["name"]) for entry in entries]
+    for entry, (scale, zero_point, source) in zip(entries, written):
+        if (entry["in_scale"], entry["in_zero_point"]) != (scale, zero_point):
+            _fail(where, f'{entry["name"]}: "in_scale"/"in_zero_point" differ from the output of {source}')
+    if (manifest["output"]["scale"], manifest["output"]["zero_point"]) != written[-1][:2]:
+        _fail(where, f'"output" differs from the output of {written[-1][2]}')
 
 
 def load_quantized(path: str | os.PathLike) -> QuantizedModel:

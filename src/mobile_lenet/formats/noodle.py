@@ -94,14 +94,19 @@ def _describe(name: str, layer: spec.Layer) -> tuple[str, str]:
     }[layer.kind]
 
 
+# C's isspace() in the "C" locale. Not str.split()'s whitespace, which also takes the ASCII separators
+# \x1c-\x1f: a corrupted value such as "0\x1f" would read as 0 instead of being refused.
+C_WHITESPACE = " \t\n\v\f\r"
+_C_WHITESPACE_RUN = re.compile(f"[{re.escape(C_WHITESPACE)}]+")
+
+
 def parse_txt(path: Path, data: bytes) -> np.ndarray:
     """Values of a .txt file: one number per line (blank lines ignored)."""
     try:
         text = data.decode("ascii")
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text file of numbers") from None
-    # split at C's white space only (what Noodle's reader skips): str.split would also drop \x1c-\x1f
-    return _parse_numbers(path, [token for token in re.split(r"[ \t\n\v\f\r]+", text) if token])
+    return _parse_numbers(path, [token for token in _C_WHITESPACE_RUN.split(text) if token])
 
 
 def parse_bin(path: Path, data: bytes) -> np.ndarray:
@@ -127,7 +132,7 @@ def parse_h(path: Path, data: bytes) -> np.ndarray:
     name, body = arrays[0]
     if name != path.stem:
         raise UserError(f"{path}: declares array {name!r}, expected {path.stem!r}")
-    items = [item.strip() for item in body.split(",")]
+    items = [item.strip(C_WHITESPACE) for item in body.split(",")]
     if items and items[-1] == "":  # a trailing comma is legal C
         items.pop()
     return _parse_numbers(path, [item[:-1] if item[-1:] in ("f", "F") else item for item in items])
