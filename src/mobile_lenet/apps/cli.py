@@ -364,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="build the firmware for a microcontroller and measure it in a simulator")
     p.add_argument("model", help="checkpoint (.pt), run folder, Noodle folder, .keras file or quantized model folder")
     p.add_argument("--target", required=True, choices=tuple(TARGETS),
-                   help="cortex-m0plus (RP2040-class, QEMU), cortex-m4f (STM32F4-class, QEMU) or atmega2560 "
+                   help="cortex-m0plus (RP2040-class, QEMU), cortex-m4f (STM32F4-class, QEMU), esp32 (Xtensa, QEMU) "
+                        "or atmega2560 "
                         "(8 KB SRAM, simavr)")
     _dataset_args(p)
     p.add_argument("--count", type=int, default=10, help="test images to classify in the simulator (default 10)")
