@@ -731,6 +731,155 @@ ML_S8_INLINE void ml_s8_filters(const uint8_t *padded, int pw, int8_t *out, int 
     }
 }
 
+#if ML_S8_XTENSA
+/* to[i * step] = u = from[i] + 128 as 16 bits, i < n: two values a turn of a zero-overhead loop (the stores at
+ * constant offsets where the values are contiguous), then the odd one. */
+static void ml_s8_widen_xtensa(const int8_t *from, int16_t *to, int n, int step)
+{
+    uint32_t t, v;
+    const uint32_t flip = 0x80u, stride = 2u * (uint32_t)step;
+    if (step == 1) {
+        __asm__ volatile("loopnez %[pairs], 1f\n\t"
+                         "l8ui %[t], %[from], 0\n\t"
+                         "l8ui %[v], %[from], 1\n\t"
+                         "addi %[from], %[from], 2\n\t"
+                         "xor %[t], %[t], %[flip]\n\t"
+                         "xor %[v], %[v], %[flip]\n\t"
+                         "s16i %[t], %[to], 0\n\t"
+                         "s16i %[v], %[to], 2\n\t"
+                         "addi %[to], %[to], 4\n"
+                         "1:"
+                         : [from] "+r"(from), [to] "+r"(to), [t] "=&r"(t), [v] "=&r"(v)
+                         : [pairs] "r"(n / 2), [flip] "r"(flip)
+                         : "memory");
+    } else {
+        __asm__ volatile("loopnez %[pairs], 1f\n\t"
+                         "l8ui %[t], %[from], 0\n\t"
+                         "l8ui %[v], %[from], 1\n\t"
+                         "addi %[from], %[from], 2\n\t"
+                         "xor %[t], %[t], %[flip]\n\t"
+                         "xor %[v], %[v], %[flip]\n\t"
+                         "s16i %[t], %[to], 0\n\t"
+                         "add %[to], %[to], %[stride]\n\t"
+                         "s16i %[v], %[to], 0\n\t"
+                         "add %[to], %[to], %[stride]\n"
+                         "1:"
+                         : [from] "+r"(from), [to] "+r"(to), [t] "=&r"(t), [v] "=&r"(v)
+                         : [pairs] "r"(n / 2), [flip] "r"(flip), [stride] "r"(stride)
+                         : "memory");
+    }
+    if (n % 2) *to = (int16_t)ml_s8_unsigned(*from);
+}
+
+/* -------------------------------------------------------------------------------- 3x3 filters on Xtensa, 16-bit planes */
+/* The input plane padded as above, but as 16-bit values u = q + 128, ML_S8_XT_PITCH values a row (64 bytes): a
+ * 32-bit load then brings two neighbouring columns, whose halves MAC16's DA/AD/AA forms take one at a time, so
+ * a 3x3 window costs six loads for one output (stride 2) or for two neighbours (stride 1). */
+#define ML_S8_XT_PLANE16 (ML_S8_XT_PITCH * ML_S8_XT_PITCH + 8)
+
+static int ml_s8_plane16_fits(int in_h, int in_w, int padding)
+{
+    return in_h + 2 * padding <= ML_S8_XT_PITCH && in_w + 2 * padding + 2 <= ML_S8_XT_PITCH;
+}
+
+static void ml_s8_pad_plane16(const int8_t *in, int in_h, int in_w, int padding, int32_t in_zp, int16_t *plane)
+{
+    const int pw = in_w + 2 * padding;
+    const int16_t pad = (int16_t)(in_zp + 128);
+    int16_t *row = plane;
+    for (int y = 0; y < in_h + 2 * padding; ++y, row += ML_S8_XT_PITCH) {
+        if (y < padding || y >= in_h + padding) {
+            for (int x = 0; x < pw + 2; ++x) row[x] = pad; /* + 2: the columns the pair loads read past a row */
+            continue;
+        }
+        for (int x = 0; x < padding; ++x) row[x] = pad, row[in_w + padding + x] = pad;
+        row[pw] = row[pw + 1] = pad;
+        ml_s8_widen_xtensa(in + (y - padding) * in_w, row + padding, in_w, 1);
+    }
+}
+
+/* Whether ml_s8_rows16_xtensa's requantization is exact for this channel: a scale m / 2^s below 1 makes the
+ * value floor((acc m + 2^(s-1)) / 2^s) + zp grow by at most 1 per unit of acc, so it is exactly 127 at hi (the
+ * first sum that gives 127) and exactly low at lo (the last that gives low): clamping the sum to [lo, hi] alone
+ * gives ml_s8_out's value, no clamp of the value after it. */
+static int ml_s8_rq_steps_by_one(int16_t multiplier, int shift) { return (int32_t)multiplier < ((int32_t)1 << shift); }
+
+/* MAC16 sequences over the pair registers a, b (columns 0-1 and 2-3 of rows 0 or 2) and c, d (of row 1), taps
+ * 0-7 in m0-m3 (ml_s8_taps_xtensa) and tap 8 in w8. Four pair registers are all the address registers allow
+ * (with the pointers, the count and the requantization's constants), so rows 0 and 2 take turns in a and b:
+ * the first output (columns 0-2) goes row 0, 1, 2, the second (columns 1-3) row 2, 1, 0; each starts with a
+ * MUL, which replaces the accumulator. */
+#define ML_S8_XT_ROW(r, a, b) "l32i %[" #a "], %[p], " #r " * 64\n\t" "l32i %[" #b "], %[p], " #r " * 64 + 4\n\t"
+#define ML_S8_XT_FIRST \
+    ML_S8_XT_ROW(0, a, b) ML_S8_XT_ROW(1, c, d) \
+    "mul.da.ll m0, %[a]\n\t" "mula.da.hh m0, %[a]\n\t" "mula.da.ll m1, %[b]\n\t" \
+    "mula.da.hl m1, %[c]\n\t" "mula.ad.hl %[c], m2\n\t" "mula.ad.lh %[d], m2\n\t" \
+    ML_S8_XT_ROW(2, a, b) \
+    "mula.ad.ll %[a], m3\n\t" "mula.ad.hh %[a], m3\n\t" "mula.aa.ll %[b], %[w8]\n\t"
+#define ML_S8_XT_SECOND \
+    "mul.ad.hl %[a], m3\n\t" "mula.ad.lh %[b], m3\n\t" "mula.aa.hl %[b], %[w8]\n\t" \
+    "mula.da.hh m1, %[c]\n\t" "mula.ad.ll %[d], m2\n\t" "mula.ad.hh %[d], m2\n\t" \
+    ML_S8_XT_ROW(0, a, b) \
+    "mula.da.lh m0, %[a]\n\t" "mula.da.hl m0, %[b]\n\t" "mula.da.lh m1, %[b]\n\t"
+/* the accumulator to an int8 stored at offset k of out (the bias is in the constants: ml_s8_rq_biased) */
+#define ML_S8_XT_STORE(k) \
+    "rsr %[t], acclo\n\t" "max %[t], %[t], %[lo]\n\t" "min %[t], %[t], %[hi]\n\t" \
+    "mull %[t], %[t], %[mult]\n\t" "add %[t], %[t], %[round]\n\t" "sra %[t], %[t]\n\t" \
+    "s8i %[t], %[out], " #k "\n\t"
+/* t holds the count until LOOPNEZ has read it */
+#define ML_S8_XT_OPERANDS \
+    : [p] "+r"(p), [out] "+r"(out), [t] "+r"(t), [a] "=&r"(a), [b] "=&r"(b), [c] "=&r"(c), [d] "=&r"(d) \
+    : [w8] "r"(w8), [lo] "r"(q->lo), [hi] "r"(q->hi), [mult] "r"(q->mult), [round] "r"(q->round) \
+    : "memory"
+
+/* One output plane of a 3x3 filter over a 16-bit padded plane: stride 1 two outputs per turn of a zero-overhead
+ * loop (eight loads, eighteen multiply-accumulates), the last one alone when out_w is odd; stride 2 one per turn
+ * (six loads). */
+static void ml_s8_plane3_xtensa(const int16_t *plane, int8_t *out, int out_h, int out_w, int stride, int32_t w8,
+                                const ml_s8_rq *q, int shift)
+{
+    uint32_t t, a, b, c, d;
+    __asm__ volatile("ssr %0" : : "r"(shift));
+    for (int oy = 0; oy < out_h; ++oy) {
+        const int16_t *p = plane + oy * stride * ML_S8_XT_PITCH;
+        t = (uint32_t)(stride == 1 ? out_w / 2 : out_w);
+        if (stride == 1) {
+            __asm__ volatile("loopnez %[t], 1f\n\t" ML_S8_XT_FIRST ML_S8_XT_STORE(0) ML_S8_XT_SECOND
+                             ML_S8_XT_STORE(1) "addi %[p], %[p], 4\n\t" "addi %[out], %[out], 2\n"
+                             "1:" ML_S8_XT_OPERANDS);
+            t = (uint32_t)(out_w % 2);
+        }
+        __asm__ volatile("loopnez %[t], 1f\n\t" ML_S8_XT_FIRST ML_S8_XT_STORE(0)
+                         "addi %[p], %[p], 4\n\t" "addi %[out], %[out], 1\n"
+                         "1:" ML_S8_XT_OPERANDS);
+    }
+}
+
+/* The 3x3 filters of out_c channels (first + co) over one 16-bit padded plane, when every channel's
+ * requantization allows it (ml_s8_rq_steps_by_one, ml_s8_rq_biased); returns 0, having done nothing, if not. */
+static int ml_s8_filters16_xtensa(const int16_t *plane, int8_t *out, int out_h, int out_w, int out_c, int stride,
+                                  const int8_t *weight, const int32_t *bias, const int16_t *multiplier, int first,
+                                  int shift, int32_t in_zp, int32_t out_zp, int32_t low)
+{
+    ml_s8_rq biased[ML_S8_MAX_CHANNELS];
+    for (int co = 0; co < out_c; ++co) {
+        const int c = first + co;
+        const int16_t m = ML_FLASH_S16(&multiplier[c]);
+        const ml_s8_rq q = ml_s8_requant(m, shift, out_zp, low);
+        const int32_t b = ml_s8_folded_bias(weight + c * 9, 9, ML_FLASH_S32(&bias[c]), in_zp);
+        if (!ml_s8_rq_steps_by_one(m, shift) || !ml_s8_rq_biased(&q, b, &biased[co])) return 0;
+    }
+    for (int co = 0; co < out_c; ++co) {
+        const int8_t *taps = weight + (first + co) * 9;
+        ml_s8_taps_xtensa(ML_FLASH_S8(&taps[0]), ML_FLASH_S8(&taps[1]), ML_FLASH_S8(&taps[2]), ML_FLASH_S8(&taps[3]),
+                          ML_FLASH_S8(&taps[4]), ML_FLASH_S8(&taps[5]), ML_FLASH_S8(&taps[6]), ML_FLASH_S8(&taps[7]));
+        ml_s8_plane3_xtensa(plane, out + co * out_h * out_w, out_h, out_w, stride, ML_FLASH_S8(&taps[8]), &biased[co],
+                            shift);
+    }
+    return 1;
+}
+#endif
+
 /* -------------------------------------------------------------------------------- pointwise (1x1) */
 /* Four pixels p..p+3 at a time: their in_c channels are first gathered into a small tile (a few hundred bytes
  * on the stack), then each output channel's weights are read once for the four pixels, straight from flash,
@@ -1006,37 +1155,70 @@ static inline void ml_s8_dots_xtensa(const int16_t *x, const int16_t *w, int c4,
                      : "memory");
 }
 
+/* ml_s8_dots_xtensa with a requantization that steps by one (ml_s8_rq_steps_by_one: the sum clamped to [lo, hi],
+ * no clamp of the value after it) and the accumulator starting at the bias. The four multiply-accumulates stay
+ * in their own zero-overhead loop even where the channel count is known: QEMU 7.2 computes a run of MAC16
+ * LDINC instructions within one translated block wrongly (a jump between two runs, or the loop's return, gives
+ * the right sums), and the count must be of code that QEMU runs right. */
+static void ml_s8_dots_stepping_xtensa(const int16_t *x, const int16_t *w, int c4, int n, const ml_s8_rq *q,
+                                       int32_t bias, int shift, int8_t *out)
+{
+    const int16_t *px = x - 2, *pw;
+    uint32_t t;
+    int count = n;
+    __asm__ volatile("ssr %[shift]\n"
+                     "1:\n\t"
+                     "wsr %[bias], acclo\n\t"
+                     "addi %[pw], %[w], -4\n\t"
+                     "ldinc m0, %[px]\n\t"
+                     "ldinc m2, %[pw]\n\t"
+                     "loopnez %[n4], 2f\n\t"
+                     "mula.dd.ll.ldinc m1, %[px], m0, m2\n\t"
+                     "mula.dd.hh.ldinc m3, %[pw], m0, m2\n\t"
+                     "mula.dd.ll.ldinc m0, %[px], m1, m3\n\t"
+                     "mula.dd.hh.ldinc m2, %[pw], m1, m3\n"
+                     "2:\n\t"
+                     "rsr %[t], acclo\n\t"
+                     "max %[t], %[t], %[lo]\n\t"
+                     "min %[t], %[t], %[hi]\n\t"
+                     "mull %[t], %[t], %[mult]\n\t"
+                     "add %[t], %[t], %[round]\n\t"
+                     "sra %[t], %[t]\n\t"
+                     "s8i %[t], %[out], 0\n\t"
+                     "addi %[out], %[out], 1\n\t"
+                     "addi %[px], %[px], -4\n\t"
+                     "addi %[count], %[count], -1\n\t"
+                     "bnez %[count], 1b"
+                     : [px] "+r"(px), [pw] "=&r"(pw), [out] "+r"(out), [t] "=&r"(t), [count] "+r"(count)
+                     : [w] "r"(w), [n4] "r"(c4 / 4), [bias] "r"(bias), [lo] "r"(q->lo), [hi] "r"(q->hi),
+                       [mult] "r"(q->mult), [round] "r"(q->round), [shift] "r"(shift)
+                     : "memory");
+}
+
 /* The pointwise convolution with MAC16 dot products: the weights widened to 16 bits once (zeros up to a multiple
  * of four channels), then per tile of pixels the inputs u = q + 128 widened and put channels last, then one dot
  * product per pixel and output channel. Returns the pixels done (0 when the weights do not fit the table). */
 static int ml_s8_pointwise_xtensa(const int8_t *in, int plane, int in_c, int8_t *out, int out_c, const int8_t *weight,
-                                  const int32_t *folded, const ml_s8_rq *rq, int shift)
+                                  const int16_t *multiplier, const int32_t *folded, const ml_s8_rq *rq, int shift)
 {
     const int c4 = (in_c + 3) & ~3;
     if (out_c * c4 + 4 > ML_S8_XT_WEIGHTS) return 0;
     int16_t w16[ML_S8_XT_WEIGHTS] __attribute__((aligned(4)));
     int16_t x16[ML_S8_XT_PIXELS * ML_S8_MAX_CHANNELS + 4] __attribute__((aligned(4)));
-    for (int co = 0; co < out_c; ++co) {
-        for (int ci = 0; ci < c4; ++ci) w16[co * c4 + ci] = (int16_t)(ci < in_c ? ML_FLASH_S8(&weight[co * in_c + ci]) : 0);
+    if (in_c == c4) { /* the common case: a plain copy, sign-extended */
+        for (int i = 0; i < out_c * c4; ++i) w16[i] = ML_FLASH_S8(&weight[i]);
+    } else {
+        for (int co = 0; co < out_c; ++co) {
+            for (int ci = 0; ci < c4; ++ci) w16[co * c4 + ci] = (int16_t)(ci < in_c ? ML_FLASH_S8(&weight[co * in_c + ci]) : 0);
+        }
     }
     for (int p0 = 0; p0 < plane; p0 += ML_S8_XT_PIXELS) {
         const int n = plane - p0 < ML_S8_XT_PIXELS ? plane - p0 : ML_S8_XT_PIXELS;
         for (int ci = 0; ci < c4; ++ci) {
             const int8_t *x = in + ci * plane + p0;
             int16_t *column = x16 + ci;
-            if (ci < in_c) { /* u = q + 128 to 16 bits, every c4-th value: a zero-overhead loop */
-                uint32_t t;
-                const uint32_t flip = 0x80u, step = 2u * (uint32_t)c4;
-                __asm__ volatile("loopnez %[n], 1f\n\t"
-                                 "l8ui %[t], %[x], 0\n\t"
-                                 "addi %[x], %[x], 1\n\t"
-                                 "xor %[t], %[t], %[flip]\n\t"
-                                 "s16i %[t], %[column], 0\n\t"
-                                 "add %[column], %[column], %[step]\n"
-                                 "1:"
-                                 : [x] "+r"(x), [column] "+r"(column), [t] "=&r"(t)
-                                 : [n] "r"(n), [flip] "r"(flip), [step] "r"(step)
-                                 : "memory");
+            if (ci < in_c) {
+                ml_s8_widen_xtensa(x, column, n, c4);
             } else {
                 for (int j = 0; j < n; ++j, column += c4) *column = 0;
             }
@@ -1044,6 +1226,10 @@ static int ml_s8_pointwise_xtensa(const int8_t *in, int plane, int in_c, int8_t 
         for (int co = 0; co < out_c; ++co) {
             ml_s8_rq biased;
             const int16_t *w = w16 + co * c4;
+            if (ml_s8_rq_steps_by_one(ML_FLASH_S16(&multiplier[co]), shift)) {
+                ml_s8_dots_stepping_xtensa(x16, w, c4, n, &rq[co], folded[co], shift, out + co * plane + p0);
+                continue;
+            }
             if (ml_s8_rq_biased(&rq[co], folded[co], &biased)) {
                 ml_s8_dots_xtensa(x16, w, c4, n, &biased, shift, out + co * plane + p0);
                 continue;
@@ -1178,7 +1364,7 @@ void ml_conv2d_s8(const int8_t *in, int in_h, int in_w, int in_c, int32_t in_zp,
         for (int co = 0; co < out_c; ++co) { /* bias - (zp + 128) * sum w, for u = q + 128 */
             folded[co] = ml_s8_folded_bias(weight + co * in_c, in_c, ML_FLASH_S32(&bias[co]), in_zp);
         }
-        first = ml_s8_pointwise_xtensa(in, plane, in_c, out, out_c, weight, folded, rq, shift);
+        first = ml_s8_pointwise_xtensa(in, plane, in_c, out, out_c, weight, multiplier, folded, rq, shift);
 #endif
 #if ML_S8_VNNI
         if (in_c % 4 == 0 && plane >= 8) {
@@ -1205,6 +1391,16 @@ void ml_conv2d_s8(const int8_t *in, int in_h, int in_w, int in_c, int32_t in_zp,
         return;
     }
     if (in_c == 1 && ml_s8_covered(in_h, in_w, out_h, out_w, out_c, kernel, stride, padding, multiplier, shift, low)) {
+#if ML_S8_XTENSA
+        if (kernel == 3 && (stride == 1 || stride == 2) && ml_s8_plane16_fits(in_h, in_w, padding)) {
+            int16_t plane16[ML_S8_XT_PLANE16] __attribute__((aligned(4)));
+            ml_s8_pad_plane16(in, in_h, in_w, padding, in_zp, plane16);
+            if (ml_s8_filters16_xtensa(plane16, out, out_h, out_w, out_c, stride, weight, bias, multiplier, 0, shift,
+                                       in_zp, out_zp, low)) {
+                return;
+            }
+        }
+#endif
         /* one input plane (the stem): pad it once, filter it once per output channel */
         uint8_t padded[ML_S8_PLANE_BYTES + ML_S8_SLACK];
         const int pw = ml_s8_plane_pitch(in_w, padding);
@@ -1233,6 +1429,20 @@ void ml_depthwise_conv2d_s8(const int8_t *in, int in_h, int in_w, int channels, 
                                    weight, bias, multiplier, shift, out_zp, low);
         return;
     }
+#if ML_S8_XTENSA
+    if (kernel == 3 && (stride == 1 || stride == 2) && ml_s8_plane16_fits(in_h, in_w, padding)) {
+        int16_t plane16[ML_S8_XT_PLANE16] __attribute__((aligned(4)));
+        int c = 0;
+        for (; c < channels; ++c) {
+            ml_s8_pad_plane16(in + c * in_h * in_w, in_h, in_w, padding, in_zp, plane16);
+            if (!ml_s8_filters16_xtensa(plane16, out + c * out_h * out_w, out_h, out_w, 1, stride, weight, bias,
+                                        multiplier, c, shift, in_zp, out_zp, low)) {
+                break;
+            }
+        }
+        if (c == channels) return;
+    }
+#endif
     uint8_t padded[ML_S8_PLANE_BYTES + ML_S8_SLACK];
     const int pw = ml_s8_plane_pitch(in_w, padding);
     for (int c = 0; c < channels; ++c) {
