@@ -202,3 +202,24 @@ def test_int8_project_builds_each_environment_with_its_schedule(trained_tensors,
     assert "ml_schedule_not_built_here" in (src / "mobile_lenet_rows.c").read_text()
     float_project = firmware.project_files(trained_tensors)
     assert "megaatmega2560" not in float_project["platformio.ini"] and "src/mobile_lenet_rows.c" not in float_project
+
+
+@pytest.mark.skipif(any(shutil.which(tool) is None for tool in ("clang-22", "llc-22", "llvm-mc-22", "xtensa-lx106-elf-ld")),
+                    reason="no LLVM 22 or binutils-xtensa-lx106")
+def test_esp32dev_sources_compile_for_the_esp32(trained_tensors, mnist_train, tmp_path):
+    """The model library of the PlatformIO project (the sources the esp32dev environment builds), float and int8,
+    compiled for -mcpu=esp32 by LLVM and linked with the esp32 target's bare-metal main instead of the
+    Arduino-ESP32 core (which is not available here)."""
+    from mobile_lenet.codegen import mcu_firmware
+    from mobile_lenet.quantization.quantize import quantize_model
+
+    target = mcu_firmware.TARGETS["esp32"]
+    for name, model in (("float", trained_tensors), ("int8", quantize_model(trained_tensors, mnist_train.images[:200]))):
+        firmware.write_platformio_project(model, tmp_path / name)
+        ini = configparser.ConfigParser(interpolation=None)
+        ini.read(tmp_path / name / "platformio.ini")
+        assert ini["env:esp32dev"]["platform"] == "espressif32" and "-ffp-contract=off" in ini["env"]["build_flags"]
+        built = mcu_firmware._make(target, tmp_path / name / "src", tmp_path / f"{name}-build")
+        assert built.returncode == 0, built.stderr
+        symbols = mcu_firmware.read_symbols(target.nm_tool, tmp_path / f"{name}-build" / "firmware.elf")
+        assert "mobile_lenet_predict" in symbols and ("mobile_lenet_int8_logits" in symbols) == (name == "int8")

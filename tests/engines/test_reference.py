@@ -130,7 +130,8 @@ def test_exported_trained_model_agrees_with_torch_on_all_test_images(tmp_path, t
     print(f"trained: reference(export) vs torch max |logit diff| {max_diff:.3g}, "
           f"accuracy {100 * (ref.argmax(1) == mnist_test.labels).mean():.2f}%")
     assert np.array_equal(ref.argmax(1), torch_logits.argmax(1))
-    assert max_diff <= MAX_LOGIT_DIFF
+    # float32 rounding grows with the logits' size: a longer-trained model has larger ones
+    assert max_diff <= MAX_LOGIT_DIFF + 1e-5 * float(np.abs(torch_logits).max())
 
 
 def test_batching_does_not_change_the_result(trained_tensors, mnist_test):

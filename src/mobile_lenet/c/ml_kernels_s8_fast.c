@@ -1344,7 +1344,11 @@ void ml_conv2d_s8(const int8_t *in, int in_h, int in_w, int in_c, int32_t in_zp,
     const int channels = in_c > out_c ? in_c : out_c;
     if (pointwise && channels <= ML_S8_MAX_CHANNELS && low >= -128 && low <= 127
         && ml_s8_rq_covered(multiplier, out_c, shift)) {
+#if ML_S8_X86
+        int32_t folded[ML_S8_MAX_CHANNELS] = {0}; /* GCC's -flto cannot see that the branches below fill it */
+#else
         int32_t folded[ML_S8_MAX_CHANNELS];
+#endif
         ml_s8_rq rq[ML_S8_MAX_CHANNELS];
         const int plane = in_h * in_w;
         int first = 0;
