@@ -1,9 +1,9 @@
 """The microcontroller part: the firmware of every target, float and int8, measured in its simulator.
 
-For each target of ``mobile-lenet simulate`` (Cortex-M0+ and Cortex-M4F in QEMU, ATmega2560 in simavr) and each
+For each target of ``mobile-lenet simulate`` (Cortex-M0+, Cortex-M4F and ESP32 in QEMU, ATmega2560 in simavr) and each
 precision, the seed's published weights (int8: quantized as ``mobile-lenet quantize`` does, on 1,000 training
 images) classify the first test images through the firmware's own serial protocol. Rows: flash and static RAM
-from the ELF, peak stack, executed instructions (ARM) or cycles (AVR) per image, the latency at the chip's
+from the ELF, peak stack, executed instructions (ARM, Xtensa) or cycles (AVR) per image, the latency at the chip's
 clock, cycles (or instructions) per multiply-accumulate, and agreement with the reference engine. A model that
 does not fit a chip gets its one-line reason; the ATmega2560 is then also run with 64 KB of external SRAM
 (its XMEM interface), to measure its speed. For int8 a "reference" row runs the same model with the plain

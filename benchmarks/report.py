@@ -240,8 +240,10 @@ def microcontrollers_section(entry: dict) -> list[str]:
     lines = part_header("Microcontrollers (simulated)", entry)
     lines += [f"`mobile-lenet simulate` on the first {result['test_images']} MNIST test images, weights: "
               f"{result['weights']} (int8: quantized on 1,000 training images). The firmware is built with "
-              "Debian's cross compilers (`-O2`) and run in QEMU (ARM: executed instructions, counted exactly by a "
-              "TCG plugin; the latency assumes one cycle per instruction) or simavr (AVR: cycles). Flash and static "
+              "Debian's cross compilers (`-O2`; esp32: LLVM 22's Xtensa backend) and run in QEMU (ARM and Xtensa: "
+              "executed instructions, counted exactly by a TCG plugin; the latency assumes one cycle per instruction; "
+              "esp32: instructions counted on QEMU's de233_fpu Xtensa core, code from LLVM 22; not ESP32 cycles: no "
+              "flash cache, wait states or pipeline timing) or simavr (AVR: cycles). Flash and static "
               "RAM from the ELF; peak stack measured (lowest store or stack pointer). Per MAC: instructions or "
               f"cycles per image / {result['macs_per_image']:,} multiply-accumulates. Agreement: same prediction "
               "as the reference engine.", ""]

@@ -776,6 +776,8 @@ static void ml_s8_widen_xtensa(const int8_t *from, int16_t *to, int n, int step)
  * 32-bit load then brings two neighbouring columns, whose halves MAC16's DA/AD/AA forms take one at a time, so
  * a 3x3 window costs six loads for one output (stride 2) or for two neighbours (stride 1). */
 #define ML_S8_XT_PLANE16 (ML_S8_XT_PITCH * ML_S8_XT_PITCH + 8)
+/* The 16-bit planes and tiles (6.4 KB) are static scratch, not stack: the Arduino-ESP32 core runs loop() on an
+ * 8 KB stack. The kernels are therefore not reentrant on Xtensa (one inference at a time, as everywhere here). */
 
 static int ml_s8_plane16_fits(int in_h, int in_w, int padding)
 {
@@ -1203,8 +1205,8 @@ static int ml_s8_pointwise_xtensa(const int8_t *in, int plane, int in_c, int8_t 
 {
     const int c4 = (in_c + 3) & ~3;
     if (out_c * c4 + 4 > ML_S8_XT_WEIGHTS) return 0;
-    int16_t w16[ML_S8_XT_WEIGHTS] __attribute__((aligned(4)));
-    int16_t x16[ML_S8_XT_PIXELS * ML_S8_MAX_CHANNELS + 4] __attribute__((aligned(4)));
+    static int16_t w16[ML_S8_XT_WEIGHTS] __attribute__((aligned(4))); /* scratch: see ML_S8_XT_PLANE16 */
+    static int16_t x16[ML_S8_XT_PIXELS * ML_S8_MAX_CHANNELS + 4] __attribute__((aligned(4)));
     if (in_c == c4) { /* the common case: a plain copy, sign-extended */
         for (int i = 0; i < out_c * c4; ++i) w16[i] = ML_FLASH_S8(&weight[i]);
     } else {
@@ -1397,7 +1399,7 @@ void ml_conv2d_s8(const int8_t *in, int in_h, int in_w, int in_c, int32_t in_zp,
     if (in_c == 1 && ml_s8_covered(in_h, in_w, out_h, out_w, out_c, kernel, stride, padding, multiplier, shift, low)) {
 #if ML_S8_XTENSA
         if (kernel == 3 && (stride == 1 || stride == 2) && ml_s8_plane16_fits(in_h, in_w, padding)) {
-            int16_t plane16[ML_S8_XT_PLANE16] __attribute__((aligned(4)));
+            static int16_t plane16[ML_S8_XT_PLANE16] __attribute__((aligned(4)));
             ml_s8_pad_plane16(in, in_h, in_w, padding, in_zp, plane16);
             if (ml_s8_filters16_xtensa(plane16, out, out_h, out_w, out_c, stride, weight, bias, multiplier, 0, shift,
                                        in_zp, out_zp, low)) {
@@ -1435,7 +1437,7 @@ void ml_depthwise_conv2d_s8(const int8_t *in, int in_h, int in_w, int channels, 
     }
 #if ML_S8_XTENSA
     if (kernel == 3 && (stride == 1 || stride == 2) && ml_s8_plane16_fits(in_h, in_w, padding)) {
-        int16_t plane16[ML_S8_XT_PLANE16] __attribute__((aligned(4)));
+        static int16_t plane16[ML_S8_XT_PLANE16] __attribute__((aligned(4)));
         int c = 0;
         for (; c < channels; ++c) {
             ml_s8_pad_plane16(in + c * in_h * in_w, in_h, in_w, padding, in_zp, plane16);
