@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -95,6 +96,12 @@ def test_missing_toolchain_names_the_debian_package(monkeypatch, upstream_tensor
         build_firmware(upstream_tensors, TARGETS["cortex-m4f"], tmp_path / "b")
     with pytest.raises(UserError, match=r"avr-gcc not found: install Debian's gcc-avr"):
         build_firmware(upstream_tensors, TARGETS["atmega2560"], tmp_path / "b")
+    with pytest.raises(UserError, match=r"clang-22 not found: install Debian's clang-22"):
+        build_firmware(upstream_tensors, TARGETS["esp32"], tmp_path / "b")
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")  # the compiler there, the linker hidden: its own package named
+    monkeypatch.setattr(shutil, "which", lambda tool, _which=shutil.which: None if "xtensa" in tool else _which(tool))
+    with pytest.raises(UserError, match=r"xtensa-lx106-elf-\w+ not found: install Debian's binutils-xtensa-lx106"):
+        build_firmware(upstream_tensors, TARGETS["esp32"], tmp_path / "b")
 
 
 def test_unknown_target_is_one_line(capsys):
