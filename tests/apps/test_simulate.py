@@ -79,6 +79,8 @@ def test_cortex_m0plus_int8_agrees_with_the_int8_engine(upstream_int8, mnist_tes
     assert report["precision"] == "int8" and report["counts"] == "instructions"
     assert report["predictions"] == predicted[[wrong, *right]].tolist()
     assert report["agreement_with_reference"] == 3 and report["accuracy"] == pytest.approx(2 / 3)
+    counts = report["instructions_per_image"]  # int8 counts differ from image to image: the mean, not the max
+    assert report["ms_per_image_at_clock"] == pytest.approx(1000 * counts["mean"] / 133e6)
     assert report["static_ram_bytes"] >= memory.int8_plan().ram_bytes
     assert report["max_confidence_difference"] <= 0.5e-4 + 1e-6  # the reply's 4 decimals: the logit scale counts
 

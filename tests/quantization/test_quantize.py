@@ -116,15 +116,16 @@ def test_activation_params_make_zero_exact():
     assert scale * (-128 - zero_point) <= -1.0 + scale and scale * (127 - zero_point) >= 3.0 - scale
 
 
-@pytest.mark.parametrize("lo, hi, zero_point", [
-    (-1.0, 1.6, -30),  # -128 + 255 / 2.6 = -29.92: truncation would give -29
-    (-2.0, 0.1, 115),  # -128 + 510 / 2.1 = 114.86: truncation would give 114
-    (-0.2, 0.8, -77),  # -128 + 51 exactly
-    (0.5, 2.0, -128),  # the range is widened to hold 0: [0, 2]
-    (-3.0, -1.0, 127),  # [-3, 0]: the real 0 is the top level
+@pytest.mark.parametrize("lo, hi, width, zero_point", [
+    (-1.0, 1.6, 2.6, -30),  # -128 + 255 / 2.6 = -29.92: truncation would give -29
+    (-2.0, 0.1, 2.1, 115),  # -128 + 510 / 2.1 = 114.86: truncation would give 114
+    (-0.2, 0.8, 1.0, -77),  # -128 + 51 exactly
+    (0.5, 2.0, 2.0, -128),  # the range is widened to hold 0: [0, 2]
+    (-3.0, -1.0, 3.0, 127),  # [-3, 0]: the real 0 is the top level
 ])
-def test_activation_zero_points_by_hand(lo, hi, zero_point):
-    assert activation_params(lo, hi)[1] == zero_point
+def test_activation_zero_points_by_hand(lo, hi, width, zero_point):
+    """Scale (the widened range's width over 255 steps) and zero point, worked out by hand."""
+    assert activation_params(lo, hi) == (pytest.approx(width / 255, rel=1e-12), zero_point)
 
 
 @settings(max_examples=300, deadline=None)
