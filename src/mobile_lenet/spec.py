@@ -108,6 +108,14 @@ class Architecture:
         except UserError as e:
             raise UserError(f"{prefix}its architecture is invalid ({e})") from None
 
+    def check_images(self, images) -> None:
+        """UserError unless ``images`` is a stack (N, S, S) of this member's input size (other sizes are resized
+        first, with ``model.images.resize_digits``)."""
+        shape = getattr(images, "shape", ())
+        if len(shape) != 3 or shape[1:] != (self.input_size, self.input_size):
+            raise UserError(f"images must be (N, {self.input_size}, {self.input_size}) for this network "
+                            f"({self.describe()}), got {tuple(shape)}")
+
     def describe(self) -> str:
         """One line for messages: ``channels 4,4,4,8,8,12,12, input 16x16``."""
         return f"channels {','.join(map(str, self.channels))}, input {self.input_size}x{self.input_size}"

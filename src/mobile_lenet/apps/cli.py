@@ -33,7 +33,7 @@ from mobile_lenet.engines.registry import ENGINES, check_engine, logits, real_lo
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import WriteError, check_writable_file, check_writable_folder
 from mobile_lenet.formats.int8_folder import load_quantized
-from mobile_lenet.formats.model_files import load_model, load_tensors
+from mobile_lenet.formats.model_files import load_float_model, load_model, load_tensors
 from mobile_lenet.model.checkpoints import read_checkpoint, save_checkpoint
 from mobile_lenet.model.data import DATASETS, load_dataset
 from mobile_lenet.model.images import load_digit
@@ -183,8 +183,8 @@ def cmd_export(args) -> int:
     """Export MODEL as Noodle weight files, ONNX, a C library or a PlatformIO project."""
     # --int8 takes a quantized model folder (mobile-lenet quantize); without it MODEL holds float weights
     check_writable_folder(args.out)
-    model = load_quantized(args.model) if args.int8 else load_tensors(args.model)
-    written = export(model, args.format, args.out)
+    model, arch = (load_quantized(args.model), None) if args.int8 else load_float_model(args.model)
+    written = export(model, args.format, args.out, arch or spec.SEED)
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -201,7 +201,8 @@ def cmd_import(args) -> int:
             read_checkpoint(args.out)
         except UserError:
             raise UserError(f"{args.out}: exists and is not a mobile-lenet checkpoint; choose another --out") from None
-    save_checkpoint(args.out, from_noodle(load_tensors(args.source)), imported_from=str(args.source))
+    tensors, arch = load_float_model(args.source)
+    save_checkpoint(args.out, from_noodle(tensors, arch), imported_from=str(args.source))
     print(f"wrote {args.out}")
     return 0
 
