@@ -71,3 +71,86 @@ def test_summary_outputs():
     assert d["totals"]["total_params"] == 3258
     text = summary_text()
     assert "B3_dw3x3_s2" in text and "Total params: 3,258" in text and "Non-trainable: 368" in text
+
+
+# ------------------------------------------------------------------------------------------------ the family
+def family_params(channels, classes=10):
+    """Parameters of a member, counted by hand: stem 3x3 conv with bias and BN (4 per channel); per block a
+    3x3 depthwise kernel, BN, a 1x1 pointwise kernel, BN; the dense head with bias."""
+    stem = channels[0]
+    total = 9 * stem + stem + 4 * stem
+    for c_in, c_out in zip(channels[:-1], channels[1:]):
+        total += 9 * c_in + 4 * c_in + c_in * c_out + 4 * c_out
+    return total + channels[-1] * classes + classes
+
+
+def test_default_architecture_is_the_seed_table():
+    assert spec.layers(spec.Architecture()) == spec.LAYERS == spec.layers()
+    assert spec.SEED.is_seed and spec.SEED.channels == (8, 8, 8, 16, 16, 24, 24)
+    assert spec.Architecture.from_options() == spec.SEED
+    assert spec.Architecture.from_options(width=1.0) == spec.SEED
+    assert spec.Architecture.from_options(channels="8,8,8,16,16,24,24", input_size=28) == spec.SEED
+
+
+@pytest.mark.parametrize("width, expected", [(0.5, 1266), (1.0, 3258), (2.0, 9450)])
+def test_width_members_match_the_issue_probe(width, expected):
+    # the issue's hand-scaled probe counted 1,266 parameters at alpha 0.5 and 9,450 at alpha 2
+    arch = spec.SEED.scaled(width)
+    assert spec.totals(arch)["total_params"] == family_params(arch.channels) == expected
+
+
+@pytest.mark.parametrize("channels", [(1, 1, 1, 1, 1, 1, 1), (4, 4, 4, 8, 8, 16, 16), (3, 5, 7, 11, 13, 17, 19)])
+@pytest.mark.parametrize("size", [16, 21, 28, 32])
+def test_member_tables(channels, size):
+    arch = spec.Architecture(channels, input_size=size)
+    table = spec.layers(arch)
+    assert [layer.name for layer in table] == [layer.name for layer in spec.LAYERS]  # the seed's names and pattern
+    assert spec.totals(arch)["total_params"] == family_params(channels)
+    assert sum(int(__import__("numpy").prod(s)) for _, _, s in spec.noodle_tensors(arch)) == family_params(channels)
+    # spatial sizes: 'same' at stride 1, ceil(S / 2) after each stride-2 block
+    h1, h2 = -(-size // 2), -(-(-(-size // 2)) // 2)
+    by_name = {layer.name: layer for layer in table}
+    assert by_name["stem_conv3x3"].out_shape == (size, size, channels[0])
+    assert by_name["B3_dw3x3_s2"].out_shape == (h1, h1, channels[2])
+    assert by_name["B6_pw1x1"].out_shape == (h2, h2, channels[6])
+    assert by_name["stem_conv3x3"].macs == size * size * channels[0] * 9
+    assert by_name["OUT"].macs == channels[6] * 10
+
+
+def test_width_rounds_half_up_and_keeps_one_channel():
+    assert spec.SEED.scaled(0.75).channels == (6, 6, 6, 12, 12, 18, 18)
+    assert spec.SEED.scaled(0.3125).channels == (3, 3, 3, 5, 5, 8, 8)  # 2.5 -> 3, 5.0, 7.5 -> 8
+    assert spec.SEED.scaled(0.01).channels == (1,) * 7
+
+
+def test_architecture_record_round_trips():
+    arch = spec.Architecture.from_options(width=0.5, input_size=16)
+    assert spec.Architecture.from_dict(arch.to_dict()) == arch
+    assert arch.describe() == "channels 4,4,4,8,8,12,12, input 16x16"
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"width": 0.5, "channels": "4,4,4,8,8,16,16"}, "give one of the two"),
+    ({"width": 0}, "width must be a number above 0"),
+    ({"width": float("nan")}, "width must be a number above 0"),
+    ({"channels": "4,4,4"}, "7 numbers"),
+    ({"channels": "4,4,x,8,8,16,16"}, "whole numbers separated by commas"),
+    ({"channels": "4,4,0,8,8,16,16"}, "from 1 to 256"),
+    ({"input_size": 15}, "from 16 to 32"),
+    ({"input_size": 33}, "from 16 to 32"),
+])
+def test_bad_options_are_one_line_user_errors(options, message):
+    from mobile_lenet.errors import UserError
+
+    with pytest.raises(UserError, match=message) as info:
+        spec.Architecture.from_options(**options)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("record", [None, [], {"channels": [8]}, {"channels": "8", "strides": [], "input_size": 28},
+                                    {"channels": [8] * 7, "strides": [1] * 6, "input_size": 99}])
+def test_bad_records_are_refused(record):
+    from mobile_lenet.errors import UserError
+
+    with pytest.raises(UserError, match="^x.pt: its architecture"):
+        spec.Architecture.from_dict(record, "x.pt")

@@ -1,8 +1,12 @@
 """The Mobile-LeNet architecture table: the single source of truth.
 
 Everything else (the PyTorch model, the weight-file names, the reference engine, the C generator, the
-summary and the memory planner) reads ``LAYERS``. Like torchvision's MobileNetV2, the network is written
-as a small settings table (``STEM_CHANNELS``, ``BLOCKS``) expanded by one loop into the seed's 43 rows.
+summary and the memory planner) reads the table of layers. Like torchvision's MobileNetV2, which takes its
+``inverted_residual_setting``, the network is a small settings value, an ``Architecture`` (the stem's and
+each block's output channels, the blocks' strides, the input size), expanded by one loop (``layers``) into
+its rows. ``SEED`` is the seed's network, whose table ``LAYERS`` is the seed's 43 rows; the other members of
+the family scale its channels (``width``, MobileNet's alpha) or set them one by one (``channels``), and take
+an input of 16 to 32 pixels a side.
 
 Shapes are ``(H, W, C)`` as in the seed's table (Keras, channels last); the engines themselves compute in
 CHW, as the microcontroller does.
@@ -10,24 +14,135 @@ CHW, as the microcontroller does.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
-INPUT_SHAPE = (28, 28, 1)
+from mobile_lenet.errors import UserError
+
 NUM_CLASSES = 10
-STEM_CHANNELS = 8
 BN_EPSILON = 1e-3  # Keras' default, used by the seed and by Noodle's noodle_bn_relu
 BN_MOMENTUM_KERAS = 0.99  # Keras' moving-average momentum (PyTorch's momentum is 1 - this)
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 16, 32  # 16: upstream's Mobile-LeNet-16; 32: a padded MNIST digit
+MAX_CHANNELS = 256  # a sanity bound: the seed's widest layer has 24
 
-# (name, depthwise stride, pointwise output channels): the six DW -> BN -> ReLU -> PW -> BN -> ReLU blocks.
-BLOCKS = (
-    ("B1", 1, 8),
-    ("B2", 1, 8),
-    ("B3", 2, 16),
-    ("B4", 1, 16),
-    ("B5", 2, 24),
-    ("B6", 1, 24),
-)
+
+@dataclass(frozen=True)
+class Architecture:
+    """One member of the Mobile-LeNet family: a stem convolution with ``channels[0]`` outputs, then one
+    DW -> BN -> ReLU -> PW -> BN -> ReLU block per stride, block i (B1, B2, ...) with depthwise stride
+    ``strides[i]`` and ``channels[i + 1]`` pointwise outputs, on square ``input_size`` x ``input_size`` images.
+    The defaults are the seed's network. Invalid values raise one-line UserErrors."""
+
+    channels: tuple = (8, 8, 8, 16, 16, 24, 24)
+    strides: tuple = (1, 1, 2, 1, 2, 1)
+    input_size: int = 28
+
+    def __post_init__(self):
+        if len(self.channels) != len(self.strides) + 1:
+            raise UserError(f"channels must list the stem's and the {len(self.strides)} blocks' output channels "
+                            f"({len(self.strides) + 1} numbers, e.g. {','.join(map(str, SEED_CHANNELS))}), "
+                            f"not {len(self.channels)}")
+        if not all(_is_int(c) and 1 <= c <= MAX_CHANNELS for c in self.channels):
+            raise UserError(f"channels must be whole numbers from 1 to {MAX_CHANNELS}, not "
+                            f"{','.join(map(str, self.channels))}")
+        if not all(s in (1, 2) and _is_int(s) for s in self.strides):
+            raise UserError(f"block strides must be 1 or 2, not {','.join(map(str, self.strides))}")
+        if not (_is_int(self.input_size) and MIN_INPUT_SIZE <= self.input_size <= MAX_INPUT_SIZE):
+            raise UserError(f"input size must be a whole number of pixels from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}, "
+                            f"not {self.input_size}")
+
+    @classmethod
+    def from_options(cls, width: float | None = None, channels: str | tuple | None = None,
+                     input_size: int | None = None) -> "Architecture":
+        """The member that ``--width``, ``--channels`` and ``--input-size`` name (None: the seed's)."""
+        if width is not None and channels is not None:
+            raise UserError("--width scales the seed's channels and --channels sets them; give one of the two")
+        arch = cls(input_size=SEED_INPUT_SIZE if input_size is None else input_size)
+        if width is not None:
+            return arch.scaled(width)
+        if channels is not None:
+            return cls(channels=parse_channels(channels), strides=arch.strides, input_size=arch.input_size)
+        return arch
+
+    def scaled(self, width: float) -> "Architecture":
+        """Every channel count times ``width`` (alpha), rounded half up, at least 1."""
+        if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
+            raise UserError(f"width must be a number above 0, not {width}")
+        channels = tuple(max(1, math.floor(c * width + 0.5)) for c in self.channels)
+        return Architecture(channels, self.strides, self.input_size)
+
+    @property
+    def stem_channels(self) -> int:
+        return self.channels[0]
+
+    @property
+    def blocks(self) -> tuple:
+        """(name, depthwise stride, pointwise output channels) per block: ("B1", 1, 8), ..."""
+        return tuple((f"B{i + 1}", s, c) for i, (s, c) in enumerate(zip(self.strides, self.channels[1:])))
+
+    @property
+    def input_shape(self) -> tuple:
+        """(H, W, C) of the input image."""
+        return (self.input_size, self.input_size, 1)
+
+    @property
+    def is_seed(self) -> bool:
+        return self == SEED
+
+    def to_dict(self) -> dict:
+        """What checkpoints and manifests record."""
+        return {"channels": list(self.channels), "strides": list(self.strides), "input_size": self.input_size}
+
+    @classmethod
+    def from_dict(cls, d, where: str = "") -> "Architecture":
+        """The inverse of ``to_dict``; anything else is one UserError naming ``where``."""
+        prefix = f"{where}: " if where else ""
+        try:
+            if set(d) != {"channels", "strides", "input_size"}:
+                raise TypeError
+            return cls(tuple(d["channels"]), tuple(d["strides"]), d["input_size"])
+        except (TypeError, ValueError, AttributeError):
+            raise UserError(f"{prefix}its architecture is not a mobile-lenet architecture record") from None
+        except UserError as e:
+            raise UserError(f"{prefix}its architecture is invalid ({e})") from None
+
+    def check_images(self, images) -> None:
+        """UserError unless ``images`` is a stack (N, S, S) of this member's input size (other sizes are resized
+        first, with ``model.images.resize_digits``)."""
+        shape = getattr(images, "shape", ())
+        if len(shape) != 3 or shape[1:] != (self.input_size, self.input_size):
+            raise UserError(f"images must be (N, {self.input_size}, {self.input_size}) for this network "
+                            f"({self.describe()}), got {tuple(shape)}")
+
+    def describe(self) -> str:
+        """One line for messages: ``channels 4,4,4,8,8,12,12, input 16x16``."""
+        return f"channels {','.join(map(str, self.channels))}, input {self.input_size}x{self.input_size}"
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def parse_channels(text: str | tuple) -> tuple:
+    """``"4,4,4,8,8,16,16"`` -> (4, 4, 4, 8, 8, 16, 16); one UserError for anything else."""
+    if not isinstance(text, str):
+        return tuple(text)
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise UserError(f"channels must be whole numbers separated by commas (e.g. "
+                        f"{','.join(map(str, SEED_CHANNELS))}), not {text!r}") from None
+
+
+SEED_CHANNELS = Architecture.channels
+SEED_INPUT_SIZE = Architecture.input_size
+SEED = Architecture()
+# The seed's settings under their old names, for callers that only know the seed's network.
+INPUT_SHAPE = SEED.input_shape
+STEM_CHANNELS = SEED.stem_channels
+BLOCKS = SEED.blocks
 
 
 class LayerKind(StrEnum):
@@ -106,9 +221,9 @@ def conv_out(width: int, kernel: int, stride: int, padding: int) -> int:
 class _TableBuilder:
     """Expands the settings into rows, numbering weight files in the seed's order."""
 
-    def __init__(self):
+    def __init__(self, input_shape: tuple):
         self.rows: list[Layer] = []
-        self.shape = INPUT_SHAPE
+        self.shape = input_shape
         self.n_w = self.n_b = self.n_bn = 0
 
     def _next(self, prefix: str) -> str:
@@ -142,11 +257,13 @@ class _TableBuilder:
         self.add(relu_name, LayerKind.RELU, block, self.shape)
 
 
-def _build() -> tuple[Layer, ...]:
-    t = _TableBuilder()
-    t.conv("stem_conv3x3", "stem", STEM_CHANNELS, kernel=3, stride=1, padding=1, bias=True)
+@functools.cache
+def layers(arch: Architecture = SEED) -> tuple[Layer, ...]:
+    """The table of ``arch``: for the seed's, the seed's 43 rows."""
+    t = _TableBuilder(arch.input_shape)
+    t.conv("stem_conv3x3", "stem", arch.stem_channels, kernel=3, stride=1, padding=1, bias=True)
     t.bn_relu("stem_bn", "stem_relu", "stem")
-    for block, stride, cout in BLOCKS:
+    for block, stride, cout in arch.blocks:
         if stride == 1:
             t.conv(f"{block}_dw3x3_s1", block, None, kernel=3, stride=1, padding=1, depthwise=True)
         else:
@@ -164,19 +281,19 @@ def _build() -> tuple[Layer, ...]:
     return tuple(t.rows)
 
 
-LAYERS: tuple[Layer, ...] = _build()
+LAYERS: tuple[Layer, ...] = layers(SEED)
 LAYER_BY_NAME = {layer.name: layer for layer in LAYERS}
 
 
-def noodle_tensors() -> list[tuple[str, Layer, tuple]]:
-    """Every Noodle weight file in the seed's order, as (file name, layer, Noodle shape).
+def noodle_tensors(arch: Architecture = SEED) -> list[tuple[str, Layer, tuple]]:
+    """Every Noodle weight file of ``arch`` in the seed's order, as (file name, layer, Noodle shape).
 
     Order: w01, w02, ..., w14, then b01, b02, then bn01, ..., bn13 (the order of the seed's listing).
     Shapes follow NOODLE_FORMAT.md: conv [Cout][Cin][K][K], depthwise [C][K][K], dense [Dout][Din],
     biases [C], BatchNorm [4][C] = gamma, beta, moving mean, moving variance.
     """
     out = []
-    for layer in LAYERS:
+    for layer in layers(arch):
         c_in, c_out, k = layer.in_channels, layer.out_channels, layer.kernel
         if layer.kind == LayerKind.CONV:
             out.append((layer.weight_file, layer, (c_out, c_in, k, k)))
@@ -192,9 +309,11 @@ def noodle_tensors() -> list[tuple[str, Layer, tuple]]:
     return sorted(out, key=lambda t: (order[t[0].rstrip("0123456789")], t[0]))
 
 
-def totals() -> dict:
+def totals(arch: Architecture = SEED) -> dict:
     """Parameter and MAC totals of the whole network."""
-    trainable = sum(layer.trainable_params for layer in LAYERS)
-    non_trainable = sum(layer.non_trainable_params for layer in LAYERS)
+    table = layers(arch)
+    trainable = sum(layer.trainable_params for layer in table)
+    non_trainable = sum(layer.non_trainable_params for layer in table)
     return {"total_params": trainable + non_trainable, "trainable_params": trainable,
-            "non_trainable_params": non_trainable, "macs": sum(layer.macs for layer in LAYERS)}
+            "non_trainable_params": non_trainable, "macs": sum(layer.macs for layer in table)}
+

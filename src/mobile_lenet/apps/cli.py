@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mobile_lenet import spec
 from mobile_lenet.apps import device, simulate
 from mobile_lenet.apps.demo import serve
 from mobile_lenet.apps.evaluation import evaluate, format_report
@@ -32,7 +33,7 @@ from mobile_lenet.engines.registry import ENGINES, check_engine, logits, real_lo
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import WriteError, check_writable_file, check_writable_folder
 from mobile_lenet.formats.int8_folder import load_quantized
-from mobile_lenet.formats.model_files import load_model, load_tensors
+from mobile_lenet.formats.model_files import load_float_model, load_model, load_tensors
 from mobile_lenet.model.checkpoints import read_checkpoint, save_checkpoint
 from mobile_lenet.model.data import DATASETS, load_dataset
 from mobile_lenet.model.images import load_digit
@@ -48,6 +49,21 @@ def _dataset_args(p: argparse.ArgumentParser, default: str = "mnist") -> None:
                                       "the download)")
 
 
+def _architecture_args(p: argparse.ArgumentParser) -> None:
+    """--width, --channels and --input-size: which member of the Mobile-LeNet family (default the seed's)."""
+    seed = ",".join(map(str, spec.SEED_CHANNELS))
+    p.add_argument("--width", type=float, help="width multiplier alpha: every channel count of the seed's network "
+                                               "times this, rounded (default 1)")
+    p.add_argument("--channels", help=f"output channels of the stem and the six blocks (default {seed})")
+    p.add_argument("--input-size", type=int, help=f"input images are SxS pixels, {spec.MIN_INPUT_SIZE} to "
+                                                  f"{spec.MAX_INPUT_SIZE}; others are resized (default 28)")
+
+
+def architecture_from_args(args) -> spec.Architecture:
+    """The member that the --width, --channels and --input-size flags name."""
+    return spec.Architecture.from_options(args.width, args.channels, args.input_size)
+
+
 # ------------------------------------------------------------------------------------------------ verbs
 def cmd_summary(args) -> int:
     """Print the architecture table (or JSON) with parameters and MACs per layer."""
@@ -56,14 +72,15 @@ def cmd_summary(args) -> int:
     if args.int8 and not args.memory:
         raise UserError("--int8 goes with --memory (the int8 plan next to float); the architecture table is the "
                         "same for both")
+    arch = architecture_from_args(args)
     if args.memory and args.target and get_target(args.target).int8_schedule == "rows":
-        plan = row_plan()
+        plan = row_plan(arch)
         print(json.dumps(row_plan_dict(plan), indent=2) if args.json else "\n".join(row_plan_text(plan)))
         return 0
     if args.memory:
-        print(json.dumps(memory_dict(int8=args.int8), indent=2) if args.json else memory_text(int8=args.int8))
+        print(json.dumps(memory_dict(args.int8, arch), indent=2) if args.json else memory_text(args.int8, arch))
         return 0
-    print(json.dumps(summary_dict(), indent=2) if args.json else summary_text())
+    print(json.dumps(summary_dict(arch), indent=2) if args.json else summary_text(arch))
     return 0
 
 
@@ -88,6 +105,7 @@ def cmd_train(args) -> int:
                          else f"no {flag}" if saved is None else f"{flag} {saved}")
                 raise UserError(f"{out} was started with {shown} (its config.json) and a resumed run keeps its "
                                 f"settings; resume without {flag}, or start a new run")
+        _check_resumed_architecture(args, config.member, out)
         if (out / "last.pt").exists():  # a damaged one is refused now, before the data is loaded
             try:
                 read_checkpoint(out / "last.pt")
@@ -96,7 +114,8 @@ def cmd_train(args) -> int:
     else:
         if (out / "last.pt").exists() or (out / "config.json").exists():
             raise UserError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
-        config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, seed=0, augment=True)
+        config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, seed=0, augment=True,
+                             architecture=architecture_from_args(args).to_dict())
         for name in RUN_FLAGS:
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))
@@ -115,6 +134,19 @@ def cmd_train(args) -> int:
     teacher = f" (teacher: {out / 'teacher.pt'})" if config.distill_epochs else ""
     print(f"wrote {out / 'best.pt'}, {out / 'last.pt'} and {out / 'metrics.csv'}{teacher}")
     return 0
+
+
+def _check_resumed_architecture(args, saved: spec.Architecture, out: Path) -> None:
+    """A resumed run trains the member it was started with: --width/--channels/--input-size naming another one
+    are refused."""
+    if args.width is None and args.channels is None and args.input_size is None:
+        return
+    given = spec.Architecture.from_options(args.width, args.channels,
+                                           saved.input_size if args.input_size is None else args.input_size)
+    same_channels = args.width is None and args.channels is None or given.channels == saved.channels
+    if not same_channels or given.input_size != saved.input_size:
+        raise UserError(f"{out} was started with {saved.describe()} (its config.json) and a resumed run keeps its "
+                        f"network; resume without --width/--channels/--input-size, or start a new run")
 
 
 def cmd_evaluate(args) -> int:
@@ -151,8 +183,8 @@ def cmd_export(args) -> int:
     """Export MODEL as Noodle weight files, ONNX, a C library or a PlatformIO project."""
     # --int8 takes a quantized model folder (mobile-lenet quantize); without it MODEL holds float weights
     check_writable_folder(args.out)
-    model = load_quantized(args.model) if args.int8 else load_tensors(args.model)
-    written = export(model, args.format, args.out)
+    model, arch = (load_quantized(args.model), None) if args.int8 else load_float_model(args.model)
+    written = export(model, args.format, args.out, arch or spec.SEED)
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -169,7 +201,8 @@ def cmd_import(args) -> int:
             read_checkpoint(args.out)
         except UserError:
             raise UserError(f"{args.out}: exists and is not a mobile-lenet checkpoint; choose another --out") from None
-    save_checkpoint(args.out, from_noodle(load_tensors(args.source)), imported_from=str(args.source))
+    tensors, arch = load_float_model(args.source)
+    save_checkpoint(args.out, from_noodle(tensors, arch), imported_from=str(args.source))
     print(f"wrote {args.out}")
     return 0
 
@@ -272,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8", action="store_true", help="with --memory: the int8 plan next to float")
     p.add_argument("--target", choices=tuple(TARGETS), help="with --memory --int8: the int8 schedule the firmware of "
                                                            "this microcontroller uses (atmega2560: row by row)")
+    _architecture_args(p)
     p.set_defaults(func=cmd_summary)
 
     p = sub.add_parser("train", help="train a model into a run folder")
@@ -291,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distill-epochs", type=int, help="first train a larger teacher network this many epochs on the "
                                                       "same images, then learn from its predictions too; 0 = off "
                                                       f"(default {defaults.distill_epochs})")
+    _architecture_args(p)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)

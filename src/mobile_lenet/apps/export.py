@@ -1,13 +1,15 @@
 """``mobile-lenet export``: one entry point; the model's type and the format pick the writer.
 
 A float model (Noodle tensors) exports to every format; a quantized model to the C library and the
-PlatformIO project, in int8.
+PlatformIO project, in int8. A family member other than the seed's (``spec.Architecture``) exports to Noodle
+files, ONNX and the C library; its PlatformIO project is not written yet.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from mobile_lenet import spec
 from mobile_lenet.codegen.c_float import write_c_library
 from mobile_lenet.codegen.c_int8 import write_c_library_int8
 from mobile_lenet.codegen.firmware import write_platformio_project
@@ -22,11 +24,18 @@ INT8_WRITERS = {"c": write_c_library_int8, "platformio": write_platformio_projec
 FORMATS = tuple(FLOAT_WRITERS)
 
 
-def export(model, fmt: str, out_dir: str | Path) -> list[Path]:
-    """Write a float or int8 ``model`` in format ``fmt`` into ``out_dir``; returns the files written."""
+def export(model, fmt: str, out_dir: str | Path, arch: spec.Architecture = spec.SEED) -> list[Path]:
+    """Write a float or int8 ``model`` in format ``fmt`` into ``out_dir``; returns the files written. Float
+    tensors are the member ``arch``; an int8 model knows its own."""
     writers = INT8_WRITERS if is_int8(model) else FLOAT_WRITERS
     if fmt not in writers:
         names = list(writers)
         kind = "--int8 exports" if is_int8(model) else "export writes"
         raise UserError(f"{kind} formats {', '.join(names[:-1])} and {names[-1]}, not {fmt!r}")
-    return writers[fmt](model, Path(out_dir))
+    member = model.architecture if is_int8(model) else arch
+    if not member.is_seed and fmt == "platformio":
+        raise UserError(f"the PlatformIO project of a Mobile-LeNet family member ({member.describe()}) is not "
+                        f"written yet; export --format c gives its C library")
+    if is_int8(model) or member.is_seed:
+        return writers[fmt](model, Path(out_dir))
+    return writers[fmt](model, Path(out_dir), member)

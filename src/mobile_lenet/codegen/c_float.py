@@ -33,10 +33,10 @@ VALUES_PER_LINE = 8  # as in the seed's weight headers
 
 
 # ------------------------------------------------------------------------------------------------ weights
-def check_tensors(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The Noodle tensors as flat float32 arrays, checked for presence, size and finiteness."""
+def check_tensors(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> dict[str, np.ndarray]:
+    """The member's Noodle tensors as flat float32 arrays, checked for presence, size and finiteness."""
     flat = {}
-    for name, _, shape in spec.noodle_tensors():
+    for name, _, shape in spec.noodle_tensors(arch):
         if name not in tensors:
             raise UserError(f"weights: tensor {name} is missing")
         values = np.asarray(tensors[name], dtype=np.float32).ravel()
@@ -69,22 +69,22 @@ def _tensor_comment(file_name: str, layer: spec.Layer, shape: tuple) -> str:
     return f"{file_name}: {layer.name} {role}, {layout} = [{']['.join(str(d) for d in shape)}]"
 
 
-def weights_header() -> str:
+def weights_header(arch: spec.Architecture = spec.SEED) -> str:
     """``mobile_lenet_weights.h``: one declaration per Noodle tensor."""
     declarations = []
-    for file_name, layer, shape in spec.noodle_tensors():
+    for file_name, layer, shape in spec.noodle_tensors(arch):
         declarations.append(f"/* {_tensor_comment(file_name, layer, shape)} */")
         declarations.append(f"extern const float {c_array_name(file_name)}[{int(np.prod(shape))}];")
     return lib.header_lines("MOBILE_LENET_WEIGHTS_H", f"{lib.WEIGHTS_HEADER} - the Mobile-LeNet weights "
                             "(Noodle tensors), one const array each, in flash.", ['"ml_flash.h"'], declarations)
 
 
-def weights_source(tensors: dict[str, np.ndarray]) -> str:
+def weights_source(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> str:
     """``mobile_lenet_weights.c``: the values, eight per line as in the seed's headers."""
-    flat = check_tensors(tensors)
+    flat = check_tensors(tensors, arch)
     lines = [f"/* {lib.WEIGHTS_SOURCE} - the Mobile-LeNet weights. const: they stay in flash on a microcontroller.",
              f" * {lib.GENERATED_NOTE} */", f'#include "{lib.WEIGHTS_HEADER}"', ""]
-    for file_name, layer, shape in spec.noodle_tensors():
+    for file_name, layer, shape in spec.noodle_tensors(arch):
         lines += lib.array_lines("float", c_array_name(file_name), [c_float(v) for v in flat[file_name]],
                                  VALUES_PER_LINE, _tensor_comment(file_name, layer, shape))
     return "\n".join(lines)
@@ -133,9 +133,9 @@ def layer_statements(step: memory.Step) -> list[str]:
     return [comment, call, lib.trace_statement(layer.index, target, layer.out_shape)]
 
 
-def network_source() -> str:
+def network_source(arch: spec.Architecture = spec.SEED) -> str:
     """``mobile_lenet.c``: the ping-pong buffers and the layer sequence."""
-    plan = memory.plan()
+    plan = memory.plan(memory.FLOAT32, arch)
     body = [line for step in plan.steps for line in layer_statements(step)]
     largest = max(plan.steps, key=lambda s: s.activation_values)
     return lib.template("network_f32.c.in").substitute(
@@ -145,33 +145,34 @@ def network_source() -> str:
         layers="\n".join("    " + line for line in body), result_buffer=lib.BUFFER_NAMES[plan.result_buffer])
 
 
-def model_header() -> str:
+def model_header(arch: spec.Architecture = spec.SEED) -> str:
     """``mobile_lenet_model.h`` of the float library."""
     return lib.model_header(PRECISION, {"MOBILE_LENET_BN_EPSILON": f"{spec.BN_EPSILON:g}f"},
-                            "the float32 Mobile-LeNet's sizes.")
+                            "the float32 Mobile-LeNet's sizes.", arch)
 
 
-def generate_library(tensors: dict[str, np.ndarray]) -> dict[str, str]:
-    """The library proper (network, weights, kernels, serial protocol): file name -> text. Used by firmware too."""
-    return {lib.MODEL_HEADER: model_header(), lib.NETWORK_SOURCE: network_source(),
-            lib.WEIGHTS_HEADER: weights_header(), lib.WEIGHTS_SOURCE: weights_source(tensors),
+def generate_library(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> dict[str, str]:
+    """The library proper (network, weights, kernels, serial protocol) of the member ``arch``: file name -> text.
+    Used by firmware too."""
+    return {lib.MODEL_HEADER: model_header(arch), lib.NETWORK_SOURCE: network_source(arch),
+            lib.WEIGHTS_HEADER: weights_header(arch), lib.WEIGHTS_SOURCE: weights_source(tensors, arch),
             **lib.static_files(PRECISION)}
 
 
-def generate_sources(tensors: dict[str, np.ndarray]) -> dict[str, str]:
+def generate_sources(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> dict[str, str]:
     """Everything ``export --format c`` writes: the library, the host program and the README."""
-    plan = memory.plan()
+    plan = memory.plan(memory.FLOAT32, arch)
     readme = lib.template("c_README.md").substitute(
         buffer_values=f"{plan.buffer_values:,}", buffer_bytes=f"{plan.buffer_bytes:,}",
         ram_bytes=f"{plan.ram_bytes:,}", flash_bytes=f"{plan.flash_bytes:,}")
-    return {**generate_library(tensors), lib.HOST_PROGRAM: lib.c_source(lib.HOST_PROGRAM), "README.md": readme}
+    return {**generate_library(tensors, arch), lib.HOST_PROGRAM: lib.c_source(lib.HOST_PROGRAM), "README.md": readme}
 
 
-def write_c_library(tensors: dict[str, np.ndarray], out_dir: str | Path) -> list[Path]:
+def write_c_library(tensors: dict[str, np.ndarray], out_dir: str | Path, arch: spec.Architecture = spec.SEED) -> list[Path]:
     """``export --format c``: write the C library, host program and README into ``out_dir``.
 
     The folder is replaced whole (``files.replace_folder``): it must be new, empty, or a previous C export."""
-    return replace_folder(generate_sources(tensors), out_dir, what="C export", replaceable=previous_export())
+    return replace_folder(generate_sources(tensors, arch), out_dir, what="C export", replaceable=previous_export())
 
 
 def previous_export(header: str = lib.MODEL_HEADER):
@@ -204,12 +205,12 @@ def _fold_batch_norm(weight: np.ndarray, bias: np.ndarray | None, bn: np.ndarray
     return w, (b - mean) * scale + beta
 
 
-def _host_fast_ops(tensors: dict[str, np.ndarray]) -> list[dict]:
+def _host_fast_ops(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> list[dict]:
     """The network as fused operations: conv/depthwise + BatchNorm + ReLU, then pool + dense; weights folded and
     laid out for the host kernels. Raises UserError for a table the host kernels do not cover."""
-    flat = check_tensors(tensors)
-    shapes = {name: shape for name, _, shape in spec.noodle_tensors()}
-    layers, ops, i, pending_pad = spec.LAYERS, [], 0, 0
+    flat = check_tensors(tensors, arch)
+    shapes = {name: shape for name, _, shape in spec.noodle_tensors(arch)}
+    layers, ops, i, pending_pad = spec.layers(arch), [], 0, 0
     while i < len(layers):
         layer = layers[i]
         if layer.kind == LayerKind.PAD:
@@ -255,11 +256,11 @@ def _host_fast_ops(tensors: dict[str, np.ndarray]) -> list[dict]:
     return ops
 
 
-def host_fast_network_source(tensors: dict[str, np.ndarray]) -> str:
+def host_fast_network_source(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> str:
     """``mobile_lenet.c`` of the host fast path: folded weights, HWC buffers and the fused layer calls."""
-    ops = _host_fast_ops(tensors)
+    ops = _host_fast_ops(tensors, arch)
     arrays, buffers, body = [], {}, []
-    h0, w0, _ = spec.INPUT_SHAPE
+    h0, w0, _ = arch.input_shape
     buffers["ml_input"] = (h0 + 2) * (w0 + 2)
     dense_size = max(int(np.prod(op["out_shape"])) for op in ops if "out_shape" in op)
     buffers["ml_u"] = buffers["ml_v"] = dense_size
@@ -315,8 +316,8 @@ def host_fast_network_source(tensors: dict[str, np.ndarray]) -> str:
 NETWORK_SOURCE_FAST_TITLE = "mobile_lenet.c - the float32 Mobile-LeNet, host fast path."
 
 
-def generate_host_fast_sources(tensors: dict[str, np.ndarray]) -> dict[str, str]:
+def generate_host_fast_sources(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> dict[str, str]:
     """The host fast path's program: the fast network and kernels, the shared API, the host program."""
-    return {lib.MODEL_HEADER: model_header(), lib.NETWORK_SOURCE: host_fast_network_source(tensors),
+    return {lib.MODEL_HEADER: model_header(arch), lib.NETWORK_SOURCE: host_fast_network_source(tensors, arch),
             **{name: lib.c_source(name) for name in lib.COMMON_FILES + HOST_FAST_KERNEL_FILES},
             lib.HOST_PROGRAM: lib.c_source(lib.HOST_PROGRAM)}

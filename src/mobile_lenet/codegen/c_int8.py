@@ -107,7 +107,7 @@ def layer_statements(layer: QLayer, step: memory.Step, number: int) -> list[str]
 
 def network_source(qmodel: QuantizedModel) -> str:
     """``mobile_lenet.c``: the int8 ping-pong buffers and the layer sequence."""
-    plan = memory.int8_plan()
+    plan = memory.int8_plan(qmodel.architecture)
     steps = {step.layer.name: step for step in plan.steps}
     body = [line for number, layer in enumerate(qmodel.layers, 1)
             for line in layer_statements(layer, steps[layer.name], number)]
@@ -194,7 +194,7 @@ def _layer_struct(layer: QLayer) -> str:
 def rows_network_source(qmodel: QuantizedModel) -> str:
     """``mobile_lenet.c`` of the row-by-row schedule (``c/ml_rows_s8.c``, ``memory.row_plan``): layer tables,
     folded biases, the rings of rows the planner sized, and the GAP / dense calls."""
-    plan = memory.row_plan()
+    plan = memory.row_plan(qmodel.architecture)
     stem, blocks, gap, dense = _row_structure(qmodel)
     block_lines, rings, states = [], [], []
     for index, ring in enumerate(plan.rings):
@@ -247,7 +247,7 @@ def model_header(qmodel: QuantizedModel) -> str:
     return lib.model_header(PRECISION, {"MOBILE_LENET_LOGIT_SCALE": c_float(np.float32(qmodel.output_scale)),
                                         "MOBILE_LENET_LOGIT_ZERO_POINT": str(qmodel.output_zero_point)},
                             "the int8 Mobile-LeNet's sizes; real logit = MOBILE_LENET_LOGIT_SCALE * "
-                            "(int8 logit - MOBILE_LENET_LOGIT_ZERO_POINT).")
+                            "(int8 logit - MOBILE_LENET_LOGIT_ZERO_POINT).", qmodel.architecture)
 
 
 SCHEDULES = ("buffers", "rows")  # whole feature maps in two ping-pong buffers, or rows flowing through rings
@@ -269,7 +269,7 @@ def generate_library(qmodel: QuantizedModel, schedule: str = "buffers") -> dict[
 
 def generate_sources(qmodel: QuantizedModel, schedule: str = "buffers") -> dict[str, str]:
     """Everything ``export --format c --int8`` writes: the library, the host program and the README."""
-    plan = memory.int8_plan()
+    plan = memory.int8_plan(qmodel.architecture)
     readme = lib.template("c_int8_README.md").substitute(ram_bytes=plan.ram_bytes, flash_bytes=plan.flash_bytes)
     return {**generate_library(qmodel, schedule), lib.HOST_PROGRAM: lib.c_source(lib.HOST_PROGRAM),
             "README.md": readme}

@@ -66,9 +66,11 @@ def shape_text(shape: tuple) -> str:
     return "x".join(str(d) for d in shape)
 
 
-def model_header(precision: str, defines: dict[str, str], comment: str) -> str:
-    """``mobile_lenet_model.h``: the sizes and the precision of this model, plus ``defines`` (name -> C text)."""
-    h, w, _ = spec.INPUT_SHAPE
+def model_header(precision: str, defines: dict[str, str], comment: str,
+                 arch: spec.Architecture = spec.SEED) -> str:
+    """``mobile_lenet_model.h``: the sizes and the precision of this model (the member ``arch``), plus ``defines``
+    (name -> C text)."""
+    h, w, _ = arch.input_shape
     values = {"MOBILE_LENET_INT8": "1" if precision == "int8" else "0", "MOBILE_LENET_INPUT_HEIGHT": str(h),
               "MOBILE_LENET_INPUT_WIDTH": str(w), "MOBILE_LENET_INPUT_SIZE": str(h * w),
               "MOBILE_LENET_NUM_CLASSES": str(spec.NUM_CLASSES), **defines}

@@ -79,25 +79,24 @@ class Plan:
 
 def weight_values(layer: spec.Layer) -> int:
     """Number of values in the weight files of ``layer`` (kernel, bias or BatchNorm parameters)."""
-    shapes = {name: shape for name, _, shape in spec.noodle_tensors()}
-    return sum(int(np.prod(shapes[f])) for f in layer.files)
+    return layer.params  # every file holds exactly the layer's parameters (spec.noodle_tensors)
 
 
 def _values(shape: tuple) -> int:
     return int(np.prod(shape))
 
 
-def plan(precision: str = FLOAT32) -> Plan:
-    """The float32 ping-pong plan of ``spec.LAYERS`` (see the module docstring)."""
+def plan(precision: str = FLOAT32, arch: spec.Architecture = spec.SEED) -> Plan:
+    """The float32 ping-pong plan of the member ``arch`` (see the module docstring)."""
     if precision == "int8":
-        return int8_plan()
+        return int8_plan(arch)
     if precision != FLOAT32:
         raise UserError(f"unknown precision {precision!r} (float32 or int8)")
     steps = []
     current = BUFFERS[0]  # the input image is converted to floats into buffer A
     carried_padding = 0  # padding of a ZeroPadding2D row waiting for its convolution
-    stored_shape = spec.INPUT_SHAPE  # what the current buffer really holds
-    for layer in spec.LAYERS:
+    stored_shape = arch.input_shape  # what the current buffer really holds
+    for layer in spec.layers(arch):
         other = BUFFERS[1] if current == BUFFERS[0] else BUFFERS[0]
         in_values, out_values = _values(layer.in_shape), _values(layer.out_shape)
         if layer.kind == LayerKind.PAD:
@@ -118,7 +117,7 @@ def plan(precision: str = FLOAT32) -> Plan:
         steps.append(Step(layer, current, other, stored_shape, padding, True, out_values, in_values + out_values,
                           weight_values(layer)))
         current, stored_shape = other, layer.out_shape
-    buffer_values = max([_values(spec.INPUT_SHAPE)] + [s.activation_values for s in steps])
+    buffer_values = max([_values(arch.input_shape)] + [s.activation_values for s in steps])
     return Plan(FLOAT32, 4, tuple(steps), buffer_values)
 
 
@@ -137,14 +136,14 @@ def int8_flash_bytes(layer: spec.Layer) -> int:
     return 0
 
 
-def int8_plan() -> Plan:
+def int8_plan(arch: spec.Architecture = spec.SEED) -> Plan:
     """The int8 plan (``quantize``): the float plan's buffers and steps with one byte per activation.
 
     BatchNorm is folded into the convolutions and ReLU into their requantization, so the BN and ReLU rows
     cost nothing. ``weight_values`` counts bytes here (int8 kernels, int32 biases, int16 multipliers; see
     ``int8_flash_bytes``), so ``flash_bytes`` is the int8 model's weight data.
     """
-    float_plan = plan(FLOAT32)
+    float_plan = plan(FLOAT32, arch)
     steps = tuple(replace(s, weight_values=int8_flash_bytes(s.layer)) for s in float_plan.steps)
     return Plan("int8", 1, steps, float_plan.buffer_values)
 
@@ -171,19 +170,20 @@ class RowPlan:
     dw_row_bytes: int  # scratch: the widest depthwise output row
     gap_sum_bytes: int  # int32 sums of the global average pool
     flash_bytes: int  # the int8 weight data (as in int8_plan)
+    buffer_plan_ram_bytes: int  # what the same member's buffer plan (int8_plan) needs, for comparison
 
     @property
     def ram_bytes(self) -> int:
         return sum(ring.bytes for ring in self.rings) + self.dw_row_bytes + self.gap_sum_bytes
 
 
-def row_plan() -> RowPlan:
-    """The row schedule of ``spec.LAYERS``: a ring of kernel-many padded input rows for the stem and for each
+def row_plan(arch: spec.Architecture = spec.SEED) -> RowPlan:
+    """The row schedule of the member ``arch``: a ring of kernel-many padded input rows for the stem and for each
     depthwise-separable block (pointwise and stem outputs go straight into the next ring), a depthwise scratch
     row and the pooling sums (the rows above and below the plane are ring slots of zero-point bytes)."""
     rings, dw_row, gap_sums = [], 0, 0
     pad = 0  # a ZeroPadding2D row's padding, which the depthwise convolution after it applies itself
-    for layer in spec.LAYERS:
+    for layer in spec.layers(arch):
         if layer.kind == LayerKind.PAD:
             pad = layer.padding or (layer.out_shape[1] - layer.in_shape[1]) // 2
         elif layer.kind == LayerKind.DWCONV or (layer.kind == LayerKind.CONV and not rings):
@@ -195,7 +195,8 @@ def row_plan() -> RowPlan:
             pad = 0
         elif layer.kind == LayerKind.GAP:
             gap_sums = 4 * layer.in_shape[-1]
-    return RowPlan(tuple(rings), dw_row, gap_sums, int8_plan().flash_bytes)
+    buffer_plan = int8_plan(arch)
+    return RowPlan(tuple(rings), dw_row, gap_sums, buffer_plan.flash_bytes, buffer_plan.ram_bytes)
 
 
 def row_plan_dict(p: RowPlan) -> dict:
@@ -203,7 +204,7 @@ def row_plan_dict(p: RowPlan) -> dict:
     return {"schedule": "rows", "rings": [{"layer": r.layer, "rows": r.rows, "row_bytes": r.row_bytes,
                                            "bytes": r.bytes} for r in p.rings],
             "dw_row_bytes": p.dw_row_bytes, "gap_sum_bytes": p.gap_sum_bytes,
-            "ram_bytes": p.ram_bytes, "flash_bytes": p.flash_bytes, "buffer_plan_ram_bytes": int8_plan().ram_bytes}
+            "ram_bytes": p.ram_bytes, "flash_bytes": p.flash_bytes, "buffer_plan_ram_bytes": p.buffer_plan_ram_bytes}
 
 
 def row_plan_text(p: RowPlan) -> list[str]:
@@ -215,7 +216,7 @@ def row_plan_text(p: RowPlan) -> list[str]:
                      f"{ring.bytes:>6,}")
     lines += [f"{'dw_row':<28} {'one depthwise output row (the widest)':<44} {p.dw_row_bytes:>6,}",
               f"{'gap_sums':<28} {'int32 pooling sums':<44} {p.gap_sum_bytes:>6,}", "-" * 80,
-              f"RAM (activations): {p.ram_bytes:,} bytes (the buffer plan: {int8_plan().ram_bytes:,}); "
+              f"RAM (activations): {p.ram_bytes:,} bytes (the buffer plan: {p.buffer_plan_ram_bytes:,}); "
               f"flash (weights): {p.flash_bytes:,} bytes"]
     return lines
 
@@ -242,9 +243,9 @@ def plan_dict(p: Plan) -> dict:
     }
 
 
-def memory_dict(int8: bool = False) -> dict:
+def memory_dict(int8: bool = False, arch: spec.Architecture = spec.SEED) -> dict:
     """What ``summary --memory --json`` prints: the float32 plan, and the int8 plan next to it if asked."""
-    plans = [plan(FLOAT32)] + ([plan("int8")] if int8 else [])
+    plans = [plan(FLOAT32, arch)] + ([plan("int8", arch)] if int8 else [])
     result = {"plans": [plan_dict(p) for p in plans]}
     if int8:
         result["int8_vs_float32"] = int8_ratios(*plans)
@@ -275,9 +276,9 @@ def _plan_text(p: Plan) -> list[str]:
     return lines
 
 
-def memory_text(int8: bool = False) -> str:
+def memory_text(int8: bool = False, arch: spec.Architecture = spec.SEED) -> str:
     """What ``summary --memory`` prints: per-layer buffers, activation and flash bytes, and totals."""
-    plans = [plan(FLOAT32)] + ([plan("int8")] if int8 else [])
+    plans = [plan(FLOAT32, arch)] + ([plan("int8", arch)] if int8 else [])
     lines = []
     for p in plans:
         lines += _plan_text(p) + [""]

@@ -140,14 +140,21 @@ def build_cached_program(sources: dict[str, str], program_name: str, *, flavour:
     return program
 
 
+def model_architecture(model: dict[str, np.ndarray] | QuantizedModel,
+                       arch: spec.Architecture = spec.SEED) -> spec.Architecture:
+    """The family member of ``model``: an int8 model knows its own; float tensors are the member ``arch``."""
+    return model.architecture if isinstance(model, QuantizedModel) else arch
+
+
 def build_host_program(model: dict[str, np.ndarray] | QuantizedModel, *, sanitize: bool = False,
                        defines: dict | None = None, cache: str | Path | None = None,
-                       schedule: str = "buffers", variant: str | None = None) -> Path:
+                       schedule: str = "buffers", variant: str | None = None,
+                       arch: spec.Architecture = spec.SEED) -> Path:
     """Generate and compile the host program for a float or an int8 model; returns the executable (cached).
     ``schedule`` (int8): "buffers" or "rows" (``codegen.c_int8.SCHEDULES``); ``variant``: float "noodle" (the
     exported library, the default) or "fast" (the host fast path), see ``FLOAT_VARIANTS``; int8 "generic" (the
     exported library, the default) or "fast" (its host fast path, raising ``c_int8.HostFastUnsupported`` for a
-    model its kernels do not cover), see ``INT8_VARIANTS``."""
+    model its kernels do not cover), see ``INT8_VARIANTS``. ``arch``: the member float tensors are for."""
     int8 = isinstance(model, QuantizedModel)
     variants = INT8_VARIANTS if int8 else FLOAT_VARIANTS
     variant = variant or variants[0]  # the exported library
@@ -158,16 +165,17 @@ def build_host_program(model: dict[str, np.ndarray] | QuantizedModel, *, sanitiz
         sources = c_int8.generate_host_fast_sources(model) if fast else c_int8.generate_sources(model, schedule)
         flavour = "int8-fast" if fast else "int8"
     else:
-        sources = c_float.generate_host_fast_sources(model) if fast else c_float.generate_sources(model)
+        sources = (c_float.generate_host_fast_sources(model, arch) if fast
+                   else c_float.generate_sources(model, arch))
         flavour = "fast" if fast else ""
     return build_cached_program(sources, PROGRAM_NAME, flavour=flavour, sanitize=sanitize, defines=defines,
                                 cache=cache)
 
 
-def check_images(images: np.ndarray) -> np.ndarray:
-    """uint8 images (N, 28, 28), C-contiguous."""
+def check_images(images: np.ndarray, arch: spec.Architecture = spec.SEED) -> np.ndarray:
+    """uint8 images (N, S, S), C-contiguous, S the member's input size (28 for the seed's)."""
     images = np.asarray(images)
-    h, w, _ = spec.INPUT_SHAPE
+    h, w, _ = arch.input_shape
     if images.ndim != 3 or images.shape[1:] != (h, w) or images.dtype != np.uint8:
         raise UserError(f"images must be uint8 of shape (N, {h}, {w}), got {images.dtype} {images.shape}")
     return np.ascontiguousarray(images)
@@ -184,20 +192,20 @@ def parse_classify_output(text: str, count: int) -> COutputs:
                     table[:, 1 + n:].astype(np.float32))
 
 
-def run_classify(program: Path, images: np.ndarray) -> COutputs:
-    """Classify ``images`` with a built host program."""
-    images = check_images(images)
+def run_classify(program: Path, images: np.ndarray, arch: spec.Architecture = spec.SEED) -> COutputs:
+    """Classify ``images`` with a built host program of the member ``arch``."""
+    images = check_images(images, arch)
     result = subprocess.run([str(program), "classify", "-"], input=images.tobytes(), capture_output=True)
     if result.returncode != 0:
         raise UserError(f"the C program failed: {result.stderr.decode(errors='replace').strip()}")
     return parse_classify_output(result.stdout.decode("ascii"), len(images))
 
 
-def run_time(program: Path, images: np.ndarray, repeats: int = 5) -> dict:
+def run_time(program: Path, images: np.ndarray, repeats: int = 5, arch: spec.Architecture = spec.SEED) -> dict:
     """Time the library calls of a built host program on ``images`` (its ``time`` mode: images read first, one
     warm-up pass, best of ``repeats`` passes, clock_gettime around the calls only): images, repeats,
     best_seconds, images_per_second and checksum (sum of the predicted digits)."""
-    images = check_images(images)
+    images = check_images(images, arch)
     result = subprocess.run([str(program), "time", "-", str(repeats)], input=images.tobytes(), capture_output=True)
     if result.returncode != 0:
         raise UserError(f"the C program failed: {result.stderr.decode(errors='replace').strip()}")
@@ -210,7 +218,8 @@ def run_time(program: Path, images: np.ndarray, repeats: int = 5) -> dict:
 
 def c_outputs(model: dict[str, np.ndarray] | QuantizedModel, images: np.ndarray, **build_options) -> COutputs:
     """Digits, logits and probabilities of ``images`` computed by the generated C, built on this host."""
-    return run_classify(build_host_program(model, **build_options), images)
+    return run_classify(build_host_program(model, **build_options), images,
+                        model_architecture(model, build_options.get("arch", spec.SEED)))
 
 
 def c_logits(model: dict[str, np.ndarray] | QuantizedModel, images: np.ndarray, **build_options) -> np.ndarray:
@@ -248,11 +257,12 @@ def parse_trace_line(line: str, int8: bool) -> tuple[int, np.ndarray]:
 
 
 def c_layer_outputs(model: dict[str, np.ndarray] | QuantizedModel, image: np.ndarray,
-                    cache: str | Path | None = None) -> dict[int, np.ndarray]:
+                    cache: str | Path | None = None, arch: spec.Architecture = spec.SEED) -> dict[int, np.ndarray]:
     """Every stored layer's output for one image, from the host C built with the layer debugger (-DML_TRACE):
     layer number (table row; int8: quantized layer) -> flat values in the C buffer's order (CHW)."""
-    program = build_host_program(model, defines={"ML_TRACE": 1}, cache=cache)
-    result = subprocess.run([str(program), "classify", "-"], input=check_images(image[None]).tobytes(),
+    program = build_host_program(model, defines={"ML_TRACE": 1}, cache=cache, arch=arch)
+    image = check_images(image[None], model_architecture(model, arch))
+    result = subprocess.run([str(program), "classify", "-"], input=image.tobytes(),
                             capture_output=True)
     if result.returncode != 0:
         raise UserError(f"the C program failed: {result.stderr.decode(errors='replace').strip()}")

@@ -119,31 +119,40 @@ def run_float_layer(layer: spec.Layer, x: np.ndarray, tensors: dict[str, np.ndar
     raise ValueError(f"unknown layer kind {layer.kind!r}")
 
 
-def reference_logits(tensors: dict[str, np.ndarray], images: np.ndarray, batch_size: int = BATCH_SIZE) -> np.ndarray:
-    """Logits (N, 10), float32, of uint8 images (N, 28, 28) through the network given by Noodle tensors."""
-    tensors = {name: np.asarray(value, dtype=np.float32).reshape(shape)
-               for name, _, shape in spec.noodle_tensors() for value in [tensors[name]]}
+def _shaped(tensors: dict[str, np.ndarray], arch: spec.Architecture) -> dict[str, np.ndarray]:
+    """The member's tensors as float32 arrays in their Noodle shapes."""
+    return {name: np.asarray(tensors[name], dtype=np.float32).reshape(shape)
+            for name, _, shape in spec.noodle_tensors(arch)}
+
+
+def reference_logits(tensors: dict[str, np.ndarray], images: np.ndarray, batch_size: int = BATCH_SIZE,
+                     arch: spec.Architecture = spec.SEED) -> np.ndarray:
+    """Logits (N, 10), float32, of uint8 images (N, S, S) through the member ``arch`` (S its input size) whose
+    weights are the Noodle tensors."""
+    arch.check_images(images)
+    tensors = _shaped(tensors, arch)
     outputs = []
     for start in range(0, len(images), batch_size):
         x = to_tensor_input(images[start:start + batch_size])  # pixel / 255.0f, CHW with C=1
-        for layer in spec.LAYERS:
+        for layer in spec.layers(arch):
             x = run_float_layer(layer, x, tensors)
         outputs.append(x)
     return np.concatenate(outputs) if outputs else np.zeros((0, spec.NUM_CLASSES), np.float32)
 
 
-def reference_probabilities(tensors: dict[str, np.ndarray], images: np.ndarray) -> np.ndarray:
+def reference_probabilities(tensors: dict[str, np.ndarray], images: np.ndarray,
+                            arch: spec.Architecture = spec.SEED) -> np.ndarray:
     """Softmax probabilities (N, 10): the device's output."""
-    return softmax(reference_logits(tensors, images))
+    return softmax(reference_logits(tensors, images, arch=arch))
 
 
-def reference_layer_outputs(tensors: dict[str, np.ndarray], image: np.ndarray) -> dict[int, np.ndarray]:
-    """Every stored row's output for one uint8 image (28, 28): table row number -> flat float32 values in CHW
+def reference_layer_outputs(tensors: dict[str, np.ndarray], image: np.ndarray,
+                            arch: spec.Architecture = spec.SEED) -> dict[int, np.ndarray]:
+    """Every stored row's output for one uint8 image (S, S): table row number -> flat float32 values in CHW
     order, as the C library's layer debugger prints them (``c/ml_trace.h``; padding rows are not stored)."""
-    tensors = {name: np.asarray(value, dtype=np.float32).reshape(shape)
-               for name, _, shape in spec.noodle_tensors() for value in [tensors[name]]}
+    tensors = _shaped(tensors, arch)
     x, outputs = to_tensor_input(np.asarray(image)[None]), {}
-    for layer in spec.LAYERS:
+    for layer in spec.layers(arch):
         x = run_float_layer(layer, x, tensors)
         if layer.kind != LayerKind.PAD:
             outputs[layer.index] = x[0].ravel()

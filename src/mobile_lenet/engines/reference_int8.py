@@ -35,7 +35,8 @@ def run_int8_layer(layer: QLayer, x: np.ndarray) -> np.ndarray:
 
 
 def int8_logits(qmodel: QuantizedModel, images: np.ndarray) -> np.ndarray:
-    """The int8 logits (N, 10) of uint8 images (N, 28, 28), computed with integers only."""
+    """The int8 logits (N, 10) of uint8 images (N, S, S), S the model's input size, computed with integers only."""
+    qmodel.architecture.check_images(images)
     out = []
     for start in range(0, len(images), BATCH):
         x = quantize_input(images[start:start + BATCH])
@@ -46,7 +47,7 @@ def int8_logits(qmodel: QuantizedModel, images: np.ndarray) -> np.ndarray:
 
 
 def int8_layer_outputs(qmodel: QuantizedModel, image: np.ndarray) -> dict[int, np.ndarray]:
-    """Every quantized layer's int8 output for one uint8 image (28, 28): layer number (from 1) -> flat values in
+    """Every quantized layer's int8 output for one uint8 image (S, S): layer number (from 1) -> flat values in
     CHW order, as the int8 C library's layer debugger prints them (``c/ml_trace.h``)."""
     x, outputs = quantize_input(np.asarray(image)[None]), {}
     for number, layer in enumerate(qmodel.layers, 1):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mobile_lenet import spec
 from mobile_lenet.engines import host_c, reference, reference_int8
 from mobile_lenet.errors import UserError
 from mobile_lenet.model.network import from_noodle, predict_logits
@@ -45,19 +46,22 @@ def check_engine(model, engine: str | None) -> str:
     return engine
 
 
-def logits(model, images: np.ndarray, engine: str | None = None) -> np.ndarray:
-    """The logits (N, 10) of uint8 images (N, 28, 28): float32, or int8 for a quantized model."""
+def logits(model, images: np.ndarray, engine: str | None = None, arch: spec.Architecture = spec.SEED) -> np.ndarray:
+    """The logits (N, 10) of uint8 images (N, S, S): float32, or int8 for a quantized model. Float tensors are
+    the family member ``arch`` (S its input size); an int8 model knows its member."""
     engine = check_engine(model, engine)
     if engine == "c":
-        return host_c.c_logits(model, images)
+        return host_c.c_logits(model, images, arch=arch)
     if is_int8(model):
         return reference_int8.int8_logits(model, images)
     if engine == "reference":
-        return reference.reference_logits(model, images)
-    return predict_logits(from_noodle(model), images)
+        return reference.reference_logits(model, images, arch=arch)
+    arch.check_images(images)
+    return predict_logits(from_noodle(model, arch), images)
 
 
-def real_logits(model, images: np.ndarray, engine: str | None = None) -> np.ndarray:
+def real_logits(model, images: np.ndarray, engine: str | None = None,
+                arch: spec.Architecture = spec.SEED) -> np.ndarray:
     """Real-valued logits (N, 10): an int8 model's are dequantized (for softmax and confidences)."""
-    values = logits(model, images, engine)
+    values = logits(model, images, engine, arch)
     return model.dequantize_logits(values) if is_int8(model) else values

@@ -2,8 +2,9 @@
 
 A folder holds ``int8_tensors.npz`` (int8 weights, int32 biases, int16 multipliers, one array each per
 layer) and ``manifest.json`` (format, layers with shift, scales and zero points, calibration details, the
-npz's sha256). It is written into a temporary folder renamed into place, and read back only if the hash and
-every array's type and shape match the architecture.
+npz's sha256). A family member other than the seed's is recorded in the manifest's ``architecture`` (the
+seed's manifest is as it always was). It is written into a temporary folder renamed into place, and read back
+only if the hash and every array's type and shape match the architecture.
 """
 
 from __future__ import annotations
@@ -65,6 +66,7 @@ def save_quantized(qmodel: QuantizedModel, out: str | os.PathLike) -> list[Path]
                 "input": {"scale": INPUT_SCALE, "zero_point": INPUT_ZERO_POINT, "from": "pixel - 128"},
                 "output": {"scale": qmodel.output_scale, "zero_point": qmodel.output_zero_point},
                 "npz": NPZ_NAME, "npz_sha256": hashlib.sha256(npz).hexdigest(),
+                **({} if qmodel.architecture.is_seed else {"architecture": qmodel.architecture.to_dict()}),
                 **qmodel.metadata, "layers": [_layer_manifest(layer) for layer in qmodel.layers]}
     manifest = json.loads(json.dumps(manifest))  # plain JSON types, as a reader will see them
     manifest["manifest_sha256"] = manifest_hash(manifest)
@@ -113,7 +115,7 @@ def validate_manifest(manifest, where: Path) -> None:
     entries = manifest.get("layers")
     if not isinstance(entries, list):
         _fail(where, 'no "layers" list')
-    ops = expected_ops()
+    ops = expected_ops(manifest_architecture(manifest, where))
     if len(entries) != len(ops):
         _fail(where, f"{len(entries)} layers, Mobile-LeNet has {len(ops)}")
     for i, (entry, op) in enumerate(zip(entries, ops)):
@@ -153,6 +155,12 @@ def validate_manifest(manifest, where: Path) -> None:
         _fail(where, f'"output" differs from the output of {written[-1][2]}')
 
 
+def manifest_architecture(manifest: dict, where) -> spec.Architecture:
+    """The family member a manifest records (the seed's when it records none)."""
+    record = manifest.get("architecture")
+    return spec.SEED if record is None else spec.Architecture.from_dict(record, str(where))
+
+
 def load_quantized(path: str | os.PathLike) -> QuantizedModel:
     """Read a quantized model folder: the manifest checked against its schema and its hash, the npz (only
     ``int8_tensors.npz`` in the folder itself) against its hash, every array against the architecture."""
@@ -178,12 +186,13 @@ def load_quantized(path: str | os.PathLike) -> QuantizedModel:
     if hashlib.sha256(raw).hexdigest() != manifest["npz_sha256"]:
         raise UserError(f"{npz_path}: contents do not match the manifest's sha256 (damaged or edited)")
     entries = manifest["layers"]
+    architecture = manifest_architecture(manifest, manifest_path)
     layers = []
     try:
         arrays = dict(np.load(io.BytesIO(raw), allow_pickle=False))  # the bytes that were hashed
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         raise UserError(f"{npz_path}: not a readable .npz file ({type(e).__name__})") from None
-    for entry, (name, kind, shapes) in zip(entries, expected_arrays()):
+    for entry, (name, kind, shapes) in zip(entries, expected_arrays(architecture)):
         values = {}
         for key, (dtype, shape) in shapes.items():
             value = arrays.get(f"{name}.{key}")
@@ -198,23 +207,23 @@ def load_quantized(path: str | os.PathLike) -> QuantizedModel:
                              out_zero_point=entry["out_zero_point"], shift=entry["shift"],
                              weight_scale=None if scale is None else np.array(scale), **values))
     meta = {k: v for k, v in manifest.items() if k in ("source", "calibration")}
-    return QuantizedModel(layers, meta)
+    return QuantizedModel(layers, meta, architecture)
 
 
-@functools.lru_cache(maxsize=1)
-def expected_ops() -> tuple:
-    """The folded operations of the architecture (structure only: names, kinds, kernels, shapes)."""
-    zeros = {name: np.zeros(shape, np.float32) for name, _, shape in spec.noodle_tensors()}
-    for name, _, shape in spec.noodle_tensors():
+@functools.lru_cache(maxsize=8)
+def expected_ops(arch: spec.Architecture = spec.SEED) -> tuple:
+    """The folded operations of the member ``arch`` (structure only: names, kinds, kernels, shapes)."""
+    zeros = {name: np.zeros(shape, np.float32) for name, _, shape in spec.noodle_tensors(arch)}
+    for name, _, shape in spec.noodle_tensors(arch):
         if name.startswith("bn"):
             zeros[name][3] = 1.0  # unit variance keeps the folding finite
-    return tuple(fold_batchnorm(zeros))
+    return tuple(fold_batchnorm(zeros, arch))
 
 
-def expected_arrays() -> list[tuple[str, str, dict]]:
-    """(name, kind, {array: (dtype, shape)}) of every quantized layer, derived from the architecture."""
+def expected_arrays(arch: spec.Architecture = spec.SEED) -> list[tuple[str, str, dict]]:
+    """(name, kind, {array: (dtype, shape)}) of every quantized layer, derived from the member's architecture."""
     out = []
-    for op in expected_ops():
+    for op in expected_ops(arch):
         if op.kind == LayerKind.GAP:
             out.append((op.name, op.kind, {"multiplier": (np.int16, (1,))}))
         else:

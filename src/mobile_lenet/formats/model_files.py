@@ -13,11 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from mobile_lenet import spec
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import check_readable_file
 from mobile_lenet.formats.int8_folder import is_quantized_folder, load_quantized
 from mobile_lenet.formats.keras import read_keras
-from mobile_lenet.formats.noodle import looks_like_noodle_folder, read_noodle_folder
+from mobile_lenet.formats.noodle import looks_like_noodle_folder, noodle_architecture, read_noodle_folder
 from mobile_lenet.model.checkpoints import load_checkpoint_model
 from mobile_lenet.model.network import to_noodle
 from mobile_lenet.quantization.quantize import QuantizedModel
@@ -25,16 +26,28 @@ from mobile_lenet.quantization.quantize import QuantizedModel
 
 def load_tensors(source: str | os.PathLike) -> dict[str, np.ndarray]:
     """The float weights (Noodle tensors) of MODEL; a quantized folder is refused with one line."""
+    return load_float_model(source)[0]
+
+
+def load_float_model(source: str | os.PathLike) -> tuple[dict[str, np.ndarray], spec.Architecture]:
+    """The float weights (Noodle tensors) of MODEL and the family member they are for (what its checkpoint or
+    Noodle manifest records; a Keras file is the seed's network)."""
     path = Path(source)
-    return check_batchnorm(_read_tensors(path), path)
+    tensors, arch = _read_tensors(path)
+    return check_batchnorm(tensors, path), arch
 
 
-def _read_tensors(path: Path) -> dict[str, np.ndarray]:
+def _from_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], spec.Architecture]:
+    model = load_checkpoint_model(path)
+    return to_noodle(model), model.architecture
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, np.ndarray], spec.Architecture]:
     if path.is_dir():
         if (path / "best.pt").is_file():
-            return to_noodle(load_checkpoint_model(path / "best.pt"))
+            return _from_checkpoint(path / "best.pt")
         if looks_like_noodle_folder(path):
-            return read_noodle_folder(path)
+            return read_noodle_folder(path), noodle_architecture(path)
         if is_quantized_folder(path):  # int8 integers, not float weights: only some verbs take it
             raise UserError(f"{path}: an int8 model (mobile-lenet quantize); use it with evaluate, or export "
                             f"--format c/platformio --int8")
@@ -43,8 +56,8 @@ def _read_tensors(path: Path) -> dict[str, np.ndarray]:
         raise UserError(f"{path}: no such file or folder")
     check_readable_file(path)
     if path.suffix == ".keras":
-        return read_keras(path)
-    return to_noodle(load_checkpoint_model(path))
+        return read_keras(path), spec.SEED
+    return _from_checkpoint(path)
 
 
 def check_batchnorm(tensors: dict[str, np.ndarray], path: Path) -> dict[str, np.ndarray]:

@@ -7,7 +7,8 @@ A Noodle folder holds one file per tensor (w01..w14, b01..b02, bn01..bn13, names
 - ``.h``:   a C header declaring ``static const float w01[] = { ... };`` (``%.6e`` plus ``f``, 8 per line);
 - ``.bin``: raw little-endian float32.
 
-The text encodings keep 7 significant digits, so before writing, ``write_noodle_folder`` rounds every value to the
+A family member other than the seed's is recorded in ``manifest.json`` (``architecture``), which a reader
+needs to give its files their shapes; the seed's folder is as it always was. The text encodings keep 7 significant digits, so before writing, ``write_noodle_folder`` rounds every value to the
 float32 nearest its ``%.6e`` text. All three files of a tensor then hold exactly the same numbers, whichever
 one a reader picks, and export -> import -> export reproduces every file byte for byte.
 """
@@ -36,9 +37,9 @@ MANIFEST_FORMAT = "mobile-lenet-noodle/1"
 _TENSOR_FILE = re.compile(r"^(w|b|bn)\d+\.(txt|bin|h)$")
 
 
-def tensor_table() -> dict[str, tuple[spec.Layer, tuple]]:
-    """Tensor name -> (layer, Noodle shape), in the seed's file order."""
-    return {name: (layer, shape) for name, layer, shape in spec.noodle_tensors()}
+def tensor_table(arch: spec.Architecture = spec.SEED) -> dict[str, tuple[spec.Layer, tuple]]:
+    """Tensor name -> (layer, Noodle shape) of the member ``arch``, in the seed's file order."""
+    return {name: (layer, shape) for name, layer, shape in spec.noodle_tensors(arch)}
 
 
 # ------------------------------------------------------------------------------------------------ encodings
@@ -63,9 +64,9 @@ def encode_bin(values: np.ndarray) -> bytes:
     return np.asarray(values, dtype="<f4").ravel().tobytes()
 
 
-def encode_h(name: str, values: np.ndarray) -> bytes:
+def encode_h(name: str, values: np.ndarray, arch: spec.Architecture = spec.SEED) -> bytes:
     """The .h encoding: a C array ``static const float <name>[]`` with comments naming kind, layout and dims."""
-    layer, shape = tensor_table()[name]
+    layer, shape = tensor_table(arch)[name]
     kind, layout = _describe(name, layer)
     flat = np.asarray(values, np.float32).ravel()
     lines = [
@@ -167,17 +168,31 @@ def looks_like_noodle_folder(folder: str | os.PathLike) -> bool:
     return folder.is_dir() and any(_TENSOR_FILE.match(p.name) for p in folder.iterdir())
 
 
+def noodle_architecture(folder: str | os.PathLike) -> spec.Architecture:
+    """The family member a Noodle folder holds: its manifest's ``architecture``, the seed's when there is none
+    (the seed author's folders have no manifest)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return spec.SEED
+    try:
+        record = json.loads(path.read_text()).get("architecture")
+    except (OSError, ValueError, AttributeError):
+        raise UserError(f"{path}: not a mobile-lenet Noodle manifest") from None
+    return spec.SEED if record is None else spec.Architecture.from_dict(record, str(path))
+
+
 def read_noodle_folder(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     """Noodle tensors from a folder of weight files, each in .txt, .bin or .h (preferred in that order).
 
-    Every tensor of the table must be present with the right number of finite values, and no other
-    tensor-named file may be there; a manifest.json, if present, must match the files' sha256.
-    Anything else raises one UserError naming the file.
+    The files are those of the member ``noodle_architecture(folder)``. Every tensor of its table must be present
+    with the right number of finite values, and no other tensor-named file may be there; a manifest.json, if
+    present, must match the files' sha256. Anything else raises one UserError naming the file.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise UserError(f"{folder}: not a folder")
-    table = tensor_table()
+    arch = noodle_architecture(folder)
+    table = tensor_table(arch)
     present = {p.name for p in folder.iterdir() if _TENSOR_FILE.match(p.name)}
     not_files = sorted(n for n in present if not (folder / n).is_file())
     if not_files:
@@ -203,7 +218,8 @@ def read_noodle_folder(folder: str | os.PathLike) -> dict[str, np.ndarray]:
         values = PARSERS[ext](path, data)
         expected = int(np.prod(shape))
         if values.size != expected:
-            raise UserError(f"{path}: expected {expected} values, found {values.size}")
+            member = "" if arch.is_seed else f" (the manifest's {arch.describe()})"
+            raise UserError(f"{path}: expected {expected} values{member}, found {values.size}")
         if not np.all(np.isfinite(values)):
             bad = int(np.flatnonzero(~np.isfinite(values))[0])
             raise UserError(f"{path}: value {bad + 1} is {values[bad]} (must be finite, within float32's range)")
@@ -228,9 +244,10 @@ def _manifest_checksums(folder: Path) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def encode_folder(tensors: dict[str, np.ndarray]) -> dict[str, bytes]:
-    """Every file of a Noodle export (all three encodings, manifest.json, README.md) as file name -> bytes."""
-    table = tensor_table()
+def encode_folder(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> dict[str, bytes]:
+    """Every file of a Noodle export of the member ``arch`` (all three encodings, manifest.json, README.md) as
+    file name -> bytes."""
+    table = tensor_table(arch)
     files: dict[str, bytes] = {}
     entries = []
     for name, (layer, shape) in table.items():
@@ -242,39 +259,57 @@ def encode_folder(tensors: dict[str, np.ndarray]) -> dict[str, bytes]:
         if not np.all(np.isfinite(values)):
             raise UserError(f"cannot export: tensor {name} holds non-finite values (NaN or infinity)")
         values = round_to_text(values.reshape(shape))  # the same numbers in every encoding (module docstring)
-        for ext, data in ((".txt", encode_txt(values)), (".h", encode_h(name, values)), (".bin", encode_bin(values))):
+        for ext, data in ((".txt", encode_txt(values)), (".h", encode_h(name, values, arch)),
+                          (".bin", encode_bin(values))):
             files[name + ext] = data
             entries.append({"file": name + ext, "tensor": name, "layer": layer.name, "shape": list(shape),
                             "length": int(values.size), "sha256": hashlib.sha256(data).hexdigest()})
-    files[MANIFEST] = _manifest_json(entries).encode("ascii")
-    files[README] = readme_text().encode("utf-8")
+    files[MANIFEST] = _manifest_json(entries, arch).encode("ascii")
+    files[README] = readme_text(arch).encode("utf-8")
     return files
 
 
-def _manifest_json(entries: list[dict]) -> str:
+def _manifest_json(entries: list[dict], arch: spec.Architecture = spec.SEED) -> str:
     """manifest.json with one line per file, so that it reads (and diffs) like a table."""
     lines = ",\n".join("    " + json.dumps(entry) for entry in entries)
-    return (f'{{\n  "format": "{MANIFEST_FORMAT}",\n  "model": "Mobile-LeNet",\n'
+    member = "" if arch.is_seed else f'  "architecture": {json.dumps(arch.to_dict())},\n'
+    return (f'{{\n  "format": "{MANIFEST_FORMAT}",\n  "model": "Mobile-LeNet",\n{member}'
             f'  "files": [\n{lines}\n  ]\n}}\n')
 
 
-def write_noodle_folder(tensors: dict[str, np.ndarray], out_dir: str | os.PathLike) -> list[Path]:
+def write_noodle_folder(tensors: dict[str, np.ndarray], out_dir: str | os.PathLike, arch: spec.Architecture = spec.SEED) -> list[Path]:
     """Export ``tensors`` as a Noodle folder; returns the paths written.
 
     The folder is written whole into a temporary sibling and swapped in (``files.replace_folder``): a
     failure never leaves a half-written export, and an existing folder is replaced only if it is empty or
     a previous Noodle export (anything else, e.g. a stray ``w15.txt``, is refused with one line).
     """
-    return replace_folder(encode_folder(tensors), out_dir, what="Noodle export")
+    return replace_folder(encode_folder(tensors, arch), out_dir, what="Noodle export")
 
 
-def readme_text() -> str:
+def _predict_lines(arch: spec.Architecture) -> tuple[str, str]:
+    """The README's BatchNorm and block calls of the seed's predict() for the member ``arch``."""
+    table = spec.layers(arch)
+    bn_stem = next(layer for layer in table if layer.name == "stem_bn")
+    calls = [f"noodle_bn_relu(FEAT_B, {arch.stem_channels}, W, {bn_stem.weight_file}, 1e-3f);"]
+    c_in = arch.stem_channels
+    for block, stride, c_out in arch.blocks:
+        files = [layer.weight_file for layer in table if layer.block == block and layer.weight_file]
+        call = f"W = noodle_dw_pw_block(in, out, W, {c_in}, {c_out}, {stride}, {', '.join(files)});"
+        calls.append(f"{call:<71}// {block}")  # the comments in one column
+        c_in = c_out
+    return "\n".join(calls), str(c_in)
+
+
+def readme_text(arch: spec.Architecture = spec.SEED) -> str:
     """README.md of an export: the files, how they plug into the seed's predict(), and the GAP pitfall."""
     rows = []
-    for name, (layer, shape) in tensor_table().items():
+    for name, (layer, shape) in tensor_table(arch).items():
         kind, layout = _describe(name, layer)
         rows.append(f"| `{name}` | `{layer.name}` | {kind} | `{layout}` | {int(np.prod(shape))} |")
     table = "\n".join(rows)
+    calls, last = _predict_lines(arch)
+    stem, plane = arch.stem_channels, spec.layers(arch)[-2].in_shape[0]  # the GAP's input plane
     return f"""# Mobile-LeNet weights for the Noodle library
 
 Exported by `mobile-lenet export --format noodle`. Every tensor is here in three encodings of the same
@@ -302,15 +337,9 @@ Include the headers and the names the seed's program uses are defined:
 #include "bn01.h"
 
 // in predict(), exactly as in the seed:
-stem.weight = w01;  stem.bias = b01;          // stem conv 3x3, 1 -> 8
-head.weight = w14;  head.bias = b02;          // dense 24 -> 10, row-major [10][24]
-noodle_bn_relu(FEAT_B, 8, W, bn01, 1e-3f);
-W = noodle_dw_pw_block(in, out, W, 8, 8, 1, w02, bn02, w03, bn03);     // B1
-W = noodle_dw_pw_block(in, out, W, 8, 8, 1, w04, bn04, w05, bn05);     // B2
-W = noodle_dw_pw_block(in, out, W, 8, 16, 2, w06, bn06, w07, bn07);    // B3
-W = noodle_dw_pw_block(in, out, W, 16, 16, 1, w08, bn08, w09, bn09);   // B4
-W = noodle_dw_pw_block(in, out, W, 16, 24, 2, w10, bn10, w11, bn11);   // B5
-W = noodle_dw_pw_block(in, out, W, 24, 24, 1, w12, bn12, w13, bn13);   // B6
+stem.weight = w01;  stem.bias = b01;          // stem conv 3x3, 1 -> {stem}
+head.weight = w14;  head.bias = b02;          // dense {last} -> 10, row-major [10][{last}]
+{calls}
 ```
 
 Or copy the `.txt` files where the seed's program reads its weight files from; they are byte-compatible
@@ -318,21 +347,21 @@ with the seed author's exporter.
 
 ## Pitfall: global average pooling in place
 
-The Noodle library's `noodle_gap(in, 24, W)`, as published, averages in place and writes the 24 averages
-from the highest channel down to channel 0. With 7x7 planes, the averages of channels 1..23 land on
-elements 1..23 of channel 0's plane before channel 0 itself is averaged, so channel 0's average is wrong.
+The Noodle library's `noodle_gap(in, {last}, W)`, as published, averages in place and writes the {last} averages
+from the highest channel down to channel 0. With {plane}x{plane} planes, the averages of channels 1..{int(last) - 1} land on
+elements 1..{int(last) - 1} of channel 0's plane before channel 0 itself is averaged, so channel 0's average is wrong.
 With the seed's own weights this changes the answer on 46 of the 10,000 MNIST test images. These weights assume the
 correct average (Keras' semantics), so compute GAP **into the other ping-pong buffer** instead:
 
 ```cpp
-// ---- GAP: (W x W x 24) -> (24,) into the other buffer, not in place ----
-for (uint16_t c = 0; c < 24; ++c) {{
+// ---- GAP: (W x W x {last}) -> ({last},) into the other buffer, not in place ----
+for (uint16_t c = 0; c < {last}; ++c) {{
   float sum = 0.0f;
   for (uint16_t i = 0; i < W * W; ++i) sum += in[c * W * W + i];
   out[c] = sum / (float)(W * W);
 }}
-W = 24;
-// ---- Dense: (24,) -> (10,), now reading `out` and writing `in` ----
+W = {last};
+// ---- Dense: ({last},) -> (10,), now reading `out` and writing `in` ----
 W = noodle_fcn(out, W, 10, in, head, nullptr);
 noodle_soft_max(in, 10);
 ```
@@ -347,16 +376,16 @@ The code above is for the `float *` API of the seed's program (Noodle versions w
 written for buffers that may move when one of them grows:
 
 ```cpp
-// ---- GAP: (W x W x 24) -> (24,) from `in` into `out` (NoodleBuffer *), not in place ----
-float *avg = noodle_buffer_require(out, 24);  // may move the arena: read in->data after it
+// ---- GAP: (W x W x {last}) -> ({last},) from `in` into `out` (NoodleBuffer *), not in place ----
+float *avg = noodle_buffer_require(out, {last});  // may move the arena: read in->data after it
 const float *x = in->data;
-for (uint16_t c = 0; c < 24; ++c) {{
+for (uint16_t c = 0; c < {last}; ++c) {{
   float sum = 0.0f;
   for (uint32_t i = 0; i < (uint32_t)W * W; ++i) sum += x[c * W * W + i];
   avg[c] = sum / (float)(W * W);
 }}
-W = 24;
-// ---- Dense: (24,) -> (10,), now reading `out` and writing `in` ----
+W = {last};
+// ---- Dense: ({last},) -> (10,), now reading `out` and writing `in` ----
 W = noodle_fcn(out, W, 10, in, head, nullptr);
 noodle_soft_max(in, 10);
 ```

@@ -1,9 +1,10 @@
 """``mobile-lenet export --format onnx``: the float model as one ONNX file, for any ONNX runtime.
 
 The PyTorch model is rebuilt from the Noodle tensors and exported with ``torch.onnx.export`` (the
-torch.export-based exporter, which needs ``onnxscript``). Input ``image`` is (batch, 1, 28, 28) float32 in
+torch.export-based exporter, which needs ``onnxscript``). Input ``image`` is (batch, 1, S, S) float32 in
 [0, 1] (``pixel / 255``); output ``logits`` is (batch, 10), apply softmax for probabilities. The batch
-dimension is dynamic. The exporter folds each BatchNorm into the convolution before it.
+dimension is dynamic; S is the member's input size (28 for the seed's). The exporter folds each BatchNorm into
+the convolution before it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mobile_lenet import spec
 from mobile_lenet.files import check_writable_folder, folder_files, replace_folder
 from mobile_lenet.model.network import from_noodle
 
@@ -26,13 +28,13 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 
 
-def write_onnx(tensors: dict[str, np.ndarray], out_dir: str | os.PathLike) -> list[Path]:
+def write_onnx(tensors: dict[str, np.ndarray], out_dir: str | os.PathLike, arch: spec.Architecture = spec.SEED) -> list[Path]:
     """Write ``out_dir/mobile_lenet.onnx`` (the folder replaced whole, atomically); returns [that path]."""
     check_writable_folder(out_dir)
     if Path(out_dir).is_dir() and not folder_files(Path(out_dir)) <= {ONNX_FILE}:
         replace_folder({ONNX_FILE: b""}, out_dir, what="ONNX export")  # refuses, before the slow export
-    model = from_noodle(tensors).eval()
-    example = torch.zeros(2, 1, 28, 28)  # batch 2, not 1: torch.export would specialise a batch of 1
+    model = from_noodle(tensors, arch).eval()
+    example = torch.zeros(2, 1, arch.input_size, arch.input_size)  # batch 2, not 1: torch.export would specialise a batch of 1
     batch = torch.export.Dim("batch")
     with tempfile.TemporaryDirectory() as scratch:
         tmp_path = os.path.join(scratch, ONNX_FILE)

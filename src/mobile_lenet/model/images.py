@@ -48,6 +48,17 @@ def mnist_style(gray: np.ndarray) -> np.ndarray:
     return np.round(out).astype(np.uint8)
 
 
+def resize_digits(images: np.ndarray, size: int) -> np.ndarray:
+    """uint8 digits (N, H, W) -> (N, size, size) uint8: how every image reaches a family member whose input is
+    not 28x28 (training, evaluation, every engine, the simulators), so all of them see the same pixels. PIL's
+    bilinear filter widens with the scale factor, so shrinking averages pixels rather than skipping them."""
+    images = np.asarray(images, dtype=np.uint8)
+    if images.shape[1:] == (size, size):
+        return images
+    return np.stack([np.asarray(Image.fromarray(image).resize((size, size), Image.BILINEAR), dtype=np.uint8)
+                     for image in images]) if len(images) else np.zeros((0, size, size), np.uint8)
+
+
 def looks_dark_on_light(gray: np.ndarray) -> bool:
     """True if the border of the picture is light, i.e. a dark digit on a light background."""
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])

@@ -58,11 +58,14 @@ class NamedSequential(nn.Sequential):
 
 
 class MobileLeNet(nn.Module):
-    """Mobile-LeNet: stem conv, six depthwise-separable blocks, GAP, dense. Input (N, 1, 28, 28) in [0, 1]."""
+    """Mobile-LeNet: stem conv, six depthwise-separable blocks, GAP, dense. Input (N, 1, S, S) in [0, 1], S the
+    architecture's input size (the seed's: 28). ``architecture`` picks the family member (default the seed's)."""
 
-    def __init__(self):
+    def __init__(self, architecture: spec.Architecture = spec.SEED):
         super().__init__()
-        self.layers = NamedSequential(OrderedDict((layer.name, make_layer(layer)) for layer in spec.LAYERS))
+        self.architecture = architecture
+        self.layers = NamedSequential(OrderedDict((layer.name, make_layer(layer))
+                                                  for layer in spec.layers(architecture)))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -94,7 +97,7 @@ class MobileLeNet(nn.Module):
 def to_noodle(model: MobileLeNet) -> dict[str, np.ndarray]:
     """The model's weights as Noodle tensors (file name -> float32 array in the Noodle layout)."""
     tensors = {}
-    for file_name, layer, shape in spec.noodle_tensors():
+    for file_name, layer, shape in spec.noodle_tensors(model.architecture):
         module = model.layers[layer.name]
         if file_name == layer.bias_file:
             value = module.bias
@@ -106,11 +109,11 @@ def to_noodle(model: MobileLeNet) -> dict[str, np.ndarray]:
     return tensors
 
 
-def from_noodle(tensors: dict[str, np.ndarray]) -> MobileLeNet:
-    """Build a model (in eval mode) from Noodle tensors; shapes are checked against the table."""
-    model = MobileLeNet()
+def from_noodle(tensors: dict[str, np.ndarray], architecture: spec.Architecture = spec.SEED) -> MobileLeNet:
+    """Build a model (in eval mode) from Noodle tensors; shapes are checked against the member's table."""
+    model = MobileLeNet(architecture)
     with torch.no_grad():
-        for file_name, layer, shape in spec.noodle_tensors():
+        for file_name, layer, shape in spec.noodle_tensors(architecture):
             if file_name not in tensors:
                 raise ValueError(f"missing tensor {file_name}")
             value = np.asarray(tensors[file_name], dtype=np.float32)
@@ -130,8 +133,8 @@ def from_noodle(tensors: dict[str, np.ndarray]) -> MobileLeNet:
 
 @torch.no_grad()
 def predict_logits(model: MobileLeNet, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Logits (N, 10) of the model in inference mode for uint8 images (N, 28, 28)."""
+    """Logits (N, 10) of the model in inference mode for uint8 images (N, S, S), S the model's input size."""
     model.eval()
     out = [model(torch.from_numpy(to_tensor_input(images[i:i + batch_size])))
            for i in range(0, len(images), batch_size)]
-    return torch.cat(out).numpy() if out else np.zeros((0, 10), np.float32)
+    return torch.cat(out).numpy() if out else np.zeros((0, spec.NUM_CLASSES), np.float32)

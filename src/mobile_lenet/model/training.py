@@ -21,7 +21,7 @@ import csv
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -30,10 +30,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from mobile_lenet import spec
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import WriteError, atomic_write, atomic_write_text, clean_stale_tmp
-from mobile_lenet.model.checkpoints import check_finite_state, read_checkpoint, save_checkpoint
+from mobile_lenet.model.checkpoints import check_finite_state, load_checkpoint_model, read_checkpoint, save_checkpoint
 from mobile_lenet.model.data import Dataset, split_validation, to_tensor_input
+from mobile_lenet.model.images import resize_digits
 from mobile_lenet.model.network import MobileLeNet, predict_logits
 from mobile_lenet.model.teacher import (SEED_OFFSET, TEACHER_FILE, TEACHER_STAGES, Teacher, data_fingerprint,
                                         distillation_loss, read_teacher, save_teacher)
@@ -56,6 +58,12 @@ class TrainConfig:
     distill_epochs: int = 0  # > 0: first train a larger teacher this many epochs, then learn from it; 0 = off
     val_fraction: float = 0.1
     seed: int = 0
+    architecture: dict = field(default_factory=spec.SEED.to_dict)  # the family member (spec.Architecture)
+
+    @property
+    def member(self) -> spec.Architecture:
+        """The architecture this run trains."""
+        return spec.Architecture.from_dict(self.architecture)
 
 
 # Ranges a run's settings must fall in (checked before any data is loaded, and when config.json is read back).
@@ -65,7 +73,7 @@ MAX_LR = 1.0  # AdamW's peak learning rate; beyond it training only diverges
 MAX_ELASTIC = 100.0  # pixels; far beyond it the digits are noise
 ELASTIC_SIGMA = 4.0  # smoothing of the elastic displacement field, in pixels (Simard et al. 2003)
 # Settings added after runs were first saved: a config.json without them means what it meant then (off).
-ADDED_LATER = {"elastic": 0.0, "ema_decay": 0.0, "distill_epochs": 0}
+ADDED_LATER = {"elastic": 0.0, "ema_decay": 0.0, "distill_epochs": 0, "architecture": spec.SEED.to_dict()}
 RESUME_KEYS = ("model", "optimizer", "scheduler", "generator", "epoch", "best_val_accuracy", "history")
 
 
@@ -109,6 +117,7 @@ def check_config(config: TrainConfig, where: str = "") -> TrainConfig:
         bad("val_fraction", f"must be from 0 to below 1, not {config.val_fraction!r}")
     if not is_int(config.seed) or not 0 <= config.seed < 2 ** 63:
         bad("seed", f"must be a non-negative integer, not {config.seed!r}")
+    spec.Architecture.from_dict(config.architecture, where)
     return config
 
 
@@ -245,11 +254,14 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
 
     Returns the final metrics row. ``resume`` continues from ``out_dir/last.pt`` with the saved config.
     Ctrl-C stops after writing nothing half-done: last.pt always holds the last finished epoch, usable as is.
+    The network is the member ``config.architecture``; images are resized to its input size first.
     """
     out_dir = Path(out_dir)
     set_threads(threads)
     torch.manual_seed(config.seed)
-    model = MobileLeNet().to(memory_format=torch.channels_last)
+    architecture = config.member
+    train_set = Dataset(resize_digits(train_set.images, architecture.input_size), train_set.labels, train_set.name)
+    model = MobileLeNet(architecture).to(memory_format=torch.channels_last)
     generator = torch.Generator().manual_seed(config.seed)
     train_split, val_split = split_validation(train_set, config.val_fraction, config.seed)
     if len(train_split) == 0:
@@ -458,7 +470,9 @@ def resume_problem(path: Path, config: TrainConfig, total_steps: int) -> str | N
     try:
         if int(state["scheduler"]["total_steps"]) != total_steps:
             return f"{path.name} was made with another data set size or batch size"
-        model = MobileLeNet().to(memory_format=torch.channels_last)
+        if state.get("architecture", spec.SEED.to_dict()) != config.architecture:
+            return f"{path.name} holds another architecture than its config.json"
+        model = MobileLeNet(config.member).to(memory_format=torch.channels_last)
         model.load_state_dict(state["model"])
         check_finite_state(path, state["model"])
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -485,8 +499,7 @@ def finalize_checkpoints(out_dir: Path, train_split: Dataset, val_split: Dataset
         state = read_checkpoint(out_dir / name)
         if state.get("bn_calibration") == "full":
             continue
-        model = MobileLeNet().to(memory_format=torch.channels_last)
-        model.load_state_dict(state["model"])
+        model = load_checkpoint_model(out_dir / name).train().to(memory_format=torch.channels_last)
         key = tuple(p.detach().numpy().tobytes() for p in model.parameters())
         if key not in calibrated:
             calibrate_batchnorm(model, train_split.images)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from mobile_lenet.model.data import IMAGE_SIZE
 
 INT8_MIN, INT8_MAX = -128, 127
 INPUT_ZERO_POINT = -128  # pixel / 255 in int8: q = pixel - 128, scale 1/255, exactly
@@ -83,8 +82,9 @@ def convolve(x: np.ndarray, weight: np.ndarray, stride: int, padding: int, depth
 
 
 def quantize_input(images: np.ndarray) -> np.ndarray:
-    """uint8 pixels (N, 28, 28) -> int8 (N, 1, 28, 28): ``q = pixel - 128`` (scale 1/255, zero point -128)."""
+    """uint8 pixels (N, S, S) -> int8 (N, 1, S, S): ``q = pixel - 128`` (scale 1/255, zero point -128). The
+    size is the model's to check (``spec.Architecture.check_images``)."""
     images = np.asarray(images)
-    if images.dtype != np.uint8 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
-        raise ValueError(f"expected uint8 images (N, 28, 28), got {images.dtype} {images.shape}")
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1] != images.shape[2]:
+        raise ValueError(f"expected square uint8 images (N, S, S), got {images.dtype} {images.shape}")
     return (images.astype(np.int16) + INPUT_ZERO_POINT).astype(np.int8)[:, None, :, :]

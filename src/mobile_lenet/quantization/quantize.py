@@ -103,10 +103,11 @@ class QLayer:
 
 @dataclass
 class QuantizedModel:
-    """The int8 network: its layers in order, plus where it came from."""
+    """The int8 network: its layers in order, plus where it came from and which family member it is."""
 
     layers: list
     metadata: dict = field(default_factory=dict)
+    architecture: spec.Architecture = spec.SEED
 
     @property
     def output_scale(self) -> float:
@@ -122,11 +123,11 @@ class QuantizedModel:
 
 
 # ------------------------------------------------------------------------------------------------ folding
-def fold_batchnorm(tensors: dict[str, np.ndarray]) -> list[FoldedLayer]:
-    """Walk ``spec.LAYERS`` and fold every BN into its convolution, ReLU and padding into flags."""
+def fold_batchnorm(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> list[FoldedLayer]:
+    """Walk the member's table and fold every BN into its convolution, ReLU and padding into flags."""
     layers: list[FoldedLayer] = []
     pad = None  # a ZeroPadding2D row waiting for its convolution
-    for row in spec.LAYERS:
+    for row in spec.layers(arch):
         if row.kind == LayerKind.PAD:
             pad = row
         elif row.kind in (LayerKind.CONV, LayerKind.DWCONV, LayerKind.DENSE):
@@ -238,9 +239,11 @@ def quantize_multipliers(real: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def quantize_model(tensors: dict[str, np.ndarray], calibration_images: np.ndarray,
-                   metadata: dict | None = None) -> QuantizedModel:
-    """Fold, calibrate on ``calibration_images`` (uint8, training data) and quantize to integers."""
-    folded = fold_batchnorm(tensors)
+                   metadata: dict | None = None, arch: spec.Architecture = spec.SEED) -> QuantizedModel:
+    """Fold, calibrate on ``calibration_images`` (uint8, training data, at the member's input size) and quantize
+    the member ``arch`` to integers."""
+    arch.check_images(calibration_images)
+    folded = fold_batchnorm(tensors, arch)
     ranges = calibrate(folded, calibration_images)
     layers = []
     in_scale, in_zero_point = INPUT_SCALE, INPUT_ZERO_POINT
@@ -265,7 +268,7 @@ def quantize_model(tensors: dict[str, np.ndarray], calibration_images: np.ndarra
         in_scale, in_zero_point = out_scale, out_zero_point
     meta = dict(metadata or {})
     meta.setdefault("calibration", {})["count"] = int(len(calibration_images))
-    return QuantizedModel(layers, meta)
+    return QuantizedModel(layers, meta, arch)
 
 
 def pick_calibration_images(images: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
