@@ -81,9 +81,6 @@ def test_int8_engines_agree_exactly(member, member_int8, digits):
     assert (expected.argmax(1) == float_digits).mean() >= 0.95  # a briefly trained model: 96.6% here
 
 
-@pytest.mark.xfail(strict=True, raises=UserError, reason="known: at a 16x16 input every pointwise plane is a "
-                   "multiple of 4, the leftover-pixel loop of ml_s8_pointwise (ml_kernels_s8_fast.c) is dead, and "
-                   "GCC's LTO reports it with -Werror=aggressive-loop-optimizations; 20x20 and 28x28 build")
 def test_int8_generic_buffers_c_of_a_16x16_member(member_int8, digits):
     np.testing.assert_array_equal(host_c.c_logits(member_int8, digits[0], variant="generic"),
                                   reference_int8.int8_logits(member_int8, digits[0]))

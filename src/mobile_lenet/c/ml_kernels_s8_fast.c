@@ -1325,7 +1325,9 @@ static void ml_s8_pointwise(const int8_t *in, int plane, int in_c, int8_t *out, 
             o[3] = ml_s8_out(a3, &q, shift, 1);
         }
     }
-    for (; p < plane; ++p) {
+    /* the pixels left over (plane % 4; stated so that a compiler that knows plane sees the loop is dead: GCC's
+     * LTO otherwise reports the dead loop's reads as undefined behaviour) */
+    for (; plane % ML_S8_PIXELS != 0 && p < plane; ++p) {
         for (int ci = 0; ci < in_c; ++ci) tile[ci] = ml_s8_unsigned(in[ci * plane + p]);
         const int8_t *w = weight;
         for (int co = 0; co < out_c; ++co, w += in_c) {
