@@ -184,7 +184,7 @@ def cmd_export(args) -> int:
     # --int8 takes a quantized model folder (mobile-lenet quantize); without it MODEL holds float weights
     check_writable_folder(args.out)
     model, arch = (load_quantized(args.model), None) if args.int8 else load_float_model(args.model)
-    written = export(model, args.format, args.out, arch or spec.SEED)
+    written = export(model, args.format, args.out, arch or spec.SEED, layout=args.layout)
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -355,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a model: Noodle weight files, ONNX, C library or PlatformIO project")
     p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files or .keras file")
     p.add_argument("--format", required=True, choices=EXPORT_FORMATS, help="what to write")
+    p.add_argument("--layout", choices=("standard", "mega2560"), default="standard",
+                   help="noodle: the seed's files (standard), or upstream's Arduino Mega 2560 example (mega2560: a "
+                        "16x16 model, BatchNorm folded, PROGMEM headers)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--int8", action="store_true", help="int8 C (formats c and platformio); MODEL is then a "
                                                        "quantized model folder (mobile-lenet quantize)")

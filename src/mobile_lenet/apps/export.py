@@ -16,6 +16,7 @@ from mobile_lenet.codegen.firmware import write_platformio_project
 from mobile_lenet.engines.registry import is_int8
 from mobile_lenet.errors import UserError
 from mobile_lenet.formats.noodle import write_noodle_folder
+from mobile_lenet.formats.noodle_mega2560 import write_mega2560_folder
 from mobile_lenet.formats.onnx_export import write_onnx
 
 FLOAT_WRITERS = {"noodle": write_noodle_folder, "onnx": write_onnx, "c": write_c_library,
@@ -24,9 +25,16 @@ INT8_WRITERS = {"c": write_c_library_int8, "platformio": write_platformio_projec
 FORMATS = tuple(FLOAT_WRITERS)
 
 
-def export(model, fmt: str, out_dir: str | Path, arch: spec.Architecture = spec.SEED) -> list[Path]:
+def export(model, fmt: str, out_dir: str | Path, arch: spec.Architecture = spec.SEED,
+           layout: str = "standard") -> list[Path]:
     """Write a float or int8 ``model`` in format ``fmt`` into ``out_dir``; returns the files written. Float
-    tensors are the member ``arch``; an int8 model knows its own."""
+    tensors are the member ``arch``; an int8 model knows its own. ``layout="mega2560"`` (Noodle only): the files
+    of upstream Noodle's Arduino Mega 2560 example (``formats.noodle_mega2560``)."""
+    if layout != "standard":
+        if fmt != "noodle" or is_int8(model):
+            raise UserError(f"--layout {layout} is a layout of float Noodle files (--format noodle), not of {fmt}"
+                            f"{' --int8' if is_int8(model) else ''}")
+        return write_mega2560_folder(model, Path(out_dir), arch)
     writers = INT8_WRITERS if is_int8(model) else FLOAT_WRITERS
     if fmt not in writers:
         names = list(writers)

@@ -19,6 +19,7 @@ from mobile_lenet.files import check_readable_file
 from mobile_lenet.formats.int8_folder import is_quantized_folder, load_quantized
 from mobile_lenet.formats.keras import read_keras
 from mobile_lenet.formats.noodle import looks_like_noodle_folder, noodle_architecture, read_noodle_folder
+from mobile_lenet.formats.noodle_mega2560 import looks_like_mega2560_folder, read_mega2560_folder
 from mobile_lenet.model.checkpoints import load_checkpoint_model
 from mobile_lenet.model.network import to_noodle
 from mobile_lenet.quantization.quantize import QuantizedModel
@@ -48,6 +49,8 @@ def _read_tensors(path: Path) -> tuple[dict[str, np.ndarray], spec.Architecture]
             return _from_checkpoint(path / "best.pt")
         if looks_like_noodle_folder(path):
             return read_noodle_folder(path), noodle_architecture(path)
+        if looks_like_mega2560_folder(path):  # upstream's Mega 2560 example: BatchNorm folded
+            return read_mega2560_folder(path)
         if is_quantized_folder(path):  # int8 integers, not float weights: only some verbs take it
             raise UserError(f"{path}: an int8 model (mobile-lenet quantize); use it with evaluate, or export "
                             f"--format c/platformio --int8")
