@@ -126,3 +126,61 @@ def test_pipeline_offline_on_bundled_sample(tmp_path, capsys):
     assert (out_dir / "onnx" / "mobile_lenet.onnx").is_file()
     assert (out_dir / "c" / "mobile_lenet.c").is_file()
     assert (out_dir / "report" / "index.html").is_file()
+
+
+def _train_with_stderr_on(tmp_path, name, stderr, data):
+    """Run ``train`` for one epoch in a child process whose stderr is ``stderr`` (a pipe or a terminal)."""
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", "import sys; from mobile_lenet.apps.cli import main; "
+                           "sys.exit(main(sys.argv[1:]))", "train", "--data-dir", str(data), "--epochs", "1",
+                           "--batch-size", "16", "--out", str(tmp_path / name)],
+                          stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+
+
+def _read_all(fd, chunks):
+    """Read a terminal's master side until its other end is closed (EIO)."""
+    import os
+
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            return
+        if not chunk:
+            return
+        chunks.append(chunk)
+
+
+def test_progress_bars_only_on_a_terminal(tmp_path, mnist_train):
+    """In a pipe, stderr gets no bar redraws (the epoch's plain line goes to stdout); on a terminal the bar is
+    drawn. 30 batches of 16 images: a bar redrawn per batch would write kilobytes."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import subprocess
+    import termios
+    import threading
+
+    data = write_idx_set(tmp_path / "data", mnist_train.images[:540], mnist_train.labels[:540])
+    piped = _train_with_stderr_on(tmp_path, "piped", subprocess.PIPE, data)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stderr == "" and "epoch 1/1:" in piped.stdout
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # a new terminal is 0 columns wide
+    drawn = []
+    reader = threading.Thread(target=_read_all, args=(master, drawn))  # the terminal's buffer must not fill
+    reader.start()
+    try:
+        on_terminal = _train_with_stderr_on(tmp_path, "terminal", slave, data)
+    finally:
+        os.close(slave)
+        reader.join(timeout=10)
+        os.close(master)
+    drawn = b"".join(drawn)
+    assert on_terminal.returncode == 0
+    assert b"epoch 1/1" in drawn and b"batch" in drawn  # tqdm's bar: "epoch 1/1: ... batch/s"

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import sys
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -264,7 +265,7 @@ def download(name: str) -> Path:
         for mirror in info["mirrors"]:
             try:
                 pooch.retrieve(mirror + file_name, known_hash=f"md5:{md5}", fname=file_name, path=folder,
-                               progressbar=True)
+                               progressbar=sys.stderr.isatty())  # no redraws into a log
                 break
             except Exception as e:  # network errors come in many types (requests, OSError, ValueError)
                 errors.append(f"{mirror}: {type(e).__name__}")

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import WriteError, atomic_write, atomic_write_text, clean_stale_tmp
@@ -37,6 +36,7 @@ from mobile_lenet.model.data import Dataset, split_validation, to_tensor_input
 from mobile_lenet.model.network import MobileLeNet, predict_logits
 from mobile_lenet.model.teacher import (SEED_OFFSET, TEACHER_FILE, TEACHER_STAGES, Teacher, data_fingerprint,
                                         distillation_loss, read_teacher, save_teacher)
+from mobile_lenet.progress import progress_bar
 
 
 @dataclass
@@ -295,8 +295,8 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
         for epoch in range(start_epoch, config.epochs):
             model.train()
             t0, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-            bar = tqdm(epoch_batches(images, labels, config, generator), total=steps_per_epoch,
-                       desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False, unit="batch")
+            bar = progress_bar(epoch_batches(images, labels, config, generator), progress, total=steps_per_epoch,
+                               desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, unit="batch")
             for x, y in bar:
                 logits = model(x)
                 if teacher is None:
@@ -417,9 +417,8 @@ def teacher_for(config: TrainConfig, train_split: Dataset, val_split: Dataset, o
     start = time.perf_counter()
     teacher.train()
     for epoch in range(config.distill_epochs):
-        bar = tqdm(epoch_batches(images, labels, config, generator), total=steps_per_epoch,
-                   desc=f"teacher epoch {epoch + 1}/{config.distill_epochs}", disable=not progress, leave=False,
-                   unit="batch")
+        bar = progress_bar(epoch_batches(images, labels, config, generator), progress, total=steps_per_epoch,
+                           desc=f"teacher epoch {epoch + 1}/{config.distill_epochs}", leave=False, unit="batch")
         for x, y in bar:
             take_step(F.cross_entropy(teacher(x), y), optimizer, scheduler,
                       lambda: f"the distillation teacher diverged in its epoch {epoch + 1}; lower --lr "
