@@ -108,8 +108,20 @@ def test_bad_input_gives_one_line_error(tmp_path, capsys, trained_run, argv, mes
     assert len(err.strip().splitlines()) == 1 and message in err and "Traceback" not in err
 
 
-def test_pipeline_offline_on_bundled_sample(tmp_path, capsys):
-    """The main job runs offline: trains, evaluates and exports into one folder."""
+@pytest.mark.slow
+def test_pipeline_offline_on_bundled_sample(tmp_path, capsys, monkeypatch):
+    """The main job runs offline: trains, evaluates, quantizes, runs both models on the simulated
+    microcontrollers whose tools are installed, exports and reports into one folder. esp32's compiler is hidden
+    here: that target is one line naming its package, and the job still succeeds."""
+    import re
+    import shutil
+
+    from mobile_lenet.engines.host_c import c_logits
+    from mobile_lenet.formats.int8_folder import load_quantized
+    from mobile_lenet.model.data import load_dataset
+
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name == "clang-22" else real_which(name, *a, **k))
     out_dir = tmp_path / "main"
     code, out, err = run(capsys, "pipeline", "--dataset", "mnist-sample", "--epochs", 1, "--out", out_dir,
                          "--quiet")
@@ -117,15 +129,44 @@ def test_pipeline_offline_on_bundled_sample(tmp_path, capsys):
     result = json.loads((out_dir / "evaluation.json").read_text())
     assert result["n"] == 1000
     # the job's evaluation is best.pt's on the sample's held-out 1,000 images (checked with another engine)
-    from mobile_lenet.model.data import load_dataset
-
     test_set = load_dataset("mnist-sample", "test")
-    predicted = reference_logits(load_tensors(out_dir / "best.pt"), test_set.images).argmax(axis=1)
+    tensors = load_tensors(out_dir / "best.pt")
+    predicted = reference_logits(tensors, test_set.images).argmax(axis=1)
     assert result["accuracy"] == float((predicted == test_set.labels).mean())
-    assert (out_dir / "noodle" / "w01.txt").is_file()
-    assert (out_dir / "onnx" / "mobile_lenet.onnx").is_file()
-    assert (out_dir / "c" / "mobile_lenet.c").is_file()
-    assert (out_dir / "report" / "index.html").is_file()
+    # the int8 model in int8/, scored by the int8 C on the host (the job used the NumPy int8 engine)
+    qmodel = load_quantized(out_dir / "int8")
+    predicted_int8 = c_logits(qmodel, test_set.images).argmax(axis=1)
+    int8_result = json.loads((out_dir / "evaluation-int8.json").read_text())
+    assert int8_result["n"] == 1000 and int8_result["accuracy"] == float((predicted_int8 == test_set.labels).mean())
+    for path in ("noodle/w01.txt", "onnx/mobile_lenet.onnx", "c/mobile_lenet.c", "c-int8/mobile_lenet.c",
+                 "report/index.html"):
+        assert (out_dir / path).is_file(), path
+
+    deployment = json.loads((out_dir / "deployment.json").read_text())
+    skipped = {s["target"]: s["reason"] for s in deployment["skipped"]}
+    assert "clang-22" in skipped["esp32"] and "apt-get install clang-22" in skipped["esp32"]
+    assert sum("esp32: skipped" in line for line in out.splitlines()) == 1
+    rows = {(r["target"], r["precision"]): r for r in deployment["results"]}
+    images = test_set.images[:deployment["count"]]
+    expected = {"float32": predicted[:len(images)], "int8": predicted_int8[:len(images)]}
+    weight_bytes = {"float32": 13_032, "int8": 3_670}  # summary --memory: the weights alone
+    html = (out_dir / "report" / "index.html").read_text()
+    for target in ("cortex-m0plus", "cortex-m4f", "atmega2560"):
+        if target in skipped:  # a machine without that toolchain
+            assert "apt-get install" in skipped[target]
+            continue
+        for precision in ("float32", "int8"):
+            row = rows[(target, precision)]
+            if not row["fits"]:  # only the float network on the 8 KB chip
+                assert (target, precision) == ("atmega2560", "float32") and "8,192" in row["reason"]
+                continue
+            assert row["predictions"] == expected[precision].tolist()
+            assert weight_bytes[precision] < row["flash_bytes"] < row["flash_capacity"]
+            share = 100 * row["flash_bytes"] / row["flash_capacity"]
+            assert f"{row['flash_bytes']:,} of {row['flash_capacity']:,} B ({share:.1f}%)" in html
+            ram = row["static_ram_bytes"] + row["peak_stack_bytes"]
+            assert f'width:{100 * ram / row["ram_capacity"]:.1f}%' in html
+    assert "<h2>Deployment</h2>" in html and re.search(r"esp32: clang-22 not found", html)
 
 
 def _train_with_stderr_on(tmp_path, name, stderr, data):

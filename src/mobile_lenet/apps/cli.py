@@ -185,7 +185,7 @@ def cmd_quantize(args) -> int:
 
 
 def cmd_pipeline(args) -> int:
-    """The main job: train, evaluate on the test split, export the weights, all into one folder."""
+    """The main job: train, evaluate, quantize, simulate on the microcontrollers, export, report, in one folder."""
     check_config(TrainConfig(epochs=args.epochs, seed=args.seed))
     check_writable_folder(args.out)
     run_pipeline(out=Path(args.out), dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
@@ -341,7 +341,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (int8_tensors.npz and manifest.json)")
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("pipeline", help="the main job: train, evaluate, export and report into one folder")
+    p = sub.add_parser("pipeline", help="the main job: train, evaluate, quantize, simulate, export and "
+                                                  "report into one folder")
     _dataset_args(p, default="auto")
     p.add_argument("--out", default="runs/main", help="output folder (default runs/main)")
     p.add_argument("--epochs", type=int, default=defaults.epochs, help=f"training epochs (default {defaults.epochs})")

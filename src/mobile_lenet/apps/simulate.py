@@ -22,10 +22,11 @@ import numpy as np
 
 from mobile_lenet import spec
 from mobile_lenet.apps.device import DeviceLink, run_on_device
-from mobile_lenet.codegen.mcu_firmware import XMEM_RAM_BYTES, build_firmware, get_target
+from mobile_lenet.codegen.mcu_firmware import (TARGETS, XMEM_RAM_BYTES, DoesNotFit, build_firmware, check_toolchain,
+                                              get_target)
 from mobile_lenet.engines import registry
 from mobile_lenet.engines.host_c import TRACE_PREFIX, c_layer_outputs, parse_trace_line
-from mobile_lenet.engines.mcu_simulators import SimulatorRun
+from mobile_lenet.engines.mcu_simulators import SimulatorRun, check_simulator
 from mobile_lenet.engines.reference import reference_layer_outputs, softmax
 from mobile_lenet.engines.reference_int8 import int8_layer_outputs
 from mobile_lenet.errors import UserError
@@ -34,6 +35,7 @@ from mobile_lenet.files import WriteError
 REPLY_TIMEOUT_S = 120.0  # per image: a Cortex-M0+ float image is ~100 M simulated instructions
 CONFIDENCE_DECIMALS = 4  # the protocol's confidence has 4 decimals
 TRACE_LINE_BYTES = 1 << 20  # the layer debugger's longest line: 6,272 float32 in hex
+DEPLOY_COUNT = 5  # test images per firmware in the main job: agreement checked, a few seconds per target
 
 
 @contextlib.contextmanager
@@ -112,6 +114,53 @@ def format_report(report: dict) -> str:
         f"within {report['max_confidence_difference']:.1e}",
     ]
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ all targets
+def missing_tools(target_name: str) -> str | None:
+    """None when the target's toolchain and simulator are installed, else the one line that names the package."""
+    target = get_target(target_name)
+    try:
+        check_toolchain(target)
+        check_simulator(target)
+    except UserError as e:
+        return str(e)
+    return None
+
+
+def deploy(models: dict, images: np.ndarray, labels: np.ndarray, log=print) -> dict:
+    """The main job's microcontroller step: each model (``{"float32": tensors, "int8": qmodel}``) on every target
+    whose tools are installed, in its simulator. A target without its tools is skipped with one line; a model
+    too large for a chip is a row that says so. Returns ``{"count", "results", "skipped"}`` for the report."""
+    results, skipped = [], []
+    for name, target in TARGETS.items():
+        why = missing_tools(name)
+        if why:
+            log(f"  {name}: skipped ({why})")
+            skipped.append({"target": name, "chip": target.chip, "reason": why})
+            continue
+        for precision, model in models.items():
+            try:
+                report = simulate(model, name, images, labels, progress=False)
+            except DoesNotFit as e:
+                log(f"  {name} {precision}: does not fit ({str(e).partition('does not fit: ')[2]})")
+                results.append({"target": name, "chip": target.chip, "precision": precision, "fits": False,
+                                "reason": str(e), "flash_capacity": target.flash_bytes,
+                                "ram_capacity": target.ram_bytes})
+                continue
+            report["fits"] = True
+            log(f"  {name} {precision}: " + deployment_line(report))
+            results.append(report)
+    return {"count": int(len(images)), "results": results, "skipped": skipped}
+
+
+def deployment_line(report: dict) -> str:
+    """One simulated firmware in a line: memory against the chip's, latency at its clock, agreement."""
+    ram = report["static_ram_bytes"] + report["peak_stack_bytes"]
+    return (f"flash {report['flash_bytes']:,} of {report['flash_capacity']:,} B, RAM {ram:,} of "
+            f"{report['ram_capacity']:,} B, {report['ms_per_image_at_clock']:.1f} ms at "
+            f"{report['clock_hz'] / 1e6:g} MHz ({report['latency_assumes']}), agrees with the reference on "
+            f"{report['agreement_with_reference']}/{report['n']}")
 
 
 # ------------------------------------------------------------------------------------------------ layers

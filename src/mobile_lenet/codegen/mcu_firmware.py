@@ -88,6 +88,10 @@ class Firmware:
     external_ram: bool = False  # ATmega2560 linked for 64 KB of external SRAM
 
 
+class DoesNotFit(UserError):
+    """The model's firmware is larger than the chip's flash or RAM (the message names which and by how much)."""
+
+
 def get_target(name: str) -> Target:
     """The target named ``name``, or one clear error listing the others."""
     if name not in TARGETS:
@@ -132,14 +136,14 @@ def _make(target: Target, library: Path, build: Path, *options: str) -> subproce
         raise UserError(f"{target.name}: the firmware build took over {BUILD_TIMEOUT_S} s") from None
 
 
-def _does_not_fit(target: Target, library: Path, build: Path, log: str, int8: bool) -> UserError:
+def _does_not_fit(target: Target, library: Path, build: Path, log: str, int8: bool) -> DoesNotFit | None:
     """The one-line error of a link that failed for lack of memory (None if the failure is something else)."""
     precision = "int8" if int8 else "float32"
     over = re.search(r"region [`'](\w+)' overflowed by (\d+) bytes", log)
     if over and target.simulator == "qemu":
         memory = {"FLASH": ("flash", target.flash_bytes), "RAM": ("RAM", target.ram_bytes)}.get(over[1])
         if memory:
-            return UserError(f"{target.name}: the {precision} model does not fit: {memory[0]} overflowed by "
+            return DoesNotFit(f"{target.name}: the {precision} model does not fit: {memory[0]} overflowed by "
                              f"{int(over[2]):,} bytes ({target.chip}: {memory[1]:,} bytes)")
     if target.name == "atmega2560" and re.search(r"not within region [`']data'|region [`']data' overflowed", log):
         # Link once more with the external-RAM option to learn how much SRAM the program needs.
@@ -147,10 +151,10 @@ def _does_not_fit(target: Target, library: Path, build: Path, log: str, int8: bo
         if probe.returncode == 0:
             _, data, bss = _section_sizes(target, build / "probe" / "firmware.elf")
             need = data + bss
-            return UserError(f"{target.name}: the {precision} model does not fit: static RAM needs {need:,} bytes, "
+            return DoesNotFit(f"{target.name}: the {precision} model does not fit: static RAM needs {need:,} bytes, "
                              f"{need - target.ram_bytes:,} over the chip's {target.ram_bytes:,} bytes of SRAM")
     if over or "will not fit in region" in log:
-        return UserError(f"{target.name}: the {precision} model does not fit: {_first_error(log)}")
+        return DoesNotFit(f"{target.name}: the {precision} model does not fit: {_first_error(log)}")
     return None
 
 

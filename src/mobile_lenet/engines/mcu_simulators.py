@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mobile_lenet.codegen import c_library as lib
-from mobile_lenet.codegen.mcu_firmware import Firmware
+from mobile_lenet.codegen.mcu_firmware import TARGETS, Firmware, Target
 from mobile_lenet.engines.host_c import cache_root, compiler
 from mobile_lenet.errors import UserError
 
@@ -98,10 +98,22 @@ def qemu_plugin() -> Path:
     return _build_tool("qemu_insn_plugin.c", "libqemu_insn_plugin.so", ["-std=c99", "-O2", "-shared", "-fPIC"], [])
 
 
+def check_simulator(target: Target) -> None:
+    """One line naming the Debian package to install when the target's simulator is missing."""
+    if target.simulator == "simavr":
+        if not Path("/usr/include/simavr/sim_avr.h").is_file() and shutil.which("simavr") is None:
+            raise UserError("simavr not found: install Debian's simavr and libsimavr-dev "
+                            "(apt-get install simavr libsimavr-dev)")
+        return
+    program = QEMU_PROGRAMS.get(target.name, QEMU)
+    if shutil.which(program) is None:
+        package = QEMU_PACKAGES[program]
+        raise UserError(f"{program} not found: install Debian's {package} (apt-get install {package})")
+
+
 def simavr_runner() -> Path:
     """The simavr runner program."""
-    if not Path("/usr/include/simavr/sim_avr.h").is_file() and shutil.which("simavr") is None:
-        raise UserError("simavr not found: install Debian's simavr and libsimavr-dev")
+    check_simulator(TARGETS["atmega2560"])
     return _build_tool("simavr_runner.c", "simavr_runner", ["-std=c99", "-O2"], ["-lsimavr"])
 
 
@@ -163,9 +175,7 @@ class SimulatorRun:
 
     def _qemu_command(self) -> list[str]:
         program = QEMU_PROGRAMS.get(self.firmware.target.name, QEMU)
-        if shutil.which(program) is None:
-            package = QEMU_PACKAGES[program]
-            raise UserError(f"{program} not found: install Debian's {package} (apt-get install {package})")
+        check_simulator(self.firmware.target)
         symbols = self.firmware.symbols
         skip_lo, skip_hi = self._skip_range()
         self.marks_file = self.work_dir / "marks.txt"
