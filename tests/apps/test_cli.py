@@ -225,3 +225,27 @@ def test_progress_bars_only_on_a_terminal(tmp_path, mnist_train):
     drawn = b"".join(drawn)
     assert on_terminal.returncode == 0
     assert b"epoch 1/1" in drawn and b"batch" in drawn  # tqdm's bar: "epoch 1/1: ... batch/s"
+
+
+def test_predict_takes_an_int8_model(tmp_path, capsys, trained_tensors, mnist_train, mnist_test):
+    """predict Q img.png: the int8 engines' answer, checked against the int8 C program's dequantized logits."""
+    from mobile_lenet.engines.host_c import c_logits
+    from mobile_lenet.formats.int8_folder import save_quantized
+    from mobile_lenet.quantization.quantize import quantize_model
+
+    qmodel = quantize_model(trained_tensors, mnist_train.images[:300])
+    save_quantized(qmodel, tmp_path / "q")
+    digits = mnist_test.images[:3]
+    for i, digit in enumerate(digits):
+        Image.fromarray(digit).save(tmp_path / f"{i}.png")
+    logits = qmodel.dequantize_logits(c_logits(qmodel, digits)).astype(np.float64)
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    for engine in ([], ["--engine", "c"]):
+        code, out, err = run(capsys, "predict", tmp_path / "q", *[tmp_path / f"{i}.png" for i in range(3)], "--json",
+                             *engine)
+        assert code == 0, err
+        for line, probs in zip(out.splitlines(), expected):
+            answer = json.loads(line)
+            assert answer["digit"] == int(probs.argmax())
+            np.testing.assert_allclose(answer["probabilities"], probs, rtol=0, atol=1e-6)

@@ -132,12 +132,11 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    """Classify image files (PNG/JPEG, any size)."""
-
-    tensors = load_tensors(args.model)
-    engine = check_engine(tensors, args.engine)
+    """Classify image files (PNG/JPEG, any size) with a float or int8 model."""
+    model = load_model(args.model)
+    engine = check_engine(model, args.engine)
     images = np.stack([load_digit(p, invert=args.invert) for p in args.images])
-    probs = softmax(real_logits(tensors, images, engine))
+    probs = softmax(real_logits(model, images, engine))
     for path, p in zip(args.images, probs):
         if args.json:
             print(json.dumps({"image": str(path), "digit": int(p.argmax()), "probabilities": p.tolist()}))
@@ -308,11 +307,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify PNG/JPEG images of digits")
-    p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files or .keras file")
+    p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files, .keras file or a quantized "
+                                 "model folder (mobile-lenet quantize)")
     p.add_argument("images", nargs="+", help="image files, any size")
     p.add_argument("--invert", default="auto", choices=("auto", "yes", "no"),
                    help="dark digit on light background? auto looks at the border (default)")
-    p.add_argument("--engine", default="torch", choices=ENGINES, help="torch (default), reference or c")
+    p.add_argument("--engine", choices=ENGINES, help="torch (default), reference or c; a quantized model: "
+                                                     "reference (default, integer NumPy) or c (int8 C)")
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.set_defaults(func=cmd_predict)
 
@@ -389,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="browser demo: draw a digit and watch the network classify it")
-    p.add_argument("--model", help="checkpoint, run folder, Noodle folder or .keras file (default runs/main)")
+    p.add_argument("--model", help="checkpoint, run folder, Noodle folder, .keras file or quantized model folder "
+                                   "(default runs/main)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.set_defaults(func=cmd_demo)

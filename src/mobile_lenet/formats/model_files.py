@@ -36,8 +36,8 @@ def _read_tensors(path: Path) -> dict[str, np.ndarray]:
         if looks_like_noodle_folder(path):
             return read_noodle_folder(path)
         if is_quantized_folder(path):  # int8 integers, not float weights: only some verbs take it
-            raise UserError(f"{path}: an int8 model (mobile-lenet quantize); use it with evaluate, or export "
-                            f"--format c/platformio --int8")
+            raise UserError(f"{path}: an int8 model (mobile-lenet quantize); use it with evaluate, predict, demo, "
+                            f"simulate, or export --format c/platformio --int8")
         raise UserError(f"{path}: neither a run folder (best.pt) nor a folder of Noodle weight files")
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
