@@ -249,3 +249,54 @@ def test_predict_takes_an_int8_model(tmp_path, capsys, trained_tensors, mnist_tr
             answer = json.loads(line)
             assert answer["digit"] == int(probs.argmax())
             np.testing.assert_allclose(answer["probabilities"], probs, rtol=0, atol=1e-6)
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No network and an empty download cache: every download fails as it does offline."""
+    from mobile_lenet.model import data
+
+    def no_network(url, **options):
+        raise ConnectionError(f"{url}: network unreachable")
+
+    monkeypatch.setenv("MOBILE_LENET_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(data.pooch, "retrieve", no_network)
+
+
+def _fallback_note(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "using the bundled mnist-sample instead" in line]
+
+
+def test_verbs_fall_back_to_the_bundled_sample_offline(tmp_path, capsys, offline, trained_run):
+    """With no --data-dir, no cache and no network, every verb that needs images uses the bundled sample and says
+    so in one line (on stderr: --json output stays one JSON object)."""
+    code, out, err = run(capsys, "evaluate", trained_run, "--limit", 20, "--json")
+    assert code == 0 and json.loads(out)["dataset"] == "mnist-sample/test" and len(_fallback_note(err)) == 1
+    code, out, err = run(capsys, "quantize", trained_run, "--calibration-count", 50, "--out", tmp_path / "q")
+    assert code == 0 and len(_fallback_note(err)) == 1 and "mnist-sample/train" in out
+    manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
+    assert manifest["calibration"]["dataset"] == "mnist-sample/train"
+    code, out, err = run(capsys, "train", "--epochs", 1, "--batch-size", 256, "--out", tmp_path / "run", "--quiet")
+    assert code == 0 and len(_fallback_note(err)) == 1
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["dataset"] == "mnist-sample"
+    code, out, err = run(capsys, "device", "--port", tmp_path / "no-such-port", "--count", 1)
+    assert code == 2 and len(_fallback_note(err)) == 1 and "no-such-port" in err.splitlines()[-1]
+
+
+def test_simulate_falls_back_to_the_bundled_sample_offline(capsys, offline, trained_run):
+    import shutil
+
+    if shutil.which("arm-none-eabi-gcc") is None or shutil.which("qemu-system-arm") is None:
+        pytest.skip("needs gcc-arm-none-eabi and qemu-system-arm")
+    code, out, err = run(capsys, "simulate", trained_run, "--target", "cortex-m4f", "--count", 1, "--json")
+    assert code == 0, err
+    assert json.loads(out)["dataset"] == "mnist-sample/test" and len(_fallback_note(err)) == 1
+
+
+def test_a_failed_download_names_the_verbs_own_flag(tmp_path, capsys, offline, trained_run):
+    """quantize has --calibration-data, not --dataset: the hint names the flag the verb has."""
+    code, _, err = run(capsys, "quantize", trained_run, "--calibration-data", "mnist", "--out", tmp_path / "q")
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--calibration-data mnist-sample" in err and "--dataset" not in err
+    code, _, err = run(capsys, "evaluate", trained_run, "--dataset", "mnist")
+    assert code == 2 and "--dataset mnist-sample" in err

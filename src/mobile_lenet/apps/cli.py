@@ -34,18 +34,29 @@ from mobile_lenet.files import WriteError, check_writable_file, check_writable_f
 from mobile_lenet.formats.int8_folder import load_quantized
 from mobile_lenet.formats.model_files import load_model, load_tensors
 from mobile_lenet.model.checkpoints import read_checkpoint, save_checkpoint
-from mobile_lenet.model.data import DATASETS, load_dataset
+from mobile_lenet.model.data import DATASETS, load_dataset, resolve_dataset
 from mobile_lenet.model.images import load_digit
 from mobile_lenet.model.network import from_noodle
 from mobile_lenet.model.training import TrainConfig, check_config, read_config, resume_refused, train
 from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT
 
 
-def _dataset_args(p: argparse.ArgumentParser, default: str = "mnist") -> None:
-    p.add_argument("--dataset", default=default, choices=DATASETS + (("auto",) if default == "auto" else ()),
-                   help=f"named data set (default {default}); mnist-sample is bundled and works offline")
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="auto", choices=("auto",) + DATASETS,
+                   help="named data set (default auto: mnist when at hand or downloadable, else the bundled "
+                        "mnist-sample, which works offline)")
     p.add_argument("--data-dir", help="folder with IDX files, mnist.npz or mnist_{train,test}.csv (overrides "
                                       "the download)")
+
+
+def _note(line: str) -> None:
+    """A note beside a verb's output (stderr, so that --json output stays one JSON object)."""
+    print(f"mobile-lenet: {line}", file=sys.stderr)
+
+
+def _load_images(args, split: str):
+    """The ``split`` of the data set ``--dataset`` and ``--data-dir`` name (``auto``: see resolve_dataset)."""
+    return load_dataset(resolve_dataset(args.dataset, args.data_dir, log=_note), split, args.data_dir)
 
 
 # ------------------------------------------------------------------------------------------------ verbs
@@ -96,11 +107,12 @@ def cmd_train(args) -> int:
     else:
         if (out / "last.pt").exists() or (out / "config.json").exists():
             raise UserError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
-        config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, seed=0, augment=True)
+        config = TrainConfig(dataset="auto", data_dir=args.data_dir, seed=0, augment=True)
         for name in RUN_FLAGS:
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))
         check_config(config)
+        config.dataset = resolve_dataset(args.dataset, args.data_dir, log=_note)  # after the checks: it may download
     train_set = load_dataset(config.dataset, "train", config.data_dir)
     existed = out.exists()
     try:
@@ -123,7 +135,7 @@ def cmd_evaluate(args) -> int:
         raise UserError("--limit must be at least 1")
     model = load_model(args.model)
     engine = check_engine(model, args.engine)
-    test_set = load_dataset(args.dataset, args.split, args.data_dir)
+    test_set = _load_images(args, args.split)
     if args.limit is not None:
         test_set.images, test_set.labels = test_set.images[:args.limit], test_set.labels[:args.limit]
     result = evaluate(model, test_set, engine)
@@ -177,9 +189,10 @@ def cmd_quantize(args) -> int:
     """Quantize MODEL to int8 (BatchNorm folded, calibrated on training images) into a model folder."""
     if args.calibration_count < 1:
         raise UserError("--calibration-count must be at least 1")
-    qmodel = quantize_source(args.model, args.calibration_data, args.data_dir, args.calibration_count, args.out)
+    qmodel = quantize_source(args.model, args.calibration_data, args.data_dir, args.calibration_count, args.out,
+                             log=_note)
     print(f"wrote {args.out}: {len(qmodel.layers)} int8 layers, calibrated on "
-          f"{qmodel.metadata['calibration']['count']} training images of {args.calibration_data}")
+          f"{qmodel.metadata['calibration']['count']} training images of {qmodel.metadata['calibration']['dataset']}")
     return 0
 
 
@@ -206,7 +219,7 @@ def cmd_device(args) -> int:
     _check_count_and_timeout(args)
     if not math.isfinite(args.rotate):
         raise UserError(f"--rotate must be a finite number of degrees, not {args.rotate:g}")
-    test_set = load_dataset(args.dataset, "test", args.data_dir)
+    test_set = _load_images(args, "test")
     images, labels = device.rotate_images(test_set.images[:args.count], args.rotate), test_set.labels[:args.count]
     with device.DeviceLink.open(args.port, timeout=args.timeout) as link:
         result = device.run_on_device(link, images, labels, progress=not args.quiet and not args.json)
@@ -223,7 +236,7 @@ def cmd_simulate(args) -> int:
     _check_count_and_timeout(args)
     get_target(args.target)
     model = load_model(args.model)
-    test_set = load_dataset(args.dataset, "test", args.data_dir)
+    test_set = _load_images(args, "test")
     if args.layers:  # the layer debugger on the first test image
         report = simulate.trace_layers(model, args.target, test_set.images[0], external_ram=args.xmem)
         print(json.dumps(report) if args.json else simulate.format_layers(report))
@@ -334,8 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="int8 quantization: fold BatchNorm, calibrate on training images")
     p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files or .keras file")
-    p.add_argument("--calibration-data", required=True, choices=DATASETS,
-                   help="data set whose TRAINING images calibrate the activation ranges")
+    p.add_argument("--calibration-data", default="auto", choices=("auto",) + DATASETS,
+                   help="data set whose TRAINING images calibrate the activation ranges (default auto: mnist when "
+                        "at hand or downloadable, else the bundled mnist-sample)")
     p.add_argument("--data-dir", help="folder with the data set's files (overrides the download)")
     p.add_argument("--calibration-count", type=int, default=DEFAULT_CALIBRATION_COUNT,
                    help=f"training images used (default {DEFAULT_CALIBRATION_COUNT}, drawn with a fixed seed)")
@@ -344,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pipeline", help="the main job: train, evaluate, quantize, simulate, export and "
                                                   "report into one folder")
-    _dataset_args(p, default="auto")
+    _dataset_args(p)
     p.add_argument("--out", default="runs/main", help="output folder (default runs/main)")
     p.add_argument("--epochs", type=int, default=defaults.epochs, help=f"training epochs (default {defaults.epochs})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

@@ -20,25 +20,11 @@ from mobile_lenet.apps.simulate import DEPLOY_COUNT, deploy
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import atomic_write_text, check_writable_folder
 from mobile_lenet.formats.model_files import load_tensors
-from mobile_lenet.model.data import DataError, dataset_available_offline, download, load_dataset
+from mobile_lenet.model.data import load_dataset, resolve_dataset
 from mobile_lenet.model.training import TrainConfig, check_config, read_config, train
 from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT
 
 STEPS = 6
-
-
-def resolve_dataset(dataset: str, data_dir: str | None, log=print) -> str:
-    """Pick the data set for ``auto``: MNIST if available or downloadable, else the bundled sample."""
-    if dataset != "auto" or data_dir:
-        return "mnist" if dataset == "auto" else dataset
-    if dataset_available_offline("mnist"):
-        return "mnist"
-    try:
-        download("mnist")
-        return "mnist"
-    except DataError as e:
-        log(f"full MNIST is not at hand ({e}); using the bundled mnist-sample instead")
-        return "mnist-sample"
 
 
 def run_pipeline(out: Path, dataset: str = "auto", data_dir: str | None = None, epochs: int = TrainConfig.epochs,
