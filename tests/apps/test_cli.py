@@ -300,3 +300,21 @@ def test_a_failed_download_names_the_verbs_own_flag(tmp_path, capsys, offline, t
     assert "--calibration-data mnist-sample" in err and "--dataset" not in err
     code, _, err = run(capsys, "evaluate", trained_run, "--dataset", "mnist")
     assert code == 2 and "--dataset mnist-sample" in err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["summary"], ["summary", "--memory", "--int8"], ["simulate", "--help"]])
+def test_help_and_summary_load_no_torch_fastapi_or_matplotlib(argv):
+    """`mobile-lenet --help` and `summary` must start fast: the heavy packages load only in the verbs that use them.
+    Checked in a fresh interpreter (this one has long imported them)."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys, contextlib, io\nfrom mobile_lenet.apps.cli import main\n"
+              "with contextlib.redirect_stdout(io.StringIO()):\n"
+              "    try:\n        main(sys.argv[1:])\n    except SystemExit:\n        pass\n"
+              "print(sorted(m for m in ('torch', 'fastapi', 'matplotlib', 'uvicorn', 'onnx') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -17,27 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
+# Only what the parser and the light verbs need is imported here; PyTorch, FastAPI and matplotlib load inside the
+# verbs that use them, so `--help` and `summary` start in a fraction of a second.
 from mobile_lenet.apps import device, simulate
-from mobile_lenet.apps.demo import serve
-from mobile_lenet.apps.evaluation import evaluate, format_report
-from mobile_lenet.apps.export import FORMATS as EXPORT_FORMATS, export
-from mobile_lenet.apps.pipeline import run_pipeline
-from mobile_lenet.apps.quantization import quantize_source
-from mobile_lenet.apps.report import build_report
+from mobile_lenet.apps.export import FORMATS as EXPORT_FORMATS
 from mobile_lenet.apps.summary import summary_dict, summary_text
 from mobile_lenet.codegen.mcu_firmware import TARGETS, get_target
 from mobile_lenet.codegen.memory import memory_dict, memory_text, row_plan, row_plan_dict, row_plan_text
-from mobile_lenet.engines.reference import softmax
-from mobile_lenet.engines.registry import ENGINES, check_engine, logits, real_logits
+from mobile_lenet.engines.registry import ENGINES
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import WriteError, check_writable_file, check_writable_folder
-from mobile_lenet.formats.int8_folder import load_quantized
-from mobile_lenet.formats.model_files import load_model, load_tensors
-from mobile_lenet.model.checkpoints import read_checkpoint, save_checkpoint
+from mobile_lenet.model.config import TrainConfig, check_config, read_config
 from mobile_lenet.model.data import DATASETS, load_dataset, resolve_dataset
-from mobile_lenet.model.images import load_digit
-from mobile_lenet.model.network import from_noodle
-from mobile_lenet.model.training import TrainConfig, check_config, read_config, resume_refused, train
 from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT
 
 
@@ -100,6 +91,9 @@ def cmd_train(args) -> int:
                 raise UserError(f"{out} was started with {shown} (its config.json) and a resumed run keeps its "
                                 f"settings; resume without {flag}, or start a new run")
         if (out / "last.pt").exists():  # a damaged one is refused now, before the data is loaded
+            from mobile_lenet.model.checkpoints import read_checkpoint
+            from mobile_lenet.model.training import resume_refused
+
             try:
                 read_checkpoint(out / "last.pt")
             except UserError as e:
@@ -114,6 +108,8 @@ def cmd_train(args) -> int:
         check_config(config)
         config.dataset = resolve_dataset(args.dataset, args.data_dir, log=_note)  # after the checks: it may download
     train_set = load_dataset(config.dataset, "train", config.data_dir)
+    from mobile_lenet.model.training import train
+
     existed = out.exists()
     try:
         train(config, train_set, out, resume=args.resume, progress=not args.quiet)
@@ -133,6 +129,10 @@ def cmd_evaluate(args) -> int:
     """Accuracy, per-class accuracy and confusion matrix of MODEL on a test set."""
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
+    from mobile_lenet.apps.evaluation import evaluate, format_report
+    from mobile_lenet.engines.registry import check_engine
+    from mobile_lenet.formats.model_files import load_model
+
     model = load_model(args.model)
     engine = check_engine(model, args.engine)
     test_set = _load_images(args, args.split)
@@ -145,6 +145,11 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     """Classify image files (PNG/JPEG, any size) with a float or int8 model."""
+    from mobile_lenet.engines.reference import softmax
+    from mobile_lenet.engines.registry import check_engine, real_logits
+    from mobile_lenet.formats.model_files import load_model
+    from mobile_lenet.model.images import load_digit
+
     model = load_model(args.model)
     engine = check_engine(model, args.engine)
     images = np.stack([load_digit(p, invert=args.invert) for p in args.images])
@@ -162,6 +167,10 @@ def cmd_export(args) -> int:
     """Export MODEL as Noodle weight files, ONNX, a C library or a PlatformIO project."""
     # --int8 takes a quantized model folder (mobile-lenet quantize); without it MODEL holds float weights
     check_writable_folder(args.out)
+    from mobile_lenet.apps.export import export
+    from mobile_lenet.formats.int8_folder import load_quantized
+    from mobile_lenet.formats.model_files import load_tensors
+
     model = load_quantized(args.model) if args.int8 else load_tensors(args.model)
     written = export(model, args.format, args.out)
     print(f"wrote {len(written)} files to {args.out}")
@@ -173,6 +182,10 @@ def cmd_import(args) -> int:
     if Path(args.out).is_dir():
         raise UserError(f"{args.out}: is a folder; --out names the checkpoint file to write")
     check_writable_file(args.out)
+    from mobile_lenet.formats.model_files import load_tensors
+    from mobile_lenet.model.checkpoints import read_checkpoint, save_checkpoint
+    from mobile_lenet.model.network import from_noodle
+
     if Path(args.out).exists() or Path(args.out).is_symlink():  # replace only a checkpoint, never another file
         if not Path(args.out).is_file():
             raise UserError(f"{args.out}: exists and is not a file; --out names the checkpoint file to write")
@@ -189,6 +202,8 @@ def cmd_quantize(args) -> int:
     """Quantize MODEL to int8 (BatchNorm folded, calibrated on training images) into a model folder."""
     if args.calibration_count < 1:
         raise UserError("--calibration-count must be at least 1")
+    from mobile_lenet.apps.quantization import quantize_source
+
     qmodel = quantize_source(args.model, args.calibration_data, args.data_dir, args.calibration_count, args.out,
                              log=_note)
     print(f"wrote {args.out}: {len(qmodel.layers)} int8 layers, calibrated on "
@@ -200,6 +215,8 @@ def cmd_pipeline(args) -> int:
     """The main job: train, evaluate, quantize, simulate on the microcontrollers, export, report, in one folder."""
     check_config(TrainConfig(epochs=args.epochs, seed=args.seed))
     check_writable_folder(args.out)
+    from mobile_lenet.apps.pipeline import run_pipeline
+
     run_pipeline(out=Path(args.out), dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                  seed=args.seed, progress=not args.quiet)
     return 0
@@ -224,6 +241,9 @@ def cmd_device(args) -> int:
     with device.DeviceLink.open(args.port, timeout=args.timeout) as link:
         result = device.run_on_device(link, images, labels, progress=not args.quiet and not args.json)
     if args.model:
+        from mobile_lenet.engines.registry import logits
+        from mobile_lenet.formats.model_files import load_tensors
+
         host_digits = logits(load_tensors(args.model), images, "reference").argmax(axis=1)
         result.update(agreement=int((host_digits == result["predictions"]).sum()), agreement_engine="reference")
     result.update(dataset=test_set.name, rotate=args.rotate)
@@ -235,6 +255,8 @@ def cmd_simulate(args) -> int:
     """Build MODEL's firmware for a microcontroller, run it in a simulator and measure it."""
     _check_count_and_timeout(args)
     get_target(args.target)
+    from mobile_lenet.formats.model_files import load_model
+
     model = load_model(args.model)
     test_set = _load_images(args, "test")
     if args.layers:  # the layer debugger on the first test image
@@ -251,6 +273,8 @@ def cmd_simulate(args) -> int:
 
 def cmd_report(args) -> int:
     """Write an HTML report of a training run: curves, confusion matrix, mistakes, costs, feature maps."""
+    from mobile_lenet.apps.report import build_report
+
     html_path = build_report(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, out=args.out,
                              limit=args.limit)
     print(f"wrote {html_path}")
@@ -259,6 +283,8 @@ def cmd_report(args) -> int:
 
 def cmd_demo(args) -> int:
     """Serve the browser demo: draw a digit, see the probabilities and the activations of each stage."""
+    from mobile_lenet.apps.demo import serve
+
     serve(model=args.model, host=args.host, port=args.port)
     return 0
 

@@ -16,7 +16,6 @@ import numpy as np
 
 from mobile_lenet.engines import host_c, reference, reference_int8
 from mobile_lenet.errors import UserError
-from mobile_lenet.model.network import from_noodle, predict_logits
 from mobile_lenet.quantization.quantize import QuantizedModel
 
 ENGINES = ("torch", "reference", "c")
@@ -54,6 +53,8 @@ def logits(model, images: np.ndarray, engine: str | None = None) -> np.ndarray:
         return reference_int8.int8_logits(model, images)
     if engine == "reference":
         return reference.reference_logits(model, images)
+    from mobile_lenet.model.network import from_noodle, predict_logits  # PyTorch only when this engine runs
+
     return predict_logits(from_noodle(model), images)
 
 
