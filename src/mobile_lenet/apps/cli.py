@@ -23,7 +23,8 @@ from mobile_lenet.apps import device, simulate
 from mobile_lenet.apps.export import FORMATS as EXPORT_FORMATS
 from mobile_lenet.apps.summary import summary_dict, summary_text
 from mobile_lenet.codegen.mcu_firmware import TARGETS, get_target
-from mobile_lenet.codegen.memory import memory_dict, memory_text, row_plan, row_plan_dict, row_plan_text
+from mobile_lenet.codegen.c_int8 import SCHEDULES
+from mobile_lenet.codegen.memory import int8_plan, memory_dict, memory_text, row_plan, row_plan_dict, row_plan_text
 from mobile_lenet.engines.registry import ENGINES
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import WriteError, check_writable_file, check_writable_folder
@@ -172,7 +173,7 @@ def cmd_export(args) -> int:
     from mobile_lenet.formats.model_files import load_tensors
 
     model = load_quantized(args.model) if args.int8 else load_tensors(args.model)
-    written = export(model, args.format, args.out)
+    written = export(model, args.format, args.out, schedule=args.schedule)
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -363,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--int8", action="store_true", help="int8 C (formats c and platformio); MODEL is then a "
                                                        "quantized model folder (mobile-lenet quantize)")
+    p.add_argument("--schedule", choices=SCHEDULES,
+                   help=f"with --format c --int8: buffers (default; whole feature maps, {int8_plan().ram_bytes:,} bytes "
+                        f"of activations) or rows (row by row, {row_plan().ram_bytes:,} bytes: fits 8 KB chips such "
+                        f"as the ATmega2560)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="convert a folder of Noodle files or a .keras file into a checkpoint")

@@ -22,11 +22,16 @@ INT8_WRITERS = {"c": write_c_library_int8, "platformio": write_platformio_projec
 FORMATS = tuple(FLOAT_WRITERS)
 
 
-def export(model, fmt: str, out_dir: str | Path) -> list[Path]:
-    """Write a float or int8 ``model`` in format ``fmt`` into ``out_dir``; returns the files written."""
+def export(model, fmt: str, out_dir: str | Path, schedule: str | None = None) -> list[Path]:
+    """Write a float or int8 ``model`` in format ``fmt`` into ``out_dir``; returns the files written.
+    ``schedule``: the int8 C library's (``c_int8.SCHEDULES``; default "buffers")."""
     writers = INT8_WRITERS if is_int8(model) else FLOAT_WRITERS
     if fmt not in writers:
         names = list(writers)
         kind = "--int8 exports" if is_int8(model) else "export writes"
         raise UserError(f"{kind} formats {', '.join(names[:-1])} and {names[-1]}, not {fmt!r}")
-    return writers[fmt](model, Path(out_dir))
+    if schedule is None:
+        return writers[fmt](model, Path(out_dir))
+    if not (is_int8(model) and fmt == "c"):
+        raise UserError("--schedule goes with --format c --int8 (the PlatformIO project picks each board's own)")
+    return write_c_library_int8(model, Path(out_dir), schedule)
