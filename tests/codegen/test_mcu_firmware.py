@@ -98,9 +98,9 @@ def test_missing_toolchain_names_the_debian_package(monkeypatch, upstream_tensor
 
 
 def test_unknown_target_is_one_line(capsys):
-    assert main(["simulate", str(UPSTREAM / "noodle"), "--target", "esp32", "--data-dir", str(MNIST_10K)]) == 2
+    assert main(["simulate", str(UPSTREAM / "noodle"), "--target", "esp8266", "--data-dir", str(MNIST_10K)]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "invalid choice: 'esp32'" in err
+    assert len(err.strip().splitlines()) == 1 and "invalid choice: 'esp8266'" in err
 
 
 def test_gnu99_contracts_without_the_kernels_pragma(tmp_path):
