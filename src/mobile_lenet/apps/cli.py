@@ -259,16 +259,24 @@ def cmd_simulate(args) -> int:
     from mobile_lenet.formats.model_files import load_model
 
     model = load_model(args.model)
+    for flag, wanted in (("--layers", args.layers), ("--profile", args.profile)):
+        if wanted:
+            simulate.check_whole_maps(model, args.target, flag)  # before anything is built
     test_set = _load_images(args, "test")
-    if args.layers:  # the layer debugger on the first test image
-        report = simulate.trace_layers(model, args.target, test_set.images[0], external_ram=args.xmem)
-        print(json.dumps(report) if args.json else simulate.format_layers(report))
-        return 0
     images, labels = test_set.images[:args.count], test_set.labels[:args.count]
     report = simulate.simulate(model, args.target, images, labels, external_ram=args.xmem, timeout=args.timeout,
                                progress=not args.quiet and not args.json)
     report["dataset"] = test_set.name
-    print(json.dumps(report) if args.json else simulate.format_report(report))
+    text = [simulate.format_report(report)]
+    if args.profile:  # per-layer cost, beside the summary
+        report["profile"] = simulate.profile_layers(model, args.target, images, labels,
+                                                    report[f"{report['counts']}_per_image"]["mean"],
+                                                    external_ram=args.xmem, timeout=args.timeout)
+        text += ["", f"per layer (mean of {len(images)} images):", simulate.format_profile(report["profile"])]
+    if args.layers:  # the layer debugger on the first test image
+        report["layers"] = simulate.trace_layers(model, args.target, test_set.images[0], external_ram=args.xmem)
+        text += ["", "layer debugger (first test image):", simulate.format_layers(report["layers"])]
+    print(json.dumps(report) if args.json else "\n".join(text))
     return 0
 
 
@@ -416,8 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(8 KB SRAM, simavr)")
     _dataset_args(p)
     p.add_argument("--count", type=int, default=10, help="test images to classify in the simulator (default 10)")
-    p.add_argument("--layers", action="store_true", help="layer debugger: every layer's output for the first "
-                                                         "test image, firmware vs host C vs reference engine")
+    p.add_argument("--layers", action="store_true", help="also the layer debugger: every layer's output for the "
+                                                         "first test image, firmware vs host C vs reference engine")
+    p.add_argument("--profile", action="store_true", help="also the cost of each layer on the chip: instructions "
+                                                          "(cycles on the AVR) between marks after every layer")
     p.add_argument("--xmem", action="store_true", help="atmega2560: link for 64 KB of external SRAM (XMEM "
                                                        "interface; simavr adds no wait states)")
     p.add_argument("--timeout", type=float, default=simulate.REPLY_TIMEOUT_S,

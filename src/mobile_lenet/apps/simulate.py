@@ -7,7 +7,9 @@ simulator measured: flash, static RAM, peak stack, executed instructions (ARM) o
 the latency they mean at the chip's clock, accuracy, and agreement with the reference engine.
 
 ``trace_layers`` is the layer debugger: every layer's output for one image from the reference engine, the
-host C and the firmware in the simulator, compared layer by layer.
+host C and the firmware in the simulator, compared layer by layer. ``profile_layers`` is the cost of each layer
+on the chip: the firmware built with its measurement marker after every layer (``c/ml_trace.h``), run on the
+same images, the same counter read at each mark.
 """
 
 from __future__ import annotations
@@ -116,6 +118,53 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------------ profile
+def check_whole_maps(model, target_name: str | None, flag: str) -> None:
+    """A look at single layers (``flag``: --layers, --profile) needs whole feature maps; one line if the target
+    runs the int8 network row by row, where the layers interleave."""
+    if registry.is_int8(model) and target_name and get_target(target_name).int8_schedule != "buffers":
+        raise UserError(f"{target_name} runs the int8 model row by row (c/ml_rows_s8.c), which has no layer "
+                        f"debugger or per-layer profile; {flag} works on the targets that keep whole feature maps")
+
+
+def profile_layers(model, target_name: str, images: np.ndarray, labels: np.ndarray, whole_image: float, *,
+                   work_dir: Path | None = None, external_ram: bool = False,
+                   timeout: float = REPLY_TIMEOUT_S) -> dict:
+    """Instructions (cycles on the AVR) per layer, the mean over ``images``: the profile build's counter between
+    the marks after consecutive layers. ``whole_image``: the normal build's mean per image; the profile's sum
+    exceeds it by the marks' own cost, which the report states."""
+    target = get_target(target_name)
+    check_whole_maps(model, target_name, "--profile")
+    with _work_dir(work_dir) as work:
+        firmware = build_firmware(model, target, work / "profile", external_ram=external_ram, profile=True)
+        with SimulatorRun(firmware, work) as run:
+            with DeviceLink.open(run.port, timeout=timeout) as link:
+                run_on_device(link, images, labels, progress=False)
+    intervals = np.array(run.measurements.per_layer, dtype=np.float64)  # images x (marked layers + 1)
+    if intervals.shape != (len(images), len(firmware.layer_marks) + 1):
+        raise RuntimeError(f"the profile saw {intervals.shape} marks for {len(images)} images")
+    means, names = intervals.mean(axis=0), layer_names(model)
+    total = float(intervals.sum(axis=1).mean())
+    return {"counts": target.counts,
+            "layers": [{"layer": number, "name": names[number], "count": float(mean)}
+                       for number, mean in zip(firmware.layer_marks, means)],
+            "after_last_layer": float(means[-1]), "sum": total, "whole_image": whole_image,
+            "marks": len(firmware.layer_marks), "marks_cost": total - whole_image}
+
+
+def format_profile(profile: dict) -> str:
+    """The per-layer cost table, with how its sum relates to the whole-image count."""
+    unit, total = profile["counts"], profile["sum"]
+    lines = [f"{'#':>3}  {'layer':<50} {unit:>12} {'share':>6}", "-" * 75]
+    rows = [(str(row["layer"]), row["name"], row["count"]) for row in profile["layers"]]
+    for number, name, count in rows + [("", "after the last layer (softmax, argmax)", profile["after_last_layer"])]:
+        lines.append(f"{number:>3}  {name[:50]:<50} {count:>12,.0f} {100 * count / total:>5.1f}%")
+    lines.append(f"sum {total:,.0f} {unit} = {profile['whole_image']:,.0f} per image without the marks + "
+                 f"{profile['marks_cost']:,.0f} for the {profile['marks']} marks themselves (the first layer "
+                 f"includes the input's conversion)")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------ all targets
 def missing_tools(target_name: str) -> str | None:
     """None when the target's toolchain and simulator are installed, else the one line that names the package."""
@@ -199,9 +248,7 @@ def trace_layers(model, target_name: str | None, image: np.ndarray, work_dir: Pa
     given) from the reference engine, whether the firmware's values equal the host C's bit for bit, and the
     first layer where each parts from the reference."""
     int8 = registry.is_int8(model)
-    if int8 and target_name and get_target(target_name).int8_schedule != "buffers":
-        raise UserError(f"{target_name} runs the int8 model row by row (c/ml_rows_s8.c), which has no layer "
-                        f"debugger; --layers works on the targets that keep whole feature maps")
+    check_whole_maps(model, target_name, "--layers")
     reference = int8_layer_outputs(model, image) if int8 else reference_layer_outputs(model, image)
     host = c_layer_outputs(model, image)
     firmware = firmware_layer_outputs(model, target_name, image, work_dir, external_ram) if target_name else None

@@ -86,6 +86,7 @@ class Firmware:
     static_ram_bytes: int  # data + bss: variables, activation buffers, the serial link
     symbols: dict  # name -> (address, size)
     external_ram: bool = False  # ATmega2560 linked for 64 KB of external SRAM
+    layer_marks: tuple = ()  # profile builds: the layer numbers whose ends are marked, in the order they run
 
 
 class DoesNotFit(UserError):
@@ -165,7 +166,7 @@ def _first_error(log: str) -> str:
 
 def build_firmware(model: dict[str, np.ndarray] | QuantizedModel, target: Target, build: Path,
                    trace: bool = False, external_ram: bool = False, c_standard: str = "c99",
-                   reference_kernels: bool = False, schedule: str | None = None) -> Firmware:
+                   reference_kernels: bool = False, schedule: str | None = None, profile: bool = False) -> Firmware:
     """Build the firmware of a float or int8 ``model`` for ``target`` in the folder ``build``.
 
     ``trace``: with the layer debugger (every layer's output sent over the UART). ``external_ram``
@@ -173,6 +174,7 @@ def build_firmware(model: dict[str, np.ndarray] | QuantizedModel, target: Target
     ``c_standard``: the C dialect (``gnu99`` is GCC's and PlatformIO's default; the results must not change).
     ``reference_kernels`` and ``schedule`` (int8): the plain reference kernels instead of the fast ones, and
     another schedule than the target's (``c_int8.SCHEDULES``), to compare with the defaults.
+    ``profile``: the measurement marker after every layer (``c/ml_trace.h``, ML_PROFILE), for per-layer counts.
     """
     check_toolchain(target)
     if external_ram and target.name != "atmega2560":
@@ -182,7 +184,11 @@ def build_firmware(model: dict[str, np.ndarray] | QuantizedModel, target: Target
     library = c_int8.generate_library(model, schedule) if int8 else c_float.generate_library(model)
     write_text_files(library, build / "lib")
     options = [f"STD={c_standard}"] + (["TRACE=1"] if trace else []) + (["AVR_MEMORY=xmem"] if external_ram else [])
-    options += ["EXTRA_CFLAGS=-DML_S8_REFERENCE"] if reference_kernels else []
+    extra_flags = (["-DML_S8_REFERENCE"] if reference_kernels else []) + (["-DML_PROFILE"] if profile else [])
+    options += [f"EXTRA_CFLAGS={' '.join(extra_flags)}"] if extra_flags else []
+    # the layers whose ends the profile marks: the network's trace hooks, in the order they run (no loops there)
+    layer_marks = (tuple(int(n) for n in re.findall(r"ML_TRACE_LAYER\((\d+),", library[lib.NETWORK_SOURCE]))
+                   if profile else ())
     result = _make(target, build / "lib", build, *options)
     if result.returncode != 0:
         log = result.stdout + result.stderr
@@ -193,4 +199,4 @@ def build_firmware(model: dict[str, np.ndarray] | QuantizedModel, target: Target
     text, data, bss = _section_sizes(target, elf)
     if "_sbss" in symbols and "_ebss" in symbols:  # ARM: .bss without the stack reserved after it
         bss = symbols["_ebss"][0] - symbols["_sbss"][0]
-    return Firmware(target, elf, int8, text + data, data + bss, symbols, external_ram)
+    return Firmware(target, elf, int8, text + data, data + bss, symbols, external_ram, layer_marks)
