@@ -274,6 +274,7 @@ def test_verbs_fall_back_to_the_bundled_sample_offline(tmp_path, capsys, offline
     assert code == 0 and json.loads(out)["dataset"] == "mnist-sample/test" and len(_fallback_note(err)) == 1
     code, out, err = run(capsys, "quantize", trained_run, "--calibration-count", 50, "--out", tmp_path / "q")
     assert code == 0 and len(_fallback_note(err)) == 1 and "mnist-sample/train" in out
+    assert "--calibration-data mnist-sample" in err and "--dataset" not in err  # a flag quantize has
     manifest = json.loads((tmp_path / "q" / "manifest.json").read_text())
     assert manifest["calibration"]["dataset"] == "mnist-sample/train"
     code, out, err = run(capsys, "train", "--epochs", 1, "--batch-size", 256, "--out", tmp_path / "run", "--quiet")

@@ -24,7 +24,7 @@ def quantize_source(model: str | os.PathLike, calibration_data: str, data_dir: s
     if count < 1:
         raise UserError("--calibration-count must be at least 1")
     tensors = load_tensors(model)
-    calibration_data = resolve_dataset(calibration_data, data_dir, log)
+    calibration_data = resolve_dataset(calibration_data, data_dir, log, flag="--calibration-data")
     train_set = load_dataset(calibration_data, "train", data_dir, flag="--calibration-data")  # never the test split
     images = pick_calibration_images(train_set.images, count)
     metadata = {"source": str(model),

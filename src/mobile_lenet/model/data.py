@@ -304,15 +304,15 @@ def load_dataset(name: str = "mnist", split: str = "train", data_dir: str | os.P
     return ds
 
 
-def resolve_dataset(dataset: str, data_dir: str | os.PathLike | None, log=print) -> str:
+def resolve_dataset(dataset: str, data_dir: str | os.PathLike | None, log=print, flag: str = "--dataset") -> str:
     """The data set ``auto`` means: MNIST if it is at hand (``data_dir``, the cache) or can be downloaded, else the
-    bundled sample, said in one line through ``log``; any other name as it is."""
+    bundled sample, said in one line through ``log``; any other name as it is. ``flag``: see download."""
     if dataset != "auto" or data_dir:
         return "mnist" if dataset == "auto" else dataset
     if dataset_available_offline("mnist"):
         return "mnist"
     try:
-        download("mnist")
+        download("mnist", flag)
         return "mnist"
     except DataError as e:
         log(f"full MNIST is not at hand ({e}); using the bundled mnist-sample instead")
