@@ -9,7 +9,7 @@ def test_auto_falls_back_to_the_bundled_sample_offline(monkeypatch):
     messages = []
     monkeypatch.setattr(data, "dataset_available_offline", lambda name: False)
 
-    def offline(name):
+    def offline(name, flag="--dataset"):
         raise DataError("cannot download mnist (offline)")
 
     monkeypatch.setattr(data, "download", offline)
