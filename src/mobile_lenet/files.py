@@ -243,6 +243,7 @@ def write_text_files(files: dict[str, str], out_dir: str | os.PathLike) -> list[
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, text in files.items():
             path = out_dir / name
+            path.parent.mkdir(parents=True, exist_ok=True)  # e.g. an export's host/ program
             atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text, encoding="ascii"))
             written.append(path)
     except OSError as e:

@@ -257,6 +257,51 @@ def test_the_demo_listens_on_this_machine_only_by_default(monkeypatch):
     assert ipaddress.ip_address(host).is_loopback
     assert ipaddress.ip_address(inspect.signature(demo.serve).parameters["host"].default).is_loopback
     served = {}
-    monkeypatch.setattr(cli, "serve", lambda **kwargs: served.update(kwargs))
+    monkeypatch.setattr(demo, "serve", lambda **kwargs: served.update(kwargs))  # the demo verb loads it when run
     assert cli.main(["demo", "--model", "m.pt"]) == 0
     assert ipaddress.ip_address(served["host"]).is_loopback and served["port"] == 8000
+
+
+@pytest.fixture(scope="module")
+def trained_int8(trained_tensors, mnist_train):
+    from mobile_lenet.quantization.quantize import quantize_model
+
+    return quantize_model(trained_tensors, mnist_train.images[:300])
+
+
+def test_an_int8_model_is_served_by_the_int8_engines(trained_int8, mnist_test, confident_digits):
+    """The int8 model's probabilities, through either int8 engine, are the int8 C's dequantized logits (the oracle
+    here: the C program on the host); its activations are the int8 network's own, not the float model's."""
+    from mobile_lenet.engines.host_c import c_logits
+
+    client = TestClient(demo.create_app(trained_int8, "int8"))
+    assert client.get("/api/info").json()["engines"] == ["reference", "c"]
+    digit = mnist_test.images[confident_digits[0]]
+    logits = trained_int8.dequantize_logits(c_logits(trained_int8, digit[None])).astype(np.float64)[0]
+    expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    for engine in (None, "c"):
+        answer = client.post("/api/predict", json={"pixels": digit.tolist(), **({"engine": engine} if engine else {})})
+        assert answer.status_code == 200, answer.text
+        answer = answer.json()
+        assert answer["engine"] == (engine or "reference")
+        np.testing.assert_allclose(answer["probabilities"], expected, rtol=0, atol=1e-6)
+        assert [stage["shape"] for stage in answer["stages"]] == [[28, 28, 8]] * 3 + [[14, 14, 16]] * 2 + [[7, 7, 24]] * 2
+    assert_error(client.post("/api/predict", json={"pixels": digit.tolist(), "engine": "torch"}), 400,
+                 "unknown engine 'torch'")
+
+
+def test_int8_stage_activations_are_the_int8_c_layers(trained_int8, mnist_test):
+    """Each stage's map is the int8 C layer debugger's output of that stage's last layer, dequantized."""
+    from mobile_lenet.engines.host_c import c_layer_outputs
+    from mobile_lenet.spec import LAYERS
+
+    digit = mnist_test.images[0]
+    maps = demo.int8_stage_activations(trained_int8, digit)
+    traced = c_layer_outputs(trained_int8, digit)
+    block_of = {layer.name: layer.block for layer in LAYERS}
+    last = {block_of[layer.rows[-1]]: number for number, layer in enumerate(trained_int8.layers, 1)}
+    assert list(maps) == ["stem", "B1", "B2", "B3", "B4", "B5", "B6"]
+    for stage, values in maps.items():
+        layer = trained_int8.layers[last[stage] - 1]
+        expected = (traced[last[stage]].astype(np.float64) - layer.out_zero_point) * layer.out_scale
+        np.testing.assert_allclose(values.ravel(), expected, rtol=1e-6, atol=0)

@@ -214,3 +214,37 @@ def test_a_cache_that_cannot_be_written_is_one_line(upstream_int8, tmp_path, cap
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "MOBILE_LENET_CACHE" in err and str(tmp_path / "cache") in err, err
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_profile_and_layers_come_with_the_summary(upstream_int8, mnist_test, tmp_path, capsys):
+    """simulate --profile --layers: the normal summary, the layer debugger and the cost of each layer. The
+    oracles: the model's own layers, in order; the whole-image count of the build without marks, which the
+    per-layer sum exceeds only by the marks' own cost (a call of a few instructions each); two layers of the
+    same shapes and code (B1 and B2's depthwise convolutions, 28x28x8) cost the same; GAP and the dense layer
+    do about 1,400 of the network's 300,000 multiply-accumulates (spec), so well under 2% of the time."""
+    save_quantized(upstream_int8, tmp_path / "q")
+    assert main(["simulate", str(tmp_path / "q"), "--target", "cortex-m4f", "--data-dir", str(MNIST_10K),
+                 "--count", "2", "--profile", "--layers", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 2 and report["agreement_with_reference"] == 2  # the summary is there
+    assert report["layers"]["firmware_first_parting"] is None  # and the layer debugger
+    profile = report["profile"]
+    layers = profile["layers"]
+    assert [row["layer"] for row in layers] == list(range(1, len(upstream_int8.layers) + 1))
+    assert [row["name"] for row in layers] == [" + ".join(layer.rows) for layer in upstream_int8.layers]
+    assert all(row["count"] > 0 for row in layers) and profile["after_last_layer"] > 0
+    assert profile["whole_image"] == report["instructions_per_image"]["mean"]
+    total = sum(row["count"] for row in layers) + profile["after_last_layer"]
+    assert total == pytest.approx(profile["sum"]) == pytest.approx(profile["whole_image"] + profile["marks_cost"])
+    assert 0 < profile["marks_cost"] <= 8 * profile["marks"]
+    count = {row["name"].split(" + ")[0]: row["count"] for row in layers}
+    assert count["B1_dw3x3_s1"] == pytest.approx(count["B2_dw3x3_s1"], rel=1e-3)
+    assert count["GAP"] + count["OUT"] < 0.02 * total
+    assert main(["simulate", str(tmp_path / "q"), "--target", "cortex-m4f", "--data-dir", str(MNIST_10K),
+                 "--count", "1", "--profile"]) == 0
+    text = capsys.readouterr().out
+    assert "instructions per image" in text and "per layer (mean of 1 images)" in text and "B6_pw1x1" in text
+    assert main(["simulate", str(tmp_path / "q"), "--target", "atmega2560", "--data-dir", str(MNIST_10K),
+                 "--profile"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--profile works on the targets" in err

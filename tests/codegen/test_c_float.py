@@ -89,17 +89,32 @@ def test_bad_weights_are_user_errors(upstream_tensors):
 
 
 def test_export_cli_writes_the_library(tmp_path, capsys):
+    """The library alone at the top (it compiles into a firmware with its own main()), the host program in host/,
+    built with the README's own command."""
     out = tmp_path / "c"
     assert main(["export", str(UPSTREAM / "noodle"), "--format", "c", "--out", str(out)]) == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == sorted(list(lib.library_file_names("float32")) + [lib.HOST_PROGRAM, "README.md"])
-    assert "GAP" in (out / "README.md").read_text()
+    assert names == sorted(list(lib.library_file_names("float32")) + ["host", "README.md"])
+    assert sorted(p.name for p in (out / "host").iterdir()) == [lib.HOST_PROGRAM]
+    readme = (out / "README.md").read_text()
+    assert "GAP" in readme and "13,032 bytes of weights" in readme  # the README's figures say what they count
+    firmware_main = tmp_path / "firmware_main.c"
+    firmware_main.write_text('#include "mobile_lenet.h"\nint main(void) { static unsigned char image[784]; '
+                             'float p[10]; return mobile_lenet_predict(image, p) < 0; }\n')
+    top = sorted(str(p) for p in out.glob("*.c"))
+    result = subprocess.run(["cc", "-std=c99", f"-I{out}", "-o", str(tmp_path / "fw"), str(firmware_main), *top, "-lm"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr  # no second main(): the top folder is the library alone
+    build = next(line for line in readme.splitlines() if line.startswith("cc "))
+    result = subprocess.run(build, shell=True, cwd=out, capture_output=True, text=True)
+    assert result.returncode == 0 and (out / "mobile_lenet_host").is_file(), result.stderr
 
 
 def test_compiles_strictly_as_c99_hosted_and_freestanding(tmp_path, sources):
     write_text_files(sources, tmp_path)
     c_files = [str(tmp_path / n) for n in sources if n.endswith(".c")]
-    result = subprocess.run(["cc", *STRICT_FLAGS, "-O2", "-o", str(tmp_path / "host"), *c_files, "-lm"],
+    result = subprocess.run(["cc", *STRICT_FLAGS, "-O2", f"-I{tmp_path}", "-o", str(tmp_path / "host.out"), *c_files,
+                             "-lm"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     # the library alone, as a microcontroller build compiles it (no POSIX, no main)

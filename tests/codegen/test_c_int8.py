@@ -101,20 +101,35 @@ def test_generated_library_keeps_the_float_api_and_the_planned_buffers(qmodel):
     assert "src/main.cpp" in files and "platformio.ini" in files
 
 
-def test_export_c_int8_builds_with_the_readme_command(tmp_path, qmodel, mnist_test, capsys):
+@pytest.mark.parametrize("schedule, activation_bytes", [(None, "12,544"), ("rows", "4,754")])
+def test_export_c_int8_builds_with_the_readme_command(tmp_path, qmodel, mnist_test, capsys, schedule,
+                                                      activation_bytes):
+    """Either schedule: the library alone at the top, the host program in host/, built with the README's command
+    (strict warnings added), computing the int8 engine's logits; the README's activation figure is the schedule's
+    (README.md of the project: 12,544 bytes whole maps, 4,754 row by row)."""
     save_quantized(qmodel, tmp_path / "q")
     out = tmp_path / "c"
-    assert main(["export", str(tmp_path / "q"), "--format", "c", "--int8", "--out", str(out)]) == 0
+    assert main(["export", str(tmp_path / "q"), "--format", "c", "--int8", "--out", str(out),
+                 *(["--schedule", schedule] if schedule else [])]) == 0
     assert main(["export", str(tmp_path / "q"), "--format", "platformio", "--int8", "--out",
                  str(tmp_path / "pio")]) == 0
     assert (tmp_path / "pio" / "src" / "mobile_lenet_weights.c").is_file()
-    compiled = subprocess.run(["cc", "-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic", "-o",
-                               str(out / "host"), *sorted(str(p) for p in out.glob("*.c")), "-lm"],
+    assert [p.name for p in (out / "host").iterdir()] == ["mobile_lenet_host.c"]
+    assert ("ml_rows_s8.c" in {p.name for p in out.iterdir()}) == (schedule == "rows")
+    readme = (out / "README.md").read_text()
+    assert f"{activation_bytes} bytes of activations" in readme and "3,670 bytes of weight data" in readme
+    build = next(line for line in readme.splitlines() if line.startswith("cc "))
+    compiled = subprocess.run(build.replace("cc ", "cc -Wall -Wextra -Werror -pedantic ", 1), shell=True, cwd=out,
                               capture_output=True, text=True)
     assert compiled.returncode == 0, compiled.stderr
     images = mnist_test.images[:20]
-    outputs = host_c.run_classify(out / "host", images)
+    outputs = host_c.run_classify(out / "mobile_lenet_host", images)
     np.testing.assert_array_equal(outputs.logits.astype(np.int8), int8_logits(qmodel, images))
     np.testing.assert_allclose(outputs.probs.sum(axis=1), 1, atol=1e-5)
+    assert main(["export", str(tmp_path / "q"), "--format", "platformio", "--int8", "--schedule", "rows",
+                 "--out", str(tmp_path / "pio2")]) == 2
+    assert "--schedule goes with --format c --int8" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "q"), "--format", "onnx", "--int8", "--out", str(tmp_path / "x")]) == 2
+    assert "c and platformio" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "q"), "--format", "onnx", "--int8", "--out", str(tmp_path / "x")]) == 2
     assert "c and platformio" in capsys.readouterr().err

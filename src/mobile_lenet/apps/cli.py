@@ -18,33 +18,26 @@ from pathlib import Path
 import numpy as np
 
 from mobile_lenet import spec
+# Only what the parser and the light verbs need is imported here; PyTorch, FastAPI and matplotlib load inside the
+# verbs that use them, so `--help` and `summary` start in a fraction of a second.
 from mobile_lenet.apps import device, simulate
-from mobile_lenet.apps.demo import serve
-from mobile_lenet.apps.evaluation import evaluate, format_report
-from mobile_lenet.apps.export import FORMATS as EXPORT_FORMATS, export
-from mobile_lenet.apps.pipeline import run_pipeline
-from mobile_lenet.apps.quantization import quantize_source
-from mobile_lenet.apps.report import build_report
+from mobile_lenet.apps.export import FORMATS as EXPORT_FORMATS
 from mobile_lenet.apps.summary import summary_dict, summary_text
 from mobile_lenet.codegen.mcu_firmware import TARGETS, get_target
-from mobile_lenet.codegen.memory import memory_dict, memory_text, row_plan, row_plan_dict, row_plan_text
-from mobile_lenet.engines.reference import softmax
-from mobile_lenet.engines.registry import ENGINES, check_engine, logits, real_logits
+from mobile_lenet.codegen.c_int8 import SCHEDULES
+from mobile_lenet.codegen.memory import int8_plan, memory_dict, memory_text, row_plan, row_plan_dict, row_plan_text
+from mobile_lenet.engines.registry import ENGINES
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import WriteError, check_writable_file, check_writable_folder
-from mobile_lenet.formats.int8_folder import load_quantized
-from mobile_lenet.formats.model_files import load_float_model, load_model, load_tensors
-from mobile_lenet.model.checkpoints import read_checkpoint, save_checkpoint
-from mobile_lenet.model.data import DATASETS, load_dataset
-from mobile_lenet.model.images import load_digit
-from mobile_lenet.model.network import from_noodle
-from mobile_lenet.model.training import TrainConfig, check_config, read_config, resume_refused, train
+from mobile_lenet.model.config import TrainConfig, check_config, read_config
+from mobile_lenet.model.data import DATASETS, load_dataset, resolve_dataset
 from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT
 
 
-def _dataset_args(p: argparse.ArgumentParser, default: str = "mnist") -> None:
-    p.add_argument("--dataset", default=default, choices=DATASETS + (("auto",) if default == "auto" else ()),
-                   help=f"named data set (default {default}); mnist-sample is bundled and works offline")
+def _dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="auto", choices=("auto",) + DATASETS,
+                   help="named data set (default auto: mnist when at hand or downloadable, else the bundled "
+                        "mnist-sample, which works offline)")
     p.add_argument("--data-dir", help="folder with IDX files, mnist.npz or mnist_{train,test}.csv (overrides "
                                       "the download)")
 
@@ -62,6 +55,16 @@ def _architecture_args(p: argparse.ArgumentParser) -> None:
 def architecture_from_args(args) -> spec.Architecture:
     """The member that the --width, --channels and --input-size flags name."""
     return spec.Architecture.from_options(args.width, args.channels, args.input_size)
+
+
+def _note(line: str) -> None:
+    """A note beside a verb's output (stderr, so that --json output stays one JSON object)."""
+    print(f"mobile-lenet: {line}", file=sys.stderr)
+
+
+def _load_images(args, split: str):
+    """The ``split`` of the data set ``--dataset`` and ``--data-dir`` name (``auto``: see resolve_dataset)."""
+    return load_dataset(resolve_dataset(args.dataset, args.data_dir, log=_note), split, args.data_dir)
 
 
 # ------------------------------------------------------------------------------------------------ verbs
@@ -107,6 +110,9 @@ def cmd_train(args) -> int:
                                 f"settings; resume without {flag}, or start a new run")
         _check_resumed_architecture(args, config.member, out)
         if (out / "last.pt").exists():  # a damaged one is refused now, before the data is loaded
+            from mobile_lenet.model.checkpoints import read_checkpoint
+            from mobile_lenet.model.training import resume_refused
+
             try:
                 read_checkpoint(out / "last.pt")
             except UserError as e:
@@ -114,13 +120,16 @@ def cmd_train(args) -> int:
     else:
         if (out / "last.pt").exists() or (out / "config.json").exists():
             raise UserError(f"{out}: already holds a run; use --resume to continue it or choose another --out")
-        config = TrainConfig(dataset=args.dataset, data_dir=args.data_dir, seed=0, augment=True,
+        config = TrainConfig(dataset="auto", data_dir=args.data_dir, seed=0, augment=True,
                              architecture=architecture_from_args(args).to_dict())
         for name in RUN_FLAGS:
             if getattr(args, name) is not None:
                 setattr(config, name, getattr(args, name))
         check_config(config)
+        config.dataset = resolve_dataset(args.dataset, args.data_dir, log=_note)  # after the checks: it may download
     train_set = load_dataset(config.dataset, "train", config.data_dir)
+    from mobile_lenet.model.training import train
+
     existed = out.exists()
     try:
         train(config, train_set, out, resume=args.resume, progress=not args.quiet)
@@ -153,9 +162,13 @@ def cmd_evaluate(args) -> int:
     """Accuracy, per-class accuracy and confusion matrix of MODEL on a test set."""
     if args.limit is not None and args.limit < 1:
         raise UserError("--limit must be at least 1")
+    from mobile_lenet.apps.evaluation import evaluate, format_report
+    from mobile_lenet.engines.registry import check_engine
+    from mobile_lenet.formats.model_files import load_model
+
     model = load_model(args.model)
     engine = check_engine(model, args.engine)
-    test_set = load_dataset(args.dataset, args.split, args.data_dir)
+    test_set = _load_images(args, args.split)
     if args.limit is not None:
         test_set.images, test_set.labels = test_set.images[:args.limit], test_set.labels[:args.limit]
     result = evaluate(model, test_set, engine)
@@ -164,12 +177,16 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    """Classify image files (PNG/JPEG, any size)."""
+    """Classify image files (PNG/JPEG, any size) with a float or int8 model."""
+    from mobile_lenet.engines.reference import softmax
+    from mobile_lenet.engines.registry import check_engine, real_logits
+    from mobile_lenet.formats.model_files import load_model
+    from mobile_lenet.model.images import load_digit
 
-    tensors = load_tensors(args.model)
-    engine = check_engine(tensors, args.engine)
+    model = load_model(args.model)
+    engine = check_engine(model, args.engine)
     images = np.stack([load_digit(p, invert=args.invert) for p in args.images])
-    probs = softmax(real_logits(tensors, images, engine))
+    probs = softmax(real_logits(model, images, engine))
     for path, p in zip(args.images, probs):
         if args.json:
             print(json.dumps({"image": str(path), "digit": int(p.argmax()), "probabilities": p.tolist()}))
@@ -183,8 +200,12 @@ def cmd_export(args) -> int:
     """Export MODEL as Noodle weight files, ONNX, a C library or a PlatformIO project."""
     # --int8 takes a quantized model folder (mobile-lenet quantize); without it MODEL holds float weights
     check_writable_folder(args.out)
+    from mobile_lenet.apps.export import export
+    from mobile_lenet.formats.int8_folder import load_quantized
+    from mobile_lenet.formats.model_files import load_float_model
+
     model, arch = (load_quantized(args.model), None) if args.int8 else load_float_model(args.model)
-    written = export(model, args.format, args.out, arch or spec.SEED, layout=args.layout)
+    written = export(model, args.format, args.out, arch or spec.SEED, layout=args.layout, schedule=args.schedule)
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -194,6 +215,10 @@ def cmd_import(args) -> int:
     if Path(args.out).is_dir():
         raise UserError(f"{args.out}: is a folder; --out names the checkpoint file to write")
     check_writable_file(args.out)
+    from mobile_lenet.formats.model_files import load_float_model
+    from mobile_lenet.model.checkpoints import read_checkpoint, save_checkpoint
+    from mobile_lenet.model.network import from_noodle
+
     if Path(args.out).exists() or Path(args.out).is_symlink():  # replace only a checkpoint, never another file
         if not Path(args.out).is_file():
             raise UserError(f"{args.out}: exists and is not a file; --out names the checkpoint file to write")
@@ -211,16 +236,21 @@ def cmd_quantize(args) -> int:
     """Quantize MODEL to int8 (BatchNorm folded, calibrated on training images) into a model folder."""
     if args.calibration_count < 1:
         raise UserError("--calibration-count must be at least 1")
-    qmodel = quantize_source(args.model, args.calibration_data, args.data_dir, args.calibration_count, args.out)
+    from mobile_lenet.apps.quantization import quantize_source
+
+    qmodel = quantize_source(args.model, args.calibration_data, args.data_dir, args.calibration_count, args.out,
+                             log=_note)
     print(f"wrote {args.out}: {len(qmodel.layers)} int8 layers, calibrated on "
-          f"{qmodel.metadata['calibration']['count']} training images of {args.calibration_data}")
+          f"{qmodel.metadata['calibration']['count']} training images of {qmodel.metadata['calibration']['dataset']}")
     return 0
 
 
 def cmd_pipeline(args) -> int:
-    """The main job: train, evaluate on the test split, export the weights, all into one folder."""
+    """The main job: train, evaluate, quantize, simulate on the microcontrollers, export, report, in one folder."""
     check_config(TrainConfig(epochs=args.epochs, seed=args.seed))
     check_writable_folder(args.out)
+    from mobile_lenet.apps.pipeline import run_pipeline
+
     run_pipeline(out=Path(args.out), dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                  seed=args.seed, progress=not args.quiet)
     return 0
@@ -240,11 +270,14 @@ def cmd_device(args) -> int:
     _check_count_and_timeout(args)
     if not math.isfinite(args.rotate):
         raise UserError(f"--rotate must be a finite number of degrees, not {args.rotate:g}")
-    test_set = load_dataset(args.dataset, "test", args.data_dir)
+    test_set = _load_images(args, "test")
     images, labels = device.rotate_images(test_set.images[:args.count], args.rotate), test_set.labels[:args.count]
     with device.DeviceLink.open(args.port, timeout=args.timeout) as link:
         result = device.run_on_device(link, images, labels, progress=not args.quiet and not args.json)
     if args.model:
+        from mobile_lenet.engines.registry import logits
+        from mobile_lenet.formats.model_files import load_tensors
+
         host_digits = logits(load_tensors(args.model), images, "reference").argmax(axis=1)
         result.update(agreement=int((host_digits == result["predictions"]).sum()), agreement_engine="reference")
     result.update(dataset=test_set.name, rotate=args.rotate)
@@ -256,22 +289,34 @@ def cmd_simulate(args) -> int:
     """Build MODEL's firmware for a microcontroller, run it in a simulator and measure it."""
     _check_count_and_timeout(args)
     get_target(args.target)
+    from mobile_lenet.formats.model_files import load_model
+
     model = load_model(args.model)
-    test_set = load_dataset(args.dataset, "test", args.data_dir)
-    if args.layers:  # the layer debugger on the first test image
-        report = simulate.trace_layers(model, args.target, test_set.images[0], external_ram=args.xmem)
-        print(json.dumps(report) if args.json else simulate.format_layers(report))
-        return 0
+    for flag, wanted in (("--layers", args.layers), ("--profile", args.profile)):
+        if wanted:
+            simulate.check_whole_maps(model, args.target, flag)  # before anything is built
+    test_set = _load_images(args, "test")
     images, labels = test_set.images[:args.count], test_set.labels[:args.count]
     report = simulate.simulate(model, args.target, images, labels, external_ram=args.xmem, timeout=args.timeout,
                                progress=not args.quiet and not args.json)
     report["dataset"] = test_set.name
-    print(json.dumps(report) if args.json else simulate.format_report(report))
+    text = [simulate.format_report(report)]
+    if args.profile:  # per-layer cost, beside the summary
+        report["profile"] = simulate.profile_layers(model, args.target, images, labels,
+                                                    report[f"{report['counts']}_per_image"]["mean"],
+                                                    external_ram=args.xmem, timeout=args.timeout)
+        text += ["", f"per layer (mean of {len(images)} images):", simulate.format_profile(report["profile"])]
+    if args.layers:  # the layer debugger on the first test image
+        report["layers"] = simulate.trace_layers(model, args.target, test_set.images[0], external_ram=args.xmem)
+        text += ["", "layer debugger (first test image):", simulate.format_layers(report["layers"])]
+    print(json.dumps(report) if args.json else "\n".join(text))
     return 0
 
 
 def cmd_report(args) -> int:
     """Write an HTML report of a training run: curves, confusion matrix, mistakes, costs, feature maps."""
+    from mobile_lenet.apps.report import build_report
+
     html_path = build_report(args.run_dir, dataset=args.dataset, data_dir=args.data_dir, out=args.out,
                              limit=args.limit)
     print(f"wrote {html_path}")
@@ -280,6 +325,8 @@ def cmd_report(args) -> int:
 
 def cmd_demo(args) -> int:
     """Serve the browser demo: draw a digit, see the probabilities and the activations of each stage."""
+    from mobile_lenet.apps.demo import serve
+
     serve(model=args.model, host=args.host, port=args.port)
     return 0
 
@@ -343,11 +390,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify PNG/JPEG images of digits")
-    p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files or .keras file")
+    p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files, .keras file or a quantized "
+                                 "model folder (mobile-lenet quantize)")
     p.add_argument("images", nargs="+", help="image files, any size")
     p.add_argument("--invert", default="auto", choices=("auto", "yes", "no"),
                    help="dark digit on light background? auto looks at the border (default)")
-    p.add_argument("--engine", default="torch", choices=ENGINES, help="torch (default), reference or c")
+    p.add_argument("--engine", choices=ENGINES, help="torch (default), reference or c; a quantized model: "
+                                                     "reference (default, integer NumPy) or c (int8 C)")
     p.add_argument("--json", action="store_true", help="one JSON line per image")
     p.set_defaults(func=cmd_predict)
 
@@ -361,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--int8", action="store_true", help="int8 C (formats c and platformio); MODEL is then a "
                                                        "quantized model folder (mobile-lenet quantize)")
+    p.add_argument("--schedule", choices=SCHEDULES,
+                   help=f"with --format c --int8: buffers (default; whole feature maps, {int8_plan().ram_bytes:,} bytes "
+                        f"of activations) or rows (row by row, {row_plan().ram_bytes:,} bytes: fits 8 KB chips such "
+                        f"as the ATmega2560)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="convert a folder of Noodle files or a .keras file into a checkpoint")
@@ -371,16 +424,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="int8 quantization: fold BatchNorm, calibrate on training images")
     p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files or .keras file")
-    p.add_argument("--calibration-data", required=True, choices=DATASETS,
-                   help="data set whose TRAINING images calibrate the activation ranges")
+    p.add_argument("--calibration-data", default="auto", choices=("auto",) + DATASETS,
+                   help="data set whose TRAINING images calibrate the activation ranges (default auto: mnist when "
+                        "at hand or downloadable, else the bundled mnist-sample)")
     p.add_argument("--data-dir", help="folder with the data set's files (overrides the download)")
     p.add_argument("--calibration-count", type=int, default=DEFAULT_CALIBRATION_COUNT,
                    help=f"training images used (default {DEFAULT_CALIBRATION_COUNT}, drawn with a fixed seed)")
     p.add_argument("--out", required=True, help="output folder (int8_tensors.npz and manifest.json)")
     p.set_defaults(func=cmd_quantize)
 
-    p = sub.add_parser("pipeline", help="the main job: train, evaluate, export and report into one folder")
-    _dataset_args(p, default="auto")
+    p = sub.add_parser("pipeline", help="the main job: train, evaluate, quantize, simulate, export and "
+                                                  "report into one folder")
+    _dataset_args(p)
     p.add_argument("--out", default="runs/main", help="output folder (default runs/main)")
     p.add_argument("--epochs", type=int, default=defaults.epochs, help=f"training epochs (default {defaults.epochs})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -407,8 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "(8 KB SRAM, simavr)")
     _dataset_args(p)
     p.add_argument("--count", type=int, default=10, help="test images to classify in the simulator (default 10)")
-    p.add_argument("--layers", action="store_true", help="layer debugger: every layer's output for the first "
-                                                         "test image, firmware vs host C vs reference engine")
+    p.add_argument("--layers", action="store_true", help="also the layer debugger: every layer's output for the "
+                                                         "first test image, firmware vs host C vs reference engine")
+    p.add_argument("--profile", action="store_true", help="also the cost of each layer on the chip: instructions "
+                                                          "(cycles on the AVR) between marks after every layer")
     p.add_argument("--xmem", action="store_true", help="atmega2560: link for 64 KB of external SRAM (XMEM "
                                                        "interface; simavr adds no wait states)")
     p.add_argument("--timeout", type=float, default=simulate.REPLY_TIMEOUT_S,
@@ -426,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("demo", help="browser demo: draw a digit and watch the network classify it")
-    p.add_argument("--model", help="checkpoint, run folder, Noodle folder or .keras file (default runs/main)")
+    p.add_argument("--model", help="checkpoint, run folder, Noodle folder, .keras file or quantized model folder "
+                                   "(default runs/main)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.set_defaults(func=cmd_demo)

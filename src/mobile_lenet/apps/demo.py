@@ -23,8 +23,9 @@ Requests (at most ``MAX_BODY_BYTES``; everything else gets a 4xx with ``{"error"
 
 The answer: ``prediction``, ``probabilities`` (10), ``input`` (the 28x28 network input), ``blank`` (no
 ink at all) and ``stages``: for the stem and B1..B6, the output shape and a PNG mosaic of all channels.
-Probabilities come from the chosen engine; the activations always come from the PyTorch model
-(``forward_all``), which computes the same network.
+Probabilities come from the chosen engine; the activations of a float model come from the PyTorch model
+(``forward_all``), which computes the same network, and those of an int8 model (a ``mobile-lenet quantize``
+folder) from the int8 engine, dequantized: what the int8 network itself computes.
 """
 
 from __future__ import annotations
@@ -49,11 +50,13 @@ from starlette.concurrency import run_in_threadpool
 from mobile_lenet import spec
 from mobile_lenet.apps.report import STAGES, stage_activations
 from mobile_lenet.engines.reference import softmax
-from mobile_lenet.engines.registry import engines_for, logits
+from mobile_lenet.engines.reference_int8 import run_int8_layer
+from mobile_lenet.engines.registry import engines_for, is_int8, real_logits
 from mobile_lenet.errors import UserError
-from mobile_lenet.formats.model_files import load_tensors
+from mobile_lenet.formats.model_files import load_model
 from mobile_lenet.model.images import SIZE, looks_dark_on_light, mnist_style, to_gray
 from mobile_lenet.model.network import from_noodle
+from mobile_lenet.quantization.arithmetic import quantize_input
 
 STATIC_DIR = Path(__file__).with_name("demo_static")
 DEFAULT_MODEL = Path("runs") / "main" / "best.pt"  # what the main job (`mobile-lenet pipeline`) writes
@@ -80,7 +83,7 @@ def resolve_model(model: str | os.PathLike | None) -> Path:
         return DEFAULT_MODEL
     raise UserError(f"no model to serve: {DEFAULT_MODEL} does not exist here. Run the main job first "
                     "(`mobile-lenet pipeline`, which trains into runs/main), or pass --model with a run folder, "
-                    "a checkpoint (.pt), a folder of Noodle files or a .keras file")
+                    "a checkpoint (.pt), a folder of Noodle files, a .keras file or a quantized model folder")
 
 
 # ------------------------------------------------------------------------------------------------ decoding
@@ -146,8 +149,8 @@ def to_network_input(gray: np.ndarray, invert: str = "auto") -> np.ndarray:
     return mnist_style(gray)
 
 
-def parse_request(body: bytes, content_type: str, query: dict) -> tuple[np.ndarray, str, str]:
-    """Request body -> (grayscale picture, engine, invert), or RequestError."""
+def parse_request(body: bytes, content_type: str, query: dict) -> tuple[np.ndarray, str | None, str]:
+    """Request body -> (grayscale picture, engine (None: the model's default), invert), or RequestError."""
     if not body:
         raise RequestError(400, 'empty request body: send JSON {"image": "data:image/png;base64,..."} or '
                                 '{"pixels": [[...], ...]}, or an image file')
@@ -165,9 +168,9 @@ def parse_request(body: bytes, content_type: str, query: dict) -> tuple[np.ndarr
             raise RequestError(400, 'JSON body needs exactly one of "image" (a data URL) and "pixels" (rows)')
         gray = (decode_image(decode_data_url(payload["image"])) if "image" in payload
                 else decode_pixels(payload["pixels"]))
-        return gray, payload.get("engine", "torch"), payload.get("invert", "auto")
+        return gray, payload.get("engine"), payload.get("invert", "auto")
     if media_type.startswith("image/") or media_type == "application/octet-stream":
-        return decode_image(body), query.get("engine", "torch"), query.get("invert", "auto")
+        return decode_image(body), query.get("engine"), query.get("invert", "auto")
     raise RequestError(415, f"unsupported Content-Type {media_type or '(none)'!r}: send application/json or "
                             "an image (image/png, image/jpeg, ...)")
 
@@ -192,25 +195,40 @@ def activation_mosaic(maps: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def int8_stage_activations(qmodel, image: np.ndarray) -> dict[str, np.ndarray]:
+    """Feature maps (C, H, W) after each stage of the int8 network for one uint8 28x28 image: the int8 engine's
+    outputs, dequantized ((q - zero point) * scale) so they show on the float model's colour scale."""
+    block_of = {layer.name: layer.block for layer in spec.LAYERS}
+    x, maps = quantize_input(image[None]), {}
+    for layer in qmodel.layers:
+        x = run_int8_layer(layer, x)
+        stage = block_of[layer.rows[-1]]
+        if stage in STAGES:  # a stage's last layer comes last, so it is the one kept
+            maps[stage] = (x[0].astype(np.float32) - layer.out_zero_point) * np.float32(layer.out_scale)
+    return maps
+
+
 class DemoModel:
-    """The served weights: Noodle tensors for the engines plus a PyTorch model for the activations."""
+    """The served model, float (Noodle tensors, plus a PyTorch model for the activations) or int8."""
 
-    def __init__(self, tensors: dict[str, np.ndarray], label: str):
-        self.tensors, self.label = tensors, label
-        self.torch_model = from_noodle(tensors)
-        self.engines = engines_for(tensors)
+    def __init__(self, model, label: str):
+        self.model, self.label = model, label
+        self.torch_model = None if is_int8(model) else from_noodle(model)
+        self.engines = engines_for(model)
 
-    def predict(self, image: np.ndarray, engine: str = "torch") -> dict:
+    def predict(self, image: np.ndarray, engine: str | None = None) -> dict:
         """Probabilities, prediction and per-stage activations of one 28x28 uint8 network input."""
+        engine = engine or self.engines[0]
         if engine not in self.engines:
             raise RequestError(400, f"unknown engine {engine!r} (available: {', '.join(self.engines)})")
         try:
-            probabilities = softmax(logits(self.tensors, image[None], engine).astype(np.float64))[0]
+            probabilities = softmax(real_logits(self.model, image[None], engine).astype(np.float64))[0]
         except UserError as e:
             raise RequestError(503, f"engine {engine} failed: {e}") from None
+        activations = (int8_stage_activations(self.model, image) if self.torch_model is None
+                       else stage_activations(self.torch_model, image))
         stages = [{"name": stage, "shape": [maps.shape[1], maps.shape[2], maps.shape[0]],
-                   "image": activation_mosaic(maps)}
-                  for stage, maps in stage_activations(self.torch_model, image).items()]
+                   "image": activation_mosaic(maps)} for stage, maps in activations.items()]
         return {"engine": engine, "prediction": int(probabilities.argmax()),
                 "probabilities": [float(p) for p in probabilities], "blank": not image.any(),
                 "input": image.tolist(), "stages": stages}
@@ -243,10 +261,10 @@ def allowed_hosts(host: str, port: int) -> set[str] | None:
     return {f"{name}:{port}" for name in names} | ({*names} if port == 80 else set())
 
 
-def create_app(tensors: dict[str, np.ndarray], label: str = "model", hosts: set[str] | None = None) -> FastAPI:
+def create_app(model, label: str = "model", hosts: set[str] | None = None) -> FastAPI:
     """The FastAPI application serving the page, ``GET /api/info`` and ``POST /api/predict``; with ``hosts``,
     a request whose ``Host`` header is not one of them gets 400."""
-    demo_model = DemoModel(tensors, label)
+    demo_model = DemoModel(model, label)
     app = FastAPI(title="Mobile-LeNet demo", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.demo_model = demo_model
 
@@ -307,7 +325,7 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000) -
     if not 0 < port < 65536:
         raise UserError(f"--port must be between 1 and 65535, not {port}")
     source = resolve_model(model)
-    tensors = load_tensors(source)
+    model = load_model(source)
     if not port_is_free(host, port):
         raise UserError(f"cannot listen on {host}:{port} (in use, or not an address of this machine); "
                         "choose another --port or --host")
@@ -316,5 +334,5 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000) -
     shown_host = f"[{host}]" if ":" in host else host
     print(f"serving {source} at http://{shown_host}:{port}/ (Ctrl-C to stop)")
     # /api/info names the model by its file name only: a page must not learn where files sit on this machine
-    app = create_app(tensors, label=Path(source).name, hosts=allowed_hosts(host, port))
+    app = create_app(model, label=Path(source).name, hosts=allowed_hosts(host, port))
     uvicorn.run(app, host=host, port=port, log_level="warning")

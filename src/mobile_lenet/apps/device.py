@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import serial
 from PIL import Image
-from tqdm import tqdm
 
 from mobile_lenet.errors import UserError
+from mobile_lenet.progress import progress_bar
 
 try:
     from termios import error as TermiosError  # a vanished USB serial port's tcdrain/tcsetattr raises it
@@ -212,7 +212,7 @@ def run_on_device(link: DeviceLink, images: np.ndarray, labels: np.ndarray, prog
     link.wait_ready()
     link.check_no_extra_reply(-1, wait=EXTRA_REPLY_WAIT_S)
     replies, round_trips = [], []
-    for index, image in enumerate(tqdm(images, desc="device", unit="img", disable=not progress)):
+    for index, image in enumerate(progress_bar(images, progress, desc="device", unit="img")):
         start = time.monotonic()
         replies.append(link.classify(image, index))
         round_trips.append(time.monotonic() - start)

@@ -25,11 +25,12 @@ INT8_WRITERS = {"c": write_c_library_int8, "platformio": write_platformio_projec
 FORMATS = tuple(FLOAT_WRITERS)
 
 
-def export(model, fmt: str, out_dir: str | Path, arch: spec.Architecture = spec.SEED,
-           layout: str = "standard") -> list[Path]:
+def export(model, fmt: str, out_dir: str | Path, arch: spec.Architecture = spec.SEED, layout: str = "standard",
+           schedule: str | None = None) -> list[Path]:
     """Write a float or int8 ``model`` in format ``fmt`` into ``out_dir``; returns the files written. Float
     tensors are the member ``arch``; an int8 model knows its own. ``layout="mega2560"`` (Noodle only): the files
-    of upstream Noodle's Arduino Mega 2560 example (``formats.noodle_mega2560``)."""
+    of upstream Noodle's Arduino Mega 2560 example (``formats.noodle_mega2560``). ``schedule``: the int8 C
+    library's (``c_int8.SCHEDULES``; default "buffers")."""
     if layout != "standard":
         if fmt != "noodle" or is_int8(model):
             raise UserError(f"--layout {layout} is a layout of float Noodle files (--format noodle), not of {fmt}"
@@ -44,6 +45,10 @@ def export(model, fmt: str, out_dir: str | Path, arch: spec.Architecture = spec.
     if not member.is_seed and fmt == "platformio":
         raise UserError(f"the PlatformIO project of a Mobile-LeNet family member ({member.describe()}) is not "
                         f"written yet; export --format c gives its C library")
+    if schedule is not None:
+        if not (is_int8(model) and fmt == "c"):
+            raise UserError("--schedule goes with --format c --int8 (the PlatformIO project picks each board's own)")
+        return write_c_library_int8(model, Path(out_dir), schedule)
     if is_int8(model) or member.is_seed:
         return writers[fmt](model, Path(out_dir))
     return writers[fmt](model, Path(out_dir), member)

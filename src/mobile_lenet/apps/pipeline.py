@@ -1,7 +1,10 @@
-"""The main job, ``mobile-lenet pipeline``: train, evaluate, export and report, in one folder.
+"""The main job, ``mobile-lenet pipeline``: train, evaluate, quantize, simulate, export and report, in one folder.
 
 With ``--dataset auto`` (the default) it uses full MNIST when it is at hand (``--data-dir``, the download
 cache, or a download that works) and otherwise the bundled sample, so it runs offline out of the box.
+The microcontroller step runs the float and int8 firmware on every target whose toolchain and simulator are
+installed, on a few test images (``apps.simulate.DEPLOY_COUNT``), so the job stays a few minutes long; a
+target without its tools is one line naming the package, and the job goes on.
 """
 
 from __future__ import annotations
@@ -11,59 +14,65 @@ from pathlib import Path
 
 from mobile_lenet.apps.evaluation import evaluate, format_report
 from mobile_lenet.apps.export import export
-from mobile_lenet.apps.report import build_report
+from mobile_lenet.apps.quantization import quantize_source
+from mobile_lenet.apps.report import DEPLOYMENT_FILE, INT8_EVALUATION_FILE, build_report
+from mobile_lenet.apps.simulate import DEPLOY_COUNT, deploy
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import atomic_write_text, check_writable_folder
 from mobile_lenet.formats.model_files import load_tensors
-from mobile_lenet.model.data import DataError, dataset_available_offline, download, load_dataset
+from mobile_lenet.model.data import load_dataset, resolve_dataset
 from mobile_lenet.model.training import TrainConfig, check_config, read_config, train
+from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT
+
+STEPS = 6
 
 
-def resolve_dataset(dataset: str, data_dir: str | None, log=print) -> str:
-    """Pick the data set for ``auto``: MNIST if available or downloadable, else the bundled sample."""
-    if dataset != "auto" or data_dir:
-        return "mnist" if dataset == "auto" else dataset
-    if dataset_available_offline("mnist"):
-        return "mnist"
-    try:
-        download("mnist")
-        return "mnist"
-    except DataError as e:
-        log(f"full MNIST is not at hand ({e}); using the bundled mnist-sample instead")
-        return "mnist-sample"
-
-
-def run_pipeline(out: Path, dataset: str = "auto", data_dir: str | None = None, epochs: int = TrainConfig.epochs, seed: int = 0,
-                 progress: bool = True, log=print) -> dict:
-    """Train into ``out``, evaluate best.pt on the test split, export it, write the report; returns the evaluation."""
+def run_pipeline(out: Path, dataset: str = "auto", data_dir: str | None = None, epochs: int = TrainConfig.epochs,
+                 seed: int = 0, progress: bool = True, log=print) -> dict:
+    """Train into ``out``, evaluate best.pt on the test split, quantize it into ``out/int8``, run both on the
+    simulated microcontrollers, export both, write the report; returns the float evaluation."""
     check_config(TrainConfig(epochs=epochs, seed=seed))  # before any data is loaded or downloaded
     check_writable_folder(out)
     dataset = resolve_dataset(dataset, data_dir, log)
     config = check_config(TrainConfig(dataset=dataset, data_dir=data_dir, epochs=epochs, seed=seed))
-    log(f"[1/4] training on {dataset}{' from ' + data_dir if data_dir else ''} for {epochs} epochs -> {out}")
+    log(f"[1/{STEPS}] training on {dataset}{' from ' + data_dir if data_dir else ''} for {epochs} epochs -> {out}")
     resume = (out / "config.json").is_file()  # a run started here (even one killed in its first epoch)
     if resume and read_config(out / "config.json") != config:
         raise UserError(f"{out}: holds a run with other settings; choose another --out")
     train(config, load_dataset(dataset, "train", data_dir), out, resume=resume, progress=progress, log=log)
 
-    log("[2/4] evaluating best.pt on the test split")
+    log(f"[2/{STEPS}] evaluating best.pt on the test split")
     tensors = load_tensors(out)
-    result = evaluate(tensors, load_dataset(dataset, "test", data_dir))
+    test_set = load_dataset(dataset, "test", data_dir)
+    result = evaluate(tensors, test_set)
     atomic_write_text(out / "evaluation.json", json.dumps(result, indent=2) + "\n")
     log(format_report(result))
 
-    log("[3/4] exporting")
-    for line in export_all(out, tensors):
+    log(f"[3/{STEPS}] quantizing to int8 -> {out / 'int8'}")
+    qmodel = quantize_source(out, dataset, data_dir, DEFAULT_CALIBRATION_COUNT, out / "int8")
+    result_int8 = evaluate(qmodel, test_set)
+    atomic_write_text(out / INT8_EVALUATION_FILE, json.dumps(result_int8, indent=2) + "\n")
+    log(f"  int8 accuracy {100 * result_int8['accuracy']:.2f}% (float {100 * result['accuracy']:.2f}%)")
+
+    log(f"[4/{STEPS}] microcontrollers: {DEPLOY_COUNT} test images per firmware in its simulator")
+    deployment = deploy({"float32": tensors, "int8": qmodel}, test_set.images[:DEPLOY_COUNT],
+                        test_set.labels[:DEPLOY_COUNT], log=log)
+    deployment["dataset"] = test_set.name
+    atomic_write_text(out / DEPLOYMENT_FILE, json.dumps(deployment, indent=2) + "\n")
+
+    log(f"[5/{STEPS}] exporting")
+    for line in export_all(out, tensors, qmodel):
         log("  " + line)
 
-    log(f"[4/4] report: {build_report(out, dataset=dataset, data_dir=data_dir)}")
+    log(f"[6/{STEPS}] report: {build_report(out, dataset=dataset, data_dir=data_dir)}")
     return result
 
 
-def export_all(out: Path, tensors) -> list[str]:
-    """Write the weight files, ONNX and the C library next to the run; returns what was written."""
+def export_all(out: Path, tensors, qmodel) -> list[str]:
+    """Write the weight files, ONNX and the float and int8 C libraries next to the run; returns what was written."""
     written = []
-    for fmt in ("noodle", "onnx", "c"):
-        export(tensors, fmt, out / fmt)
-        written.append(f"{fmt}: {out / fmt}")
+    for folder, model, fmt in (("noodle", tensors, "noodle"), ("onnx", tensors, "onnx"), ("c", tensors, "c"),
+                               ("c-int8", qmodel, "c")):
+        export(model, fmt, out / folder)
+        written.append(f"{folder}: {out / folder}")
     return written

@@ -9,13 +9,14 @@ from mobile_lenet.errors import UserError
 from mobile_lenet.files import check_writable_folder
 from mobile_lenet.formats.int8_folder import is_quantized_folder, save_quantized
 from mobile_lenet.formats.model_files import load_tensors
-from mobile_lenet.model.data import load_dataset
+from mobile_lenet.model.data import load_dataset, resolve_dataset
 from mobile_lenet.quantization.quantize import QuantizedModel, pick_calibration_images, quantize_model
 
 
 def quantize_source(model: str | os.PathLike, calibration_data: str, data_dir: str | None, count: int,
-                    out: str | os.PathLike) -> QuantizedModel:
-    """``mobile-lenet quantize``: quantize MODEL with ``count`` images of the TRAINING split, save to ``out``."""
+                    out: str | os.PathLike, log=print) -> QuantizedModel:
+    """``mobile-lenet quantize``: quantize MODEL with ``count`` images of the TRAINING split, save to ``out``.
+    ``calibration_data`` ``auto``: MNIST when at hand, else the bundled sample (said through ``log``)."""
     out = Path(out)
     if out.exists() and not is_quantized_folder(out) and not (out.is_dir() and not any(out.iterdir())):
         raise UserError(f"{out}: exists and is not a quantized model; choose another --out")
@@ -23,7 +24,8 @@ def quantize_source(model: str | os.PathLike, calibration_data: str, data_dir: s
     if count < 1:
         raise UserError("--calibration-count must be at least 1")
     tensors = load_tensors(model)
-    train_set = load_dataset(calibration_data, "train", data_dir)  # never the test split
+    calibration_data = resolve_dataset(calibration_data, data_dir, log, flag="--calibration-data")
+    train_set = load_dataset(calibration_data, "train", data_dir, flag="--calibration-data")  # never the test split
     images = pick_calibration_images(train_set.images, count)
     metadata = {"source": str(model),
                 "calibration": {"dataset": train_set.name, "split": "train", "seed": 0}}

@@ -33,6 +33,9 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
 
 from mobile_lenet import spec
 from mobile_lenet.apps.evaluation import score
+from mobile_lenet.apps.report_deployment import (DEPLOYMENT_FILE, INT8_EVALUATION_FILE, deployment_section,
+                                                 read_json_record)
+from mobile_lenet.apps.report_deployment import STYLE as DEPLOYMENT_STYLE
 from mobile_lenet.engines.reference import softmax
 from mobile_lenet.engines.registry import logits
 from mobile_lenet.errors import UserError
@@ -392,7 +395,7 @@ def _cost_rows(costs: list[BlockCost]) -> list[list]:
 
 
 def render_html(facts: list[tuple[str, str]], figures: dict[str, str], result: dict, costs: list[BlockCost],
-                run_name: str) -> str:
+                run_name: str, deployment: str = "") -> str:
     """The report page; ``figures`` maps a figure's role to its PNG file name (beside the page)."""
     per_class = [[digit, "-" if acc is None else f"{100 * acc:.2f}%", sum(result["confusion"][digit])]
                  for digit, acc in enumerate(result["per_class"])]
@@ -402,7 +405,7 @@ def render_html(facts: list[tuple[str, str]], figures: dict[str, str], result: d
     whole_standard = totals["macs"] - sep_m + std_m
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Mobile-LeNet report: {html.escape(run_name)}</title>
-<style>{STYLE}</style></head>
+<style>{STYLE}{DEPLOYMENT_STYLE}</style></head>
 <body>
 <h1>Mobile-LeNet training report</h1>
 <p>Run <code>{html.escape(run_name)}</code></p>
@@ -419,6 +422,7 @@ def render_html(facts: list[tuple[str, str]], figures: dict[str, str], result: d
 {_table(["digit", "accuracy", "test images"], per_class)}
 {_figure(figures["misclassified"], "Test digits the model gets wrong, with the true label, the predicted "
                                    "label and how sure the model was.")}
+{deployment}
 
 <h2>Architecture</h2>
 {_figure(figures["architecture"], "The network as the architecture table spec.LAYERS describes it: one box "
@@ -462,6 +466,9 @@ def build_report(run_dir: str | os.PathLike, dataset: str | None = None, data_di
     check_writable_file(html_path)  # before the test set is loaded
     check_replaceable(html_path)
 
+    deployment = deployment_section(read_json_record(run_dir / DEPLOYMENT_FILE, ("count", "results", "skipped")),
+                                    read_json_record(run_dir / INT8_EVALUATION_FILE, ("accuracy", "n")),
+                                    read_json_record(run_dir / "evaluation.json", ("accuracy", "n")))
     test_set = load_dataset(dataset, "test", data_dir)
     images, labels = test_set.images[:limit], test_set.labels[:limit]
     if len(labels) == 0:
@@ -503,7 +510,8 @@ def build_report(run_dir: str | os.PathLike, dataset: str | None = None, data_di
             ("parameters", f"{spec.totals()['total_params']:,}"),
             ("MACs per image", f"{spec.totals()['macs']:,}"),
         ]
-        atomic_write_text(staging / html_path.name, render_html(facts, figures, result, costs, str(run_dir)))
+        atomic_write_text(staging / html_path.name, render_html(facts, figures, result, costs, str(run_dir),
+                                                                          deployment))
         try:
             for name in [*FIGURE_FILES.values(), html_path.name]:
                 os.replace(staging / name, folder / name)

@@ -7,7 +7,9 @@ simulator measured: flash, static RAM, peak stack, executed instructions (ARM) o
 the latency they mean at the chip's clock, accuracy, and agreement with the reference engine.
 
 ``trace_layers`` is the layer debugger: every layer's output for one image from the reference engine, the
-host C and the firmware in the simulator, compared layer by layer.
+host C and the firmware in the simulator, compared layer by layer. ``profile_layers`` is the cost of each layer
+on the chip: the firmware built with its measurement marker after every layer (``c/ml_trace.h``), run on the
+same images, the same counter read at each mark.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ import numpy as np
 
 from mobile_lenet import spec
 from mobile_lenet.apps.device import DeviceLink, run_on_device
-from mobile_lenet.codegen.mcu_firmware import XMEM_RAM_BYTES, build_firmware, get_target
+from mobile_lenet.codegen.mcu_firmware import (TARGETS, XMEM_RAM_BYTES, DoesNotFit, build_firmware, check_toolchain,
+                                              get_target)
 from mobile_lenet.engines import registry
 from mobile_lenet.engines.host_c import TRACE_PREFIX, c_layer_outputs, parse_trace_line
-from mobile_lenet.engines.mcu_simulators import SimulatorRun
+from mobile_lenet.engines.mcu_simulators import SimulatorRun, check_simulator
 from mobile_lenet.engines.reference import reference_layer_outputs, softmax
 from mobile_lenet.engines.reference_int8 import int8_layer_outputs
 from mobile_lenet.errors import UserError
@@ -34,6 +37,7 @@ from mobile_lenet.files import WriteError
 REPLY_TIMEOUT_S = 120.0  # per image: a Cortex-M0+ float image is ~100 M simulated instructions
 CONFIDENCE_DECIMALS = 4  # the protocol's confidence has 4 decimals
 TRACE_LINE_BYTES = 1 << 20  # the layer debugger's longest line: 6,272 float32 in hex
+DEPLOY_COUNT = 5  # test images per firmware in the main job: agreement checked, a few seconds per target
 
 
 @contextlib.contextmanager
@@ -114,6 +118,100 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------------------ profile
+def check_whole_maps(model, target_name: str | None, flag: str) -> None:
+    """A look at single layers (``flag``: --layers, --profile) needs whole feature maps; one line if the target
+    runs the int8 network row by row, where the layers interleave."""
+    if registry.is_int8(model) and target_name and get_target(target_name).int8_schedule != "buffers":
+        raise UserError(f"{target_name} runs the int8 model row by row (c/ml_rows_s8.c), which has no layer "
+                        f"debugger or per-layer profile; {flag} works on the targets that keep whole feature maps")
+
+
+def profile_layers(model, target_name: str, images: np.ndarray, labels: np.ndarray, whole_image: float, *,
+                   work_dir: Path | None = None, external_ram: bool = False,
+                   timeout: float = REPLY_TIMEOUT_S) -> dict:
+    """Instructions (cycles on the AVR) per layer, the mean over ``images``: the profile build's counter between
+    the marks after consecutive layers. ``whole_image``: the normal build's mean per image; the profile's sum
+    exceeds it by the marks' own cost, which the report states."""
+    target = get_target(target_name)
+    check_whole_maps(model, target_name, "--profile")
+    with _work_dir(work_dir) as work:
+        firmware = build_firmware(model, target, work / "profile", external_ram=external_ram, profile=True)
+        with SimulatorRun(firmware, work) as run:
+            with DeviceLink.open(run.port, timeout=timeout) as link:
+                run_on_device(link, images, labels, progress=False)
+    intervals = np.array(run.measurements.per_layer, dtype=np.float64)  # images x (marked layers + 1)
+    if intervals.shape != (len(images), len(firmware.layer_marks) + 1):
+        raise RuntimeError(f"the profile saw {intervals.shape} marks for {len(images)} images")
+    means, names = intervals.mean(axis=0), layer_names(model)
+    total = float(intervals.sum(axis=1).mean())
+    return {"counts": target.counts,
+            "layers": [{"layer": number, "name": names[number], "count": float(mean)}
+                       for number, mean in zip(firmware.layer_marks, means)],
+            "after_last_layer": float(means[-1]), "sum": total, "whole_image": whole_image,
+            "marks": len(firmware.layer_marks), "marks_cost": total - whole_image}
+
+
+def format_profile(profile: dict) -> str:
+    """The per-layer cost table, with how its sum relates to the whole-image count."""
+    unit, total = profile["counts"], profile["sum"]
+    lines = [f"{'#':>3}  {'layer':<50} {unit:>12} {'share':>6}", "-" * 75]
+    rows = [(str(row["layer"]), row["name"], row["count"]) for row in profile["layers"]]
+    for number, name, count in rows + [("", "after the last layer (softmax, argmax)", profile["after_last_layer"])]:
+        lines.append(f"{number:>3}  {name[:50]:<50} {count:>12,.0f} {100 * count / total:>5.1f}%")
+    lines.append(f"sum {total:,.0f} {unit} = {profile['whole_image']:,.0f} per image without the marks + "
+                 f"{profile['marks_cost']:,.0f} for the {profile['marks']} marks themselves (the first layer "
+                 f"includes the input's conversion)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ all targets
+def missing_tools(target_name: str) -> str | None:
+    """None when the target's toolchain and simulator are installed, else the one line that names the package."""
+    target = get_target(target_name)
+    try:
+        check_toolchain(target)
+        check_simulator(target)
+    except UserError as e:
+        return str(e)
+    return None
+
+
+def deploy(models: dict, images: np.ndarray, labels: np.ndarray, log=print) -> dict:
+    """The main job's microcontroller step: each model (``{"float32": tensors, "int8": qmodel}``) on every target
+    whose tools are installed, in its simulator. A target without its tools is skipped with one line; a model
+    too large for a chip is a row that says so. Returns ``{"count", "results", "skipped"}`` for the report."""
+    results, skipped = [], []
+    for name, target in TARGETS.items():
+        why = missing_tools(name)
+        if why:
+            log(f"  {name}: skipped ({why})")
+            skipped.append({"target": name, "chip": target.chip, "reason": why})
+            continue
+        for precision, model in models.items():
+            try:
+                report = simulate(model, name, images, labels, progress=False)
+            except DoesNotFit as e:
+                log(f"  {name} {precision}: does not fit ({str(e).partition('does not fit: ')[2]})")
+                results.append({"target": name, "chip": target.chip, "precision": precision, "fits": False,
+                                "reason": str(e), "flash_capacity": target.flash_bytes,
+                                "ram_capacity": target.ram_bytes})
+                continue
+            report["fits"] = True
+            log(f"  {name} {precision}: " + deployment_line(report))
+            results.append(report)
+    return {"count": int(len(images)), "results": results, "skipped": skipped}
+
+
+def deployment_line(report: dict) -> str:
+    """One simulated firmware in a line: memory against the chip's, latency at its clock, agreement."""
+    ram = report["static_ram_bytes"] + report["peak_stack_bytes"]
+    return (f"flash {report['flash_bytes']:,} of {report['flash_capacity']:,} B, RAM {ram:,} of "
+            f"{report['ram_capacity']:,} B, {report['ms_per_image_at_clock']:.1f} ms at "
+            f"{report['clock_hz'] / 1e6:g} MHz ({report['latency_assumes']}), agrees with the reference on "
+            f"{report['agreement_with_reference']}/{report['n']}")
+
+
 # ------------------------------------------------------------------------------------------------ layers
 def layer_names(model) -> dict[int, str]:
     """Layer number -> name, in the numbering of the layer debugger (table rows; int8: quantized layers)."""
@@ -150,9 +248,7 @@ def trace_layers(model, target_name: str | None, image: np.ndarray, work_dir: Pa
     given) from the reference engine, whether the firmware's values equal the host C's bit for bit, and the
     first layer where each parts from the reference."""
     int8 = registry.is_int8(model)
-    if int8 and target_name and get_target(target_name).int8_schedule != "buffers":
-        raise UserError(f"{target_name} runs the int8 model row by row (c/ml_rows_s8.c), which has no layer "
-                        f"debugger; --layers works on the targets that keep whole feature maps")
+    check_whole_maps(model, target_name, "--layers")
     reference = int8_layer_outputs(model, image) if int8 else reference_layer_outputs(model, image)
     host = c_layer_outputs(model, image)
     firmware = firmware_layer_outputs(model, target_name, image, work_dir, external_ram) if target_name else None

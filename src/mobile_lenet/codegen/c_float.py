@@ -160,16 +160,17 @@ def generate_library(tensors: dict[str, np.ndarray], arch: spec.Architecture = s
 
 
 def generate_sources(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> dict[str, str]:
-    """Everything ``export --format c`` writes: the library, the host program and the README."""
+    """Everything ``export --format c`` writes: the library, the host program (in ``host/``) and the README."""
     plan = memory.plan(memory.FLOAT32, arch)
     readme = lib.template("c_README.md").substitute(
         buffer_values=f"{plan.buffer_values:,}", buffer_bytes=f"{plan.buffer_bytes:,}",
         ram_bytes=f"{plan.ram_bytes:,}", flash_bytes=f"{plan.flash_bytes:,}")
-    return {**generate_library(tensors, arch), lib.HOST_PROGRAM: lib.c_source(lib.HOST_PROGRAM), "README.md": readme}
+    return {**generate_library(tensors, arch), lib.EXPORTED_HOST_PROGRAM: lib.c_source(lib.HOST_PROGRAM),
+            "README.md": readme}
 
 
 def write_c_library(tensors: dict[str, np.ndarray], out_dir: str | Path, arch: spec.Architecture = spec.SEED) -> list[Path]:
-    """``export --format c``: write the C library, host program and README into ``out_dir``.
+    """``export --format c``: write the C library, host program (``host/``) and README into ``out_dir``.
 
     The folder is replaced whole (``files.replace_folder``): it must be new, empty, or a previous C export."""
     return replace_folder(generate_sources(tensors, arch), out_dir, what="C export", replaceable=previous_export())

@@ -267,17 +267,32 @@ def generate_library(qmodel: QuantizedModel, schedule: str = "buffers") -> dict[
     return files
 
 
+SCHEDULE_NOTES = {  # what the activation RAM of each schedule is, for the README
+    "buffers": "two int8 ping-pong buffers, whole feature maps",
+    "rows": "row by row (`ml_rows_s8.c`): rings of the few input rows each layer's next output row reads, for "
+            "chips with a few kilobytes of SRAM",
+}
+
+
 def generate_sources(qmodel: QuantizedModel, schedule: str = "buffers") -> dict[str, str]:
-    """Everything ``export --format c --int8`` writes: the library, the host program and the README."""
-    plan = memory.int8_plan(qmodel.architecture)
-    readme = lib.template("c_int8_README.md").substitute(ram_bytes=plan.ram_bytes, flash_bytes=plan.flash_bytes)
-    return {**generate_library(qmodel, schedule), lib.HOST_PROGRAM: lib.c_source(lib.HOST_PROGRAM),
+    """Everything ``export --format c --int8`` writes: the library (``schedule``: see SCHEDULES), the host program
+    (in ``host/``) and the README."""
+    arch = qmodel.architecture
+    ram_bytes = memory.row_plan(arch).ram_bytes if schedule == "rows" else memory.int8_plan(arch).ram_bytes
+    readme = lib.template("c_int8_README.md").substitute(
+        ram_bytes=f"{ram_bytes:,}", flash_bytes=f"{memory.int8_plan(arch).flash_bytes:,}", schedule=schedule,
+        plan_command="summary --memory --int8" + (" --target atmega2560" if schedule == "rows" else ""),
+        schedule_note=SCHEDULE_NOTES[schedule],
+        rows_row="\n| `ml_rows_s8.h`, `.c` | the network row by row (called by `mobile_lenet.c`) |" if schedule == "rows" else "")
+    return {**generate_library(qmodel, schedule), lib.EXPORTED_HOST_PROGRAM: lib.c_source(lib.HOST_PROGRAM),
             "README.md": readme}
 
 
-def write_c_library_int8(qmodel: QuantizedModel, out_dir: str | Path) -> list[Path]:
-    """``export Q --format c --int8``: write the int8 C library, host program and README into ``out_dir``."""
-    return replace_folder(generate_sources(qmodel), out_dir, what="C export", replaceable=previous_export())
+def write_c_library_int8(qmodel: QuantizedModel, out_dir: str | Path, schedule: str = "buffers") -> list[Path]:
+    """``export Q --format c --int8 [--schedule rows]``: write the int8 C library, host program (``host/``) and
+    README into ``out_dir``."""
+    return replace_folder(generate_sources(qmodel, schedule), out_dir, what="C export",
+                          replaceable=previous_export())
 
 
 # ------------------------------------------------------------------------------------------------ host fast path

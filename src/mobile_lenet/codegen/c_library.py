@@ -21,6 +21,9 @@ NETWORK_SOURCE = "mobile_lenet.c"
 WEIGHTS_HEADER = "mobile_lenet_weights.h"
 WEIGHTS_SOURCE = "mobile_lenet_weights.c"
 HOST_PROGRAM = "mobile_lenet_host.c"
+# Where an export puts the host program: apart from the library, whose folder then compiles into any firmware as
+# it is (the host program has a main()); built with -I on the library's folder.
+EXPORTED_HOST_PROGRAM = "host/" + HOST_PROGRAM
 # Hand-written files of every library, whatever its precision.
 COMMON_FILES = ("mobile_lenet.h", "mobile_lenet_api.c", "ml_flash.h", "ml_padding.h", "ml_trace.h",
                 "mobile_lenet_serial.h", "mobile_lenet_serial.c")

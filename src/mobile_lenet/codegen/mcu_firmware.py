@@ -86,6 +86,11 @@ class Firmware:
     static_ram_bytes: int  # data + bss: variables, activation buffers, the serial link
     symbols: dict  # name -> (address, size)
     external_ram: bool = False  # ATmega2560 linked for 64 KB of external SRAM
+    layer_marks: tuple = ()  # profile builds: the layer numbers whose ends are marked, in the order they run
+
+
+class DoesNotFit(UserError):
+    """The model's firmware is larger than the chip's flash or RAM (the message names which and by how much)."""
 
 
 def get_target(name: str) -> Target:
@@ -132,14 +137,14 @@ def _make(target: Target, library: Path, build: Path, *options: str) -> subproce
         raise UserError(f"{target.name}: the firmware build took over {BUILD_TIMEOUT_S} s") from None
 
 
-def _does_not_fit(target: Target, library: Path, build: Path, log: str, int8: bool) -> UserError:
+def _does_not_fit(target: Target, library: Path, build: Path, log: str, int8: bool) -> DoesNotFit | None:
     """The one-line error of a link that failed for lack of memory (None if the failure is something else)."""
     precision = "int8" if int8 else "float32"
     over = re.search(r"region [`'](\w+)' overflowed by (\d+) bytes", log)
     if over and target.simulator == "qemu":
         memory = {"FLASH": ("flash", target.flash_bytes), "RAM": ("RAM", target.ram_bytes)}.get(over[1])
         if memory:
-            return UserError(f"{target.name}: the {precision} model does not fit: {memory[0]} overflowed by "
+            return DoesNotFit(f"{target.name}: the {precision} model does not fit: {memory[0]} overflowed by "
                              f"{int(over[2]):,} bytes ({target.chip}: {memory[1]:,} bytes)")
     if target.name == "atmega2560" and re.search(r"not within region [`']data'|region [`']data' overflowed", log):
         # Link once more with the external-RAM option to learn how much SRAM the program needs.
@@ -147,10 +152,10 @@ def _does_not_fit(target: Target, library: Path, build: Path, log: str, int8: bo
         if probe.returncode == 0:
             _, data, bss = _section_sizes(target, build / "probe" / "firmware.elf")
             need = data + bss
-            return UserError(f"{target.name}: the {precision} model does not fit: static RAM needs {need:,} bytes, "
+            return DoesNotFit(f"{target.name}: the {precision} model does not fit: static RAM needs {need:,} bytes, "
                              f"{need - target.ram_bytes:,} over the chip's {target.ram_bytes:,} bytes of SRAM")
     if over or "will not fit in region" in log:
-        return UserError(f"{target.name}: the {precision} model does not fit: {_first_error(log)}")
+        return DoesNotFit(f"{target.name}: the {precision} model does not fit: {_first_error(log)}")
     return None
 
 
@@ -161,7 +166,7 @@ def _first_error(log: str) -> str:
 
 def build_firmware(model: dict[str, np.ndarray] | QuantizedModel, target: Target, build: Path,
                    trace: bool = False, external_ram: bool = False, c_standard: str = "c99",
-                   reference_kernels: bool = False, schedule: str | None = None) -> Firmware:
+                   reference_kernels: bool = False, schedule: str | None = None, profile: bool = False) -> Firmware:
     """Build the firmware of a float or int8 ``model`` for ``target`` in the folder ``build``.
 
     ``trace``: with the layer debugger (every layer's output sent over the UART). ``external_ram``
@@ -169,6 +174,7 @@ def build_firmware(model: dict[str, np.ndarray] | QuantizedModel, target: Target
     ``c_standard``: the C dialect (``gnu99`` is GCC's and PlatformIO's default; the results must not change).
     ``reference_kernels`` and ``schedule`` (int8): the plain reference kernels instead of the fast ones, and
     another schedule than the target's (``c_int8.SCHEDULES``), to compare with the defaults.
+    ``profile``: the measurement marker after every layer (``c/ml_trace.h``, ML_PROFILE), for per-layer counts.
     """
     check_toolchain(target)
     if external_ram and target.name != "atmega2560":
@@ -178,7 +184,11 @@ def build_firmware(model: dict[str, np.ndarray] | QuantizedModel, target: Target
     library = c_int8.generate_library(model, schedule) if int8 else c_float.generate_library(model)
     write_text_files(library, build / "lib")
     options = [f"STD={c_standard}"] + (["TRACE=1"] if trace else []) + (["AVR_MEMORY=xmem"] if external_ram else [])
-    options += ["EXTRA_CFLAGS=-DML_S8_REFERENCE"] if reference_kernels else []
+    extra_flags = (["-DML_S8_REFERENCE"] if reference_kernels else []) + (["-DML_PROFILE"] if profile else [])
+    options += [f"EXTRA_CFLAGS={' '.join(extra_flags)}"] if extra_flags else []
+    # the layers whose ends the profile marks: the network's trace hooks, in the order they run (no loops there)
+    layer_marks = (tuple(int(n) for n in re.findall(r"ML_TRACE_LAYER\((\d+),", library[lib.NETWORK_SOURCE]))
+                   if profile else ())
     result = _make(target, build / "lib", build, *options)
     if result.returncode != 0:
         log = result.stdout + result.stderr
@@ -189,4 +199,4 @@ def build_firmware(model: dict[str, np.ndarray] | QuantizedModel, target: Target
     text, data, bss = _section_sizes(target, elf)
     if "_sbss" in symbols and "_ebss" in symbols:  # ARM: .bss without the stack reserved after it
         bss = symbols["_ebss"][0] - symbols["_sbss"][0]
-    return Firmware(target, elf, int8, text + data, data + bss, symbols, external_ram)
+    return Firmware(target, elf, int8, text + data, data + bss, symbols, external_ram, layer_marks)

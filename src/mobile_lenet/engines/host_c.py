@@ -130,7 +130,9 @@ def build_cached_program(sources: dict[str, str], program_name: str, *, flavour:
     # Compile to a temporary name, then rename: another process may be building the same folder.
     with tempfile.NamedTemporaryFile(dir=folder, prefix=program_name + ".", delete=False) as tmp:
         partial = Path(tmp.name)
-    result = subprocess.run([cc, *flags, "-o", str(partial), *c_files, "-lm"], capture_output=True, text=True)
+    # -I: a program in a subfolder (an export's host/) includes the library's headers
+    result = subprocess.run([cc, *flags, f"-I{folder}", "-o", str(partial), *c_files, "-lm"], capture_output=True,
+                            text=True)
     if result.returncode != 0:
         partial.unlink(missing_ok=True)
         first_error = (result.stderr.strip().splitlines() or ["no message"])[0]

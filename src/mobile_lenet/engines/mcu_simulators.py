@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mobile_lenet.codegen import c_library as lib
-from mobile_lenet.codegen.mcu_firmware import Firmware
+from mobile_lenet.codegen.mcu_firmware import TARGETS, Firmware, Target
 from mobile_lenet.engines.host_c import cache_root, compiler
 from mobile_lenet.errors import UserError
 
@@ -61,6 +61,9 @@ class Measurements:
     per_image: list = field(default_factory=list)  # instructions (ARM) or cycles (AVR) of each inference
     excluded: list = field(default_factory=list)  # ARM: timer-interrupt instructions left out, per image
     peak_stack_bytes: int | None = None
+    # profile builds, per image: the count from the start to the end of the first marked layer, from there to the
+    # end of the next, ..., and last from the last marked layer to the end (softmax, argmax); they sum to per_image
+    per_layer: list = field(default_factory=list)
 
 
 # ------------------------------------------------------------------------------------------------ host tools
@@ -98,10 +101,22 @@ def qemu_plugin() -> Path:
     return _build_tool("qemu_insn_plugin.c", "libqemu_insn_plugin.so", ["-std=c99", "-O2", "-shared", "-fPIC"], [])
 
 
+def check_simulator(target: Target) -> None:
+    """One line naming the Debian package to install when the target's simulator is missing."""
+    if target.simulator == "simavr":
+        if not Path("/usr/include/simavr/sim_avr.h").is_file() and shutil.which("simavr") is None:
+            raise UserError("simavr not found: install Debian's simavr and libsimavr-dev "
+                            "(apt-get install simavr libsimavr-dev)")
+        return
+    program = QEMU_PROGRAMS.get(target.name, QEMU)
+    if shutil.which(program) is None:
+        package = QEMU_PACKAGES[program]
+        raise UserError(f"{program} not found: install Debian's {package} (apt-get install {package})")
+
+
 def simavr_runner() -> Path:
     """The simavr runner program."""
-    if not Path("/usr/include/simavr/sim_avr.h").is_file() and shutil.which("simavr") is None:
-        raise UserError("simavr not found: install Debian's simavr and libsimavr-dev")
+    check_simulator(TARGETS["atmega2560"])
     return _build_tool("simavr_runner.c", "simavr_runner", ["-std=c99", "-O2"], ["-lsimavr"])
 
 
@@ -163,9 +178,7 @@ class SimulatorRun:
 
     def _qemu_command(self) -> list[str]:
         program = QEMU_PROGRAMS.get(self.firmware.target.name, QEMU)
-        if shutil.which(program) is None:
-            package = QEMU_PACKAGES[program]
-            raise UserError(f"{program} not found: install Debian's {package} (apt-get install {package})")
+        check_simulator(self.firmware.target)
         symbols = self.firmware.symbols
         skip_lo, skip_hi = self._skip_range()
         self.marks_file = self.work_dir / "marks.txt"
@@ -230,19 +243,28 @@ class SimulatorRun:
     def _read_qemu_marks(self) -> None:
         """``mark <n> insns <I> skipped <S> stack_min <A> interval_stack_min <B>`` lines, two per image."""
         rows = [line.split() for line in self.marks_file.read_text().splitlines() if line.startswith("mark ")]
-        counts = [(int(row[3]), int(row[5])) for row in rows]
-        for (before, skipped_before), (after, skipped_after) in zip(counts[0::2], counts[1::2]):
-            self.measurements.per_image.append((after - before) - (skipped_after - skipped_before))
-            self.measurements.excluded.append(skipped_after - skipped_before)
+        self._split_marks([int(row[3]) for row in rows], [int(row[5]) for row in rows])
         exits = [line.split() for line in self.marks_file.read_text().splitlines() if line.startswith("exit ")]
         if exits:
             self.measurements.peak_stack_bytes = self.stack_top - int(exits[-1][6], 16)
+
+    def _split_marks(self, counts: list[int], skipped: list[int]) -> None:
+        """The counter at each mark, into images: a mark before and after each inference, and in a profile
+        build one after each marked layer between them; what the skip range took is left out."""
+        per_image = 2 + len(self.firmware.layer_marks)
+        for start in range(0, len(counts) - per_image + 1, per_image):
+            count, skip = counts[start:start + per_image], skipped[start:start + per_image]
+            intervals = [(count[i + 1] - count[i]) - (skip[i + 1] - skip[i]) for i in range(per_image - 1)]
+            self.measurements.per_image.append(sum(intervals))
+            self.measurements.excluded.append(skip[-1] - skip[0])
+            if self.firmware.layer_marks:
+                self.measurements.per_layer.append(intervals)
 
     def _read_simavr_summary(self) -> None:
         lines = [line for line in self._summary_text.splitlines() if line.startswith("{")]
         if not lines:
             raise UserError("simavr_runner ended without its summary")
         summary = json.loads(lines[-1])
-        marks = summary["marks"]
-        self.measurements.per_image = [after - before for before, after in zip(marks[0::2], marks[1::2])]
+        # cycles are the chip's time, its timer interrupts included: nothing is left out on the AVR
+        self._split_marks(summary["marks"], [0] * len(summary["marks"]))
         self.measurements.peak_stack_bytes = summary["ramend"] - summary["min_sp"]

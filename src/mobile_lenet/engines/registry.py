@@ -17,7 +17,6 @@ import numpy as np
 from mobile_lenet import spec
 from mobile_lenet.engines import host_c, reference, reference_int8
 from mobile_lenet.errors import UserError
-from mobile_lenet.model.network import from_noodle, predict_logits
 from mobile_lenet.quantization.quantize import QuantizedModel
 
 ENGINES = ("torch", "reference", "c")
@@ -57,6 +56,8 @@ def logits(model, images: np.ndarray, engine: str | None = None, arch: spec.Arch
     if engine == "reference":
         return reference.reference_logits(model, images, arch=arch)
     arch.check_images(images)
+    from mobile_lenet.model.network import from_noodle, predict_logits  # PyTorch only when this engine runs
+
     return predict_logits(from_noodle(model, arch), images)
 
 

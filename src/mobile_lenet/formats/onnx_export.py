@@ -17,11 +17,9 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mobile_lenet import spec
 from mobile_lenet.files import check_writable_folder, folder_files, replace_folder
-from mobile_lenet.model.network import from_noodle
 
 ONNX_FILE = "mobile_lenet.onnx"
 INPUT_NAME = "image"
@@ -33,6 +31,10 @@ def write_onnx(tensors: dict[str, np.ndarray], out_dir: str | os.PathLike, arch:
     check_writable_folder(out_dir)
     if Path(out_dir).is_dir() and not folder_files(Path(out_dir)) <= {ONNX_FILE}:
         replace_folder({ONNX_FILE: b""}, out_dir, what="ONNX export")  # refuses, before the slow export
+    import torch  # here, not at the top: the CLI loads this module for every verb
+
+    from mobile_lenet.model.network import from_noodle
+
     model = from_noodle(tensors, arch).eval()
     example = torch.zeros(2, 1, arch.input_size, arch.input_size)  # batch 2, not 1: torch.export would specialise a batch of 1
     batch = torch.export.Dim("batch")

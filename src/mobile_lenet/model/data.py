@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import sys
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -254,8 +255,9 @@ def cache_dir() -> Path:
     return Path(pooch.os_cache("mobile-lenet"))
 
 
-def download(name: str) -> Path:
-    """Download (once) and md5-check the official IDX files of ``name``; returns the folder."""
+def download(name: str, flag: str = "--dataset") -> Path:
+    """Download (once) and md5-check the official IDX files of ``name``; returns the folder. ``flag``: the verb's
+    flag that names the data set, for the hint when the download fails."""
     info, folder = DOWNLOADS[name], cache_dir() / name
     for file_name, md5 in info["md5"].items():
         if (folder / file_name).is_file() and pooch.file_hash(str(folder / file_name), alg="md5") == md5:
@@ -264,13 +266,13 @@ def download(name: str) -> Path:
         for mirror in info["mirrors"]:
             try:
                 pooch.retrieve(mirror + file_name, known_hash=f"md5:{md5}", fname=file_name, path=folder,
-                               progressbar=True)
+                               progressbar=sys.stderr.isatty())  # no redraws into a log
                 break
             except Exception as e:  # network errors come in many types (requests, OSError, ValueError)
                 errors.append(f"{mirror}: {type(e).__name__}")
         else:
             raise DataError(f"cannot download {name} ({'; '.join(errors)}); offline? pass --data-dir DIR with "
-                            f"the IDX files, or use --dataset mnist-sample (bundled)")
+                            f"the IDX files, or use {flag} mnist-sample (bundled)")
     return folder
 
 
@@ -284,8 +286,9 @@ def load_sample(split: str = "train") -> Dataset:
     return Dataset(images[sl], labels[sl], f"mnist-sample/{split}")
 
 
-def load_dataset(name: str = "mnist", split: str = "train", data_dir: str | os.PathLike | None = None) -> Dataset:
-    """Load one split ("train" or "test") of a named data set, from ``data_dir`` if given."""
+def load_dataset(name: str = "mnist", split: str = "train", data_dir: str | os.PathLike | None = None,
+                 flag: str = "--dataset") -> Dataset:
+    """Load one split ("train" or "test") of a named data set, from ``data_dir`` if given (``flag``: see download)."""
     if split not in ("train", "test"):
         raise UserError(f"unknown split {split!r} (use train or test)")
     if data_dir is not None:
@@ -294,11 +297,26 @@ def load_dataset(name: str = "mnist", split: str = "train", data_dir: str | os.P
         ds = load_sample(split)
     elif name in DOWNLOADS:
         folder = next((f for f in SYSTEM_FOLDERS.get(name, []) if _find(f, "train-images-idx3-ubyte")), None)
-        ds = read_data_folder(folder if folder else download(name), split)
+        ds = read_data_folder(folder if folder else download(name, flag), split)
     else:
         raise UserError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")
     ds.name = f"{name}/{split}" if data_dir is None else f"{data_dir}/{split}"
     return ds
+
+
+def resolve_dataset(dataset: str, data_dir: str | os.PathLike | None, log=print, flag: str = "--dataset") -> str:
+    """The data set ``auto`` means: MNIST if it is at hand (``data_dir``, the cache) or can be downloaded, else the
+    bundled sample, said in one line through ``log``; any other name as it is. ``flag``: see download."""
+    if dataset != "auto" or data_dir:
+        return "mnist" if dataset == "auto" else dataset
+    if dataset_available_offline("mnist"):
+        return "mnist"
+    try:
+        download("mnist", flag)
+        return "mnist"
+    except DataError as e:
+        log(f"full MNIST is not at hand ({e}); using the bundled mnist-sample instead")
+        return "mnist-sample"
 
 
 def dataset_available_offline(name: str) -> bool:
