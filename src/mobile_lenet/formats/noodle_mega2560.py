@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mobile_lenet import spec
+from mobile_lenet.codegen.c_library import template
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import replace_folder
 from mobile_lenet.formats.noodle import (VALUES_PER_HEADER_LINE, encode_bin, encode_txt, format_value, parse_bin,
@@ -119,18 +120,16 @@ def encode_mega2560_folder(tensors: dict[str, np.ndarray], arch: spec.Architectu
     layers = {f"{kind}{number:02d}": layer for number, (layer, _) in enumerate(_folded_names(arch), 1)
               for kind in ("w", "b")}
     files: dict[str, bytes] = {}
-    progmem = {"w": ["#pragma once", "#include <avr/pgmspace.h>", "// Mobile-LeNet-16 weights in flash (PROGMEM), "
-                     "exported by mobile-lenet"],
-               "b": ["#pragma once", "#include <avr/pgmspace.h>", "// Mobile-LeNet-16 biases in flash (PROGMEM), "
-                     "exported by mobile-lenet"]}
+    progmem: dict[str, list[str]] = {"w": [], "b": []}  # the arrays of weights.h and biases.h
     for name, values in folded.items():
         comment = _comment(name, layers[name], values)
         progmem[name[0]] += [""] + comment + _array_lines(name, values, "PROGMEM")
         files[f"include/{name}.h"] = ("\n".join(["#pragma once"] + comment + _array_lines(name, values, "static const float"))
                                       + "\n").encode("ascii")
         files[f"data/{name}.txt"], files[f"data/{name}.bin"] = encode_txt(values), encode_bin(values)
-    files["include/weights.h"] = ("\n".join(progmem["w"]) + "\n").encode("ascii")
-    files["include/biases.h"] = ("\n".join(progmem["b"]) + "\n").encode("ascii")
+    for header, kind, what in (("weights.h", "w", "weights"), ("biases.h", "b", "biases")):
+        files[f"include/{header}"] = template("mega2560_progmem.h.in").substitute(
+            what=what, arrays="\n".join(progmem[kind])).encode("ascii")
     entries = [{"file": path, "sha256": hashlib.sha256(data).hexdigest()} for path, data in sorted(files.items())]
     manifest = {"format": MANIFEST_FORMAT, "model": "Mobile-LeNet-16", "layout": LAYOUT,
                 "architecture": arch.to_dict(), "files": entries}
