@@ -159,3 +159,14 @@ def test_a_folder_that_is_not_a_search_is_refused(tmp_path, capsys):
     assert main(["search", *QUICK, "--out", str(tmp_path)]) == 2
     assert "holds no search" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+def test_workers_run_trials_in_several_processes(tmp_path):
+    out = tmp_path / "run"
+    result = cli("search", *QUICK, "--trials", "4", "--workers", "2", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    complete = json.loads((out / "front.json").read_text())["complete"]
+    assert len({p["worker"] for p in complete}) == 2
+    numbers = sorted(p["trial"] for p in complete)
+    assert len(numbers) == len(set(numbers)) and 4 <= len(numbers) <= 5  # at most one started past the count
+    assert sorted(int(p.name) for p in (out / "trials").iterdir()) == numbers

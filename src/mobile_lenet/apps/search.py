@@ -24,6 +24,8 @@ import math
 import multiprocessing
 import os
 import shlex
+import socket
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +46,8 @@ SEED_EPOCHS = 20  # the seed's trial when the epochs are searched (its default r
 DEFAULT_STUDY = "mobile-lenet-search"
 SETTINGS_FILE = "search.json"  # marks DIR as a search folder; the settings the study was created with
 HEARTBEAT_S, GRACE_S = 20, 60  # a running trial without a heartbeat for GRACE_S seconds failed (its worker died)
+SETTINGS_WAIT_S = 30  # a worker joining a study just created waits this long for its creator's settings
+SCHEMA_TRIES = 5  # workers started at once on an empty database race to create Optuna's tables
 SIMULATED_INPUT_SIZE = 28  # the only input size simulate's serial protocol carries today
 
 
@@ -77,17 +81,30 @@ def open_storage(url: str):
     # heartbeats and their retry callback are marked experimental; they are what makes a kill -9 recoverable
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
+    import sqlalchemy.exc
+
     kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        return optuna.storages.RDBStorage(
-            url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-    except ModuleNotFoundError as e:  # e.g. psycopg2 for postgresql://
-        raise UserError(f"--storage {_redacted(url)}: needs the Python package {e.name!r} "
-                        f"(pip install psycopg2-binary for PostgreSQL)") from None
-    except Exception as e:  # SQLAlchemy's errors: a bad URL, a server that does not answer, a refused login
-        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
-        raise UserError(f"cannot open the study storage {_redacted(url)} ({first})") from None
+    for attempt in range(SCHEMA_TRIES):
+        try:
+            return optuna.storages.RDBStorage(
+                url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        except sqlalchemy.exc.IntegrityError as e:  # another worker is creating the tables: there next time
+            if attempt == SCHEMA_TRIES - 1:
+                raise _storage_error(url, e) from None
+            time.sleep(1 + attempt)
+        except Exception as e:  # SQLAlchemy's errors: a bad URL, a server that does not answer, a refused login
+            raise _storage_error(url, e) from None
+
+
+def _storage_error(url: str, e: Exception) -> UserError:
+    """The one-line error of a storage that cannot be opened."""
+    if isinstance(e, ImportError):  # the URL's database driver is missing (Optuna wraps the ModuleNotFoundError)
+        name = getattr(e.__cause__, "name", None) or e.name or "its database driver"
+        return UserError(f"--storage {_redacted(url)}: needs the Python package {name!r} (for PostgreSQL: "
+                         f"pip install 'mobile-lenet[postgres]', which installs psycopg)")
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+    return UserError(f"cannot open the study storage {_redacted(url)} ({first})")
 
 
 def check_settings(study, settings: Settings, name: str) -> None:
@@ -195,6 +212,7 @@ def objective(trial, settings: Settings, out: Path, train_set) -> tuple[float, f
                          architecture=arch.to_dict())
     train(config, train_set, run, progress=False, log=lambda _: None)
     trial.set_user_attr("run", str(run))
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which machine holds its run folder
     trial.set_user_attr("command", train_command(params, settings, f"runs/trial-{trial.number:04d}"))
     accuracy = _best_val(run)
     print(f"trial {trial.number}: {arch.describe()}, epochs {params['epochs']}, lr {params['lr']:g}: "
@@ -286,15 +304,22 @@ def search(target: str, out: str | os.PathLike, trials: int = 20, timeout_min: f
 
 
 def _create_study(storage, name: str, settings: Settings):
-    """The study ``name`` (made now, with the seed's trial queued first, if new), its settings checked."""
+    """The study ``name``, its settings checked. The worker that creates it records the settings and queues the
+    seed's trial first; one that joins it waits for the settings (workers started at once on a new study)."""
     import optuna
 
-    study = optuna.create_study(storage=storage, study_name=name, directions=["maximize", "minimize"],
-                                load_if_exists=True)
-    new = "settings" not in study.user_attrs
+    try:
+        study = optuna.create_study(storage=storage, study_name=name, directions=["maximize", "minimize"])
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage)
+        for _ in range(SETTINGS_WAIT_S):
+            if "settings" in study.user_attrs:
+                break
+            time.sleep(1)
+        check_settings(study, settings, name)
+        return study
     check_settings(study, settings, name)
-    if new:
-        study.enqueue_trial(_seed_params(settings))
+    study.enqueue_trial(_seed_params(settings))
     return study
 
 
@@ -306,7 +331,7 @@ def trial_record(trial) -> dict:
             "latency_source": attrs.get("latency_source"), "params": attrs.get("params"),
             "architecture": attrs.get("architecture"), "parameters": attrs.get("parameters"),
             "memory_plan": attrs.get("memory_plan"), "firmware_flash_bytes": attrs.get("firmware_flash_bytes"),
-            "firmware_static_ram_bytes": attrs.get("firmware_static_ram_bytes"), "run": attrs.get("run"),
+            "firmware_static_ram_bytes": attrs.get("firmware_static_ram_bytes"), "run": attrs.get("run"), "worker": attrs.get("worker"),
             "command": attrs.get("command"), "seed_network": spec.Architecture.from_dict(attrs["architecture"]).is_seed}
 
 
