@@ -22,6 +22,7 @@ from mobile_lenet import spec
 # verbs that use them, so `--help` and `summary` start in a fraction of a second.
 from mobile_lenet.apps import device, simulate
 from mobile_lenet.apps.export import FORMATS as EXPORT_FORMATS
+from mobile_lenet.apps.search import DEFAULT_STUDY
 from mobile_lenet.apps.summary import summary_dict, summary_text
 from mobile_lenet.codegen.mcu_firmware import TARGETS, get_target
 from mobile_lenet.codegen.c_int8 import SCHEDULES
@@ -323,6 +324,19 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    """Search the family and the recipe for a target: the Pareto front of validation accuracy and latency."""
+    from mobile_lenet.apps.search import search
+
+    result = search(args.target, args.out, trials=args.trials, timeout_min=args.timeout, dataset=args.dataset,
+                    data_dir=args.data_dir, storage=args.storage, study_name=args.study, workers=args.workers,
+                    epochs=args.epochs)
+    print(f"{sum(result['trials'].values())} trials ({result['trials']['complete']} trained, "
+          f"{result['trials']['pruned']} pruned): {len(result['front'])} on the front; wrote "
+          f"{Path(args.out) / 'front.json'} and {Path(args.out) / 'report.html'}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     """Serve the browser demo: draw a digit, see the probabilities and the activations of each stage."""
     from mobile_lenet.apps.demo import serve
@@ -481,6 +495,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="HTML file to write; the PNGs go beside it (default RUN_DIR/report/index.html)")
     p.add_argument("--limit", type=int, help="only the first N test images (quicker)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("search", help="search members and recipes for a target: the front of validation accuracy "
+                                      "and latency (Optuna)")
+    p.add_argument("--target", required=True, help=f"microcontroller: {', '.join(TARGETS)}")
+    p.add_argument("--out", required=True, help="run folder (search.json, study.db, trials/, front.json, report.html)")
+    p.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default 20)")
+    p.add_argument("--timeout", type=float, help="stop starting trials after this many minutes")
+    _dataset_args(p)
+    p.add_argument("--storage", help="Optuna RDB storage URL shared by workers on many machines, e.g. "
+                                     "postgresql://user:password@host/db (default: DIR/study.db, SQLite)")
+    p.add_argument("--study", default=DEFAULT_STUDY, help=f"study name in the storage (default {DEFAULT_STUDY})")
+    p.add_argument("--workers", type=int, default=1, help="trial processes on this machine (default 1)")
+    p.add_argument("--epochs", type=int, help="train every trial this many epochs (default: searched)")
+    p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("demo", help="browser demo: draw a digit and watch the network classify it")
     p.add_argument("--model", help="checkpoint, run folder, Noodle folder, .keras file or quantized model folder "
