@@ -509,6 +509,7 @@ def _setup(t: Path, a: Path) -> None:
     (t / "empty.png").write_bytes(b"")
     Image.fromarray(IMAGES[0]).save(t / "cut.png")
     (t / "cut.png").write_bytes((t / "cut.png").read_bytes()[:60])
+    Image.fromarray(np.full((28, 28), np.nan, np.float32), "F").save(t / "nan.tiff")  # PIL reads NaN as 0
     for name, config in (("good-config", None), ("damaged-last", None), ("empty-config", ""), ("list-config", "[]"),
                          ("nan-config", None),
                          ("extra-key", None), ("missing-key", None), ("string-epochs", None), ("zero-epochs", None)):
@@ -650,6 +651,7 @@ FLAG_CASES = {
     "predict-not-image": (lambda t, a: ["predict", a / "model.pt", t / "notimage.png"], "notimage.png"),
     "predict-empty-image": (lambda t, a: ["predict", a / "model.pt", t / "empty.png"], "empty.png"),
     "predict-truncated-png": (lambda t, a: ["predict", a / "model.pt", t / "cut.png"], "cut.png"),
+    "predict-nan-tiff": (lambda t, a: ["predict", a / "model.pt", t / "nan.tiff"], "NaN or infinite"),
     "predict-missing-image": (lambda t, a: ["predict", a / "model.pt", t / "nope.png"], "nope.png"),
     "predict-folder-image": (lambda t, a: ["predict", a / "model.pt", t / "notarun"], "notarun"),
     "predict-int8": (lambda t, a: ["predict", a / "q", a / "digit.png"], "int8"),
