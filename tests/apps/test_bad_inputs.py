@@ -969,7 +969,16 @@ def test_demo_answers_only_at_its_own_address_and_hides_the_model_path(assets, m
     from mobile_lenet.apps import demo
 
     apps = []
-    monkeypatch.setattr(demo.uvicorn, "run", lambda app, **kwargs: apps.append(app))
+
+    class NoServer:  # what serve hands to uvicorn, kept instead of served (and no port of the machine taken)
+        def __init__(self, config):
+            apps.append(config.app)
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(demo.uvicorn, "Server", NoServer)
+    monkeypatch.setattr(demo, "port_is_free", lambda host, port: True)  # 8123 may be in use on this machine
     demo.serve(model=str(assets / "model.pt"), host="127.0.0.1", port=8123)
     with TestClient(apps[0], base_url="http://127.0.0.1:8123") as client:
         info = client.get("/api/info")
