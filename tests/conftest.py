@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +162,46 @@ def build_xtensa(sources, folder: Path, flags: tuple = ()) -> Path:
     subprocess.run(["xtensa-lx106-elf-ld", f"-T{targets / 'esp32.ld'}", *objects, "-o", str(elf)], check=True,
                    capture_output=True)
     return elf
+
+
+# ------------------------------------------------------------------------------------------------ killing runs
+ZYGOTE = r"""
+import json, os, sys
+import mobile_lenet.apps.cli as cli
+print("ready", flush=True)
+for line in sys.stdin:
+    argv = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os._exit(cli.main(argv))
+    print(pid, flush=True)
+    _, status = os.waitpid(pid, 0)
+    print(status, flush=True)
+"""
+
+
+class Zygote:
+    """A subprocess that has imported the CLI once and forks a run of it for each ``start``: runs begin at once, so
+    a kill lands where it was aimed (it never runs PyTorch itself, so forking it is safe). ``env``: its
+    environment (the runs inherit it)."""
+
+    def __init__(self, env: dict | None = None):
+        self.process = subprocess.Popen([sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True, bufsize=1, env=env)
+        assert self.process.stdout.readline().strip() == "ready"
+
+    def start(self, argv: list[str]) -> int:
+        self.process.stdin.write(json.dumps([str(a) for a in argv]) + "\n")
+        self.process.stdin.flush()
+        return int(self.process.stdout.readline())
+
+    def wait(self) -> int:
+        """The raw wait status of the last started run."""
+        return int(self.process.stdout.readline())
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=30)

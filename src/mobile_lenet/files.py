@@ -83,6 +83,15 @@ def _tmp_prefix(path: Path) -> str:
     return f".{path.name}.{os.getpid()}.{_TMP_TAG}"
 
 
+def temporary_beside(path: str | os.PathLike) -> Path:
+    """A new empty temporary file beside ``path``, under this writer's tagged name (so ``clean_stale_tmp`` removes
+    it if a kill leaves it): for output that another program writes (a compiler) before it is renamed to ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_tmp_prefix(path), suffix=".tmp")
+    os.close(fd)
+    return Path(tmp)
+
+
 _RENAME_EXCHANGE = 2  # linux/fs.h
 _AT_FDCWD = -100
 

@@ -509,6 +509,7 @@ def _setup(t: Path, a: Path) -> None:
     (t / "empty.png").write_bytes(b"")
     Image.fromarray(IMAGES[0]).save(t / "cut.png")
     (t / "cut.png").write_bytes((t / "cut.png").read_bytes()[:60])
+    Image.fromarray(np.full((28, 28), np.nan, np.float32), "F").save(t / "nan.tiff")  # PIL reads NaN as 0
     for name, config in (("good-config", None), ("damaged-last", None), ("empty-config", ""), ("list-config", "[]"),
                          ("nan-config", None),
                          ("extra-key", None), ("missing-key", None), ("string-epochs", None), ("zero-epochs", None)):
@@ -650,6 +651,7 @@ FLAG_CASES = {
     "predict-not-image": (lambda t, a: ["predict", a / "model.pt", t / "notimage.png"], "notimage.png"),
     "predict-empty-image": (lambda t, a: ["predict", a / "model.pt", t / "empty.png"], "empty.png"),
     "predict-truncated-png": (lambda t, a: ["predict", a / "model.pt", t / "cut.png"], "cut.png"),
+    "predict-nan-tiff": (lambda t, a: ["predict", a / "model.pt", t / "nan.tiff"], "NaN or infinite"),
     "predict-missing-image": (lambda t, a: ["predict", a / "model.pt", t / "nope.png"], "nope.png"),
     "predict-folder-image": (lambda t, a: ["predict", a / "model.pt", t / "notarun"], "notarun"),
     "predict-int8-torch": (lambda t, a: ["predict", a / "q", a / "digit.png", "--engine", "torch"],
@@ -968,7 +970,16 @@ def test_demo_answers_only_at_its_own_address_and_hides_the_model_path(assets, m
     from mobile_lenet.apps import demo
 
     apps = []
-    monkeypatch.setattr(demo.uvicorn, "run", lambda app, **kwargs: apps.append(app))
+
+    class NoServer:  # what serve hands to uvicorn, kept instead of served (and no port of the machine taken)
+        def __init__(self, config):
+            apps.append(config.app)
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(demo.uvicorn, "Server", NoServer)
+    monkeypatch.setattr(demo, "port_is_free", lambda host, port: True)  # 8123 may be in use on this machine
     demo.serve(model=str(assets / "model.pt"), host="127.0.0.1", port=8123)
     with TestClient(apps[0], base_url="http://127.0.0.1:8123") as client:
         info = client.get("/api/info")

@@ -40,7 +40,7 @@ def canvas_like(digit: np.ndarray) -> np.ndarray:
 
 
 def assert_error(response, status: int, words: str) -> None:
-    assert response.status_code == status, response.text
+    assert response.status_code == status, response.text[:300]
     assert words in response.json()["error"]
 
 
@@ -305,3 +305,219 @@ def test_int8_stage_activations_are_the_int8_c_layers(trained_int8, mnist_test):
         layer = trained_int8.layers[last[stage] - 1]
         expected = (traced[last[stage]].astype(np.float64) - layer.out_zero_point) * layer.out_scale
         np.testing.assert_allclose(values.ravel(), expected, rtol=1e-6, atol=0)
+
+
+def tiff_bytes(values: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(values.astype(np.float32), "F").save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("what", ["all NaN", "one NaN", "infinity"])
+def test_a_float_image_with_non_finite_pixels_is_refused(client, what):
+    """PIL turns NaN into 0 and infinity into 255 when it makes a float TIFF gray: such a picture is refused, not
+    read as a (blank) digit."""
+    values = np.zeros((28, 28))
+    values[10:18, 12:16] = 200.0
+    if what == "all NaN":
+        values[:] = np.nan
+    elif what == "one NaN":
+        values[3, 4] = np.nan
+    else:
+        values[0, 0] = np.inf
+    response = client.post("/api/predict", content=tiff_bytes(values), headers={"Content-Type": "image/tiff"})
+    assert_error(response, 400, "NaN or infinite")
+    assert "\n" not in response.json()["error"]
+    as_data_url = "data:image/tiff;base64," + base64.b64encode(tiff_bytes(values)).decode()
+    assert_error(client.post("/api/predict", json={"image": as_data_url}), 400, "NaN or infinite")
+
+
+def test_a_float_image_with_finite_pixels_is_read(client):
+    """The control: the same TIFF with finite values is a digit like any other."""
+    values = np.zeros((28, 28))
+    values[10:18, 12:16] = 200.0
+    response = client.post("/api/predict", content=tiff_bytes(values), headers={"Content-Type": "image/tiff"})
+    assert response.status_code == 200, response.text
+    assert np.array_equal(np.array(response.json()["input"]), values.astype(np.uint8))
+
+
+# ------------------------------------------------------------------------------------------------ a real server
+class LiveDemo:
+    """The demo served by uvicorn as ``serve`` configures it (``demo.server_config``), on 127.0.0.1 at a free port,
+    in a thread of this process; what uvicorn and asyncio log is kept in ``records``."""
+
+    def __init__(self, tensors):
+        import logging
+        import socket
+        import threading
+
+        import uvicorn
+
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = self.socket.getsockname()[1]
+        app = demo.create_app(tensors, "trained_run", hosts=demo.allowed_hosts("127.0.0.1", self.port))
+        self.server = uvicorn.Server(demo.server_config(app, "127.0.0.1", self.port))
+        self.records: list[logging.LogRecord] = []
+        self.handler = logging.Handler()
+        self.handler.emit = self.records.append
+        self.loggers = [logging.getLogger(), logging.getLogger("uvicorn")]  # uvicorn's own does not propagate
+        for logger in self.loggers:
+            logger.addHandler(self.handler)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
+        self.thread.start()
+        wait_until(lambda: self.server.started, 30, "the server did not start")
+
+    def connect(self):
+        import socket
+
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
+
+    def get(self, path: str, timeout: float = 10):
+        import http.client
+
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def errors(self) -> list[str]:
+        return [record.getMessage() for record in self.records if record.levelno >= 30 or record.exc_info]
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        for logger in self.loggers:
+            logger.removeHandler(self.handler)
+        self.socket.close()
+        assert not self.thread.is_alive(), "the server did not stop"
+
+
+def wait_until(condition, seconds: float, message: str) -> None:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def live_demo(trained_tensors, monkeypatch):
+    monkeypatch.setattr(demo, "REQUEST_TIMEOUT_S", 1.0)  # read when a connection starts
+    server = LiveDemo(trained_tensors)
+    yield server
+    server.stop()
+
+
+def seconds_until_closed(connection, send_slowly: bytes = b"") -> float:
+    """Seconds until the server closes ``connection`` (recv gives b""), sending ``send_slowly`` a byte each 0.1 s
+    meanwhile; fails if it is still open after 10 s."""
+    import select
+    import time
+
+    start = time.monotonic()
+    pending = list(send_slowly)
+    while time.monotonic() - start < 10:
+        if select.select([connection], [], [], 0.1)[0]:
+            try:
+                if connection.recv(65536) == b"":
+                    return time.monotonic() - start
+            except ConnectionResetError:
+                return time.monotonic() - start
+        elif pending:
+            connection.send(bytes([pending.pop(0)]))
+    raise AssertionError("the server still holds the half-sent request after 10 s")
+
+
+HALF_SENT = {
+    "nothing at all": (b"", b""),
+    "half the headers": (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-", b""),
+    "headers and half the body": (b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: image/png"
+                                  b"\r\nContent-Length: 5000\r\n\r\n" + b"\x89PNG" * 100, b""),
+    "headers a byte at a time": (b"", b"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: drip\r\n"
+                                      b"Accept: */*\r\nX-Padding: " + b"x" * 60),
+}
+
+
+@pytest.mark.parametrize("what", HALF_SENT)
+def test_a_half_sent_request_is_cut_off_at_the_deadline(live_demo, what):
+    """A request that does not arrive whole within REQUEST_TIMEOUT_S (1 s here) loses its connection about then,
+    even one trickling in a byte at a time; the server logs nothing and answers the next client."""
+    first, slowly = (part.replace(b"{port}", str(live_demo.port).encode()) for part in HALF_SENT[what])
+    with live_demo.connect() as connection:
+        connection.sendall(first)
+        elapsed = seconds_until_closed(connection, slowly)
+    assert 0.8 < elapsed < 4, elapsed
+    assert live_demo.get("/api/info")[0] == 200
+    assert live_demo.errors() == []
+
+
+def test_a_whole_request_sent_slowly_within_the_deadline_is_answered(live_demo):
+    """The control: the deadline covers the request, not the answer; a request sent in pieces in time is answered,
+    and so is a second one on the same kept-alive connection."""
+    import time
+
+    request = f"GET /api/info HTTP/1.1\r\nHost: 127.0.0.1:{live_demo.port}\r\n\r\n".encode()
+    with live_demo.connect() as connection:
+        for _ in range(2):
+            connection.sendall(request[:10])
+            time.sleep(0.5)
+            connection.sendall(request[10:])
+            reply = b""
+            while b'"max_body_bytes"' not in reply:
+                chunk = connection.recv(65536)
+                assert chunk, "closed before the answer"
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 200")
+    assert live_demo.errors() == []
+
+
+def test_a_client_leaving_mid_body_is_let_go_without_a_traceback(live_demo):
+    """Starlette raises ClientDisconnect in the body read when the client goes: answered quietly, not logged as an
+    exception in the application."""
+    with live_demo.connect() as connection:
+        connection.sendall(f"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1:{live_demo.port}\r\n"
+                           "Content-Type: image/png\r\nContent-Length: 100000\r\n\r\n".encode() + b"\0" * 1000)
+        wait_until(lambda: live_demo.server.server_state.tasks, 10, "the request never reached the application")
+    wait_until(lambda: not live_demo.server.server_state.tasks, 10, "the request task is still running")
+    assert live_demo.errors() == []
+    assert live_demo.get("/api/info")[0] == 200
+
+
+def test_info_stays_quick_while_a_picture_decodes(live_demo, monkeypatch):
+    """Decoding runs off the event loop: with a decode that takes 2 s, /api/info still answers at once."""
+    import http.client
+    import threading
+    import time
+
+    decoding = threading.Event()
+    real_to_gray = demo.to_gray
+
+    def slow_to_gray(img):
+        decoding.set()
+        time.sleep(2)  # what four 4096x4096 PNGs cost a shared machine, but certain
+        return real_to_gray(img)
+
+    monkeypatch.setattr(demo, "to_gray", slow_to_gray)
+    answers = []
+
+    def post_picture():
+        connection = http.client.HTTPConnection("127.0.0.1", live_demo.port, timeout=30)
+        connection.request("POST", "/api/predict", body=png_bytes(np.zeros((28, 28), np.uint8)),
+                           headers={"Content-Type": "image/png"})
+        answers.append(connection.getresponse().status)
+        connection.close()
+
+    poster = threading.Thread(target=post_picture, daemon=True)
+    poster.start()
+    assert decoding.wait(10), "the picture never reached the decoder"
+    start = time.monotonic()
+    assert live_demo.get("/api/info")[0] == 200
+    assert time.monotonic() - start < 1.0  # 2 s if the decoding held the event loop
+    poster.join(timeout=30)
+    assert answers == [200]
+    assert live_demo.errors() == []

@@ -25,30 +25,29 @@ if not CHROMIUM.exists():
     pytest.skip(f"{CHROMIUM} not found: apt-get install -y chromium", allow_module_level=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def demo_url(trained_tensors):
-    """The demo app serving the trained_run model, in a background thread."""
+    """The demo app serving the trained_run model as ``serve`` configures it, in a background thread, on a socket
+    bound here (a port picked, released and bound again could be taken by anything else on the machine meanwhile)."""
     import uvicorn
 
-    from mobile_lenet.apps.demo import create_app
+    from mobile_lenet.apps import demo
 
-    server = uvicorn.Server(uvicorn.Config(create_app(trained_tensors, "trained_run"), host="127.0.0.1",
-                                           port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    port = listening.getsockname()[1]
+    app = demo.create_app(trained_tensors, "trained_run", hosts=demo.allowed_hosts("127.0.0.1", port))
+    server = uvicorn.Server(demo.server_config(app, "127.0.0.1", port))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listening]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "demo server did not start"
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{server.config.port}/"
+    yield f"http://127.0.0.1:{port}/"
     server.should_exit = True
     thread.join(timeout=10)
+    listening.close()
 
 
 @pytest.fixture(scope="module")

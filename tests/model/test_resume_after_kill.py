@@ -6,66 +6,25 @@ checkpoint or metrics.csv is being written, between files, while the final check
 with a complete run and no temporary file left, 20 times out of 20.
 
 To kill at precise moments without paying PyTorch's import for every run, the runs are forked from a
-"zygote" subprocess that has imported the CLI once (it never runs PyTorch itself, so forking it is safe).
+"zygote" subprocess that has imported the CLI once (``conftest.Zygote``).
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from conftest import write_idx_set
+from conftest import Zygote, write_idx_set
 from mobile_lenet.apps.cli import main
 from mobile_lenet.model.checkpoints import read_checkpoint
 
 EPOCHS = 4
 KILLS = 20
-
-ZYGOTE = r"""
-import json, os, sys
-import mobile_lenet.apps.cli as cli
-print("ready", flush=True)
-for line in sys.stdin:
-    argv = json.loads(line)
-    pid = os.fork()
-    if pid == 0:
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        os._exit(cli.main(argv))
-    print(pid, flush=True)
-    _, status = os.waitpid(pid, 0)
-    print(status, flush=True)
-"""
-
-
-class Zygote:
-    def __init__(self):
-        self.process = subprocess.Popen([sys.executable, "-c", ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True, bufsize=1)
-        assert self.process.stdout.readline().strip() == "ready"
-
-    def start(self, argv: list[str]) -> int:
-        self.process.stdin.write(json.dumps([str(a) for a in argv]) + "\n")
-        self.process.stdin.flush()
-        return int(self.process.stdout.readline())
-
-    def wait(self) -> int:
-        """The raw wait status of the last started run."""
-        return int(self.process.stdout.readline())
-
-    def close(self):
-        self.process.stdin.close()
-        self.process.wait(timeout=30)
-
 
 def check_complete(run) -> None:
     """A finished run: last.pt at the final epoch, best.pt usable, one metrics row per epoch, no temporaries."""

@@ -26,10 +26,17 @@ ink at all) and ``stages``: for the stem and B1..B6, the output shape and a PNG 
 Probabilities come from the chosen engine; the activations of a float model come from the PyTorch model
 (``forward_all``), which computes the same network, and those of an int8 model (a ``mobile-lenet quantize``
 folder) from the int8 engine, dequantized: what the int8 network itself computes.
+
+Serving: a request must arrive whole (headers and body) within ``REQUEST_TIMEOUT_S`` of the connection's
+start (or of the previous answer on a kept-alive connection), else the connection is closed, so half-sent
+requests cannot pile up. Decoding, preprocessing and the network all run in worker threads, so
+``GET /api/info`` and the page stay quick while large pictures decode. A client that goes away mid-body
+is let go without a word.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
@@ -38,6 +45,7 @@ import os
 import socket
 from pathlib import Path
 
+import h11
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request
@@ -46,6 +54,8 @@ from fastapi.staticfiles import StaticFiles
 from matplotlib import colormaps
 from PIL import Image, UnidentifiedImageError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mobile_lenet import spec
 from mobile_lenet.apps.report import STAGES, stage_activations
@@ -54,7 +64,7 @@ from mobile_lenet.engines.reference_int8 import run_int8_layer
 from mobile_lenet.engines.registry import engines_for, is_int8, real_logits
 from mobile_lenet.errors import UserError
 from mobile_lenet.formats.model_files import load_model
-from mobile_lenet.model.images import SIZE, looks_dark_on_light, mnist_style, to_gray
+from mobile_lenet.model.images import SIZE, NonFiniteImage, looks_dark_on_light, mnist_style, to_gray
 from mobile_lenet.model.network import from_noodle
 from mobile_lenet.quantization.arithmetic import quantize_input
 
@@ -64,6 +74,8 @@ MAX_BODY_BYTES = 2 * 1024 * 1024  # a 280x280 canvas PNG is ~10 kB; photos from 
 MAX_IMAGE_SIDE = 4096  # checked before decoding, so a tiny PNG cannot unpack into gigabytes
 MAX_PIXEL_ROWS = 1024  # for {"pixels": ...}: at most 1024x1024 values
 MOSAIC_COLUMNS = 8  # channels per row in an activation mosaic
+REQUEST_TIMEOUT_S = 15.0  # a request's headers and body must arrive within this long (2 MB at 140 kB/s)
+KEEP_ALIVE_S = 5  # an idle kept-alive connection is closed after this long
 
 
 class RequestError(Exception):
@@ -96,6 +108,8 @@ def decode_image(data: bytes) -> np.ndarray:
                 raise RequestError(413, f"image is {width}x{height}; at most {MAX_IMAGE_SIDE} pixels a side")
             # Transparent pixels count as background: flattened onto black (the canvas' background).
             return to_gray(img)
+    except NonFiniteImage as e:  # a float TIFF of NaNs is no digit (PIL would make it black without a word)
+        raise RequestError(400, str(e)) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise RequestError(400, f"not a readable image ({type(e).__name__})") from None
 
@@ -241,11 +255,16 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body of {int(declared):,} bytes is too large (limit {limit:,})")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # a chunked upload without Content-Length
-            raise RequestError(413, f"request body is too large (limit {limit:,} bytes)")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:  # a chunked upload without Content-Length
+                raise RequestError(413, f"request body is too large (limit {limit:,} bytes)")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        # The client went away (or was cut off by REQUEST_TIMEOUT_S) mid-body: nobody is left to answer, and
+        # it is not the server's fault, so no traceback. The answer below goes nowhere (uvicorn drops it).
+        raise RequestError(400, "the client disconnected before its request body was complete") from None
     return b"".join(chunks)
 
 
@@ -297,16 +316,65 @@ def create_app(model, label: str = "model", hosts: set[str] | None = None) -> Fa
                 "stages": list(STAGES),
                 "max_body_bytes": MAX_BODY_BYTES}
 
+    def answer(body: bytes, content_type: str, query: dict) -> dict:
+        gray, engine, invert = parse_request(body, content_type, query)
+        return demo_model.predict(to_network_input(gray, invert), engine)
+
     @app.post("/api/predict")
     async def predict(request: Request):
         body = await read_body(request)
-        gray, engine, invert = parse_request(body, request.headers.get("content-type", ""),
-                                             dict(request.query_params))
-        image = to_network_input(gray, invert)
-        # The network runs in a worker thread so a slow engine does not block other requests.
-        return await run_in_threadpool(demo_model.predict, image, engine)
+        # Parsing, decoding (a 4096x4096 PNG takes a while), preprocessing and the network all run in a worker
+        # thread: on the event loop they would hold up every other request, /api/info included.
+        return await run_in_threadpool(answer, body, request.headers.get("content-type", ""),
+                                       dict(request.query_params))
 
     return app
+
+
+class DeadlineH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline on reading each request: its headers and body must arrive
+    within ``REQUEST_TIMEOUT_S`` of the connection's start, or of the previous answer on a kept-alive connection,
+    else the connection is closed. uvicorn itself bounds only the idle time between requests, so a client that
+    sends half a request (or a byte a second) would otherwise hold its connection, and a request task, forever."""
+
+    deadline: asyncio.TimerHandle | None = None
+
+    def arm_deadline(self) -> None:
+        self.disarm_deadline()
+        self.deadline = self.loop.call_later(REQUEST_TIMEOUT_S, self.deadline_passed)
+
+    def disarm_deadline(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def deadline_passed(self) -> None:
+        self.deadline = None
+        if not self.transport.is_closing() and self.conn.their_state is not h11.DONE:
+            self.transport.close()  # the request task, if any, sees a disconnect
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self.arm_deadline()
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is h11.DONE:  # the whole request is in: the deadline is kept
+            self.disarm_deadline()
+
+    def on_response_complete(self) -> None:
+        self.arm_deadline()  # for the next request (armed first: a pipelined one is read within the call below)
+        super().on_response_complete()
+
+    def connection_lost(self, exc) -> None:
+        self.disarm_deadline()
+        super().connection_lost(exc)
+
+
+def server_config(app: FastAPI, host: str, port: int) -> uvicorn.Config:
+    """How ``serve`` runs the app: HTTP/1.1 with the read deadline above, short keep-alive, warnings only."""
+    return uvicorn.Config(app, host=host, port=port, http=DeadlineH11Protocol, timeout_keep_alive=KEEP_ALIVE_S,
+                          log_level="warning")
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -335,4 +403,4 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000) -
     print(f"serving {source} at http://{shown_host}:{port}/ (Ctrl-C to stop)")
     # /api/info names the model by its file name only: a page must not learn where files sit on this machine
     app = create_app(model, label=Path(source).name, hosts=allowed_hosts(host, port))
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(server_config(app, host, port)).run()

@@ -15,6 +15,8 @@ same images, the same counter read at each mark.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import shutil
 import tempfile
 import time
@@ -40,21 +42,69 @@ TRACE_LINE_BYTES = 1 << 20  # the layer debugger's longest line: 6,272 float32 i
 DEPLOY_COUNT = 5  # test images per firmware in the main job: agreement checked, a few seconds per target
 
 
+WORK_PREFIX = "mobile-lenet-simulate-"
+
+
+def _lock(folder: Path, wait: bool) -> int | None:
+    """An open descriptor of ``folder`` holding its exclusive flock, or None (in use by a live run, or gone)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)  # not inherited by the simulators (O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def remove_stale_work_dirs(parent: Path) -> list[Path]:
+    """Remove the work folders in ``parent`` that no live run holds: what a ``kill -9`` of ``simulate`` left.
+
+    Each run holds an flock on its work folder while it lives; the kernel drops it when the process dies however
+    it dies, in any PID namespace, so a folder whose lock can be taken is stale."""
+    removed = []
+    for folder in sorted(parent.glob(WORK_PREFIX + "*")):
+        fd = _lock(folder, wait=False) if folder.is_dir() and not folder.is_symlink() else None
+        if fd is not None:
+            try:
+                for _ in range(5):  # a compiler the killed run started may still write there for a moment
+                    shutil.rmtree(folder, ignore_errors=True)
+                    if not folder.exists():
+                        break
+                    time.sleep(0.2)
+                removed.append(folder)
+            finally:
+                os.close(fd)
+    return removed
+
+
 @contextlib.contextmanager
 def _work_dir(work_dir: Path | None):
-    """``work_dir``, or a temporary ``mobile-lenet-simulate-*`` folder removed when the run ends, however."""
+    """``work_dir``, or a temporary ``mobile-lenet-simulate-*`` folder removed when the run ends, however; one that a
+    killed run left is removed by the next run (``remove_stale_work_dirs``)."""
     if work_dir is not None:
         yield Path(work_dir)
         return
-    try:
-        work = Path(tempfile.mkdtemp(prefix="mobile-lenet-simulate-"))
-    except OSError as e:
-        raise WriteError(f"{tempfile.gettempdir()}: cannot make a work folder ({e.strerror or e}); set TMPDIR "
-                         f"to a folder you can write") from None
+    parent = Path(tempfile.gettempdir())
+    remove_stale_work_dirs(parent)
+    fd = None
+    while fd is None:
+        try:
+            work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX, dir=parent))
+        except OSError as e:
+            raise WriteError(f"{parent}: cannot make a work folder ({e.strerror or e}); set TMPDIR "
+                             f"to a folder you can write") from None
+        fd = _lock(work, wait=True)
+        if fd is not None and os.fstat(fd).st_nlink == 0:  # another run took it for stale before we locked it
+            os.close(fd)
+            fd = None
     try:
         yield work
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        os.close(fd)
 
 
 def simulate(model, target_name: str, images: np.ndarray, labels: np.ndarray, *, work_dir: Path | None = None,

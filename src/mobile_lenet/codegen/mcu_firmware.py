@@ -9,6 +9,7 @@ and the bytes over.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -131,8 +132,12 @@ def _section_sizes(target: Target, elf: Path) -> tuple[int, int, int]:
 def _make(target: Target, library: Path, build: Path, *options: str) -> subprocess.CompletedProcess:
     command = ["make", "-s", "-C", str(Path(str(lib.c_folder())) / "targets"), f"TARGET={target.name}",
                f"LIB={library}", f"BUILD={build}", *options]
+    # The compilers' own temporaries go into the build folder, so they go with it (a killed build's too).
+    scratch = build / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
     try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        return subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
+                              env={**os.environ, "TMPDIR": str(scratch)})
     except subprocess.TimeoutExpired:
         raise UserError(f"{target.name}: the firmware build took over {BUILD_TIMEOUT_S} s") from None
 

@@ -28,7 +28,6 @@ import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +36,7 @@ import numpy as np
 from mobile_lenet import spec
 from mobile_lenet.codegen import c_float, c_int8
 from mobile_lenet.errors import UserError
-from mobile_lenet.files import write_text_files
+from mobile_lenet.files import temporary_beside, write_text_files
 from mobile_lenet.quantization.quantize import QuantizedModel
 
 PROGRAM_NAME = "mobile_lenet_host"
@@ -125,11 +124,10 @@ def build_cached_program(sources: dict[str, str], program_name: str, *, flavour:
     program = folder / program_name
     if program.is_file():
         return program
-    write_text_files(sources, folder)
+    write_text_files(sources, folder)  # also removes what a killed build left there
     c_files = sorted(str(folder / name) for name in sources if name.endswith(".c"))
     # Compile to a temporary name, then rename: another process may be building the same folder.
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=program_name + ".", delete=False) as tmp:
-        partial = Path(tmp.name)
+    partial = temporary_beside(program)
     # -I: a program in a subfolder (an export's host/) includes the library's headers
     result = subprocess.run([cc, *flags, f"-I{folder}", "-o", str(partial), *c_files, "-lm"], capture_output=True,
                             text=True)

@@ -27,7 +27,6 @@ import select
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from mobile_lenet.codegen import c_library as lib
 from mobile_lenet.codegen.mcu_firmware import TARGETS, Firmware, Target
 from mobile_lenet.engines.host_c import cache_root, compiler
 from mobile_lenet.errors import UserError
+from mobile_lenet.files import clean_stale_tmp, temporary_beside
 
 QEMU = "qemu-system-arm"
 QEMU_MACHINES = {  # the board models with the right cores (see shared facts in MCU_SIMULATION.md)
@@ -81,8 +81,8 @@ def _build_tool(source_name: str, output_name: str, flags: list[str], libraries:
         return tool
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=output_name + ".", delete=False) as tmp:
-            partial = Path(tmp.name)
+        clean_stale_tmp(folder)  # a partial build of a killed run
+        partial = temporary_beside(tool)
     except OSError as e:
         raise UserError(f"{folder}: cannot build {output_name} there ({e.strerror or e}); set MOBILE_LENET_CACHE "
                         f"to a folder you can write") from None

@@ -343,7 +343,12 @@ head.weight = w14;  head.bias = b02;          // dense {last} -> 10, row-major [
 ```
 
 Or copy the `.txt` files where the seed's program reads its weight files from; they are byte-compatible
-with the seed author's exporter.
+with the seed author's exporter. Noodle's file reader now expects its binary format by default: build with
+`-DNOODLE_FILE_FORMAT=0` to read the `.txt` files (without it every value is read as garbage).
+
+Upstream's own example (`examples/mobile-lenet-esp32/src/main.cpp` at its current head) calls float
+routines that its library declares only in `noodle_internal.h`; it compiles with `-include noodle_internal.h`
+added to its build flags (PlatformIO: `build_flags = -include noodle_internal.h -DNOODLE_FILE_FORMAT=0`).
 
 ## Pitfall: global average pooling in place
 
@@ -351,7 +356,12 @@ The Noodle library's `noodle_gap(in, {last}, W)`, as published, averages in plac
 from the highest channel down to channel 0. With {plane}x{plane} planes, the averages of channels 1..{int(last) - 1} land on
 elements 1..{int(last) - 1} of channel 0's plane before channel 0 itself is averaged, so channel 0's average is wrong.
 With the seed's own weights this changes the answer on 46 of the 10,000 MNIST test images. These weights assume the
-correct average (Keras' semantics), so compute GAP **into the other ping-pong buffer** instead:
+correct average (Keras' semantics), so compute GAP **into the other ping-pong buffer** instead. Paste the
+code below over the example's lines from the `// GAP` comment down to and including its
+`noodle_find_max(...)` line: the dense layer now reads `out` and writes `in`, so **the probabilities are
+left in `in`**, and the argmax must read `in` (keeping the old `noodle_find_max(out, ...)` compiles and
+reads the averages instead). With the fix the upstream model scores 97.55% on the device, the Keras model's
+own figure, instead of the 97.73% of the unfixed GAP (which was computing something else).
 
 ```cpp
 // ---- GAP: (W x W x {last}) -> ({last},) into the other buffer, not in place ----
@@ -364,6 +374,10 @@ W = {last};
 // ---- Dense: ({last},) -> (10,), now reading `out` and writing `in` ----
 W = noodle_fcn(out, W, 10, in, head, nullptr);
 noodle_soft_max(in, 10);
+// ---- Argmax: the probabilities are in `in` ----
+uint16_t pred;
+float max_val;
+noodle_find_max(in, 10, max_val, pred);
 ```
 
 (Writing the averages from channel 0 upward also works: channel 0 is then read completely before its
@@ -388,5 +402,12 @@ W = {last};
 // ---- Dense: ({last},) -> (10,), now reading `out` and writing `in` ----
 W = noodle_fcn(out, W, 10, in, head, nullptr);
 noodle_soft_max(in, 10);
+// ---- Argmax: the probabilities are in `in` ----
+uint16_t pred;
+float max_val;
+noodle_find_max(in, 10, max_val, pred);
 ```
+
+(Pasted over upstream's current lines, this also replaces its `uint16_t N` and the `noodle_find_max(out, N,
+...)` that used it.)
 """

@@ -65,9 +65,19 @@ def looks_dark_on_light(gray: np.ndarray) -> bool:
     return float(border.mean()) > 127
 
 
+class NonFiniteImage(ValueError):
+    """A floating-point image (a TIFF of mode F, say) holding NaN or infinite pixels: there is no digit to read."""
+
+    def __init__(self):
+        super().__init__("image has NaN or infinite pixel values")
+
+
 def to_gray(img: Image.Image) -> np.ndarray:
     """A PIL image -> grayscale uint8; transparent pixels count as background (flattened onto black), so a
-    white digit drawn on a transparent canvas stays a white digit on black."""
+    white digit drawn on a transparent canvas stays a white digit on black. NonFiniteImage for a float image
+    with NaN or infinite pixels (PIL would turn NaN into 0 and infinity into 255 without a word)."""
+    if img.mode == "F" and not np.isfinite(np.asarray(img)).all():
+        raise NonFiniteImage()
     if img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info:
         img = Image.alpha_composite(Image.new("RGBA", img.size, "black"), img.convert("RGBA"))
     return np.asarray(img.convert("L"), dtype=np.uint8)
@@ -90,6 +100,8 @@ def load_digit(path: str | os.PathLike, invert: str = "auto") -> np.ndarray:
                 if max(width, height) > MAX_IMAGE_SIDE:
                     raise UserError(f"{path}: image is {width}x{height}; at most {MAX_IMAGE_SIDE} pixels a side")
                 gray = to_gray(img)
+    except NonFiniteImage as e:
+        raise UserError(f"{path}: {e}") from None
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
     except IsADirectoryError:
