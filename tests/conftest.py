@@ -178,6 +178,7 @@ for line in sys.stdin:
         os.dup2(null, 2)
         os._exit(cli.main(argv))
     print(pid, flush=True)
+    sys.stdin.readline()  # reaped only when asked: until then the pid stays the run's (a zombie at worst)
     _, status = os.waitpid(pid, 0)
     print(status, flush=True)
 """
@@ -199,7 +200,11 @@ class Zygote:
         return int(self.process.stdout.readline())
 
     def wait(self) -> int:
-        """The raw wait status of the last started run."""
+        """The raw wait status of the last started run. Its pid is not reaped before this call, so a kill aimed at
+        a run that has already ended cannot hit another process that was given the same pid since (pids wrap
+        around at 32768 on a busy machine)."""
+        self.process.stdin.write("reap\n")
+        self.process.stdin.flush()
         return int(self.process.stdout.readline())
 
     def close(self):
