@@ -21,11 +21,12 @@
  *   GCC spills its four sums there; -DML_S8_NO_ASM keeps the C).
  * - On the ESP32 (Xtensa with the MAC16 option, __XTENSA__), the multiply-accumulates go to MAC16's 40-bit
  *   accumulator, one per instruction: a 3x3 filter keeps eight of its taps in the four MAC16 registers (m0-m3,
- *   two 16-bit taps each) and the ninth in an address register, and slides over the row, reading three new
- *   bytes per output; a 1x1 convolution widens a tile of pixels to 16 bits, channels last, and its weights once
- *   per layer, and runs each dot product as MULA.DD.*.LDINC (multiply-accumulate and load the next pair, in a
- *   zero-overhead loop). The requantization clamps the sum with MIN/MAX first (see ml_s8_out_clamped).
- *   -DML_S8_NO_XTENSA keeps the plain C.
+ *   two 16-bit taps each) and the ninth in an address register, over a 16-bit padded plane where one 32-bit load
+ *   brings two columns (two outputs a turn); a 1x1 convolution widens a tile of pixels to 16 bits, channels last,
+ *   and its weights once per layer, and runs each dot product as MULA.DD.*.LDINC (multiply-accumulate and load
+ *   the next pair, in a zero-overhead loop). The requantization clamps the sum with MIN/MAX (ml_s8_out_clamped);
+ *   where a channel's scale is below 1 that clamp alone is exact (ml_s8_rq_steps_by_one). Other channels take
+ *   the plain C 3x3 path or a plain C requantization of the MAC16 sums. -DML_S8_NO_XTENSA keeps the plain C.
  * - On x86 with AVX2 (the host program is built with -march=native; not on ARM), the 3x3 filters and the 1x1
  *   convolutions use VPMADDWD: pairs of 16-bit values (inputs widened from bytes) times pairs of weights, summed
  *   into eight int32 lanes exactly (|u * w| < 2^15); with VNNI as well (AVX512-VNNI + AVX512VL, or AVX-VNNI),
@@ -399,17 +400,8 @@ ML_S8_INLINE void ml_s8_row3_x86(const uint8_t *r0, const uint8_t *r1, const uin
 
 /* -------------------------------------------------------------------------------- padded planes, KxK filters */
 #if ML_S8_XTENSA
-#define ML_S8_XT_PITCH 32 /* the padded plane's row pitch on Xtensa, where a row fits (see ml_s8_row3_xtensa) */
+#define ML_S8_XT_PITCH 32 /* the row pitch of the 16-bit padded planes on Xtensa (see ml_s8_pad_plane16) */
 #endif
-
-/* The distance between two rows of a padded plane: its width, or on Xtensa ML_S8_XT_PITCH where the row fits */
-static inline int ml_s8_plane_pitch(int in_w, int padding)
-{
-#if ML_S8_XTENSA
-    if (in_w + 2 * padding <= ML_S8_XT_PITCH) return ML_S8_XT_PITCH;
-#endif
-    return in_w + 2 * padding;
-}
 /* The plane in_h x in_w as u = q + 128, surrounded by padding rows and columns of zp + 128 (real zero):
  * (in_h + 2 padding) rows of pw = in_w + 2 padding bytes. */
 static void ml_s8_pad_plane(const int8_t *in, int in_h, int in_w, int padding, int32_t in_zp, uint8_t *plane)
@@ -417,35 +409,6 @@ static void ml_s8_pad_plane(const int8_t *in, int in_h, int in_w, int padding, i
     const int pw = in_w + 2 * padding;
     const uint8_t pad = (uint8_t)(in_zp + 128);
     uint8_t *row = plane;
-#if ML_S8_XTENSA
-    if (pw <= ML_S8_XT_PITCH) { /* rows ML_S8_XT_PITCH bytes apart (ml_s8_plane_pitch), the rest of each unused */
-        for (int y = 0; y < padding; ++y, row += ML_S8_XT_PITCH) {
-            for (int x = 0; x < pw; ++x) row[x] = pad;
-        }
-        for (int y = 0; y < in_h; ++y, in += in_w, row += ML_S8_XT_PITCH) {
-            for (int x = 0; x < padding; ++x) row[x] = pad, row[in_w + padding + x] = pad;
-            /* the bytes with their sign bits flipped (u = q + 128), in a zero-overhead loop */
-            const int8_t *from = in;
-            uint8_t *to = row + padding;
-            uint32_t t;
-            const uint32_t flip = 0x80u;
-            __asm__ volatile("loopnez %[n], 1f\n\t"
-                             "l8ui %[t], %[from], 0\n\t"
-                             "addi %[from], %[from], 1\n\t"
-                             "xor %[t], %[t], %[flip]\n\t"
-                             "s8i %[t], %[to], 0\n\t"
-                             "addi %[to], %[to], 1\n"
-                             "1:"
-                             : [from] "+r"(from), [to] "+r"(to), [t] "=&r"(t)
-                             : [n] "r"(in_w), [flip] "r"(flip)
-                             : "memory");
-        }
-        for (int y = 0; y < padding; ++y, row += ML_S8_XT_PITCH) {
-            for (int x = 0; x < pw; ++x) row[x] = pad;
-        }
-        return;
-    }
-#endif
     for (int i = 0; i < padding * pw; ++i) *row++ = pad;
     for (int y = 0; y < in_h; ++y, in += in_w) {
         for (int i = 0; i < padding; ++i) *row++ = pad;
@@ -537,54 +500,6 @@ static inline void ml_s8_taps_xtensa(int32_t w0, int32_t w1, int32_t w2, int32_t
     __asm__ volatile("wsr %0, m0\n\twsr %1, m1\n\twsr %2, m2\n\twsr %3, m3" : : "r"(m0), "r"(m1), "r"(m2), "r"(m3));
 }
 
-/* One output row of a 3x3 filter whose taps 0-7 are in m0-m3 (ml_s8_taps_xtensa) and tap 8 is w8, over a
- * padded plane whose rows are ML_S8_XT_PITCH bytes apart (so that one pointer reaches the whole window with the
- * load instructions' constant offsets), in a zero-overhead loop of assembly: per output nine byte loads, nine
- * MAC16 multiply-accumulates (each taking a 16-bit tap from m0-m3, the DA and AD forms, or from w8; the first,
- * MUL, replaces the accumulator), then the requantization of ml_s8_out_clamped with the bias folded into its
- * constants (see ml_s8_rq_biased): MIN/MAX, one multiply, the shift (SAR set once), CLAMPS to 8 bits, MAX. */
-ML_S8_INLINE void ml_s8_row3_xtensa(const uint8_t *r0, int8_t *out, int out_w, int stride, int32_t w8,
-                                    const ml_s8_rq *q, int shift)
-{
-    const uint8_t *p = r0;
-    uint32_t t0, t1, t2;
-    __asm__ volatile("ssr %[shift]" : : [shift] "r"(shift));
-    __asm__ volatile("loopnez %[n], 1f\n\t"
-                     "l8ui %[t0], %[p], 0\n\t"
-                     "l8ui %[t1], %[p], 1\n\t"
-                     "l8ui %[t2], %[p], 2\n\t"
-                     "mul.da.ll m0, %[t0]\n\t"   /* w0 */
-                     "mula.da.hl m0, %[t1]\n\t"  /* w1 */
-                     "mula.da.ll m1, %[t2]\n\t"  /* w2 */
-                     "l8ui %[t0], %[p], 32\n\t"
-                     "l8ui %[t1], %[p], 33\n\t"
-                     "l8ui %[t2], %[p], 34\n\t"
-                     "mula.da.hl m1, %[t0]\n\t"  /* w3 */
-                     "mula.ad.ll %[t1], m2\n\t"  /* w4 */
-                     "mula.ad.lh %[t2], m2\n\t"  /* w5 */
-                     "l8ui %[t0], %[p], 64\n\t"
-                     "l8ui %[t1], %[p], 65\n\t"
-                     "l8ui %[t2], %[p], 66\n\t"
-                     "mula.ad.ll %[t0], m3\n\t"  /* w6 */
-                     "mula.ad.lh %[t1], m3\n\t"  /* w7 */
-                     "mula.aa.ll %[t2], %[w8]\n\t"
-                     "rsr %[t0], acclo\n\t"
-                     "max %[t0], %[t0], %[lo]\n\t"
-                     "min %[t0], %[t0], %[hi]\n\t"
-                     "mull %[t0], %[t0], %[mult]\n\t"
-                     "add %[t0], %[t0], %[round]\n\t"
-                     "sra %[t0], %[t0]\n\t"
-                     "clamps %[t0], %[t0], 7\n\t"
-                     "max %[t0], %[t0], %[low]\n\t"
-                     "s8i %[t0], %[out], 0\n\t"
-                     "add %[p], %[p], %[stride]\n\t"
-                     "addi %[out], %[out], 1\n"
-                     "1:"
-                     : [p] "+r"(p), [out] "+r"(out), [t0] "=&r"(t0), [t1] "=&r"(t1), [t2] "=&r"(t2)
-                     : [n] "r"(out_w), [stride] "r"(stride), [w8] "r"(w8), [lo] "r"(q->lo), [hi] "r"(q->hi),
-                       [mult] "r"(q->mult), [round] "r"(q->round), [low] "r"(q->low)
-                     : "memory");
-}
 #endif
 
 /* One output plane of a kernel x kernel filter over a padded plane (row stride pw): out = requantized
@@ -596,11 +511,6 @@ ML_S8_INLINE void ml_s8_filter(const uint8_t *plane, int pw, int8_t *out, int ou
         const int32_t w0 = ML_FLASH_S8(&taps[0]), w1 = ML_FLASH_S8(&taps[1]), w2 = ML_FLASH_S8(&taps[2]);
         const int32_t w3 = ML_FLASH_S8(&taps[3]), w4 = ML_FLASH_S8(&taps[4]), w5 = ML_FLASH_S8(&taps[5]);
         const int32_t w6 = ML_FLASH_S8(&taps[6]), w7 = ML_FLASH_S8(&taps[7]), w8 = ML_FLASH_S8(&taps[8]);
-#if ML_S8_XTENSA
-        ml_s8_taps_xtensa(w0, w1, w2, w3, w4, w5, w6, w7);
-        ml_s8_rq biased;
-        const int biased_ok = ml_s8_rq_biased(q, bias, &biased);
-#endif
 #if ML_S8_X86
         const __m256i wx[9] = {
             _mm256_set1_epi32(ml_s8_pair(w0, w1)), _mm256_set1_epi32(ml_s8_pair(w3, w4)),
@@ -664,12 +574,6 @@ ML_S8_INLINE void ml_s8_filter(const uint8_t *plane, int pw, int8_t *out, int ou
                 }
             }
 #endif
-#if ML_S8_XTENSA
-            if (pw == ML_S8_XT_PITCH && biased_ok) {
-                ml_s8_row3_xtensa(r0, out, out_w, stride, w8, &biased, shift);
-                ox = out_w;
-            }
-#endif
 #if ML_S8_X86
             if (stride == 1) {
                 ml_s8_row3_x86(r0, r1, r2, out, out_w, 1, wx, bias_x, q, shift_x, (out_h - oy) * out_w >= 8);
@@ -710,7 +614,7 @@ static int ml_s8_covered(int in_h, int in_w, int out_h, int out_w, int channels,
 {
     const int ph = in_h + 2 * padding, pw = in_w + 2 * padding;
     return channels <= ML_S8_MAX_CHANNELS && kernel >= 1 && stride >= 1 && padding >= 0 && low >= -128 && low <= 127
-           && ph * ml_s8_plane_pitch(in_w, padding) <= ML_S8_PLANE_BYTES && out_h >= 1 && out_w >= 1 && (out_h - 1) * stride + kernel <= ph
+           && ph * pw <= ML_S8_PLANE_BYTES && out_h >= 1 && out_w >= 1 && (out_h - 1) * stride + kernel <= ph
            && (out_w - 1) * stride + kernel <= pw && ml_s8_rq_covered(multiplier, channels, shift);
 }
 
@@ -1116,49 +1020,9 @@ static inline uint32_t ml_s8_dot_xtensa(const int16_t *x, const int16_t *w, int 
     return acc;
 }
 
-/* The int8 outputs of n dot products, row j of x (16-bit, c4 values a row, c4 % 4 == 0, rows contiguous) with
- * w, requantized with q (the bias folded in, ml_s8_rq_biased) into out[0..n-1]: ml_s8_dot_xtensa's loop for
- * each, then ml_s8_row3_xtensa's requantization, all in one piece of assembly. */
-static inline void ml_s8_dots_xtensa(const int16_t *x, const int16_t *w, int c4, int n, const ml_s8_rq *q, int shift,
-                                     int8_t *out)
-{
-    const int16_t *px = x - 2, *pw;
-    uint32_t t;
-    int count = n;
-    __asm__ volatile("ssr %[shift]" : : [shift] "r"(shift));
-    __asm__ volatile("1:\n\t"
-                     "movi %[t], 0\n\t"
-                     "wsr %[t], acclo\n\t"
-                     "addi %[pw], %[w], -4\n\t"
-                     "ldinc m0, %[px]\n\t"
-                     "ldinc m2, %[pw]\n\t"
-                     "loopnez %[n4], 2f\n\t"
-                     "mula.dd.ll.ldinc m1, %[px], m0, m2\n\t"
-                     "mula.dd.hh.ldinc m3, %[pw], m0, m2\n\t"
-                     "mula.dd.ll.ldinc m0, %[px], m1, m3\n\t"
-                     "mula.dd.hh.ldinc m2, %[pw], m1, m3\n"
-                     "2:\n\t"
-                     "rsr %[t], acclo\n\t"
-                     "max %[t], %[t], %[lo]\n\t"
-                     "min %[t], %[t], %[hi]\n\t"
-                     "mull %[t], %[t], %[mult]\n\t"
-                     "add %[t], %[t], %[round]\n\t"
-                     "sra %[t], %[t]\n\t"
-                     "clamps %[t], %[t], 7\n\t"
-                     "max %[t], %[t], %[low]\n\t"
-                     "s8i %[t], %[out], 0\n\t"
-                     "addi %[out], %[out], 1\n\t"
-                     "addi %[px], %[px], -4\n\t" /* the loop read one word into the next row: back to before it */
-                     "addi %[count], %[count], -1\n\t"
-                     "bnez %[count], 1b"
-                     : [px] "+r"(px), [pw] "=&r"(pw), [out] "+r"(out), [t] "=&r"(t), [count] "+r"(count)
-                     : [w] "r"(w), [n4] "r"(c4 / 4), [lo] "r"(q->lo), [hi] "r"(q->hi), [mult] "r"(q->mult),
-                       [round] "r"(q->round), [low] "r"(q->low)
-                     : "memory");
-}
-
-/* ml_s8_dots_xtensa with a requantization that steps by one (ml_s8_rq_steps_by_one: the sum clamped to [lo, hi],
- * no clamp of the value after it) and the accumulator starting at the bias. The four multiply-accumulates stay
+/* The int8 outputs of n dot products, row j of x (16-bit, c4 values a row, c4 % 4 == 0, rows contiguous) with w,
+ * into out[0..n-1]: ml_s8_dot_xtensa's loop for each, the accumulator starting at the bias, and a requantization
+ * that steps by one (ml_s8_rq_steps_by_one: the sum clamped to [lo, hi], no clamp of the value after it). The four multiply-accumulates stay
  * in their own zero-overhead loop even where the channel count is known: QEMU 7.2 computes a run of MAC16
  * LDINC instructions within one translated block wrongly (a jump between two runs, or the loop's return, gives
  * the right sums), and the count must be of code that QEMU runs right. */
@@ -1226,14 +1090,9 @@ static int ml_s8_pointwise_xtensa(const int8_t *in, int plane, int in_c, int8_t 
             }
         }
         for (int co = 0; co < out_c; ++co) {
-            ml_s8_rq biased;
             const int16_t *w = w16 + co * c4;
             if (ml_s8_rq_steps_by_one(ML_FLASH_S16(&multiplier[co]), shift)) {
                 ml_s8_dots_stepping_xtensa(x16, w, c4, n, &rq[co], folded[co], shift, out + co * plane + p0);
-                continue;
-            }
-            if (ml_s8_rq_biased(&rq[co], folded[co], &biased)) {
-                ml_s8_dots_xtensa(x16, w, c4, n, &biased, shift, out + co * plane + p0);
                 continue;
             }
             int32_t sums[ML_S8_XT_PIXELS];
@@ -1411,7 +1270,7 @@ void ml_conv2d_s8(const int8_t *in, int in_h, int in_w, int in_c, int32_t in_zp,
 #endif
         /* one input plane (the stem): pad it once, filter it once per output channel */
         uint8_t padded[ML_S8_PLANE_BYTES + ML_S8_SLACK];
-        const int pw = ml_s8_plane_pitch(in_w, padding);
+        const int pw = in_w + 2 * padding;
         ml_s8_pad_plane(in, in_h, in_w, padding, in_zp, padded);
         if (low == -128) {
             ml_s8_filters(padded, pw, out, out_h, out_w, out_c, kernel, stride, weight, bias, multiplier, 0, shift,
@@ -1452,7 +1311,7 @@ void ml_depthwise_conv2d_s8(const int8_t *in, int in_h, int in_w, int channels, 
     }
 #endif
     uint8_t padded[ML_S8_PLANE_BYTES + ML_S8_SLACK];
-    const int pw = ml_s8_plane_pitch(in_w, padding);
+    const int pw = in_w + 2 * padding;
     for (int c = 0; c < channels; ++c) {
 #if ML_S8_X86
         if (c > 0) ml_s8_fill_interior(in + c * in_h * in_w, in_h, in_w, padding, padded); /* same border */
