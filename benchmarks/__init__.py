@@ -12,7 +12,8 @@ Six parts, each a module with a ``run(options) -> dict`` function. Run by defaul
 Long, run only when named (``--only accuracy-full,ablation``):
 
 * ``accuracy-full`` (module ``accuracy_full``): the default recipe on all 60,000 MNIST training images, 3 seeds;
-* ``ablation``: the recipe with each lever taken out, scored on held-out training images (never the test set).
+* ``ablation``: the recipe with each lever taken out, scored on held-out training images (never the test set);
+* ``ablation-small`` (module ``ablation_small``): recipes for a training set of the bundled sample's size.
 
 Results go to ``benchmarks/results.json`` (merged part by part, so ``--only`` reruns one part and keeps
 the others) and ``BENCHMARKS.md`` is regenerated from them; every number in it comes from a run.

@@ -19,11 +19,13 @@ import time
 import traceback
 from pathlib import Path
 
-from . import ablation, ablation_full, accuracy, accuracy_full, inference, machine, microcontrollers, report, training
+from . import (ablation, ablation_full, ablation_small, accuracy, accuracy_full, family, inference, machine,
+               microcontrollers, report, training)
 from .common import DEFAULT_PARTS, PARTS, ROOT, Options, default_shared_data
 
 MODULES = {"accuracy-full": accuracy_full, "accuracy": accuracy, "ablation": ablation, "ablation-full": ablation_full,
-           "training": training, "inference": inference, "microcontrollers": microcontrollers}
+           "ablation-small": ablation_small, "family": family, "training": training, "inference": inference, "microcontrollers": microcontrollers}
+RUNNERS = {part: module.run for part, module in MODULES.items()} | {"family-10k": family.run_10k}
 FULL_OUTPUTS = (ROOT / "benchmarks" / "results.json", ROOT / "BENCHMARKS.md")
 QUICK_DIR = ROOT / "build" / "benchmarks-quick"
 
@@ -100,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                  "quick": args.quick, "threads": args.threads, "machine": machine.describe()}
         start = time.perf_counter()
         try:
-            entry["result"] = MODULES[part].run(options)
+            entry["result"] = RUNNERS[part](options)
         except Exception as error:  # record the failure and go on with the other parts
             traceback.print_exc()
             entry["error"] = f"{type(error).__name__}: {error}"

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("accuracy-full", "accuracy", "ablation", "ablation-full", "training", "inference", "microcontrollers")
-# The long parts (hours of training on a 2-core machine) run only when named: --only accuracy-full,ablation,ablation-full
+PARTS = ("accuracy-full", "accuracy", "ablation", "ablation-full", "ablation-small", "family", "family-10k",
+         "training", "inference", "microcontrollers")
+# The long parts (minutes to hours of training on a 2-core machine) run only when named, e.g. --only ablation-small
 DEFAULT_PARTS = ("accuracy", "training", "inference", "microcontrollers")
 
 

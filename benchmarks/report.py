@@ -369,8 +369,85 @@ def ablation_full_section(entry: dict) -> list[str]:
     return ablation_section(entry, "Ablation on the full training set (validation images)")
 
 
+def ablation_small_section(entry: dict) -> list[str]:
+    return ablation_section(entry, "Ablation for a small training set, the bundled sample's (validation images)")
+
+
+# ------------------------------------------------------------------------------------------------ family
+FAMILY_GOALS = ((0.995, 9_000), (0.99, 1_300))  # issue 26: (accuracy, at most this many parameters), mean of 3 seeds
+FAMILY_INT8_DROP = 0.001  # ... each with int8 within 0.1 points
+
+
+def _target_cell(row: dict, target: str) -> str:
+    found = next((t for t in row["targets"] if t["target"] == target), None)
+    if found is None:
+        return "-"
+    if found.get("available") is False:
+        reason = found["reason"]
+        return "does not fit" if "does not fit" in reason else "not run"
+    unit = "cycles" if found["counts"] == "cycles" else "instr."
+    return (f"{found['per_image'] / 1e6:.2f} M {unit}, {found['flash_bytes'] / 1024:.1f} KB flash, "
+            f"{found['ram_bytes'] / 1024:.1f} KB RAM ({found['agreement_with_reference']}/{found['n']})")
+
+
+def family_section(entry: dict, title: str = "The Mobile-LeNet family") -> list[str]:
+    result = entry["result"]
+    lines = part_header(title, entry)
+    members = result["members"]
+    if isinstance(members, dict):
+        return lines + [f"Not available: {members['reason']}", ""]
+    seeds = result["seeds"]
+    lines += [f"Recipe: {recipe_text(result['recipe'])}, the same for every member. Trained on {result['trained_on']} "
+              f"(seeds {', '.join(map(str, seeds))}); test accuracy on the official test images resized to the "
+              f"member's input size; int8 as `mobile-lenet quantize` makes it, run by the integer-only NumPy engine. "
+              f"Microcontrollers: seed {seeds[0]}'s int8 model, {result['simulated_images']} test images per target "
+              "(instructions counted in QEMU, not cycles; AVR cycles from simavr), flash as linked, RAM = static + "
+              "peak stack, and the agreement with the NumPy int8 engine.", ""]
+    targets = sorted({t["target"] for row in members for t in row["targets"]})
+    header = ["member", "channels", "parameters", "MACs", "test accuracy (mean)", "spread", "int8 (largest drop)",
+              *targets, "training time per run"]
+    rows = []
+    for row in members:
+        acc = row["accuracy"]
+        spread = f"std {100 * acc['std']:.2f} (min {percent(acc['min'])})" if len(row["runs"]) > 1 else "one seed"
+        rows.append([row["member"], ",".join(map(str, row["channels"])), f"{row['parameters']:,}",
+                     f"{row['macs']:,}", f"**{percent(acc['mean'])}**", spread,
+                     f"{percent(row['int8_accuracy']['mean'])} ({100 * row['int8_max_drop']:.2f})",
+                     *(_target_cell(row, target) for target in targets), duration(row["seconds"])])
+    lines.append(table(header, rows))
+    lines += ["", f"![accuracy against parameters and Cortex-M4F instructions]({result['plot']})", ""]
+    three = len(seeds) >= 3
+    for accuracy, most in FAMILY_GOALS:
+        hits = [row for row in members if row["parameters"] <= most and row["accuracy"]["mean"] >= accuracy
+                and row["int8_max_drop"] <= FAMILY_INT8_DROP]
+        best = max((row for row in members if row["parameters"] <= most), key=lambda r: r["accuracy"]["mean"],
+                   default=None)
+        verdict = ("**met** by " + ", ".join(row["member"] for row in hits)) if hits and three else (
+            "met on this run by " + ", ".join(row["member"] for row in hits) + ", but the goal counts 3 seeds on "
+            "full MNIST" if hits else "**not met**")
+        closest = f" (best at most {most:,} parameters: {best['member']}, {percent(best['accuracy']['mean'])})" \
+            if best else ""
+        lines.append(f"- Goal: at least {percent(accuracy, 1)} with at most {most:,} parameters, int8 within "
+                     f"{100 * FAMILY_INT8_DROP:.1f} points: {verdict}{closest}.")
+    fits_avr = [row for row in members
+                if any(t["target"] == "atmega2560" and "per_image" in t for t in row["targets"])]
+    if fits_avr:
+        best = max(fits_avr, key=lambda r: r["accuracy"]["mean"])
+        lines.append(f"- The most accurate member that runs in the ATmega2560's 8 KB: {best['member']} "
+                     f"({percent(best['accuracy']['mean'])}, {best['parameters']:,} parameters).")
+    points = ", ".join(f"{p:,} parameters {percent(a)}" for p, a in result["published"])
+    lines.append(f"- Drawn in for scale (crosses): published small MNIST CNNs as issue 26 quotes them: {points}.")
+    return lines + [""]
+
+
+def family_10k_section(entry: dict) -> list[str]:
+    return family_section(entry, "The Mobile-LeNet family, first look (10k training subset, one seed)")
+
+
 SECTIONS = {"accuracy-full": accuracy_full_section, "accuracy": accuracy_section, "ablation": ablation_section,
-            "ablation-full": ablation_full_section, "training": training_section, "inference": inference_section,
+            "ablation-full": ablation_full_section,
+            "ablation-small": ablation_small_section,
+            "family": family_section, "family-10k": family_10k_section, "training": training_section, "inference": inference_section,
             "microcontrollers": microcontrollers_section}
 
 
