@@ -504,7 +504,7 @@ def build_report(run_dir: str | os.PathLike, dataset: str | None = None, data_di
                                                 staging / FIGURE_FILES["misclassified"]),
             "architecture": plot_architecture(staging / FIGURE_FILES["architecture"], arch),
             "costs": plot_costs(costs, staging / FIGURE_FILES["costs"]),
-            "feature_maps": plot_feature_maps(images[digit], stage_activations(from_noodle(tensors, arch), images[digit]),
+            "feature_maps": plot_feature_maps(images[digit], stage_activations(from_noodle(tensors), images[digit]),
                                               int(labels[digit]), int(predictions[digit]),
                                               staging / FIGURE_FILES["feature_maps"]),
         }

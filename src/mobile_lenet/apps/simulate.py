@@ -118,7 +118,8 @@ def simulate(model, target_name: str, images: np.ndarray, labels: np.ndarray, *,
         firmware = build_firmware(model, target, work / "build", external_ram=external_ram, **firmware_options)
         with SimulatorRun(firmware, work) as run:
             with DeviceLink.open(run.port, timeout=timeout) as link:
-                link.name, link.image_size = f"{target.name} ({target.simulator})", spec.architecture_of(model).input_size
+                link.name = f"{target.name} ({target.simulator})"
+                link.image_size = spec.architecture_of(model).input_size
                 device = run_on_device(link, images, labels, progress=progress)
     measured = run.measurements
     expected = softmax(registry.real_logits(model, images, "reference"))
