@@ -55,7 +55,7 @@ def _read_tensors(path: Path) -> tuple[dict[str, np.ndarray], spec.Architecture]
             return read_mega2560_folder(path)
         if is_quantized_folder(path):  # int8 integers, not float weights: only some verbs take it
             raise UserError(f"{path}: an int8 model (mobile-lenet quantize); use it with evaluate, predict, demo, "
-                            f"simulate, or export --format c/platformio --int8")
+                            f"simulate, device --model, or export --format c/platformio --int8")
         raise UserError(f"{path}: neither a run folder (best.pt) nor a folder of Noodle weight files")
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
