@@ -154,8 +154,8 @@ def model_header(arch: spec.Architecture = spec.SEED) -> str:
 
 
 def generate_library(tensors: dict[str, np.ndarray], arch: spec.Architecture | None = None) -> dict[str, str]:
-    """The library proper (network, weights, kernels, serial protocol) of the member ``arch``: file name -> text.
-    Used by firmware too."""
+    """The library proper (network, weights, kernels, serial protocol) of the member ``arch`` (default: the member
+    loaded tensors record, ``spec.architecture_of``): file name -> text. Used by firmware too."""
     arch = spec.architecture_of(tensors, arch)
     return {lib.MODEL_HEADER: model_header(arch), lib.NETWORK_SOURCE: network_source(arch),
             lib.WEIGHTS_HEADER: weights_header(arch), lib.WEIGHTS_SOURCE: weights_source(tensors, arch),

@@ -45,7 +45,8 @@ def _compiled_if(condition: str, text: str) -> str:
             f"typedef int ml_schedule_not_built_here;\n#endif\n")
 
 
-def project_files(model: dict[str, np.ndarray] | QuantizedModel, arch: spec.Architecture | None = None) -> dict[str, str]:
+def project_files(model: dict[str, np.ndarray] | QuantizedModel,
+                  arch: spec.Architecture | None = None) -> dict[str, str]:
     """Every file of the project for a float or an int8 model of any family member (the one the model records,
     or ``arch`` for plain tensors): relative path -> text."""
     int8 = isinstance(model, QuantizedModel)

@@ -127,8 +127,8 @@ def _shaped(tensors: dict[str, np.ndarray], arch: spec.Architecture) -> dict[str
 
 def reference_logits(tensors: dict[str, np.ndarray], images: np.ndarray, batch_size: int = BATCH_SIZE,
                      arch: spec.Architecture | None = None) -> np.ndarray:
-    """Logits (N, 10), float32, of uint8 images (N, S, S) through the member ``arch`` (S its input size) whose
-    weights are the Noodle tensors."""
+    """Logits (N, 10), float32, of uint8 images (N, S, S) through the member ``arch`` (S its input size; default:
+    the member loaded tensors record, ``spec.architecture_of``) whose weights are the Noodle tensors."""
     arch = spec.architecture_of(tensors, arch)
     arch.check_images(images)
     tensors = _shaped(tensors, arch)
