@@ -86,6 +86,30 @@ def trained_tensors(trained_run):
     return load_tensors(trained_run / "best.pt")
 
 
+@pytest.fixture(scope="session")
+def member16_run(tmp_path_factory):
+    """A run folder of a family member other than the seed's (alpha 0.5: channels 4,4,4,8,8,12,12; 16x16 inputs),
+    trained 1 epoch on the bundled sample (about 25% accurate, a few seconds): the verbs' tests hold the engines
+    and firmware to each other on it, so what matters is that it computes a definite network, not accuracy."""
+    from mobile_lenet import spec
+    from mobile_lenet.model.data import load_sample
+    from mobile_lenet.model.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("member16_run")
+    member = spec.Architecture.from_options(width=0.5, input_size=16)
+    train(TrainConfig(epochs=1, batch_size=32, seed=1, lr=1e-2, architecture=member.to_dict()), load_sample("train"),
+          out, progress=False, log=lambda s: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def member16_tensors(member16_run):
+    """The float weights of member16_run (they record their member, 16x16)."""
+    from mobile_lenet.formats.model_files import load_tensors
+
+    return load_tensors(member16_run / "best.pt")
+
+
 CONFIDENT_P = 0.95  # a test digit the trained_run model reads right with at least this probability
 
 

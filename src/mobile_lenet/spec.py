@@ -136,6 +136,27 @@ def parse_channels(text: str | tuple) -> tuple:
                         f"{','.join(map(str, SEED_CHANNELS))}), not {text!r}") from None
 
 
+class MemberWeights(dict):
+    """Float weights (Noodle file name -> array) that know the family member they are for, as an int8 model
+    (``QuantizedModel.architecture``) does: what the checkpoint, Noodle manifest or Mega 2560 folder they were
+    read from records, so that no verb needs the member repeated on its command line."""
+
+    def __init__(self, tensors: dict, architecture: Architecture):
+        super().__init__(tensors)
+        self.architecture = architecture
+
+
+def architecture_of(model, arch: Architecture | None = None) -> Architecture:
+    """The member ``model`` is for: what an int8 model or ``MemberWeights`` record, else ``arch``, else the seed's
+    network (plain tensors record nothing). An ``arch`` the model's record contradicts is one UserError."""
+    recorded = getattr(model, "architecture", None)
+    if recorded is None:
+        return SEED if arch is None else arch
+    if arch is not None and arch != recorded:
+        raise UserError(f"the model is the network with {recorded.describe()}, not {arch.describe()}")
+    return recorded
+
+
 SEED_CHANNELS = Architecture.channels
 SEED_INPUT_SIZE = Architecture.input_size
 SEED = Architecture()

@@ -271,3 +271,30 @@ def test_latency_summary_by_hand():
     assert stats["mean"] == pytest.approx(0.4) and stats["max"] == 1.0 and stats["p50"] == pytest.approx(0.3)
     assert stats["p90"] == pytest.approx(0.76) and stats["p99"] == pytest.approx(0.976)  # linear interpolation
     assert latency_summary(np.array([])) == {}
+
+
+def test_device_cli_sends_a_members_images_at_its_input_size(member16_run, member16_tensors, tmp_path, capsys):
+    """A board running a 16x16 member (here its host program on a pty) reads 256-byte images: with --model, the
+    test digits go at the model's input size, and the board's digits are the reference engine's on the digits
+    resized with PIL here."""
+    from PIL import Image
+
+    from mobile_lenet.model.data import load_sample
+
+    program = host_c.build_host_program(member16_tensors, defines={"ML_TIMEOUT_MS": TEST_TIMEOUT_MS},
+                                        cache=tmp_path / "build")
+    pty = Pty()
+    process = subprocess.Popen([str(program), "serve"], stdin=pty.master, stdout=pty.master)
+    try:
+        code = main(["device", "--port", pty.path, "--dataset", "mnist-sample", "--count", "5", "--timeout", "2",
+                     "--model", str(member16_run), "--json"])
+    finally:
+        process.kill()
+        process.wait()
+        pty.close()
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    images = np.stack([np.asarray(Image.fromarray(image).resize((16, 16), Image.BILINEAR))
+                       for image in load_sample("test").images[:5]])
+    assert result["predictions"] == reference_logits(member16_tensors, images).argmax(axis=1).tolist()
+    assert result["agreement"] == 5

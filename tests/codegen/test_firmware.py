@@ -124,11 +124,15 @@ def test_export_cli(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def firmware_on_host(upstream_tensors, tmp_path_factory):
     """The project's src/ built for the host with the Arduino shim: an executable fed through stdin."""
+    return build_project_on_host(upstream_tensors, tmp_path_factory.mktemp("firmware"))
+
+
+def build_project_on_host(model, folder):
+    """Write ``model``'s PlatformIO project into ``folder`` and build its src/ for the host with the Arduino shim."""
     cxx = shutil.which("c++") or shutil.which("g++")
     if cxx is None:
         pytest.skip("no C++ compiler")
-    folder = tmp_path_factory.mktemp("firmware")
-    firmware.write_platformio_project(upstream_tensors, folder)
+    firmware.write_platformio_project(model, folder)
     shim = folder / "shim"
     shim.mkdir()
     (shim / "Arduino.h").write_text(ARDUINO_H)
@@ -175,6 +179,24 @@ def test_firmware_survives_garbage(firmware_on_host):
     lines = result.stdout.decode().split("\r\n")[:-1]
     assert lines[0] == "READY" and lines[-1] == "READY"
     assert sum(line.startswith("PRED ") for line in lines) == 2
+
+
+def test_member_project_reads_images_of_its_input_size(member16_tensors, mnist_test, tmp_path):
+    """A family member's project (16x16 inputs): the firmware reads 256-byte images (the size comes from the
+    generated model header) and answers as the NumPy reference engine does on the same digits, resized here
+    with PIL directly."""
+    from PIL import Image
+
+    program = build_project_on_host(member16_tensors, tmp_path)
+    images = np.stack([np.asarray(Image.fromarray(image).resize((16, 16), Image.BILINEAR))
+                       for image in mnist_test.images[:4]])
+    expected = softmax(reference_logits(member16_tensors, images))
+    result = subprocess.run([str(program)], input=images.tobytes(), capture_output=True, timeout=60)
+    lines = result.stdout.decode().split("\r\n")[:-1]
+    replies = [re.fullmatch(r"PRED (\d) \d+\.\d{4} (\d+\.\d{4})", line) for line in lines if line.startswith("PRED")]
+    assert len(replies) == len(images) and all(replies), lines  # one answer per 256 bytes, no more, no fewer
+    assert [int(m[1]) for m in replies] == expected.argmax(axis=1).tolist()
+    np.testing.assert_allclose([float(m[2]) for m in replies], expected.max(axis=1), atol=0.00005 + 1e-6)
 
 
 def test_int8_project_builds_each_environment_with_its_schedule(trained_tensors, mnist_train, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from mobile_lenet.formats.noodle_mega2560 import MEMBER, write_mega2560_folder
 from mobile_lenet.model.checkpoints import save_checkpoint
 from mobile_lenet.model.images import resize_digits
 from mobile_lenet.model.network import MobileLeNet, from_noodle, to_noodle
+from mobile_lenet.spec import LayerKind
 
 
 @pytest.fixture(scope="module")
@@ -109,3 +111,84 @@ def test_progmem_headers_build_for_the_atmega2560_and_stay_in_flash(member_tenso
     folded_values = sum(member_tensors[f"w{n:02d}"].size for n in range(1, 15)) + sum(
         member_tensors[f"bn{n:02d}"].shape[1] for n in range(1, 14)) + member_tensors["b02"].size
     assert text >= 4 * folded_values and data + bss < 64  # every float in flash; SRAM holds only `sink`
+
+
+def folded_network_source(arch: spec.Architecture) -> str:
+    """``mobile_lenet_logits`` of upstream's folded network as the Mega 2560 headers hold it: the call sequence
+    from the member's table, one kernel call per convolution with its folded weights ``wNN`` (weights.h), then the
+    folded bias ``bNN`` (biases.h) and ReLU; global average pooling; the dense layer ``w14``/``b14``."""
+    table = spec.layers(arch)
+    largest = max(int(np.prod(layer.out_shape)) for layer in table)
+    lines = ["#include <stddef.h>", '#include "mobile_lenet.h"', '#include "ml_kernels_f32.h"',
+             '#include "ml_bias_relu_f32.h"', '#include "weights.h"', '#include "biases.h"', "",
+             f"static float buffer_a[{largest}], buffer_b[{largest}];", "",
+             "void mobile_lenet_logits(const uint8_t image[MOBILE_LENET_INPUT_SIZE],",
+             "                         float logits[MOBILE_LENET_NUM_CLASSES])",
+             "{", "    float *in = buffer_a, *out = buffer_b, *swap;",
+             "    for (int i = 0; i < MOBILE_LENET_INPUT_SIZE; ++i) in[i] = (float)image[i] / 255.0f;"]
+    number, padding = 0, 0
+    for layer in table:
+        h, w, c = (1, 1) * (len(layer.in_shape) == 1) + layer.in_shape
+        out = layer.out_shape
+        if layer.kind == LayerKind.PAD:  # the explicit zero padding goes into the convolution after it
+            padding = layer.padding
+            continue
+        if layer.kind in (LayerKind.CONV, LayerKind.DWCONV):
+            number += 1
+            h, w, c = (h - 2 * padding, w - 2 * padding, c) if padding else (h, w, c)
+            pad = layer.padding + padding
+            call = (f"ml_conv2d_f32(in, {h}, {w}, {c}, out, {out[0]}, {out[1]}, {out[2]}, {layer.kernel}, "
+                    f"{layer.stride}, {pad}, w{number:02d}, NULL)" if layer.kind == LayerKind.CONV else
+                    f"ml_depthwise_conv2d_f32(in, {h}, {w}, {c}, out, {out[0]}, {out[1]}, {layer.kernel}, "
+                    f"{layer.stride}, {pad}, w{number:02d})")
+            lines += [f"    {call};", f"    ml_bias_relu_f32(out, {out[2]}, {out[0] * out[1]}, b{number:02d});",
+                      "    swap = in; in = out; out = swap;"]
+            padding = 0
+        elif layer.kind == LayerKind.GAP:
+            lines += [f"    ml_global_average_pool_f32(in, {c}, {h * w}, out);", "    swap = in; in = out; out = swap;"]
+        elif layer.kind == LayerKind.DENSE:
+            number += 1
+            lines.append(f"    ml_dense_f32(in, {c}, logits, {out[0]}, w{number:02d}, b{number:02d});")
+    return "\n".join(lines + ["}", ""])
+
+
+@pytest.mark.skipif(any(shutil.which(t) is None for t in ("avr-gcc", "simavr")), reason="no avr-gcc or simavr")
+def test_folded_network_from_the_headers_runs_on_the_simulated_atmega2560(member_tensors, mnist_test, tmp_path):
+    """The network upstream's example runs, built for the ATmega2560 from the export's PROGMEM weights.h and
+    biases.h (weights read from flash) with the project's float kernels and serial firmware, in simavr: its digits
+    are the reference engine's on real test images (resized to 16x16 with PIL here), its confidences within a
+    rounding error (folding changes the order of the float operations). 16 KB of float activations need the
+    external-SRAM link (upstream streams them through an SD card instead)."""
+    from PIL import Image
+
+    from mobile_lenet.apps.device import DeviceLink, run_on_device
+    from mobile_lenet.codegen import c_float, c_library as lib, mcu_firmware
+    from mobile_lenet.engines.mcu_simulators import SimulatorRun
+    from mobile_lenet.engines.reference import softmax
+    from mobile_lenet.files import write_text_files
+
+    write_mega2560_folder(member_tensors, tmp_path / "m")
+    library = c_float.generate_library(member_tensors, MEMBER)  # the kernels, API and serial protocol only:
+    for name in (lib.NETWORK_SOURCE, lib.WEIGHTS_SOURCE, lib.WEIGHTS_HEADER):  # the network and its weights are
+        del library[name]  # the Mega 2560 headers'
+    library[lib.NETWORK_SOURCE] = folded_network_source(MEMBER)
+    for name in ("ml_bias_relu_f32.c", "ml_bias_relu_f32.h"):
+        library[name] = (Path(__file__).parents[1] / "c" / name).read_text()
+    for name in ("weights.h", "biases.h"):
+        library[name] = (tmp_path / "m" / "include" / name).read_text()
+    write_text_files(library, tmp_path / "lib")
+    target = mcu_firmware.TARGETS["atmega2560"]
+    built = mcu_firmware._make(target, tmp_path / "lib", tmp_path / "build", "AVR_MEMORY=xmem")
+    assert built.returncode == 0, built.stderr
+    elf = tmp_path / "build" / "firmware.elf"
+    symbols = mcu_firmware.read_symbols(target.nm_tool, elf)
+    assert symbols["w01"][0] < 0x800000  # the weights stay in flash (AVR data addresses start at 0x800000)
+    firmware = mcu_firmware.Firmware(target, elf, False, 0, 0, symbols, external_ram=True)
+    images = np.stack([np.asarray(Image.fromarray(image).resize((16, 16), Image.BILINEAR))
+                       for image in mnist_test.images[:3]])
+    with SimulatorRun(firmware, tmp_path) as run, DeviceLink.open(run.port, timeout=60) as link:
+        link.image_size = 16
+        device = run_on_device(link, images, mnist_test.labels[:3], progress=False)
+    expected = softmax(reference_logits(member_tensors, images, arch=MEMBER))
+    assert device["predictions"] == expected.argmax(axis=1).tolist()
+    np.testing.assert_allclose(device["confidences"], expected.max(axis=1), atol=2e-4)

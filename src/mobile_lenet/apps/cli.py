@@ -180,13 +180,14 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     """Classify image files (PNG/JPEG, any size) with a float or int8 model."""
     from mobile_lenet.engines.reference import softmax
-    from mobile_lenet.engines.registry import check_engine, real_logits
+    from mobile_lenet.engines.registry import check_engine, member_images, real_logits
     from mobile_lenet.formats.model_files import load_model
     from mobile_lenet.model.images import load_digit
 
     model = load_model(args.model)
     engine = check_engine(model, args.engine)
-    images = np.stack([load_digit(p, invert=args.invert) for p in args.images])
+    # MNIST-style 28x28 first, then the member's input size with training's resize (nothing to do for 28x28)
+    images = member_images(model, np.stack([load_digit(p, invert=args.invert) for p in args.images]))
     probs = softmax(real_logits(model, images, engine))
     for path, p in zip(args.images, probs):
         if args.json:
@@ -205,8 +206,8 @@ def cmd_export(args) -> int:
     from mobile_lenet.formats.int8_folder import load_quantized
     from mobile_lenet.formats.model_files import load_float_model
 
-    model, arch = (load_quantized(args.model), None) if args.int8 else load_float_model(args.model)
-    written = export(model, args.format, args.out, arch or spec.SEED, layout=args.layout, schedule=args.schedule)
+    model = load_quantized(args.model) if args.int8 else load_float_model(args.model)[0]  # each knows its member
+    written = export(model, args.format, args.out, layout=args.layout, schedule=args.schedule)
     print(f"wrote {len(written)} files to {args.out}")
     return 0
 
@@ -248,12 +249,13 @@ def cmd_quantize(args) -> int:
 
 def cmd_pipeline(args) -> int:
     """The main job: train, evaluate, quantize, simulate on the microcontrollers, export, report, in one folder."""
-    check_config(TrainConfig(epochs=args.epochs, seed=args.seed))
+    arch = architecture_from_args(args)
+    check_config(TrainConfig(epochs=args.epochs, seed=args.seed, architecture=arch.to_dict()))
     check_writable_folder(args.out)
     from mobile_lenet.apps.pipeline import run_pipeline
 
     run_pipeline(out=Path(args.out), dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
-                 seed=args.seed, progress=not args.quiet)
+                 seed=args.seed, progress=not args.quiet, arch=arch)
     return 0
 
 
@@ -271,15 +273,21 @@ def cmd_device(args) -> int:
     _check_count_and_timeout(args)
     if not math.isfinite(args.rotate):
         raise UserError(f"--rotate must be a finite number of degrees, not {args.rotate:g}")
+    model = None
+    if args.model:  # the board's model: its member's input size is what the board reads
+        from mobile_lenet.engines.registry import logits, member_images
+        from mobile_lenet.formats.model_files import load_model
+
+        model = load_model(args.model)
     test_set = _load_images(args, "test")
     images, labels = device.rotate_images(test_set.images[:args.count], args.rotate), test_set.labels[:args.count]
+    if model is not None:
+        images = member_images(model, images)
     with device.DeviceLink.open(args.port, timeout=args.timeout) as link:
+        link.image_size = images.shape[1]
         result = device.run_on_device(link, images, labels, progress=not args.quiet and not args.json)
-    if args.model:
-        from mobile_lenet.engines.registry import logits
-        from mobile_lenet.formats.model_files import load_tensors
-
-        host_digits = logits(load_tensors(args.model), images, "reference").argmax(axis=1)
+    if model is not None:
+        host_digits = logits(model, images, "reference").argmax(axis=1)
         result.update(agreement=int((host_digits == result["predictions"]).sum()), agreement_engine="reference")
     result.update(dataset=test_set.name, rotate=args.rotate)
     print(json.dumps(result) if args.json else device.format_report(result))
@@ -406,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify PNG/JPEG images of digits")
     p.add_argument("model", help="checkpoint (.pt), run folder, folder of Noodle files, .keras file or a quantized "
                                  "model folder (mobile-lenet quantize)")
-    p.add_argument("images", nargs="+", help="image files, any size")
+    p.add_argument("images", nargs="+", help="image files, any size: made MNIST-style 28x28, then resized to the "
+                                             "model's input size as training resizes its images")
     p.add_argument("--invert", default="auto", choices=("auto", "yes", "no"),
                    help="dark digit on light background? auto looks at the border (default)")
     p.add_argument("--engine", choices=ENGINES, help="torch (default), reference or c; a quantized model: "
@@ -453,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/main", help="output folder (default runs/main)")
     p.add_argument("--epochs", type=int, default=defaults.epochs, help=f"training epochs (default {defaults.epochs})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _architecture_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_pipeline)
 
@@ -462,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=100, help="number of test images to send (default 100)")
     p.add_argument("--rotate", type=float, default=0.0, help="rotate the images by DEG degrees first (default 0)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for READY or a reply (default 5)")
-    p.add_argument("--model", help="also classify the images on the host with MODEL (reference engine) and "
+    p.add_argument("--model", help="the board's model: its images go at the model's input size (without it, 28x28, "
+                                   "the seed's); also classify them on the host with MODEL (reference engine) and "
                                    "report how often the board agrees")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -21,7 +21,8 @@ Requests (at most ``MAX_BODY_BYTES``; everything else gets a 4xx with ``{"error"
   ``mobile-lenet predict``: auto inverts dark digits on light paper).
 * an image file as the body (``image/png``, ``image/jpeg``, ...), with ``?engine=`` and ``?invert=``.
 
-The answer: ``prediction``, ``probabilities`` (10), ``input`` (the 28x28 network input), ``blank`` (no
+The answer: ``prediction``, ``probabilities`` (10), ``input`` (the network input: 28x28, or the input size of a
+family member, resized from the 28x28 picture as training resizes its images), ``blank`` (no
 ink at all) and ``stages``: for the stem and B1..B6, the output shape and a PNG mosaic of all channels.
 Probabilities come from the chosen engine; the activations of a float model come from the PyTorch model
 (``forward_all``), which computes the same network, and those of an int8 model (a ``mobile-lenet quantize``
@@ -58,10 +59,10 @@ from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mobile_lenet import spec
-from mobile_lenet.apps.report import STAGES, stage_activations
+from mobile_lenet.apps.report import stage_activations, stages
 from mobile_lenet.engines.reference import softmax
 from mobile_lenet.engines.reference_int8 import run_int8_layer
-from mobile_lenet.engines.registry import engines_for, is_int8, real_logits
+from mobile_lenet.engines.registry import engines_for, is_int8, member_images, real_logits
 from mobile_lenet.errors import UserError
 from mobile_lenet.formats.model_files import load_model
 from mobile_lenet.model.images import SIZE, NonFiniteImage, looks_dark_on_light, mnist_style, to_gray
@@ -210,14 +211,14 @@ def activation_mosaic(maps: np.ndarray) -> str:
 
 
 def int8_stage_activations(qmodel, image: np.ndarray) -> dict[str, np.ndarray]:
-    """Feature maps (C, H, W) after each stage of the int8 network for one uint8 28x28 image: the int8 engine's
-    outputs, dequantized ((q - zero point) * scale) so they show on the float model's colour scale."""
-    block_of = {layer.name: layer.block for layer in spec.LAYERS}
+    """Feature maps (C, H, W) after each stage of the int8 network for one uint8 image of its input size: the int8
+    engine's outputs, dequantized ((q - zero point) * scale) so they show on the float model's colour scale."""
+    block_of = {layer.name: layer.block for layer in spec.layers(qmodel.architecture)}
     x, maps = quantize_input(image[None]), {}
     for layer in qmodel.layers:
         x = run_int8_layer(layer, x)
         stage = block_of[layer.rows[-1]]
-        if stage in STAGES:  # a stage's last layer comes last, so it is the one kept
+        if stage in stages(qmodel.architecture):  # a stage's last layer comes last, so it is the one kept
             maps[stage] = (x[0].astype(np.float32) - layer.out_zero_point) * np.float32(layer.out_scale)
     return maps
 
@@ -227,11 +228,14 @@ class DemoModel:
 
     def __init__(self, model, label: str):
         self.model, self.label = model, label
-        self.torch_model = None if is_int8(model) else from_noodle(model)
+        self.architecture = spec.architecture_of(model)  # the family member the model records
+        self.torch_model = None if is_int8(model) else from_noodle(model, self.architecture)
         self.engines = engines_for(model)
 
     def predict(self, image: np.ndarray, engine: str | None = None) -> dict:
-        """Probabilities, prediction and per-stage activations of one 28x28 uint8 network input."""
+        """Probabilities, prediction and per-stage activations of one 28x28 uint8 MNIST-style picture, resized
+        to the model's input size as training resizes its images (``input`` is what the network sees)."""
+        image = member_images(self.model, image[None])[0]
         engine = engine or self.engines[0]
         if engine not in self.engines:
             raise RequestError(400, f"unknown engine {engine!r} (available: {', '.join(self.engines)})")
@@ -313,7 +317,7 @@ def create_app(model, label: str = "model", hosts: set[str] | None = None) -> Fa
     @app.get("/api/info")
     def info():
         return {"model": demo_model.label, "engines": demo_model.engines, "classes": spec.NUM_CLASSES,
-                "stages": list(STAGES),
+                "stages": list(stages(demo_model.architecture)),
                 "max_body_bytes": MAX_BODY_BYTES}
 
     def answer(body: bytes, content_type: str, query: dict) -> dict:

@@ -1,7 +1,8 @@
 """``mobile-lenet device``: classify test images on a board over its serial port and tally the answers.
 
 The board runs the exported firmware (``firmware.py``), which speaks the seed's protocol: it prints
-``READY``, reads exactly 784 raw bytes, answers ``PRED <digit> <seconds> <confidence>``, and repeats
+``READY``, reads exactly one image's raw bytes (S x S for a model of input size S: 784 for the seed's 28x28;
+the generated model header sets it), answers ``PRED <digit> <seconds> <confidence>``, and repeats
 ``READY`` when no byte has arrived for 3 s (dropping a partial image). ``DeviceLink`` is the host side of that
 protocol; every failure (no READY, no reply, a malformed reply, a vanished port) becomes a one-line
 ``DeviceError`` instead of a hang or a traceback.
@@ -17,6 +18,7 @@ import numpy as np
 import serial
 from PIL import Image
 
+from mobile_lenet import spec
 from mobile_lenet.errors import UserError
 from mobile_lenet.progress import progress_bar
 
@@ -29,7 +31,7 @@ except ImportError:  # not POSIX
 PORT_ERRORS = (serial.SerialException, OSError, TermiosError)  # what a port that fails or vanishes raises
 
 BAUD_RATE = 115200
-IMAGE_BYTES = 784
+IMAGE_BYTES = spec.SEED_INPUT_SIZE ** 2  # the seed's 28x28 image; a family member's is input_size ** 2
 REPLY_PATTERN = re.compile(r"PRED ([0-9]) ([0-9]+\.[0-9]{4}) ([0-9]+\.[0-9]{4})")
 READ_SLICE_S = 0.05  # how long one read waits, so deadlines are checked often
 MAX_LINE_BYTES = 256  # a longer "line" is noise (e.g. a wrong baud rate), not the protocol
@@ -67,6 +69,7 @@ class DeviceLink:
     """The host side of the serial protocol, over an open pyserial port (or anything with read/write)."""
 
     max_line_bytes = MAX_LINE_BYTES  # the layer debugger's lines (simulate --layers) are longer
+    image_size = spec.SEED_INPUT_SIZE  # the side of the images the firmware's model takes (its input size)
 
     def __init__(self, port, name: str = "device", timeout: float = 5.0):
         if not (0 < timeout <= MAX_TIMEOUT_S):  # also refuses NaN, which would make every wait endless
@@ -123,10 +126,10 @@ class DeviceLink:
                           f"Mobile-LeNet firmware running on it?")
 
     def send_image(self, image: np.ndarray) -> None:
-        """Write one 28x28 uint8 image (784 raw bytes)."""
+        """Write one uint8 image of the model's input size (``image_size`` squared raw bytes: 784 for 28x28)."""
         data = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
-        if len(data) != IMAGE_BYTES:
-            raise ValueError(f"an image is {IMAGE_BYTES} bytes, got {len(data)}")
+        if len(data) != self.image_size ** 2:
+            raise ValueError(f"an image is {self.image_size ** 2} bytes, got {len(data)}")
         try:
             self.port.write(data)
             self.port.flush()

@@ -24,11 +24,13 @@ def score(predictions: np.ndarray, labels: np.ndarray, num_classes: int = 10) ->
 
 
 def evaluate(model, dataset: Dataset, engine: str | None = None) -> dict:
-    """Score ``dataset`` with a float or int8 model on ``engine`` (default: the model's first engine)."""
+    """Score ``dataset`` with a float or int8 model on ``engine`` (default: the model's first engine). The images
+    go to the input size of the member the model records as training's validation images do
+    (``registry.member_images``)."""
     engine = registry.check_engine(model, engine)
     if len(dataset) == 0:
         raise UserError(f"{dataset.name or 'the test set'}: holds no images; nothing to evaluate")
-    logits = registry.logits(model, dataset.images, engine)
+    logits = registry.logits(model, registry.member_images(model, dataset.images), engine)
     result = score(logits.argmax(axis=1), dataset.labels)
     result.update(engine=f"{engine} (int8)" if registry.is_int8(model) else engine, dataset=dataset.name)
     return result

@@ -1,8 +1,8 @@
 """``mobile-lenet export``: one entry point; the model's type and the format pick the writer.
 
 A float model (Noodle tensors) exports to every format; a quantized model to the C library and the
-PlatformIO project, in int8. A family member other than the seed's (``spec.Architecture``) exports to Noodle
-files, ONNX and the C library; its PlatformIO project is not written yet.
+PlatformIO project, in int8. Every family member (``spec.Architecture``) exports to each of them: the model
+records its member, and the files are written for it.
 """
 
 from __future__ import annotations
@@ -25,30 +25,28 @@ INT8_WRITERS = {"c": write_c_library_int8, "platformio": write_platformio_projec
 FORMATS = tuple(FLOAT_WRITERS)
 
 
-def export(model, fmt: str, out_dir: str | Path, arch: spec.Architecture = spec.SEED, layout: str = "standard",
+def export(model, fmt: str, out_dir: str | Path, arch: spec.Architecture | None = None, layout: str = "standard",
            schedule: str | None = None) -> list[Path]:
-    """Write a float or int8 ``model`` in format ``fmt`` into ``out_dir``; returns the files written. Float
-    tensors are the member ``arch``; an int8 model knows its own. ``layout="mega2560"`` (Noodle only): the files
-    of upstream Noodle's Arduino Mega 2560 example (``formats.noodle_mega2560``). ``schedule``: the int8 C
-    library's (``c_int8.SCHEDULES``; default "buffers")."""
+    """Write a float or int8 ``model`` in format ``fmt`` into ``out_dir``; returns the files written. The files
+    are for the member the model records (``spec.architecture_of``; ``arch`` for plain tensors that record
+    none). ``layout="mega2560"`` (Noodle only): the files of upstream Noodle's Arduino Mega 2560 example
+    (``formats.noodle_mega2560``). ``schedule``: the int8 C library's (``c_int8.SCHEDULES``; default
+    "buffers")."""
+    member = spec.architecture_of(model, arch)
     if layout != "standard":
         if fmt != "noodle" or is_int8(model):
             raise UserError(f"--layout {layout} is a layout of float Noodle files (--format noodle), not of {fmt}"
                             f"{' --int8' if is_int8(model) else ''}")
-        return write_mega2560_folder(model, Path(out_dir), arch)
+        return write_mega2560_folder(model, Path(out_dir), member)
     writers = INT8_WRITERS if is_int8(model) else FLOAT_WRITERS
     if fmt not in writers:
         names = list(writers)
         kind = "--int8 exports" if is_int8(model) else "export writes"
         raise UserError(f"{kind} formats {', '.join(names[:-1])} and {names[-1]}, not {fmt!r}")
-    member = model.architecture if is_int8(model) else arch
-    if not member.is_seed and fmt == "platformio":
-        raise UserError(f"the PlatformIO project of a Mobile-LeNet family member ({member.describe()}) is not "
-                        f"written yet; export --format c gives its C library")
     if schedule is not None:
         if not (is_int8(model) and fmt == "c"):
             raise UserError("--schedule goes with --format c --int8 (the PlatformIO project picks each board's own)")
         return write_c_library_int8(model, Path(out_dir), schedule)
-    if is_int8(model) or member.is_seed:
+    if is_int8(model):
         return writers[fmt](model, Path(out_dir))
     return writers[fmt](model, Path(out_dir), member)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mobile_lenet import spec
 from mobile_lenet.apps.evaluation import evaluate, format_report
 from mobile_lenet.apps.export import export
 from mobile_lenet.apps.quantization import quantize_source
@@ -28,14 +29,18 @@ STEPS = 6
 
 
 def run_pipeline(out: Path, dataset: str = "auto", data_dir: str | None = None, epochs: int = TrainConfig.epochs,
-                 seed: int = 0, progress: bool = True, log=print) -> dict:
-    """Train into ``out``, evaluate best.pt on the test split, quantize it into ``out/int8``, run both on the
-    simulated microcontrollers, export both, write the report; returns the float evaluation."""
-    check_config(TrainConfig(epochs=epochs, seed=seed))  # before any data is loaded or downloaded
+                 seed: int = 0, progress: bool = True, log=print, arch: spec.Architecture = spec.SEED) -> dict:
+    """Train the family member ``arch`` into ``out``, evaluate best.pt on the test split, quantize it into
+    ``out/int8``, run both on the simulated microcontrollers, export both, write the report; returns the float
+    evaluation. Every step after training takes the member from the checkpoint."""
+    check_config(TrainConfig(epochs=epochs, seed=seed, architecture=arch.to_dict()))  # before any data is loaded
     check_writable_folder(out)
     dataset = resolve_dataset(dataset, data_dir, log)
-    config = check_config(TrainConfig(dataset=dataset, data_dir=data_dir, epochs=epochs, seed=seed))
-    log(f"[1/{STEPS}] training on {dataset}{' from ' + data_dir if data_dir else ''} for {epochs} epochs -> {out}")
+    config = check_config(TrainConfig(dataset=dataset, data_dir=data_dir, epochs=epochs, seed=seed,
+                                      architecture=arch.to_dict()))
+    member = "" if arch.is_seed else f" the member with {arch.describe()}"
+    log(f"[1/{STEPS}] training{member} on {dataset}{' from ' + data_dir if data_dir else ''} for {epochs} epochs "
+        f"-> {out}")
     resume = (out / "config.json").is_file()  # a run started here (even one killed in its first epoch)
     if resume and read_config(out / "config.json") != config:
         raise UserError(f"{out}: holds a run with other settings; choose another --out")

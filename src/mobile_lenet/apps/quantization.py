@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from mobile_lenet.engines.registry import member_images
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import check_writable_folder
 from mobile_lenet.formats.int8_folder import is_quantized_folder, save_quantized
@@ -26,7 +27,8 @@ def quantize_source(model: str | os.PathLike, calibration_data: str, data_dir: s
     tensors = load_tensors(model)
     calibration_data = resolve_dataset(calibration_data, data_dir, log, flag="--calibration-data")
     train_set = load_dataset(calibration_data, "train", data_dir, flag="--calibration-data")  # never the test split
-    images = pick_calibration_images(train_set.images, count)
+    # at the input size of the member the model records, resized as training resized them
+    images = member_images(tensors, pick_calibration_images(train_set.images, count))
     metadata = {"source": str(model),
                 "calibration": {"dataset": train_set.name, "split": "train", "seed": 0}}
     qmodel = quantize_model(tensors, images, metadata)

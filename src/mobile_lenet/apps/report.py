@@ -6,7 +6,8 @@ The report shows
 * the confusion matrix and per-class accuracy of ``best.pt`` on a test split,
 * a grid of misclassified test digits (true and predicted label),
 * parameters and MACs per layer, and what a standard 3x3 convolution would cost in place of each
-  depthwise-separable block -- the seed's point, computed from the architecture table ``spec.LAYERS``,
+  depthwise-separable block -- the seed's point, computed from the architecture table (``spec.layers`` of the
+  family member the run trained; the test digits go to its input size as training's validation images do),
 * a diagram of the architecture, drawn from the same table,
 * the feature maps of one test digit after each stage (stem, B1..B6).
 
@@ -37,7 +38,7 @@ from mobile_lenet.apps.report_deployment import (DEPLOYMENT_FILE, INT8_EVALUATIO
                                                  read_json_record)
 from mobile_lenet.apps.report_deployment import STYLE as DEPLOYMENT_STYLE
 from mobile_lenet.engines.reference import softmax
-from mobile_lenet.engines.registry import logits
+from mobile_lenet.engines.registry import logits, member_images
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import WriteError, atomic_write, atomic_write_text, check_writable_file, staging_folder
 from mobile_lenet.formats.model_files import load_tensors
@@ -60,22 +61,28 @@ KIND_COLOURS = {
 
 
 # ------------------------------------------------------------------------------------------------ stages
-def stage_output_layers() -> dict[str, str]:
+def stages(arch: spec.Architecture = spec.SEED) -> tuple[str, ...]:
+    """The stages of the member ``arch``: the stem, then its blocks (``STAGES`` for the seed's network)."""
+    return ("stem",) + tuple(name for name, _, _ in arch.blocks)
+
+
+def stage_output_layers(arch: spec.Architecture = spec.SEED) -> dict[str, str]:
     """Stage name -> the table's last layer of that stage (e.g. "B3" -> "B3_pw_relu")."""
     last = {}
-    for layer in spec.LAYERS:
-        if layer.block in STAGES:
+    for layer in spec.layers(arch):
+        if layer.block in stages(arch):
             last[layer.block] = layer.name
-    return {stage: last[stage] for stage in STAGES}
+    return {stage: last[stage] for stage in stages(arch)}
 
 
 def stage_activations(model, image: np.ndarray) -> dict[str, np.ndarray]:
-    """Feature maps (C, H, W) after each stage for one uint8 28x28 image, via ``forward_all``."""
+    """Feature maps (C, H, W) after each stage for one uint8 image of the PyTorch ``model``'s input size, via
+    ``forward_all``."""
 
     model.eval()
     with torch.no_grad():
         outputs = model.forward_all(torch.from_numpy(to_tensor_input(image[None])))
-    return {stage: outputs[layer][0].numpy() for stage, layer in stage_output_layers().items()}
+    return {stage: outputs[layer][0].numpy() for stage, layer in stage_output_layers(model.architecture).items()}
 
 
 # ------------------------------------------------------------------------------------------------ costs
@@ -101,11 +108,12 @@ class BlockCost:
         return self.standard_macs / self.separable_macs
 
 
-def block_costs() -> list[BlockCost]:
-    """For each of B1..B6: its cost from the table and the cost of a standard convolution in its place."""
+def block_costs(arch: spec.Architecture = spec.SEED) -> list[BlockCost]:
+    """For each block of ``arch`` (B1..B6): its cost from the table and the cost of a standard convolution in its
+    place."""
     costs = []
-    for block, stride, _ in spec.BLOCKS:
-        rows = [layer for layer in spec.LAYERS if layer.block == block]
+    for block, stride, _ in arch.blocks:
+        rows = [layer for layer in spec.layers(arch) if layer.block == block]
         depthwise = next(layer for layer in rows if layer.kind == LayerKind.DWCONV)
         pointwise = next(layer for layer in rows if layer.kind == LayerKind.CONV)
         h, w, c_out = pointwise.out_shape
@@ -276,10 +284,12 @@ def _shape_text(shape: tuple) -> str:
     return "×".join(str(d) for d in shape)
 
 
-def plot_architecture(path: Path) -> str:
-    """The network as columns of boxes, one column per stage and one box per row of ``spec.LAYERS``."""
-    groups = ["input"] + list(STAGES) + ["head"]
-    rows_of = {group: [layer for layer in spec.LAYERS if layer.block == group] for group in groups}
+def plot_architecture(path: Path, arch: spec.Architecture = spec.SEED) -> str:
+    """The network as columns of boxes, one column per stage and one box per row of the member's table
+    (``spec.layers``)."""
+    groups = ["input"] + list(stages(arch)) + ["head"]
+    table = spec.layers(arch)
+    rows_of = {group: [layer for layer in table if layer.block == group] for group in groups}
     tallest = max(len(rows) for rows in rows_of.values())
     box_w, box_h, gap_x, gap_y = 1.6, 0.55, 0.55, 0.18
     fig = _new_figure(len(groups) * 1.4, tallest * 0.55 + 1.8)
@@ -291,7 +301,7 @@ def plot_architecture(path: Path) -> str:
         x = column * (box_w + gap_x)
         top = tallest * (box_h + gap_y)
         if group == "input":
-            rows, out_shape = [], spec.INPUT_SHAPE
+            rows, out_shape = [], arch.input_shape
             ax.add_patch(FancyBboxPatch((x, top - box_h), box_w, box_h, boxstyle="round,pad=0.03",
                                         fc="#ffffff", ec="black"))
             ax.text(x + box_w / 2, top - box_h / 2, "image", ha="center", va="center", fontsize=8)
@@ -319,8 +329,8 @@ def plot_architecture(path: Path) -> str:
     legend = [Patch(fc=colour, ec="black", label=spec.KERAS_TYPES[kind]) for kind, colour in KIND_COLOURS.items()]
     ax.legend(handles=legend, loc="lower center", ncol=len(legend), fontsize=8.5, frameon=False,
               bbox_to_anchor=(0.5, -0.06))
-    totals = spec.totals()
-    ax.set_title(f"Mobile-LeNet, drawn from the architecture table: {len(spec.LAYERS)} layers, "
+    totals = spec.totals(arch)
+    ax.set_title(f"Mobile-LeNet, drawn from the architecture table: {len(table)} layers, "
                  f"{totals['total_params']:,} parameters, {totals['macs']:,} MACs per image", fontsize=11)
     return _save(fig, path)
 
@@ -374,12 +384,12 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 """
 
 
-def _layer_rows() -> list[list]:
+def _layer_rows(arch: spec.Architecture = spec.SEED) -> list[list]:
     rows = []
-    for layer in spec.LAYERS:
+    for layer in spec.layers(arch):
         rows.append([layer.index, layer.name, layer.keras_type, _shape_text(layer.out_shape),
                      f"{layer.params:,}", f"{layer.macs:,}"])
-    totals = spec.totals()
+    totals = spec.totals(arch)
     rows.append(["", "total", "", "", f"{totals['total_params']:,}", f"{totals['macs']:,}"])
     return rows
 
@@ -395,11 +405,12 @@ def _cost_rows(costs: list[BlockCost]) -> list[list]:
 
 
 def render_html(facts: list[tuple[str, str]], figures: dict[str, str], result: dict, costs: list[BlockCost],
-                run_name: str, deployment: str = "") -> str:
-    """The report page; ``figures`` maps a figure's role to its PNG file name (beside the page)."""
+                run_name: str, deployment: str = "", arch: spec.Architecture = spec.SEED) -> str:
+    """The report page of a run of the member ``arch``; ``figures`` maps a figure's role to its PNG file name
+    (beside the page)."""
     per_class = [[digit, "-" if acc is None else f"{100 * acc:.2f}%", sum(result["confusion"][digit])]
                  for digit, acc in enumerate(result["per_class"])]
-    totals = spec.totals()
+    totals = spec.totals(arch)
     sep_m = sum(c.separable_macs for c in costs)
     std_m = sum(c.standard_macs for c in costs)
     whole_standard = totals["macs"] - sep_m + std_m
@@ -438,7 +449,7 @@ architecture table; BatchNorm and ReLU would follow either, so they are left out
          "saving"], _cost_rows(costs))}
 {_figure(figures["costs"], "MACs per image of each block as built and with a standard 3×3 convolution.")}
 <h3>Parameters and MACs per layer</h3>
-{_table(["#", "layer", "type", "output", "params", "MACs"], _layer_rows(), numeric_from=4)}
+{_table(["#", "layer", "type", "output", "params", "MACs"], _layer_rows(arch), numeric_from=4)}
 
 <h2>Feature maps</h2>
 {_figure(figures["feature_maps"], "What the network computes for one test digit: every channel after the stem "
@@ -475,12 +486,14 @@ def build_report(run_dir: str | os.PathLike, dataset: str | None = None, data_di
         raise UserError(f"{dataset}: the test split is empty")
     log(f"evaluating {run_dir / 'best.pt'} on {len(labels):,} test images of {dataset}")
     tensors = load_tensors(run_dir / "best.pt")
+    arch = tensors.architecture  # the member the run trained: its images, table, costs and feature maps
+    images = member_images(tensors, images)
     probabilities = softmax(logits(tensors, images, "torch"))
     predictions = probabilities.argmax(axis=1)
     result = score(predictions, labels)
 
     log(f"drawing figures into {folder}")
-    costs = block_costs()
+    costs = block_costs(arch)
     digit = 0  # the first test digit: the same one every time, so reports of different runs compare
     staging = staging_folder(html_path)  # every file is made here first, then renamed into place, the page last
     try:
@@ -489,7 +502,7 @@ def build_report(run_dir: str | os.PathLike, dataset: str | None = None, data_di
             "confusion": plot_confusion(np.array(result["confusion"]), staging / FIGURE_FILES["confusion"]),
             "misclassified": plot_misclassified(images, labels, predictions, probabilities.max(axis=1),
                                                 staging / FIGURE_FILES["misclassified"]),
-            "architecture": plot_architecture(staging / FIGURE_FILES["architecture"]),
+            "architecture": plot_architecture(staging / FIGURE_FILES["architecture"], arch),
             "costs": plot_costs(costs, staging / FIGURE_FILES["costs"]),
             "feature_maps": plot_feature_maps(images[digit], stage_activations(from_noodle(tensors), images[digit]),
                                               int(labels[digit]), int(predictions[digit]),
@@ -507,11 +520,12 @@ def build_report(run_dir: str | os.PathLike, dataset: str | None = None, data_di
             ("best validation accuracy", best),
             ("test accuracy", f"{100 * result['accuracy']:.2f}% on {result['n']:,} test images"
                               + (" (limited)" if limit and limit < len(test_set) else "")),
-            ("parameters", f"{spec.totals()['total_params']:,}"),
-            ("MACs per image", f"{spec.totals()['macs']:,}"),
+            *([] if arch.is_seed else [("network", f"family member: {arch.describe()}")]),
+            ("parameters", f"{spec.totals(arch)['total_params']:,}"),
+            ("MACs per image", f"{spec.totals(arch)['macs']:,}"),
         ]
         atomic_write_text(staging / html_path.name, render_html(facts, figures, result, costs, str(run_dir),
-                                                                          deployment))
+                                                                          deployment, arch))
         try:
             for name in [*FIGURE_FILES.values(), html_path.name]:
                 os.replace(staging / name, folder / name)

@@ -113,11 +113,13 @@ def simulate(model, target_name: str, images: np.ndarray, labels: np.ndarray, *,
     """Build, run and measure ``model``'s firmware on ``target_name`` for ``images``; returns the report.
     ``firmware_options`` go to ``build_firmware`` (e.g. ``reference_kernels=True`` for a before/after)."""
     target = get_target(target_name)
+    images = registry.member_images(model, images)  # the firmware's model takes its member's input size
     with _work_dir(work_dir) as work:
         firmware = build_firmware(model, target, work / "build", external_ram=external_ram, **firmware_options)
         with SimulatorRun(firmware, work) as run:
             with DeviceLink.open(run.port, timeout=timeout) as link:
                 link.name = f"{target.name} ({target.simulator})"
+                link.image_size = spec.architecture_of(model).input_size
                 device = run_on_device(link, images, labels, progress=progress)
     measured = run.measurements
     expected = softmax(registry.real_logits(model, images, "reference"))
@@ -185,10 +187,12 @@ def profile_layers(model, target_name: str, images: np.ndarray, labels: np.ndarr
     exceeds it by the marks' own cost, which the report states."""
     target = get_target(target_name)
     check_whole_maps(model, target_name, "--profile")
+    images = registry.member_images(model, images)
     with _work_dir(work_dir) as work:
         firmware = build_firmware(model, target, work / "profile", external_ram=external_ram, profile=True)
         with SimulatorRun(firmware, work) as run:
             with DeviceLink.open(run.port, timeout=timeout) as link:
+                link.image_size = spec.architecture_of(model).input_size
                 run_on_device(link, images, labels, progress=False)
     intervals = np.array(run.measurements.per_layer, dtype=np.float64)  # images x (marked layers + 1)
     if intervals.shape != (len(images), len(firmware.layer_marks) + 1):
@@ -267,7 +271,7 @@ def layer_names(model) -> dict[int, str]:
     """Layer number -> name, in the numbering of the layer debugger (table rows; int8: quantized layers)."""
     if registry.is_int8(model):
         return {number: " + ".join(layer.rows) for number, layer in enumerate(model.layers, 1)}
-    return {layer.index: layer.name for layer in spec.LAYERS}
+    return {layer.index: layer.name for layer in spec.layers(spec.architecture_of(model))}
 
 
 def firmware_layer_outputs(model, target_name: str, image: np.ndarray, work_dir: Path | None = None,
@@ -280,9 +284,9 @@ def firmware_layer_outputs(model, target_name: str, image: np.ndarray, work_dir:
         firmware = build_firmware(model, target, work / "trace", trace=True, external_ram=external_ram,
                                   c_standard=c_standard)
         with SimulatorRun(firmware, work) as run, DeviceLink.open(run.port, timeout=timeout) as link:
-            link.max_line_bytes = TRACE_LINE_BYTES
+            link.max_line_bytes, link.image_size = TRACE_LINE_BYTES, spec.architecture_of(model).input_size
             link.wait_ready()
-            link.send_image(image)
+            link.send_image(registry.member_images(model, image[None])[0])
             while True:
                 line = link.read_line(time.monotonic() + timeout)
                 if line is None or not line.startswith(TRACE_PREFIX):
@@ -299,6 +303,7 @@ def trace_layers(model, target_name: str | None, image: np.ndarray, work_dir: Pa
     first layer where each parts from the reference."""
     int8 = registry.is_int8(model)
     check_whole_maps(model, target_name, "--layers")
+    image = registry.member_images(model, image[None])[0]  # a 28x28 test image at the member's input size
     reference = int8_layer_outputs(model, image) if int8 else reference_layer_outputs(model, image)
     host = c_layer_outputs(model, image)
     firmware = firmware_layer_outputs(model, target_name, image, work_dir, external_ram) if target_name else None

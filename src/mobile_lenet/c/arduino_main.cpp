@@ -2,7 +2,8 @@
 // Written by mobile-lenet, the same for every model. The protocol logic is the state machine in mobile_lenet_serial.c (the same
 // code the host tests run); this file only moves bytes between it and Serial.
 //
-// Protocol (115200 baud): prints READY; reads exactly 784 raw bytes (a 28x28 image, white digit on black);
+// Protocol (115200 baud): prints READY; reads exactly ML_IMAGE_BYTES raw bytes (an SxS image of the
+// model's input size, 784 for the seed's 28x28; white digit on black);
 // answers "PRED <digit> <seconds> <confidence>". After ML_TIMEOUT_MS without a byte, a partial image is
 // dropped and READY is printed again.
 #include <Arduino.h>

@@ -1,7 +1,7 @@
 /* mobile_lenet_host.c - run the generated Mobile-LeNet on a computer (POSIX).
  *
  *   mobile_lenet_host classify FILE   images from an IDX file (e.g. t10k-images-idx3-ubyte, not gzipped)
- *   mobile_lenet_host classify -      raw images on stdin, 784 bytes (28x28 uint8) each
+ *   mobile_lenet_host classify -      raw images on stdin, MOBILE_LENET_INPUT_SIZE bytes (SxS uint8; 784, 28x28, for the seed) each
  *       prints one line per image: the digit, the 10 logits, the 10 probabilities
  *       (%.9g: every float32 value reads back exactly; an int8 library prints its 10 int8 logits)
  *   mobile_lenet_host time FILE|- [REPEATS]

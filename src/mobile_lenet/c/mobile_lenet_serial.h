@@ -1,6 +1,7 @@
 /* mobile_lenet_serial.h - the seed's serial protocol as a state machine with no I/O of its own.
  *
- * Protocol (115200 baud): the device prints READY; the host sends exactly 784 raw bytes (one 28x28 image);
+ * Protocol (115200 baud): the device prints READY; the host sends exactly ML_IMAGE_BYTES raw bytes (one SxS
+ * image, S the model's input size: 784 bytes, 28x28, for the seed's network);
  * the device answers one line "PRED <digit> <seconds> <confidence>" (4 decimals each). When no byte has
  * arrived for ML_TIMEOUT_MS, the device drops any partial image and prints READY again (so an idle device
  * repeats READY every ML_TIMEOUT_MS, which also greets a host that connects late).
@@ -18,12 +19,15 @@
 
 #include <stdint.h>
 
+#include "mobile_lenet_model.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 #define ML_BAUD_RATE 115200
-#define ML_IMAGE_BYTES 784
+/* one image of the model's input size: the generated model header (per-model data) says how large */
+#define ML_IMAGE_BYTES MOBILE_LENET_INPUT_SIZE
 #ifndef ML_TIMEOUT_MS
 #define ML_TIMEOUT_MS 3000 /* override at compile time, e.g. -DML_TIMEOUT_MS=300 for fast tests */
 #endif
@@ -37,7 +41,7 @@ typedef struct {
 
 typedef enum {
     ML_SERIAL_NOTHING = 0,      /* nothing to do */
-    ML_SERIAL_IMAGE_COMPLETE,   /* 784 bytes are in: call ml_serial_classify and print its reply */
+    ML_SERIAL_IMAGE_COMPLETE,   /* ML_IMAGE_BYTES are in: call ml_serial_classify and print its reply */
     ML_SERIAL_SEND_READY        /* timeout: any partial image was dropped; print READY */
 } ml_serial_event;
 

@@ -33,8 +33,9 @@ VALUES_PER_LINE = 8  # as in the seed's weight headers
 
 
 # ------------------------------------------------------------------------------------------------ weights
-def check_tensors(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> dict[str, np.ndarray]:
+def check_tensors(tensors: dict[str, np.ndarray], arch: spec.Architecture | None = None) -> dict[str, np.ndarray]:
     """The member's Noodle tensors as flat float32 arrays, checked for presence, size and finiteness."""
+    arch = spec.architecture_of(tensors, arch)
     flat = {}
     for name, _, shape in spec.noodle_tensors(arch):
         if name not in tensors:
@@ -79,8 +80,9 @@ def weights_header(arch: spec.Architecture = spec.SEED) -> str:
                             "(Noodle tensors), one const array each, in flash.", ['"ml_flash.h"'], declarations)
 
 
-def weights_source(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> str:
+def weights_source(tensors: dict[str, np.ndarray], arch: spec.Architecture | None = None) -> str:
     """``mobile_lenet_weights.c``: the values, eight per line as in the seed's headers."""
+    arch = spec.architecture_of(tensors, arch)
     flat = check_tensors(tensors, arch)
     lines = [f"/* {lib.WEIGHTS_SOURCE} - the Mobile-LeNet weights. const: they stay in flash on a microcontroller.",
              f" * {lib.GENERATED_NOTE} */", f'#include "{lib.WEIGHTS_HEADER}"', ""]
@@ -151,16 +153,18 @@ def model_header(arch: spec.Architecture = spec.SEED) -> str:
                             "the float32 Mobile-LeNet's sizes.", arch)
 
 
-def generate_library(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> dict[str, str]:
-    """The library proper (network, weights, kernels, serial protocol) of the member ``arch``: file name -> text.
-    Used by firmware too."""
+def generate_library(tensors: dict[str, np.ndarray], arch: spec.Architecture | None = None) -> dict[str, str]:
+    """The library proper (network, weights, kernels, serial protocol) of the member ``arch`` (default: the member
+    loaded tensors record, ``spec.architecture_of``): file name -> text. Used by firmware too."""
+    arch = spec.architecture_of(tensors, arch)
     return {lib.MODEL_HEADER: model_header(arch), lib.NETWORK_SOURCE: network_source(arch),
             lib.WEIGHTS_HEADER: weights_header(arch), lib.WEIGHTS_SOURCE: weights_source(tensors, arch),
             **lib.static_files(PRECISION)}
 
 
-def generate_sources(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> dict[str, str]:
+def generate_sources(tensors: dict[str, np.ndarray], arch: spec.Architecture | None = None) -> dict[str, str]:
     """Everything ``export --format c`` writes: the library, the host program (in ``host/``) and the README."""
+    arch = spec.architecture_of(tensors, arch)
     plan = memory.plan(memory.FLOAT32, arch)
     readme = lib.template("c_README.md").substitute(
         buffer_values=f"{plan.buffer_values:,}", buffer_bytes=f"{plan.buffer_bytes:,}",
@@ -169,10 +173,11 @@ def generate_sources(tensors: dict[str, np.ndarray], arch: spec.Architecture = s
             "README.md": readme}
 
 
-def write_c_library(tensors: dict[str, np.ndarray], out_dir: str | Path, arch: spec.Architecture = spec.SEED) -> list[Path]:
+def write_c_library(tensors: dict[str, np.ndarray], out_dir: str | Path, arch: spec.Architecture | None = None) -> list[Path]:
     """``export --format c``: write the C library, host program (``host/``) and README into ``out_dir``.
 
     The folder is replaced whole (``files.replace_folder``): it must be new, empty, or a previous C export."""
+    arch = spec.architecture_of(tensors, arch)
     return replace_folder(generate_sources(tensors, arch), out_dir, what="C export", replaceable=previous_export())
 
 
@@ -206,9 +211,10 @@ def _fold_batch_norm(weight: np.ndarray, bias: np.ndarray | None, bn: np.ndarray
     return w, (b - mean) * scale + beta
 
 
-def _host_fast_ops(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> list[dict]:
+def _host_fast_ops(tensors: dict[str, np.ndarray], arch: spec.Architecture | None = None) -> list[dict]:
     """The network as fused operations: conv/depthwise + BatchNorm + ReLU, then pool + dense; weights folded and
     laid out for the host kernels. Raises UserError for a table the host kernels do not cover."""
+    arch = spec.architecture_of(tensors, arch)
     flat = check_tensors(tensors, arch)
     shapes = {name: shape for name, _, shape in spec.noodle_tensors(arch)}
     layers, ops, i, pending_pad = spec.layers(arch), [], 0, 0
@@ -257,8 +263,9 @@ def _host_fast_ops(tensors: dict[str, np.ndarray], arch: spec.Architecture = spe
     return ops
 
 
-def host_fast_network_source(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> str:
+def host_fast_network_source(tensors: dict[str, np.ndarray], arch: spec.Architecture | None = None) -> str:
     """``mobile_lenet.c`` of the host fast path: folded weights, HWC buffers and the fused layer calls."""
+    arch = spec.architecture_of(tensors, arch)
     ops = _host_fast_ops(tensors, arch)
     arrays, buffers, body = [], {}, []
     h0, w0, _ = arch.input_shape
@@ -317,8 +324,9 @@ def host_fast_network_source(tensors: dict[str, np.ndarray], arch: spec.Architec
 NETWORK_SOURCE_FAST_TITLE = "mobile_lenet.c - the float32 Mobile-LeNet, host fast path."
 
 
-def generate_host_fast_sources(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> dict[str, str]:
+def generate_host_fast_sources(tensors: dict[str, np.ndarray], arch: spec.Architecture | None = None) -> dict[str, str]:
     """The host fast path's program: the fast network and kernels, the shared API, the host program."""
+    arch = spec.architecture_of(tensors, arch)
     return {lib.MODEL_HEADER: model_header(arch), lib.NETWORK_SOURCE: host_fast_network_source(tensors, arch),
             **{name: lib.c_source(name) for name in lib.COMMON_FILES + HOST_FAST_KERNEL_FILES},
             lib.HOST_PROGRAM: lib.c_source(lib.HOST_PROGRAM)}

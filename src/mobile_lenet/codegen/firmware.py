@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mobile_lenet import spec
 from mobile_lenet.codegen import c_float, c_int8, c_library as lib, memory
 from mobile_lenet.files import replace_folder
 from mobile_lenet.quantization.quantize import QuantizedModel
@@ -44,11 +45,14 @@ def _compiled_if(condition: str, text: str) -> str:
             f"typedef int ml_schedule_not_built_here;\n#endif\n")
 
 
-def project_files(model: dict[str, np.ndarray] | QuantizedModel) -> dict[str, str]:
-    """Every file of the project for a float or an int8 model: relative path -> text."""
+def project_files(model: dict[str, np.ndarray] | QuantizedModel,
+                  arch: spec.Architecture | None = None) -> dict[str, str]:
+    """Every file of the project for a float or an int8 model of any family member (the one the model records,
+    or ``arch`` for plain tensors): relative path -> text."""
     int8 = isinstance(model, QuantizedModel)
-    plan = memory.int8_plan() if int8 else memory.plan()
-    library = c_int8.generate_library(model) if int8 else c_float.generate_library(model)
+    arch = spec.architecture_of(model, arch)
+    plan = memory.int8_plan(arch) if int8 else memory.plan(memory.FLOAT32, arch)
+    library = c_int8.generate_library(model) if int8 else c_float.generate_library(model, arch)
     if int8:  # both schedules; each environment compiles one (ML_ROWS_SCHEDULE)
         rows = c_int8.generate_library(model, "rows")
         library[lib.NETWORK_SOURCE] = _compiled_if(f"!defined({ROWS_SWITCH})", library[lib.NETWORK_SOURCE])
@@ -62,7 +66,8 @@ def project_files(model: dict[str, np.ndarray] | QuantizedModel) -> dict[str, st
     return files
 
 
-def write_platformio_project(model: dict[str, np.ndarray] | QuantizedModel, out_dir: str | Path) -> list[Path]:
+def write_platformio_project(model: dict[str, np.ndarray] | QuantizedModel, out_dir: str | Path,
+                             arch: spec.Architecture | None = None) -> list[Path]:
     """``export --format platformio [--int8]``: write the project into ``out_dir``; returns the files written."""
-    return replace_folder(project_files(model), out_dir, what="PlatformIO export",
+    return replace_folder(project_files(model, arch), out_dir, what="PlatformIO export",
                           replaceable=c_float.previous_export(f"src/{lib.MODEL_HEADER}"))

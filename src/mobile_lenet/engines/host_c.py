@@ -141,20 +141,22 @@ def build_cached_program(sources: dict[str, str], program_name: str, *, flavour:
 
 
 def model_architecture(model: dict[str, np.ndarray] | QuantizedModel,
-                       arch: spec.Architecture = spec.SEED) -> spec.Architecture:
-    """The family member of ``model``: an int8 model knows its own; float tensors are the member ``arch``."""
-    return model.architecture if isinstance(model, QuantizedModel) else arch
+                       arch: spec.Architecture | None = None) -> spec.Architecture:
+    """The family member of ``model`` (``spec.architecture_of``): an int8 model and loaded float weights know
+    their own; plain float tensors are the member ``arch`` (default the seed's)."""
+    return spec.architecture_of(model, arch)
 
 
 def build_host_program(model: dict[str, np.ndarray] | QuantizedModel, *, sanitize: bool = False,
                        defines: dict | None = None, cache: str | Path | None = None,
                        schedule: str = "buffers", variant: str | None = None,
-                       arch: spec.Architecture = spec.SEED) -> Path:
+                       arch: spec.Architecture | None = None) -> Path:
     """Generate and compile the host program for a float or an int8 model; returns the executable (cached).
     ``schedule`` (int8): "buffers" or "rows" (``codegen.c_int8.SCHEDULES``); ``variant``: float "noodle" (the
     exported library, the default) or "fast" (the host fast path), see ``FLOAT_VARIANTS``; int8 "generic" (the
     exported library, the default) or "fast" (its host fast path, raising ``c_int8.HostFastUnsupported`` for a
     model its kernels do not cover), see ``INT8_VARIANTS``. ``arch``: the member float tensors are for."""
+    arch = spec.architecture_of(model, arch)
     int8 = isinstance(model, QuantizedModel)
     variants = INT8_VARIANTS if int8 else FLOAT_VARIANTS
     variant = variant or variants[0]  # the exported library
@@ -219,7 +221,7 @@ def run_time(program: Path, images: np.ndarray, repeats: int = 5, arch: spec.Arc
 def c_outputs(model: dict[str, np.ndarray] | QuantizedModel, images: np.ndarray, **build_options) -> COutputs:
     """Digits, logits and probabilities of ``images`` computed by the generated C, built on this host."""
     return run_classify(build_host_program(model, **build_options), images,
-                        model_architecture(model, build_options.get("arch", spec.SEED)))
+                        model_architecture(model, build_options.get("arch")))
 
 
 def c_logits(model: dict[str, np.ndarray] | QuantizedModel, images: np.ndarray, **build_options) -> np.ndarray:
@@ -257,9 +259,10 @@ def parse_trace_line(line: str, int8: bool) -> tuple[int, np.ndarray]:
 
 
 def c_layer_outputs(model: dict[str, np.ndarray] | QuantizedModel, image: np.ndarray,
-                    cache: str | Path | None = None, arch: spec.Architecture = spec.SEED) -> dict[int, np.ndarray]:
+                    cache: str | Path | None = None, arch: spec.Architecture | None = None) -> dict[int, np.ndarray]:
     """Every stored layer's output for one image, from the host C built with the layer debugger (-DML_TRACE):
     layer number (table row; int8: quantized layer) -> flat values in the C buffer's order (CHW)."""
+    arch = spec.architecture_of(model, arch)
     program = build_host_program(model, defines={"ML_TRACE": 1}, cache=cache, arch=arch)
     image = check_images(image[None], model_architecture(model, arch))
     result = subprocess.run([str(program), "classify", "-"], input=image.tobytes(),

@@ -126,9 +126,10 @@ def _shaped(tensors: dict[str, np.ndarray], arch: spec.Architecture) -> dict[str
 
 
 def reference_logits(tensors: dict[str, np.ndarray], images: np.ndarray, batch_size: int = BATCH_SIZE,
-                     arch: spec.Architecture = spec.SEED) -> np.ndarray:
-    """Logits (N, 10), float32, of uint8 images (N, S, S) through the member ``arch`` (S its input size) whose
-    weights are the Noodle tensors."""
+                     arch: spec.Architecture | None = None) -> np.ndarray:
+    """Logits (N, 10), float32, of uint8 images (N, S, S) through the member ``arch`` (S its input size; default:
+    the member loaded tensors record, ``spec.architecture_of``) whose weights are the Noodle tensors."""
+    arch = spec.architecture_of(tensors, arch)
     arch.check_images(images)
     tensors = _shaped(tensors, arch)
     outputs = []
@@ -141,15 +142,17 @@ def reference_logits(tensors: dict[str, np.ndarray], images: np.ndarray, batch_s
 
 
 def reference_probabilities(tensors: dict[str, np.ndarray], images: np.ndarray,
-                            arch: spec.Architecture = spec.SEED) -> np.ndarray:
+                            arch: spec.Architecture | None = None) -> np.ndarray:
     """Softmax probabilities (N, 10): the device's output."""
+    arch = spec.architecture_of(tensors, arch)
     return softmax(reference_logits(tensors, images, arch=arch))
 
 
 def reference_layer_outputs(tensors: dict[str, np.ndarray], image: np.ndarray,
-                            arch: spec.Architecture = spec.SEED) -> dict[int, np.ndarray]:
+                            arch: spec.Architecture | None = None) -> dict[int, np.ndarray]:
     """Every stored row's output for one uint8 image (S, S): table row number -> flat float32 values in CHW
     order, as the C library's layer debugger prints them (``c/ml_trace.h``; padding rows are not stored)."""
+    arch = spec.architecture_of(tensors, arch)
     tensors = _shaped(tensors, arch)
     x, outputs = to_tensor_input(np.asarray(image)[None]), {}
     for layer in spec.layers(arch):

@@ -45,9 +45,19 @@ def check_engine(model, engine: str | None) -> str:
     return engine
 
 
-def logits(model, images: np.ndarray, engine: str | None = None, arch: spec.Architecture = spec.SEED) -> np.ndarray:
-    """The logits (N, 10) of uint8 images (N, S, S): float32, or int8 for a quantized model. Float tensors are
-    the family member ``arch`` (S its input size); an int8 model knows its member."""
+def member_images(model, images: np.ndarray) -> np.ndarray:
+    """uint8 digits (N, H, W), e.g. 28x28 test images, at the input size of the member ``model`` records,
+    resized the way training resizes its images and its validation images (``model.images.resize_digits``);
+    images already of that size are returned as they are."""
+    from mobile_lenet.model.images import resize_digits
+
+    return resize_digits(images, spec.architecture_of(model).input_size)
+
+
+def logits(model, images: np.ndarray, engine: str | None = None, arch: spec.Architecture | None = None) -> np.ndarray:
+    """The logits (N, 10) of uint8 images (N, S, S): float32, or int8 for a quantized model. A model records its
+    family member (S its input size; ``spec.architecture_of``); ``arch`` is for plain tensors that record none."""
+    arch = spec.architecture_of(model, arch)
     engine = check_engine(model, engine)
     if engine == "c":
         return host_c.c_logits(model, images, arch=arch)
@@ -62,7 +72,8 @@ def logits(model, images: np.ndarray, engine: str | None = None, arch: spec.Arch
 
 
 def real_logits(model, images: np.ndarray, engine: str | None = None,
-                arch: spec.Architecture = spec.SEED) -> np.ndarray:
+                arch: spec.Architecture | None = None) -> np.ndarray:
     """Real-valued logits (N, 10): an int8 model's are dequantized (for softmax and confidences)."""
+    arch = spec.architecture_of(model, arch)
     values = logits(model, images, engine, arch)
     return model.dequantize_logits(values) if is_int8(model) else values

@@ -25,17 +25,19 @@ from mobile_lenet.model.network import to_noodle
 from mobile_lenet.quantization.quantize import QuantizedModel
 
 
-def load_tensors(source: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The float weights (Noodle tensors) of MODEL; a quantized folder is refused with one line."""
+def load_tensors(source: str | os.PathLike) -> spec.MemberWeights:
+    """The float weights (Noodle tensors) of MODEL, which know their family member (``.architecture``, see
+    ``load_float_model``); a quantized folder is refused with one line."""
     return load_float_model(source)[0]
 
 
-def load_float_model(source: str | os.PathLike) -> tuple[dict[str, np.ndarray], spec.Architecture]:
-    """The float weights (Noodle tensors) of MODEL and the family member they are for (what its checkpoint or
-    Noodle manifest records; a Keras file is the seed's network)."""
+def load_float_model(source: str | os.PathLike) -> tuple[spec.MemberWeights, spec.Architecture]:
+    """The float weights (Noodle tensors) of MODEL and the family member they are for (what its checkpoint,
+    Noodle manifest or Mega 2560 folder records; a Keras file is the seed's network). The weights carry the
+    member too (``MemberWeights.architecture``), so every engine and verb runs them as that member."""
     path = Path(source)
     tensors, arch = _read_tensors(path)
-    return check_batchnorm(tensors, path), arch
+    return spec.MemberWeights(check_batchnorm(tensors, path), arch), arch
 
 
 def _from_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], spec.Architecture]:
@@ -53,7 +55,7 @@ def _read_tensors(path: Path) -> tuple[dict[str, np.ndarray], spec.Architecture]
             return read_mega2560_folder(path)
         if is_quantized_folder(path):  # int8 integers, not float weights: only some verbs take it
             raise UserError(f"{path}: an int8 model (mobile-lenet quantize); use it with evaluate, predict, demo, "
-                            f"simulate, or export --format c/platformio --int8")
+                            f"simulate, device --model, or export --format c/platformio --int8")
         raise UserError(f"{path}: neither a run folder (best.pt) nor a folder of Noodle weight files")
     if not path.exists():
         raise UserError(f"{path}: no such file or folder")
@@ -74,6 +76,7 @@ def check_batchnorm(tensors: dict[str, np.ndarray], path: Path) -> dict[str, np.
     return tensors
 
 
-def load_model(source: str | os.PathLike) -> dict[str, np.ndarray] | QuantizedModel:
-    """MODEL as it is: a quantized model from a quantized folder, else the float weights."""
+def load_model(source: str | os.PathLike) -> spec.MemberWeights | QuantizedModel:
+    """MODEL as it is: a quantized model from a quantized folder, else the float weights; either knows its
+    family member (``.architecture``)."""
     return load_quantized(source) if is_quantized_folder(source) else load_tensors(source)

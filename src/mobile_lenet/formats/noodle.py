@@ -244,9 +244,10 @@ def _manifest_checksums(folder: Path) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------ writing
-def encode_folder(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> dict[str, bytes]:
+def encode_folder(tensors: dict[str, np.ndarray], arch: spec.Architecture | None = None) -> dict[str, bytes]:
     """Every file of a Noodle export of the member ``arch`` (all three encodings, manifest.json, README.md) as
     file name -> bytes."""
+    arch = spec.architecture_of(tensors, arch)
     table = tensor_table(arch)
     files: dict[str, bytes] = {}
     entries = []
@@ -277,13 +278,14 @@ def _manifest_json(entries: list[dict], arch: spec.Architecture = spec.SEED) -> 
             f'  "files": [\n{lines}\n  ]\n}}\n')
 
 
-def write_noodle_folder(tensors: dict[str, np.ndarray], out_dir: str | os.PathLike, arch: spec.Architecture = spec.SEED) -> list[Path]:
+def write_noodle_folder(tensors: dict[str, np.ndarray], out_dir: str | os.PathLike, arch: spec.Architecture | None = None) -> list[Path]:
     """Export ``tensors`` as a Noodle folder; returns the paths written.
 
     The folder is written whole into a temporary sibling and swapped in (``files.replace_folder``): a
     failure never leaves a half-written export, and an existing folder is replaced only if it is empty or
     a previous Noodle export (anything else, e.g. a stray ``w15.txt``, is refused with one line).
     """
+    arch = spec.architecture_of(tensors, arch)
     return replace_folder(encode_folder(tensors, arch), out_dir, what="Noodle export")
 
 

@@ -26,8 +26,9 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 
 
-def write_onnx(tensors: dict[str, np.ndarray], out_dir: str | os.PathLike, arch: spec.Architecture = spec.SEED) -> list[Path]:
+def write_onnx(tensors: dict[str, np.ndarray], out_dir: str | os.PathLike, arch: spec.Architecture | None = None) -> list[Path]:
     """Write ``out_dir/mobile_lenet.onnx`` (the folder replaced whole, atomically); returns [that path]."""
+    arch = spec.architecture_of(tensors, arch)
     check_writable_folder(out_dir)
     if Path(out_dir).is_dir() and not folder_files(Path(out_dir)) <= {ONNX_FILE}:
         replace_folder({ONNX_FILE: b""}, out_dir, what="ONNX export")  # refuses, before the slow export

@@ -109,8 +109,10 @@ def to_noodle(model: MobileLeNet) -> dict[str, np.ndarray]:
     return tensors
 
 
-def from_noodle(tensors: dict[str, np.ndarray], architecture: spec.Architecture = spec.SEED) -> MobileLeNet:
-    """Build a model (in eval mode) from Noodle tensors; shapes are checked against the member's table."""
+def from_noodle(tensors: dict[str, np.ndarray], architecture: spec.Architecture | None = None) -> MobileLeNet:
+    """Build a model (in eval mode) from Noodle tensors of the member ``architecture`` (default: the one loaded
+    tensors record, ``spec.architecture_of``); shapes are checked against the member's table."""
+    architecture = spec.architecture_of(tensors, architecture)
     model = MobileLeNet(architecture)
     with torch.no_grad():
         for file_name, layer, shape in spec.noodle_tensors(architecture):

@@ -123,8 +123,9 @@ class QuantizedModel:
 
 
 # ------------------------------------------------------------------------------------------------ folding
-def fold_batchnorm(tensors: dict[str, np.ndarray], arch: spec.Architecture = spec.SEED) -> list[FoldedLayer]:
+def fold_batchnorm(tensors: dict[str, np.ndarray], arch: spec.Architecture | None = None) -> list[FoldedLayer]:
     """Walk the member's table and fold every BN into its convolution, ReLU and padding into flags."""
+    arch = spec.architecture_of(tensors, arch)
     layers: list[FoldedLayer] = []
     pad = None  # a ZeroPadding2D row waiting for its convolution
     for row in spec.layers(arch):
@@ -239,9 +240,10 @@ def quantize_multipliers(real: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def quantize_model(tensors: dict[str, np.ndarray], calibration_images: np.ndarray,
-                   metadata: dict | None = None, arch: spec.Architecture = spec.SEED) -> QuantizedModel:
+                   metadata: dict | None = None, arch: spec.Architecture | None = None) -> QuantizedModel:
     """Fold, calibrate on ``calibration_images`` (uint8, training data, at the member's input size) and quantize
     the member ``arch`` to integers."""
+    arch = spec.architecture_of(tensors, arch)
     arch.check_images(calibration_images)
     folded = fold_batchnorm(tensors, arch)
     ranges = calibrate(folded, calibration_images)

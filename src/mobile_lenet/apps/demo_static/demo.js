@@ -1,7 +1,7 @@
 // Mobile-LeNet demo page: draw on a large canvas, send its pixels to POST /api/predict, show the answer.
 //
 // The canvas is sent as it is (a PNG data URL, white ink on black): the server turns it into a 28x28
-// MNIST-style input (crop, fit in 20x20, centre by mass) and sends that input back, so the page can show
+// MNIST-style input (then the model's input size, for a family member of another size) (crop, fit in 20x20, centre by mass) and sends that input back, so the page can show
 // what the network really sees.
 
 "use strict";
@@ -197,10 +197,13 @@ function showResult(answer) {
 }
 
 function drawNetworkInput(rows) {
+  // SxS: the served model's input size (28 for the seed's network, 16 to 32 for other family members)
+  const size = rows ? rows.length : networkInput.width;
+  networkInput.width = networkInput.height = size;
   const context = networkInput.getContext("2d");
-  const pixels = context.createImageData(28, 28);
-  for (let i = 0; i < 28 * 28; i++) {
-    const v = rows ? rows[Math.floor(i / 28)][i % 28] : 0;
+  const pixels = context.createImageData(size, size);
+  for (let i = 0; i < size * size; i++) {
+    const v = rows ? rows[Math.floor(i / size)][i % size] : 0;
     pixels.data.set([v, v, v, 255], 4 * i);
   }
   context.putImageData(pixels, 0, 0);
