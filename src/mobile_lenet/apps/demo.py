@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import io
 import json
 import os
@@ -58,6 +59,7 @@ from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mobile_lenet import spec
+from mobile_lenet.apps.demo_mcu import McuEngines, SimulatorUnavailable
 from mobile_lenet.apps.report import STAGES, stage_activations
 from mobile_lenet.engines.reference import softmax
 from mobile_lenet.engines.reference_int8 import run_int8_layer
@@ -223,29 +225,51 @@ def int8_stage_activations(qmodel, image: np.ndarray) -> dict[str, np.ndarray]:
 
 
 class DemoModel:
-    """The served model, float (Noodle tensors, plus a PyTorch model for the activations) or int8."""
+    """The served model, float (Noodle tensors, plus a PyTorch model for the activations) or int8, and its engines:
+    the host's (``engines.registry``) and the simulated microcontrollers' (``demo_mcu``; ``targets``: which of
+    them, None for every one whose tools are installed and whose chip the model fits)."""
 
-    def __init__(self, model, label: str):
+    def __init__(self, model, label: str, targets: list[str] | None = None):
         self.model, self.label = model, label
         self.torch_model = None if is_int8(model) else from_noodle(model)
-        self.engines = engines_for(model)
+        self.microcontrollers = McuEngines(model, targets)
+        self.engines = (*engines_for(model), *self.microcontrollers.names)
 
     def predict(self, image: np.ndarray, engine: str | None = None) -> dict:
-        """Probabilities, prediction and per-stage activations of one 28x28 uint8 network input."""
+        """Probabilities, prediction and per-stage activations of one 28x28 uint8 network input; a microcontroller
+        engine adds its per-layer counts (``microcontroller``), and only the predicted digit's probability is known
+        from its reply (the other nine are None)."""
         engine = engine or self.engines[0]
         if engine not in self.engines:
             raise RequestError(400, f"unknown engine {engine!r} (available: {', '.join(self.engines)})")
-        try:
-            probabilities = softmax(real_logits(self.model, image[None], engine).astype(np.float64))[0]
-        except UserError as e:
-            raise RequestError(503, f"engine {engine} failed: {e}") from None
+        microcontroller = None
+        if engine in self.microcontrollers.names:
+            try:
+                microcontroller = self.microcontrollers.engine(engine).predict(image)
+            except SimulatorUnavailable as e:
+                raise RequestError(503, str(e)) from None
+            # the serial protocol's reply carries the digit and its confidence, not the other probabilities
+            prediction, probabilities = microcontroller.pop("digit"), [None] * spec.NUM_CLASSES
+            probabilities[prediction] = microcontroller.pop("confidence")
+        else:
+            try:
+                probabilities = softmax(real_logits(self.model, image[None], engine).astype(np.float64))[0]
+            except UserError as e:
+                raise RequestError(503, f"engine {engine} failed: {e}") from None
+            prediction, probabilities = int(probabilities.argmax()), [float(p) for p in probabilities]
         activations = (int8_stage_activations(self.model, image) if self.torch_model is None
                        else stage_activations(self.torch_model, image))
         stages = [{"name": stage, "shape": [maps.shape[1], maps.shape[2], maps.shape[0]],
                    "image": activation_mosaic(maps)} for stage, maps in activations.items()]
-        return {"engine": engine, "prediction": int(probabilities.argmax()),
-                "probabilities": [float(p) for p in probabilities], "blank": not image.any(),
-                "input": image.tolist(), "stages": stages}
+        answer = {"engine": engine, "prediction": prediction, "probabilities": probabilities,
+                  "blank": not image.any(), "input": image.tolist(), "stages": stages}
+        if microcontroller is not None:
+            answer["microcontroller"] = microcontroller
+        return answer
+
+    def close(self) -> None:
+        """Stop the microcontroller simulators."""
+        self.microcontrollers.close()
 
 
 # ------------------------------------------------------------------------------------------------ web app
@@ -280,11 +304,22 @@ def allowed_hosts(host: str, port: int) -> set[str] | None:
     return {f"{name}:{port}" for name in names} | ({*names} if port == 80 else set())
 
 
-def create_app(model, label: str = "model", hosts: set[str] | None = None) -> FastAPI:
+def create_app(model, label: str = "model", hosts: set[str] | None = None,
+               targets: list[str] | None = None) -> FastAPI:
     """The FastAPI application serving the page, ``GET /api/info`` and ``POST /api/predict``; with ``hosts``,
-    a request whose ``Host`` header is not one of them gets 400."""
-    demo_model = DemoModel(model, label)
-    app = FastAPI(title="Mobile-LeNet demo", docs_url=None, redoc_url=None, openapi_url=None)
+    a request whose ``Host`` header is not one of them gets 400. ``targets``: the microcontroller engines (None:
+    every target whose tools are installed and whose chip the model fits). Their simulators start on demand and
+    stop when the application shuts down (its lifespan)."""
+    demo_model = DemoModel(model, label, targets)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        try:
+            yield
+        finally:  # the simulators stop with the server (and die with the process in any case: PDEATHSIG)
+            await run_in_threadpool(demo_model.close)
+
+    app = FastAPI(title="Mobile-LeNet demo", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.demo_model = demo_model
 
     if hosts is not None:
@@ -313,8 +348,9 @@ def create_app(model, label: str = "model", hosts: set[str] | None = None) -> Fa
     @app.get("/api/info")
     def info():
         return {"model": demo_model.label, "engines": demo_model.engines, "classes": spec.NUM_CLASSES,
-                "stages": list(STAGES),
-                "max_body_bytes": MAX_BODY_BYTES}
+                "microcontrollers": demo_model.microcontrollers.names,
+                "unavailable_microcontrollers": demo_model.microcontrollers.unavailable,
+                "stages": list(STAGES), "max_body_bytes": MAX_BODY_BYTES}
 
     def answer(body: bytes, content_type: str, query: dict) -> dict:
         gray, engine, invert = parse_request(body, content_type, query)
