@@ -27,6 +27,14 @@ Probabilities come from the chosen engine; the activations of a float model come
 (``forward_all``), which computes the same network, and those of an int8 model (a ``mobile-lenet quantize``
 folder) from the int8 engine, dequantized: what the int8 network itself computes.
 
+Engines (``GET /api/info``): the host's (``torch``, ``reference``, ``c``; an int8 model: ``reference``, ``c``),
+then the simulated microcontrollers (``demo_mcu``: ``cortex-m0plus``, ``cortex-m4f``, ``atmega2560``, ``esp32``,
+each where its cross compiler and simulator are installed and the model fits the chip; ``/api/info`` gives the
+reason for each other one). A microcontroller's answer is its firmware's serial reply, the digit and its
+confidence (the other nine probabilities are null), plus ``microcontroller``: the instructions (QEMU) or cycles
+(simavr) of each layer for this image, their sum, and the latency at the chip's clock. A busy or failed
+simulator is a 503.
+
 Serving: a request must arrive whole (headers and body) within ``REQUEST_TIMEOUT_S`` of the connection's
 start (or of the previous answer on a kept-alive connection), else the connection is closed, so half-sent
 requests cannot pile up. Decoding, preprocessing and the network all run in worker threads, so
@@ -439,4 +447,7 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000) -
     print(f"serving {source} at http://{shown_host}:{port}/ (Ctrl-C to stop)")
     # /api/info names the model by its file name only: a page must not learn where files sit on this machine
     app = create_app(model, label=Path(source).name, hosts=allowed_hosts(host, port))
+    microcontrollers = app.state.demo_model.microcontrollers
+    print(f"engines: {', '.join(app.state.demo_model.engines)}"
+          + (" (each microcontroller's simulator starts at its first request)" if microcontrollers.names else ""))
     uvicorn.Server(server_config(app, host, port)).run()

@@ -215,15 +215,16 @@ function showMicrocontroller(mcu) {
   document.getElementById("mcu-unit").textContent = mcu.counts;
   const rows = mcu.layers.map((layer) => [layer.layer, layer.name, layer.count]);
   if (mcu.after_last_layer !== null) rows.push(["", "after the last layer (softmax, argmax)", mcu.after_last_layer]);
+  const largest = Math.max(1, ...rows.map((row) => row[2]));
   document.querySelector("#mcu-layers tbody").replaceChildren(...rows.map(([index, name, count]) => {
     const row = document.createElement("tr");
-    row.innerHTML = `<td></td><td></td><td class="count"></td><td class="share"><div></div></td>`;
+    row.innerHTML = `<td></td><td></td><td class="count"></td><td class="count"></td><td class="share"><div></div></td>`;
     const cells = row.querySelectorAll("td");
     cells[0].textContent = index;
     cells[1].textContent = name;
     cells[2].textContent = number.format(count);
-    cells[3].firstChild.style.width = `${100 * count / mcu.whole_image}%`;
-    cells[3].title = `${(100 * count / mcu.whole_image).toFixed(1)}%`;
+    cells[3].textContent = `${(100 * count / mcu.whole_image).toFixed(1)}%`;
+    cells[4].firstChild.style.width = `${100 * count / largest}%`; // the costliest layer's bar is full width
     return row;
   }));
   document.getElementById("mcu-layers").hidden = rows.length === 0;
