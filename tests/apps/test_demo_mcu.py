@@ -153,6 +153,13 @@ def test_a_dead_or_stuck_simulator_is_started_again(m4f_int8, mnist_test):
     finally:
         engine.reply_timeout_s = demo_mcu.REPLY_TIMEOUT_S
     assert client.post("/api/predict", json=pixels).status_code == 200 and engine.process.pid != second.pid
+    third = engine.process
+    engine.idle_restart_s = 0.0  # idle too long (here: at all): a fresh simulator answers, the old one is gone
+    try:
+        assert client.post("/api/predict", json=pixels).status_code == 200
+    finally:
+        engine.idle_restart_s = demo_mcu.IDLE_RESTART_S
+    assert engine.process.pid != third.pid and third.poll() is not None
 
 
 @needs_arm

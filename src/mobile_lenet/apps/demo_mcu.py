@@ -42,6 +42,10 @@ from mobile_lenet.errors import UserError
 BUSY_WAIT_S = 10.0  # a request for a target busy with another request waits this long, then gets a 503
 REPLY_TIMEOUT_S = 60.0  # one image's reply (a Cortex-M0+ float image is ~100 M simulated instructions)
 MARKS_WAIT_S = 5.0  # after the reply, until the image's marks are all in the marks file (already, in practice)
+# A simulator idle this long is started afresh at the next request: an idle firmware prints READY every 3 s, and
+# rather than rely on what a simulator does once those unread lines fill the pty's buffer, none is left that long.
+IDLE_RESTART_S = 15 * 60.0
+IMAGES_PER_RUN = 10_000  # then a fresh simulator: the marks file (about 1.4 KB an image) does not grow forever
 MEASURE_NOTES = {  # what a target's count is, where the target has no note of its own
     "instructions": "instructions executed, counted in QEMU: not cycles (QEMU models no timing)",
     "cycles": "cycles counted by simavr (cycle-accurate), the timer interrupt included",
@@ -121,6 +125,9 @@ class McuEngine:
         self.model, self.target, self.starter = model, get_target(target_name), starter
         self.busy_wait_s = busy_wait_s
         self.reply_timeout_s = REPLY_TIMEOUT_S
+        self.idle_restart_s = IDLE_RESTART_S
+        self._last_used = 0.0  # time.monotonic() of the last answer
+        self._images = 0  # answered by the running simulator
         self.int8 = is_int8(model)
         # per-layer marks need whole feature maps: not the ATmega2560's row-by-row int8 network
         self.per_layer = not (self.int8 and self.target.int8_schedule != "buffers")
@@ -147,10 +154,13 @@ class McuEngine:
         try:
             if self._closed:
                 raise SimulatorUnavailable("the demo is shutting down")
-            if self._run is None or self._run.process.poll() is not None:  # not started yet, or died
+            if (self._run is None or self._run.process.poll() is not None  # not started yet, or died
+                    or time.monotonic() - self._last_used > self.idle_restart_s or self._images >= IMAGES_PER_RUN):
                 self._start()
             try:
-                return self._classify(image)
+                answer = self._classify(image)
+                self._last_used, self._images = time.monotonic(), self._images + 1
+                return answer
             except (DeviceError, TimeoutError) as e:
                 self._stop_simulator(kill=True)  # the next request starts a fresh one
                 raise SimulatorUnavailable(f"{self.target.name}: the simulator stopped answering ({e}); it is "
@@ -171,8 +181,8 @@ class McuEngine:
             try:
                 self._firmware = build_firmware(self.model, self.target, self._work_dir / "firmware",
                                                 profile=self.per_layer)
-            except UserError as e:
-                self._build_error = f"{self.target.name}: {e}" if not str(e).startswith(self.target.name) else str(e)
+            except UserError as e:  # DoesNotFit, or a failed build: one line that names the target
+                self._build_error = str(e)
                 raise SimulatorUnavailable(self._build_error) from None
         run = SimulatorRun(self._firmware, self._work_dir)
         try:
@@ -188,6 +198,7 @@ class McuEngine:
             self._stop_simulator(kill=True)
             raise SimulatorUnavailable(f"{self.target.name}: the firmware did not start ({e})") from None
         run.read_new_marks()  # none yet; from here on, each image's marks
+        self._last_used, self._images = time.monotonic(), 0
 
     def _stop_simulator(self, kill: bool = False) -> None:
         if self._link is not None:
