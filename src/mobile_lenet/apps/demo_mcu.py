@@ -27,6 +27,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,7 @@ MARKS_WAIT_S = 5.0  # after the reply, until the image's marks are all in the ma
 # A simulator idle this long is started afresh at the next request: an idle firmware prints READY every 3 s, and
 # rather than rely on what a simulator does once those unread lines fill the pty's buffer, none is left that long.
 IDLE_RESTART_S = 15 * 60.0
+STARTER_WAIT_S = 120.0  # for the starter thread to start a simulator (which itself gives up after 30 s)
 IMAGES_PER_RUN = 10_000  # then a fresh simulator: the marks file (about 1.4 KB an image) does not grow forever
 MEASURE_NOTES = {  # what a target's count is, where the target has no note of its own
     "instructions": "instructions executed, counted in QEMU: not cycles (QEMU models no timing)",
@@ -109,7 +111,10 @@ class SimulatorStarter:
             raise SimulatorUnavailable("the demo is shutting down")
         future: Future = Future()
         self._calls.put((function, future))
-        return future.result()
+        try:
+            return future.result(timeout=STARTER_WAIT_S)
+        except FutureTimeout:
+            raise SimulatorUnavailable(f"no simulator started within {STARTER_WAIT_S:g} s") from None
 
     def close(self) -> None:
         """End the thread (after the calls already queued)."""

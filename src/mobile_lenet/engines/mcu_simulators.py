@@ -257,11 +257,13 @@ class SimulatorRun:
         """Stop the simulator now, for a run held open across many requests rather than a ``with`` block; its
         measurements are not read. SIGTERM, then SIGKILL after STOP_TIMEOUT_S; ``kill``: SIGKILL at once (a
         simulator that stopped answering may not heed a SIGTERM either)."""
-        if kill and self.process is not None and self.process.poll() is None:
+        if self.process is not None and self.process.poll() is not None:  # ended already: close its output pipe
+            self.process.communicate()
+        elif kill and self.process is not None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.communicate()
-            return
-        self._stop()
+        else:
+            self._stop()
 
     def _stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
