@@ -16,6 +16,7 @@ with warnings.catch_warnings():
     from fastapi.testclient import TestClient
 
 from mobile_lenet.apps import demo
+from mobile_lenet.codegen.mcu_firmware import TARGETS
 from mobile_lenet.errors import UserError
 
 
@@ -53,7 +54,9 @@ def test_page_and_static_files_are_served(client):
 
 def test_info_lists_the_engines_of_a_float_model(client):
     info = client.get("/api/info").json()
-    assert info["engines"] == ["torch", "reference", "c"]
+    # the host's engines, then the simulated microcontrollers this machine can run (tests/apps/test_demo_mcu.py)
+    assert info["engines"] == ["torch", "reference", "c", *info["microcontrollers"]]
+    assert set(info["microcontrollers"]) | set(info["unavailable_microcontrollers"]) == set(TARGETS)
     assert info["stages"] == ["stem", "B1", "B2", "B3", "B4", "B5", "B6"]
 
 
@@ -275,7 +278,7 @@ def test_an_int8_model_is_served_by_the_int8_engines(trained_int8, mnist_test, c
     from mobile_lenet.engines.host_c import c_logits
 
     client = TestClient(demo.create_app(trained_int8, "int8"))
-    assert client.get("/api/info").json()["engines"] == ["reference", "c"]
+    assert client.get("/api/info").json()["engines"][:2] == ["reference", "c"]
     digit = mnist_test.images[confident_digits[0]]
     logits = trained_int8.dequantize_logits(c_logits(trained_int8, digit[None])).astype(np.float64)[0]
     expected = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()

@@ -132,7 +132,8 @@ def test_drawn_digit_is_recognised_in_the_browser(page, mnist_test, trained_tens
 
 def test_changing_the_engine_predicts_again(page, trained_tensors):
     engines = page.eval_on_selector_all("#engine option", "options => options.map(o => o.value)")
-    assert engines == ["torch", "reference", "c"]
+    microcontrollers = page.evaluate("async () => (await (await fetch('/api/info')).json()).microcontrollers")
+    assert engines == ["torch", "reference", "c", *microcontrollers]
     before = page.evaluate("() => demo.requests")
     page.select_option("#engine", "reference")
     page.wait_for_function(f"() => demo.requests > {before} && !demo.busy && demo.pending === null"
@@ -166,3 +167,36 @@ def test_upload_of_a_dark_on_light_picture(page, mnist_test, confident_digits, t
     assert base64.b64decode(state["source"]["image"].split(",", 1)[1]) == photo.read_bytes()
     assert page.inner_text("#prediction").strip() == str(state["result"]["prediction"])
     assert state["result"]["prediction"] == int(mnist_test.labels[index])
+
+
+def test_a_simulated_microcontroller_answers_with_its_count_per_layer(page, mnist_test, trained_tensors,
+                                                                      confident_digits):
+    """Pick cortex-m4f, draw a digit: the firmware in QEMU answers (the reference engine's digit) and the page shows
+    its instructions per layer, a row for each layer the firmware marked."""
+    from mobile_lenet.apps.simulate import missing_tools
+    from mobile_lenet.engines.registry import logits
+
+    if missing_tools("cortex-m4f"):
+        pytest.skip(missing_tools("cortex-m4f"))
+    page.click("#clear")
+    page.select_option("#engine", "cortex-m4f")
+    digit = mnist_test.images[confident_digits[2]]
+    draw_digit(page, digit)
+    state = wait_until_answered(page)
+    result = state["result"]
+    assert result["engine"] == "cortex-m4f"
+    expected = int(logits(trained_tensors, np.array(result["input"], np.uint8)[None], "reference").argmax())
+    assert page.inner_text("#prediction").strip() == str(expected) == str(result["prediction"])
+    assert page.is_visible("#mcu-panel") and "instructions" in page.inner_text("#mcu-summary")
+    mcu = result["microcontroller"]
+    rows = page.locator("#mcu-layers tbody tr")
+    assert rows.count() == len(mcu["layers"]) + 1 > 10  # each marked layer, and what comes after the last
+    first = rows.first.locator("td")
+    assert first.nth(1).inner_text() == mcu["layers"][0]["name"]
+    assert int(first.nth(2).inner_text().replace(",", "")) == mcu["layers"][0]["count"] > 0
+    shown = sum(int(rows.nth(i).locator("td").nth(2).inner_text().replace(",", "")) for i in range(rows.count()))
+    assert shown == mcu["whole_image"]
+    page.select_option("#engine", "torch")  # back to the default for the other tests; the panel goes away
+    page.wait_for_function("() => !demo.busy && demo.pending === null && demo.lastResult.engine === 'torch'",
+                           timeout=30_000)
+    assert not page.is_visible("#mcu-panel")

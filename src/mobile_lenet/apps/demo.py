@@ -28,6 +28,14 @@ Probabilities come from the chosen engine; the activations of a float model come
 (``forward_all``), which computes the same network, and those of an int8 model (a ``mobile-lenet quantize``
 folder) from the int8 engine, dequantized: what the int8 network itself computes.
 
+Engines (``GET /api/info``): the host's (``torch``, ``reference``, ``c``; an int8 model: ``reference``, ``c``),
+then the simulated microcontrollers (``demo_mcu``: ``cortex-m0plus``, ``cortex-m4f``, ``atmega2560``, ``esp32``,
+each where its cross compiler and simulator are installed and the model fits the chip; ``/api/info`` gives the
+reason for each other one). A microcontroller's answer is its firmware's serial reply, the digit and its
+confidence (the other nine probabilities are null), plus ``microcontroller``: the instructions (QEMU) or cycles
+(simavr) of each layer for this image, their sum, and the latency at the chip's clock. A busy or failed
+simulator is a 503.
+
 Serving: a request must arrive whole (headers and body) within ``REQUEST_TIMEOUT_S`` of the connection's
 start (or of the previous answer on a kept-alive connection), else the connection is closed, so half-sent
 requests cannot pile up. Decoding, preprocessing and the network all run in worker threads, so
@@ -40,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import io
 import json
 import os
@@ -59,6 +68,7 @@ from starlette.requests import ClientDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from mobile_lenet import spec
+from mobile_lenet.apps.demo_mcu import McuEngines, SimulatorUnavailable
 from mobile_lenet.apps.report import stage_activations, stages
 from mobile_lenet.engines.reference import softmax
 from mobile_lenet.engines.reference_int8 import run_int8_layer
@@ -224,32 +234,54 @@ def int8_stage_activations(qmodel, image: np.ndarray) -> dict[str, np.ndarray]:
 
 
 class DemoModel:
-    """The served model, float (Noodle tensors, plus a PyTorch model for the activations) or int8."""
+    """The served model, float (Noodle tensors, plus a PyTorch model for the activations) or int8, and its engines:
+    the host's (``engines.registry``) and the simulated microcontrollers' (``demo_mcu``; ``targets``: which of
+    them, None for every one whose tools are installed and whose chip the model fits)."""
 
-    def __init__(self, model, label: str):
+    def __init__(self, model, label: str, targets: list[str] | None = None):
         self.model, self.label = model, label
         self.architecture = spec.architecture_of(model)  # the family member the model records
         self.torch_model = None if is_int8(model) else from_noodle(model, self.architecture)
-        self.engines = engines_for(model)
+        self.microcontrollers = McuEngines(model, targets)
+        self.engines = (*engines_for(model), *self.microcontrollers.names)
 
     def predict(self, image: np.ndarray, engine: str | None = None) -> dict:
         """Probabilities, prediction and per-stage activations of one 28x28 uint8 MNIST-style picture, resized
-        to the model's input size as training resizes its images (``input`` is what the network sees)."""
+        to the model's input size as training resizes its images (``input`` is what the network sees); a
+        microcontroller engine adds its per-layer counts (``microcontroller``), and only the predicted digit's
+        probability is known from its reply (the other nine are None)."""
         image = member_images(self.model, image[None])[0]
         engine = engine or self.engines[0]
         if engine not in self.engines:
             raise RequestError(400, f"unknown engine {engine!r} (available: {', '.join(self.engines)})")
-        try:
-            probabilities = softmax(real_logits(self.model, image[None], engine).astype(np.float64))[0]
-        except UserError as e:
-            raise RequestError(503, f"engine {engine} failed: {e}") from None
+        microcontroller = None
+        if engine in self.microcontrollers.names:
+            try:
+                microcontroller = self.microcontrollers.engine(engine).predict(image)
+            except SimulatorUnavailable as e:
+                raise RequestError(503, str(e)) from None
+            # the serial protocol's reply carries the digit and its confidence, not the other probabilities
+            prediction, probabilities = microcontroller.pop("digit"), [None] * spec.NUM_CLASSES
+            probabilities[prediction] = microcontroller.pop("confidence")
+        else:
+            try:
+                probabilities = softmax(real_logits(self.model, image[None], engine).astype(np.float64))[0]
+            except UserError as e:
+                raise RequestError(503, f"engine {engine} failed: {e}") from None
+            prediction, probabilities = int(probabilities.argmax()), [float(p) for p in probabilities]
         activations = (int8_stage_activations(self.model, image) if self.torch_model is None
                        else stage_activations(self.torch_model, image))
         stages = [{"name": stage, "shape": [maps.shape[1], maps.shape[2], maps.shape[0]],
                    "image": activation_mosaic(maps)} for stage, maps in activations.items()]
-        return {"engine": engine, "prediction": int(probabilities.argmax()),
-                "probabilities": [float(p) for p in probabilities], "blank": not image.any(),
-                "input": image.tolist(), "stages": stages}
+        answer = {"engine": engine, "prediction": prediction, "probabilities": probabilities,
+                  "blank": not image.any(), "input": image.tolist(), "stages": stages}
+        if microcontroller is not None:
+            answer["microcontroller"] = microcontroller
+        return answer
+
+    def close(self) -> None:
+        """Stop the microcontroller simulators."""
+        self.microcontrollers.close()
 
 
 # ------------------------------------------------------------------------------------------------ web app
@@ -284,11 +316,22 @@ def allowed_hosts(host: str, port: int) -> set[str] | None:
     return {f"{name}:{port}" for name in names} | ({*names} if port == 80 else set())
 
 
-def create_app(model, label: str = "model", hosts: set[str] | None = None) -> FastAPI:
+def create_app(model, label: str = "model", hosts: set[str] | None = None,
+               targets: list[str] | None = None) -> FastAPI:
     """The FastAPI application serving the page, ``GET /api/info`` and ``POST /api/predict``; with ``hosts``,
-    a request whose ``Host`` header is not one of them gets 400."""
-    demo_model = DemoModel(model, label)
-    app = FastAPI(title="Mobile-LeNet demo", docs_url=None, redoc_url=None, openapi_url=None)
+    a request whose ``Host`` header is not one of them gets 400. ``targets``: the microcontroller engines (None:
+    every target whose tools are installed and whose chip the model fits). Their simulators start on demand and
+    stop when the application shuts down (its lifespan)."""
+    demo_model = DemoModel(model, label, targets)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        try:
+            yield
+        finally:  # the simulators stop with the server (and die with the process in any case: PDEATHSIG)
+            await run_in_threadpool(demo_model.close)
+
+    app = FastAPI(title="Mobile-LeNet demo", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.demo_model = demo_model
 
     if hosts is not None:
@@ -317,8 +360,9 @@ def create_app(model, label: str = "model", hosts: set[str] | None = None) -> Fa
     @app.get("/api/info")
     def info():
         return {"model": demo_model.label, "engines": demo_model.engines, "classes": spec.NUM_CLASSES,
-                "stages": list(stages(demo_model.architecture)),
-                "max_body_bytes": MAX_BODY_BYTES}
+                "microcontrollers": demo_model.microcontrollers.names,
+                "unavailable_microcontrollers": demo_model.microcontrollers.unavailable,
+                "stages": list(stages(demo_model.architecture)), "max_body_bytes": MAX_BODY_BYTES}
 
     def answer(body: bytes, content_type: str, query: dict) -> dict:
         gray, engine, invert = parse_request(body, content_type, query)
@@ -407,4 +451,7 @@ def serve(model: str | None = None, host: str = "127.0.0.1", port: int = 8000) -
     print(f"serving {source} at http://{shown_host}:{port}/ (Ctrl-C to stop)")
     # /api/info names the model by its file name only: a page must not learn where files sit on this machine
     app = create_app(model, label=Path(source).name, hosts=allowed_hosts(host, port))
+    microcontrollers = app.state.demo_model.microcontrollers
+    print(f"engines: {', '.join(app.state.demo_model.engines)}"
+          + (" (each microcontroller's simulator starts at its first request)" if microcontrollers.names else ""))
     uvicorn.Server(server_config(app, host, port)).run()

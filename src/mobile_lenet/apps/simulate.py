@@ -107,6 +107,12 @@ def _work_dir(work_dir: Path | None):
         os.close(fd)
 
 
+def work_folder():
+    """A context manager: a ``mobile-lenet-simulate-*`` work folder, held (flock) while it is open and removed when
+    it closes; one a killed process left is removed by the next run (the demo keeps one open per target)."""
+    return _work_dir(None)
+
+
 def simulate(model, target_name: str, images: np.ndarray, labels: np.ndarray, *, work_dir: Path | None = None,
              external_ram: bool = False, progress: bool = True, timeout: float = REPLY_TIMEOUT_S,
              **firmware_options) -> dict:

@@ -13,6 +13,9 @@ measurements are read:
 * AVR (simavr, cycle-accurate): the runner (``c/sim/simavr_runner.c``) notes the cycle count at each marker,
   and the lowest stack pointer seen.
 
+Both write a line per mark into the run's marks file as the mark happens (flushed at once), so a long-lived run
+can be read image by image while it goes on (``read_new_marks``: the demo's microcontroller engines).
+
 The two host tools are compiled once with the host's C compiler into the cache (``$MOBILE_LENET_CACHE/sim``).
 """
 
@@ -121,6 +124,12 @@ def simavr_runner() -> Path:
 
 
 # ------------------------------------------------------------------------------------------------ runs
+def mark_intervals(counts: list[int], skipped: list[int]) -> list[int]:
+    """The counts between consecutive marks of one image (its start, each marked layer's end, its end), less
+    what the skip range took in each."""
+    return [(counts[i + 1] - counts[i]) - (skipped[i + 1] - skipped[i]) for i in range(len(counts) - 1)]
+
+
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -151,6 +160,8 @@ class SimulatorRun:
         self.port: str | None = None
         self.measurements = Measurements()
         self._summary_text = self._early_output = ""
+        self.marks_file = self.work_dir / "marks.txt"
+        self._marks_read = 0  # bytes of the marks file that read_new_marks has returned
 
     # -------------------------------------------------------------------------------------------- start
     def __enter__(self) -> "SimulatorRun":
@@ -181,7 +192,6 @@ class SimulatorRun:
         check_simulator(self.firmware.target)
         symbols = self.firmware.symbols
         skip_lo, skip_hi = self._skip_range()
-        self.marks_file = self.work_dir / "marks.txt"
         self.marks_file.unlink(missing_ok=True)
         self.stack_top = symbols["_estack"][0]
         plugin = (f"{qemu_plugin()},mark={symbols['ml_mark'][0] & ~1:#x},out={self.marks_file},"
@@ -193,7 +203,9 @@ class SimulatorRun:
     def _simavr_command(self) -> list[str]:
         symbols = self.firmware.symbols
         handler, handler_size = symbols[AVR_TIMER_HANDLER]
+        self.marks_file.unlink(missing_ok=True)
         return [str(simavr_runner()), "--mark", f"{symbols['ml_mark'][0]:#x}", "--max-seconds", "3600",
+                "--marks-out", str(self.marks_file),
                 "--skip", f"{handler:#x}:{handler + handler_size:#x}", *(["--xmem"] if self.firmware.external_ram else []),
                 str(self.firmware.elf)]
 
@@ -217,11 +229,41 @@ class SimulatorRun:
         raise UserError(f"{self.firmware.target.simulator} did not start{waited}: "
                         f"{' / '.join(seen[-2:]) or 'no output'}")
 
+    def read_new_marks(self) -> list[tuple[int, int]]:
+        """(counter, skipped) at each mark the firmware reached since the last call, read from the marks file
+        while the simulator runs (both simulators write and flush a line per mark as it happens; a line still
+        being written is left for the next call). The counter is instructions (QEMU) or cycles (simavr);
+        ``skipped``: what the skip range took so far (0 on the AVR, whose count keeps its timer interrupt)."""
+        try:
+            with open(self.marks_file, "rb") as marks:
+                marks.seek(self._marks_read)
+                text = marks.read()
+        except FileNotFoundError:  # no mark reached yet
+            return []
+        complete = text[:text.rfind(b"\n") + 1]
+        self._marks_read += len(complete)
+        rows = [line.split() for line in complete.decode("ascii", errors="replace").splitlines()
+                if line.startswith("mark ")]
+        avr = self.firmware.target.simulator == "simavr"
+        return [(int(row[3]), 0 if avr else int(row[5])) for row in rows]
+
     # -------------------------------------------------------------------------------------------- stop
     def __exit__(self, *exc) -> None:
         self._stop()
         if exc[0] is None:
             self._read_measurements()
+
+    def stop(self, kill: bool = False) -> None:
+        """Stop the simulator now, for a run held open across many requests rather than a ``with`` block; its
+        measurements are not read. SIGTERM, then SIGKILL after STOP_TIMEOUT_S; ``kill``: SIGKILL at once (a
+        simulator that stopped answering may not heed a SIGTERM either)."""
+        if self.process is not None and self.process.poll() is not None:  # ended already: close its output pipe
+            self.process.communicate()
+        elif kill and self.process is not None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.communicate()
+        else:
+            self._stop()
 
     def _stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -254,7 +296,7 @@ class SimulatorRun:
         per_image = 2 + len(self.firmware.layer_marks)
         for start in range(0, len(counts) - per_image + 1, per_image):
             count, skip = counts[start:start + per_image], skipped[start:start + per_image]
-            intervals = [(count[i + 1] - count[i]) - (skip[i + 1] - skip[i]) for i in range(per_image - 1)]
+            intervals = mark_intervals(count, skip)
             self.measurements.per_image.append(sum(intervals))
             self.measurements.excluded.append(skip[-1] - skip[0])
             if self.firmware.layer_marks:

@@ -3,6 +3,10 @@
 // The canvas is sent as it is (a PNG data URL, white ink on black): the server turns it into a 28x28
 // MNIST-style input (then the model's input size, for a family member of another size) (crop, fit in 20x20, centre by mass) and sends that input back, so the page can show
 // what the network really sees.
+//
+// A simulated microcontroller engine (cortex-m4f, ...) answers with the firmware's digit and its confidence only
+// (the serial protocol's reply): the other probabilities are null and shown as "–". Its instructions (QEMU) or
+// cycles (simavr) per layer for this image are shown in the "On the microcontroller" panel.
 
 "use strict";
 
@@ -187,13 +191,49 @@ function showResult(answer) {
     : `${(100 * answer.probabilities[answer.prediction]).toFixed(1)}% sure (engine: ${answer.engine})`;
   bars.forEach((row, digit) => {
     const p = blank ? 0 : answer.probabilities[digit];
-    row.bar.style.width = `${100 * p}%`;
-    row.value.textContent = blank ? "" : `${(100 * p).toFixed(1)}%`;
+    row.bar.style.width = `${100 * (p ?? 0)}%`;
+    row.value.textContent = blank ? "" : p === null ? "–" : `${(100 * p).toFixed(1)}%`;
     const best = !blank && digit === answer.prediction;
     row.track.classList.toggle("best", best); // the predicted digit's bar in the accent colour
   });
   drawNetworkInput(blank ? null : answer.input);
   showStages(blank ? [] : answer.stages);
+  showMicrocontroller(answer === null ? null : answer.microcontroller || null);
+}
+
+const number = new Intl.NumberFormat("en-US", {maximumFractionDigits: 0});
+
+// The simulator's count per layer for this image, as a table with a bar for each layer's share.
+function showMicrocontroller(mcu) {
+  const panel = document.getElementById("mcu-panel");
+  panel.hidden = mcu === null;
+  if (mcu === null) return;
+  document.getElementById("mcu-summary").textContent =
+    `${mcu.target} (${mcu.chip}, ${mcu.precision}) in ${mcu.simulator}: ${number.format(mcu.whole_image)} ` +
+    `${mcu.counts} for this image, ${mcu.ms_at_clock.toFixed(1)} ms at ${mcu.clock_hz / 1e6} MHz ` +
+    `(${mcu.latency_assumes})`;
+  document.getElementById("mcu-unit").textContent = mcu.counts;
+  const rows = mcu.layers.map((layer) => [layer.layer, layer.name, layer.count]);
+  if (mcu.after_last_layer !== null) rows.push(["", "after the last layer (softmax, argmax)", mcu.after_last_layer]);
+  const largest = Math.max(1, ...rows.map((row) => row[2]));
+  document.querySelector("#mcu-layers tbody").replaceChildren(...rows.map(([index, name, count]) => {
+    const row = document.createElement("tr");
+    row.innerHTML = `<td></td><td></td><td class="count"></td><td class="count"></td><td class="share"><div></div></td>`;
+    const cells = row.querySelectorAll("td");
+    cells[0].textContent = index;
+    cells[1].textContent = name;
+    cells[2].textContent = number.format(count);
+    cells[3].textContent = `${(100 * count / mcu.whole_image).toFixed(1)}%`;
+    cells[4].firstChild.style.width = `${100 * count / largest}%`; // the costliest layer's bar is full width
+    return row;
+  }));
+  document.getElementById("mcu-layers").hidden = rows.length === 0;
+  document.getElementById("mcu-note").textContent = [
+    mcu.per_layer_note,
+    mcu.marks ? `The firmware marks the end of each of its ${mcu.marks} layers; the marks' own calls (a few ` +
+      `${mcu.counts} each) are in the counts.` : null,
+    `Measured: ${mcu.measure_note}.`,
+  ].filter(Boolean).join(" ");
 }
 
 function drawNetworkInput(rows) {

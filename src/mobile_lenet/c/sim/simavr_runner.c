@@ -13,6 +13,9 @@
  *   --xmem            give the chip 64 KB of data memory (RAMEND 0xFFFF): the ATmega2560's external
  *                     SRAM interface fully populated, no wait states (build with AVR_MEMORY=xmem)
  *   --stdio           UART0 on stdin/stdout instead of a pty
+ *   --marks-out FILE  also write one line per marker hit to FILE as it happens, flushed at once, so a host
+ *                     can read the counts live while the run goes on (the demo reads each image's):
+ *                     "mark <n> cycles <C> skipped <S> interval_min_sp 0x<B>" (the summary's values at hit n)
  * First stdout line (pty mode): the pty's path, e.g. "/dev/pts/7". Last stdout line: one JSON object:
  *   {"stop": why, "cycles": total, "frequency": 16000000, "ramend": R, "min_sp": lowest SP,
  *    "marks": [cycle at each hit], "interval_min_sp": [lowest SP since the previous hit, per hit],
@@ -106,7 +109,7 @@ static double now_seconds(void)
 static void usage(const char *argv0)
 {
     fprintf(stderr, "usage: %s [--mark ADDR] [--marks N] [--max-cycles N] [--max-seconds S] [--skip LO:HI] "
-                    "[--xmem] [--stdio] firmware.elf\n", argv0);
+                    "[--xmem] [--stdio] [--marks-out FILE] firmware.elf\n", argv0);
     exit(2);
 }
 
@@ -115,7 +118,7 @@ int main(int argc, char **argv)
     uint64_t mark = UINT64_MAX, max_marks = UINT64_MAX, max_cycles = UINT64_MAX, skip_lo = 0, skip_hi = 0;
     double max_seconds = 600.0;
     int xmem = 0, use_stdio = 0;
-    const char *elf = NULL;
+    const char *elf = NULL, *marks_out = NULL;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const int more = i + 1 < argc;
@@ -130,10 +133,16 @@ int main(int argc, char **argv)
             skip_hi = strtoull(end + 1, NULL, 0);
         } else if (strcmp(a, "--xmem") == 0) xmem = 1;
         else if (strcmp(a, "--stdio") == 0) use_stdio = 1;
+        else if (strcmp(a, "--marks-out") == 0 && more) marks_out = argv[++i];
         else if (a[0] != '-' && elf == NULL) elf = a;
         else usage(argv[0]);
     }
     if (elf == NULL) usage(argv[0]);
+    FILE *marks_file = NULL;
+    if (marks_out != NULL && (marks_file = fopen(marks_out, "w")) == NULL) {
+        fprintf(stderr, "simavr_runner: cannot write %s (%s)\n", marks_out, strerror(errno));
+        return 1;
+    }
 
     avr_global_logger_set(stderr_logger);
     elf_firmware_t firmware;
@@ -204,6 +213,12 @@ int main(int argc, char **argv)
             skipped_at[n_marks] = skipped;
             interval_sp[n_marks] = interval_min;
             interval_min = 0xFFFF;
+            if (marks_file != NULL) { /* live: the host reads it while the firmware goes on */
+                fprintf(marks_file, "mark %llu cycles %llu skipped %llu interval_min_sp 0x%x\n",
+                        (unsigned long long)n_marks + 1, (unsigned long long)marks[n_marks],
+                        (unsigned long long)skipped, (unsigned)interval_sp[n_marks]);
+                fflush(marks_file);
+            }
             if (++n_marks >= max_marks) stop = "marks";
         }
         if (avr->cycle >= max_cycles) stop = "cycles";
@@ -229,5 +244,6 @@ int main(int argc, char **argv)
     for (uint64_t i = 0; i < n_marks; i++) printf("%s%llu", i ? ", " : "", (unsigned long long)skipped_at[i]);
     printf("]}\n");
     fflush(stdout);
+    if (marks_file != NULL) fclose(marks_file);
     return 0;
 }
