@@ -159,6 +159,28 @@ def write_idx_set(folder: Path, images: np.ndarray, labels: np.ndarray, prefix: 
     return folder
 
 
+def profile_chart_columns(page: str) -> dict[tuple[str, str], dict[str, tuple[int, float]]]:
+    """The report's per-block cost chart as a reader sees it: (target, precision) -> block -> (count, share in
+    percent), read off the HTML of the "Cost per block" table (not from the record it was drawn from)."""
+    import re
+
+    table = page.partition("<h3>Cost per block")[2].partition("</table>")[0]
+    header, *rows = table.split("<tr>")[1:]
+    series = re.findall(r"<th>([\w-]+)<br><small>(\w+), (?:instructions|cycles)</small></th>", header)
+    columns = {key: {} for key in series}
+    for row in rows:
+        block = re.match(r"<td>([^<]+)</td>", row)[1]
+        cells = re.findall(r"<td>(?:<span class=\"bar\".*?</span></span>([\d,]+) <small>\(([\d.]+)%\)</small>)?</td>",
+                           row.partition("</td>")[2])
+        if block == "sum":
+            continue
+        assert len(cells) == len(series), row
+        for key, (count, share) in zip(series, cells):
+            if count:
+                columns[key][block] = (int(count.replace(",", "")), float(share))
+    return columns
+
+
 XTENSA_TOOLS = ("clang-22", "llc-22", "llvm-mc-22", "xtensa-lx106-elf-ld", "qemu-system-xtensa")
 
 

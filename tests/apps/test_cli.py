@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from mobile_lenet import spec
 from mobile_lenet.apps.cli import main
 from mobile_lenet.engines.reference import reference_logits, reference_probabilities
 from mobile_lenet.formats.model_files import load_tensors
 from mobile_lenet.model.images import load_digit
 
-from conftest import MNIST_10K, write_idx_set
+from conftest import MNIST_10K, profile_chart_columns, write_idx_set
 
 
 def run(capsys, *argv):
@@ -111,7 +112,8 @@ def test_bad_input_gives_one_line_error(tmp_path, capsys, trained_run, argv, mes
 @pytest.mark.slow
 def test_pipeline_offline_on_bundled_sample(tmp_path, capsys, monkeypatch):
     """The main job runs offline: trains, evaluates, quantizes, runs both models on the simulated
-    microcontrollers whose tools are installed, exports and reports into one folder. esp32's compiler is hidden
+    microcontrollers whose tools are installed (each profiled per layer too: the report's per-block chart),
+    exports and reports into one folder. esp32's compiler is hidden
     here: that target is one line naming its package, and the job still succeeds."""
     import re
     import shutil
@@ -151,6 +153,7 @@ def test_pipeline_offline_on_bundled_sample(tmp_path, capsys, monkeypatch):
     expected = {"float32": predicted[:len(images)], "int8": predicted_int8[:len(images)]}
     weight_bytes = {"float32": 13_032, "int8": 3_670}  # summary --memory: the weights alone
     html = (out_dir / "report" / "index.html").read_text()
+    chart = profile_chart_columns(html)  # the per-block cost chart, as the page shows it
     for target in ("cortex-m0plus", "cortex-m4f", "atmega2560"):
         if target in skipped:  # a machine without that toolchain
             assert "apt-get install" in skipped[target]
@@ -166,6 +169,17 @@ def test_pipeline_offline_on_bundled_sample(tmp_path, capsys, monkeypatch):
             assert f"{row['flash_bytes']:,} of {row['flash_capacity']:,} B ({share:.1f}%)" in html
             ram = row["static_ram_bytes"] + row["peak_stack_bytes"]
             assert f'width:{100 * ram / row["ram_capacity"]:.1f}%' in html
+            if (target, precision) == ("atmega2560", "int8"):  # row by row: no layer of its own to profile
+                assert (target, precision) not in chart and row["profile"] is None
+                assert "atmega2560 int8: runs the int8 model row by row" in html
+                continue
+            # the chart's blocks: the table's, in order; their counts add up to the whole-image count of the
+            # normal build (no marks) plus a few instructions per mark, within each cell's rounding
+            blocks = chart[(target, precision)]
+            assert list(blocks) == ["stem", *(name for name, _, _ in spec.BLOCKS), "head"]
+            shown = sum(count for count, _ in blocks.values())
+            marks = {"float32": len(spec.LAYERS), "int8": len(qmodel.layers)}[precision]  # at most one a layer
+            assert 0 < shown - row[f"{row['counts']}_per_image"]["mean"] <= 8 * marks + len(blocks)
     assert "<h2>Deployment</h2>" in html and re.search(r"esp32: clang-22 not found", html)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 
@@ -97,6 +98,21 @@ def test_bad_run_dir_is_a_one_line_error(tmp_path, trained_run, capsys, make_bad
     assert main(["report", str(run)]) == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("mobile-lenet: error:") and "\n" not in error and str(run) in error
+
+
+def test_a_damaged_deployment_record_stops_the_report_in_one_line(tmp_path, trained_run, capsys):
+    """A run whose deployment.json has a damaged per-layer profile: one line, before any file is written."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.json", "metrics.csv", "best.pt"):
+        shutil.copy(trained_run / name, run / name)
+    record = {"count": 1, "skipped": [], "results": [{"target": "esp32", "precision": "float32", "fits": True,
+                                                      "profile": {"counts": "instructions", "layers": "many"}}]}
+    (run / "deployment.json").write_text(json.dumps(record))
+    assert main(["report", str(run)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "deployment.json: the per-layer profile of esp32 float32 is damaged" in error
+    assert not (run / "report").exists()
 
 
 def test_limit_must_be_positive(trained_run):

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import MNIST_10K, UPSTREAM
+from conftest import MNIST_10K, UPSTREAM, profile_chart_columns
+from mobile_lenet import spec
 from mobile_lenet.apps import simulate
+from mobile_lenet.apps.report_deployment import deployment_section
 from mobile_lenet.apps.cli import main
 from mobile_lenet.codegen import memory
 from mobile_lenet.engines.host_c import c_layer_outputs
@@ -241,6 +243,17 @@ def test_profile_and_layers_come_with_the_summary(upstream_int8, mnist_test, tmp
     count = {row["name"].split(" + ")[0]: row["count"] for row in layers}
     assert count["B1_dw3x3_s1"] == pytest.approx(count["B2_dw3x3_s1"], rel=1e-3)
     assert count["GAP"] + count["OUT"] < 0.02 * total
+    # the report's chart of this profile, read off its HTML: one row per block of the table, in order; the
+    # counts sum to the count of the build without marks plus a few instructions per mark (and the rounding of
+    # each cell); the shares are the counts' own; blocks B1 and B2 (same shapes) cost the same; the head is cheap
+    page = deployment_section({"count": 2, "results": [{**report, "fits": True}], "skipped": []}, None, None)
+    chart = profile_chart_columns(page)[("cortex-m4f", "int8")]
+    assert list(chart) == ["stem", *(name for name, _, _ in spec.BLOCKS), "head"]
+    shown = sum(count for count, _ in chart.values())
+    assert 0 < shown - report["instructions_per_image"]["mean"] <= 8 * profile["marks"] + len(chart)
+    for count, share in chart.values():
+        assert share == pytest.approx(100 * count / shown, abs=0.06)
+    assert chart["B1"][0] == pytest.approx(chart["B2"][0], rel=1e-3) and chart["head"][1] < 2
     assert main(["simulate", str(tmp_path / "q"), "--target", "cortex-m4f", "--data-dir", str(MNIST_10K),
                  "--count", "1", "--profile"]) == 0
     text = capsys.readouterr().out

@@ -3,8 +3,9 @@
 With ``--dataset auto`` (the default) it uses full MNIST when it is at hand (``--data-dir``, the download
 cache, or a download that works) and otherwise the bundled sample, so it runs offline out of the box.
 The microcontroller step runs the float and int8 firmware on every target whose toolchain and simulator are
-installed, on a few test images (``apps.simulate.DEPLOY_COUNT``), so the job stays a few minutes long; a
-target without its tools is one line naming the package, and the job goes on.
+installed, on a few test images (``apps.simulate.DEPLOY_COUNT``), so the job stays a few minutes long, and
+profiles each of them on the same images (instructions or cycles per layer, for the report's per-block cost
+chart); a target without its tools is one line naming the package, and the job goes on.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def run_pipeline(out: Path, dataset: str = "auto", data_dir: str | None = None, 
     atomic_write_text(out / INT8_EVALUATION_FILE, json.dumps(result_int8, indent=2) + "\n")
     log(f"  int8 accuracy {100 * result_int8['accuracy']:.2f}% (float {100 * result['accuracy']:.2f}%)")
 
-    log(f"[4/{STEPS}] microcontrollers: {DEPLOY_COUNT} test images per firmware in its simulator")
+    log(f"[4/{STEPS}] microcontrollers: {DEPLOY_COUNT} test images per firmware in its simulator, then per layer")
     deployment = deploy({"float32": tensors, "int8": qmodel}, test_set.images[:DEPLOY_COUNT],
                         test_set.labels[:DEPLOY_COUNT], log=log)
     deployment["dataset"] = test_set.name

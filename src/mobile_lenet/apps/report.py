@@ -9,7 +9,10 @@ The report shows
   depthwise-separable block -- the seed's point, computed from the architecture table (``spec.layers`` of the
   family member the run trained; the test digits go to its input size as training's validation images do),
 * a diagram of the architecture, drawn from the same table,
-* the feature maps of one test digit after each stage (stem, B1..B6).
+* the feature maps of one test digit after each stage (stem, B1..B6),
+* for a pipeline run, the deployment section (``report_deployment``): the int8 model's accuracy, each
+  firmware's memory against its chip's, latency and agreement, and the per-block cost chart of the firmwares
+  profiled on the chips.
 
 Figures are drawn with matplotlib's object API on the Agg canvas (no pyplot, no display, no global state),
 saved as PNG files beside ``index.html``; the page itself has no external references, so the folder can be
@@ -35,7 +38,7 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Patch
 from mobile_lenet import spec
 from mobile_lenet.apps.evaluation import score
 from mobile_lenet.apps.report_deployment import (DEPLOYMENT_FILE, INT8_EVALUATION_FILE, deployment_section,
-                                                 read_json_record)
+                                                 read_deployment, read_json_record)
 from mobile_lenet.apps.report_deployment import STYLE as DEPLOYMENT_STYLE
 from mobile_lenet.engines.reference import softmax
 from mobile_lenet.engines.registry import logits, member_images
@@ -477,7 +480,7 @@ def build_report(run_dir: str | os.PathLike, dataset: str | None = None, data_di
     check_writable_file(html_path)  # before the test set is loaded
     check_replaceable(html_path)
 
-    deployment = deployment_section(read_json_record(run_dir / DEPLOYMENT_FILE, ("count", "results", "skipped")),
+    deployment = deployment_section(read_deployment(run_dir / DEPLOYMENT_FILE),
                                     read_json_record(run_dir / INT8_EVALUATION_FILE, ("accuracy", "n")),
                                     read_json_record(run_dir / "evaluation.json", ("accuracy", "n")))
     test_set = load_dataset(dataset, "test", data_dir)

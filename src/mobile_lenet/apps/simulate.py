@@ -177,10 +177,16 @@ def format_report(report: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ profile
+def runs_row_by_row(model, target_name: str | None) -> bool:
+    """Whether the target runs ``model`` row by row (the int8 network on a small chip, ``c/ml_rows_s8.c``): its
+    layers interleave, so there is no single layer to look at or to profile."""
+    return bool(registry.is_int8(model) and target_name and get_target(target_name).int8_schedule != "buffers")
+
+
 def check_whole_maps(model, target_name: str | None, flag: str) -> None:
     """A look at single layers (``flag``: --layers, --profile) needs whole feature maps; one line if the target
     runs the int8 network row by row, where the layers interleave."""
-    if registry.is_int8(model) and target_name and get_target(target_name).int8_schedule != "buffers":
+    if runs_row_by_row(model, target_name):
         raise UserError(f"{target_name} runs the int8 model row by row (c/ml_rows_s8.c), which has no layer "
                         f"debugger or per-layer profile; {flag} works on the targets that keep whole feature maps")
 
@@ -203,10 +209,10 @@ def profile_layers(model, target_name: str, images: np.ndarray, labels: np.ndarr
     intervals = np.array(run.measurements.per_layer, dtype=np.float64)  # images x (marked layers + 1)
     if intervals.shape != (len(images), len(firmware.layer_marks) + 1):
         raise RuntimeError(f"the profile saw {intervals.shape} marks for {len(images)} images")
-    means, names = intervals.mean(axis=0), layer_names(model)
+    means, names, blocks = intervals.mean(axis=0), layer_names(model), layer_blocks(model)
     total = float(intervals.sum(axis=1).mean())
     return {"counts": target.counts,
-            "layers": [{"layer": number, "name": names[number], "count": float(mean)}
+            "layers": [{"layer": number, "name": names[number], "block": blocks[number], "count": float(mean)}
                        for number, mean in zip(firmware.layer_marks, means)],
             "after_last_layer": float(means[-1]), "sum": total, "whole_image": whole_image,
             "marks": len(firmware.layer_marks), "marks_cost": total - whole_image}
@@ -240,7 +246,10 @@ def missing_tools(target_name: str) -> str | None:
 def deploy(models: dict, images: np.ndarray, labels: np.ndarray, log=print) -> dict:
     """The main job's microcontroller step: each model (``{"float32": tensors, "int8": qmodel}``) on every target
     whose tools are installed, in its simulator. A target without its tools is skipped with one line; a model
-    too large for a chip is a row that says so. Returns ``{"count", "results", "skipped"}`` for the report."""
+    too large for a chip is a row that says so. Each firmware that runs is also profiled (``profile_layers``, on
+    the same images, so the per-layer sum is the row's whole-image count plus the marks' cost): the row's
+    ``profile``, or None and a ``profile_note`` where the target runs the network row by row.
+    Returns ``{"count", "results", "skipped"}`` for the report."""
     results, skipped = [], []
     for name, target in TARGETS.items():
         why = missing_tools(name)
@@ -259,6 +268,12 @@ def deploy(models: dict, images: np.ndarray, labels: np.ndarray, log=print) -> d
                 continue
             report["fits"] = True
             log(f"  {name} {precision}: " + deployment_line(report))
+            if runs_row_by_row(model, name):
+                report.update(profile=None, profile_note="runs the int8 model row by row (c/ml_rows_s8.c): its "
+                                                         "layers interleave, so they have no cost of their own")
+            else:
+                report["profile"] = profile_layers(model, name, images, labels,
+                                                   report[f"{report['counts']}_per_image"]["mean"])
             results.append(report)
     return {"count": int(len(images)), "results": results, "skipped": skipped}
 
@@ -278,6 +293,16 @@ def layer_names(model) -> dict[int, str]:
     if registry.is_int8(model):
         return {number: " + ".join(layer.rows) for number, layer in enumerate(model.layers, 1)}
     return {layer.index: layer.name for layer in spec.layers(spec.architecture_of(model))}
+
+
+def layer_blocks(model) -> dict[int, str]:
+    """Layer number -> its block in the architecture table ("stem", "B1".., "head"), numbered as ``layer_names``
+    (an int8 layer belongs to the block of the table rows it covers), for the family member the model records."""
+    table = spec.layers(spec.architecture_of(model))
+    if registry.is_int8(model):
+        block_of_row = {layer.name: layer.block for layer in table}
+        return {number: block_of_row[layer.rows[0]] for number, layer in enumerate(model.layers, 1)}
+    return {layer.index: layer.block for layer in table}
 
 
 def firmware_layer_outputs(model, target_name: str, image: np.ndarray, work_dir: Path | None = None,
