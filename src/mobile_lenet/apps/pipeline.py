@@ -10,7 +10,10 @@ target without its tools is one line naming the package, and the job goes on.
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
+
+from mobile_lenet import spec
 
 from mobile_lenet.apps.evaluation import evaluate, format_report
 from mobile_lenet.apps.export import export
@@ -28,13 +31,23 @@ STEPS = 6
 
 
 def run_pipeline(out: Path, dataset: str = "auto", data_dir: str | None = None, epochs: int = TrainConfig.epochs,
-                 seed: int = 0, progress: bool = True, log=print) -> dict:
+                 seed: int = 0, progress: bool = True, log=print, *, architecture: spec.Architecture = spec.SEED,
+                 recipe: dict | None = None) -> dict:
     """Train into ``out``, evaluate best.pt on the test split, quantize it into ``out/int8``, run both on the
-    simulated microcontrollers, export both, write the report; returns the float evaluation."""
-    check_config(TrainConfig(epochs=epochs, seed=seed))  # before any data is loaded or downloaded
+    simulated microcontrollers, export both, write the report; returns the float evaluation.
+
+    ``architecture`` (recorded in config.json and the checkpoints) and ``recipe`` (other ``TrainConfig`` fields,
+    e.g. ``{"lr": 0.01, "augment": False}``) train another member or recipe: ``search --export`` passes a
+    search trial's. The steps after training take the seed's network only so far, so another member is refused
+    before anything is written."""
+    settings = _train_settings(epochs, seed, architecture, recipe)
+    check_config(TrainConfig(**settings))  # before any data is loaded or downloaded
+    if not architecture.is_seed:
+        raise UserError(f"the main job takes the seed's network only so far, not {architecture.describe()}: "
+                        f"train this member with mobile-lenet train and its flags instead")
     check_writable_folder(out)
     dataset = resolve_dataset(dataset, data_dir, log)
-    config = check_config(TrainConfig(dataset=dataset, data_dir=data_dir, epochs=epochs, seed=seed))
+    config = check_config(TrainConfig(dataset=dataset, data_dir=data_dir, **settings))
     log(f"[1/{STEPS}] training on {dataset}{' from ' + data_dir if data_dir else ''} for {epochs} epochs -> {out}")
     resume = (out / "config.json").is_file()  # a run started here (even one killed in its first epoch)
     if resume and read_config(out / "config.json") != config:
@@ -66,6 +79,16 @@ def run_pipeline(out: Path, dataset: str = "auto", data_dir: str | None = None, 
 
     log(f"[6/{STEPS}] report: {build_report(out, dataset=dataset, data_dir=data_dir)}")
     return result
+
+
+def _train_settings(epochs: int, seed: int, architecture: spec.Architecture, recipe: dict | None) -> dict:
+    """The TrainConfig fields of the job's run other than its data: the epochs, seed, member and recipe."""
+    settings = {"epochs": epochs, "seed": seed, "architecture": architecture.to_dict()}
+    recipe = dict(recipe or {})
+    allowed = {f.name for f in fields(TrainConfig)} - {"dataset", "data_dir"} - set(settings)
+    if set(recipe) - allowed:  # a caller's mistake, not a user's: the CLI never builds a recipe by hand
+        raise TypeError(f"recipe takes TrainConfig fields {sorted(allowed)}, not {sorted(set(recipe) - allowed)}")
+    return {**settings, **recipe}
 
 
 def export_all(out: Path, tensors, qmodel) -> list[str]:
