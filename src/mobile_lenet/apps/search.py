@@ -14,6 +14,10 @@ trials until the study holds ``--trials`` finished ones, trains each into ``DIR/
 and when it stops writes ``DIR/front.json`` and ``DIR/report.html`` from every trial of the study. Heartbeats
 mark a trial whose worker died (Ctrl-C, kill -9, a lost machine) as failed and queue it again once; finished
 trials are never lost or run twice.
+
+``search --export TRIAL`` (a trial number, or ``best``: the front's most accurate member) runs the main job
+(``apps.pipeline.run_pipeline``) for that trial's member and recipe on the search's data set, into
+``DIR/export-NNNN`` or the folder the user names.
 """
 
 from __future__ import annotations
@@ -409,3 +413,91 @@ latency; the star is the seed's network.</figcaption></figure>
 <th>flash / RAM (int8 plan, bytes)</th><th>reproduce with</th></tr>{rows}</table>
 </body></html>
 """
+
+
+# ------------------------------------------------------------------------------------------------ export
+BEST = "best"  # --export's name for the front's most accurate member
+TRIAL_KEYS = ("trial", "val_accuracy", "latency_ms", "params", "architecture")  # what an export reads of a trial
+
+
+def read_front(folder: str | os.PathLike) -> dict:
+    """``folder/front.json`` of a search, checked enough to pick a trial from it; one UserError otherwise."""
+    path = Path(folder) / "front.json"
+    if not path.is_file():
+        raise UserError(f"{folder}: holds no front.json (not a search folder, or no worker of its search has "
+                        f"finished yet); run mobile-lenet search --out {folder} first")
+    try:
+        front = json.loads(path.read_text())
+        settings = front["settings"]
+        Settings(**settings)
+        for record in front["complete"] + front["front"]:
+            if any(key not in record for key in TRIAL_KEYS):
+                raise KeyError(next(key for key in TRIAL_KEYS if key not in record))
+            numbers = (record["trial"], record["val_accuracy"], record["latency_ms"])
+            if not isinstance(record["trial"], int) or not all(isinstance(n, (int, float)) for n in numbers):
+                raise ValueError(f"trial {record['trial']!r}: its number and objectives must be numbers")
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
+        raise UserError(f"{path}: damaged or not written by mobile-lenet search ({type(e).__name__}: {e})") from None
+    return front
+
+
+def pick_trial(front: dict, choice: str) -> dict:
+    """The finished trial ``choice`` names in ``front`` (``read_front``): its number, or ``best``, the front's most
+    accurate member (ties: the faster, then the earlier trial). Every finished trial fits the target's flash and
+    RAM (the others were pruned), and any of them may be picked, on the front or not."""
+    if choice == BEST:
+        if not front["front"]:
+            raise UserError("the search has no trained trial yet, so no best one; run more trials")
+        return min(front["front"], key=lambda r: (-r["val_accuracy"], r["latency_ms"], r["trial"]))
+    try:
+        number = int(choice)
+    except ValueError:
+        raise UserError(f"--export takes a trial number or {BEST!r}, not {choice!r}") from None
+    for record in front["complete"]:
+        if record["trial"] == number:
+            return record
+    known = ", ".join(str(r["trial"]) for r in sorted(front["complete"], key=lambda r: r["trial"])) or "none"
+    raise UserError(f"trial {number} is not a trained trial of this search (those are: {known}); a pruned or "
+                    f"failed trial has no model")
+
+
+def export_trial(folder: str | os.PathLike, choice: str, out: str | os.PathLike | None = None,
+                 progress: bool = True, log=print) -> tuple[dict, Path, dict]:
+    """``search --export``: train the trial ``choice`` names (``pick_trial``) again exactly as the search did
+    (same data set, its 10% validation split, seed 0, the trial's member and recipe; the test split plays no part
+    in the choice) and run the main job on it into ``out`` (default ``folder/export-NNNN``). Returns the trial's
+    record, the run folder and the main job's evaluation."""
+    from mobile_lenet.apps.pipeline import run_pipeline
+    from mobile_lenet.model.config import read_config
+
+    front = read_front(folder)
+    record = pick_trial(front, choice)
+    params = record["params"]
+    arch = spec.Architecture.from_dict(record["architecture"], f"{Path(folder) / 'front.json'}: trial "
+                                                              f"{record['trial']}")
+    run = Path(out) if out is not None else Path(folder) / f"export-{record['trial']:04d}"
+    check_writable_folder(run)
+    if run.is_dir() and any(run.iterdir()) and not (run / "config.json").is_file():
+        raise UserError(f"{run}: is not empty and holds no run; choose another --export-out")
+    try:
+        recipe = {"lr": params["lr"], "augment": params["augment"], "elastic": params["elastic"]}
+        epochs = params["epochs"]
+    except (KeyError, TypeError):
+        raise UserError(f"{Path(folder) / 'front.json'}: trial {record['trial']} has no complete recipe "
+                        f"(params); it was not written by mobile-lenet search, or was edited") from None
+    wanted = {"epochs": epochs, "seed": 0, "architecture": arch.to_dict(), **recipe}
+    if (run / "config.json").is_file():  # the same export again resumes it; another run is never touched
+        saved = asdict(read_config(run / "config.json"))
+        differs = [f"{key} {saved[key]!r} (trial {record['trial']}: {value!r})" for key, value in wanted.items()
+                   if saved[key] != value]
+        if differs:
+            raise UserError(f"{run}: holds another run ({', '.join(differs)}); choose another --export-out")
+    on_front = any(r["trial"] == record["trial"] for r in front["front"])
+    log(f"trial {record['trial']} ({'on the front' if on_front else 'not on the front'}): {arch.describe()}, "
+        f"validation {100 * record['val_accuracy']:.2f}%, {record['latency_ms']:.2f} ms on "
+        f"{front['settings']['target']}")
+    settings = front["settings"]
+    evaluation = run_pipeline(run, dataset=settings["dataset"], data_dir=settings["data_dir"],
+                              epochs=epochs, seed=0, progress=progress, log=log, architecture=arch,
+                              recipe=recipe)
+    return record, run, evaluation
