@@ -333,15 +333,42 @@ def cmd_report(args) -> int:
 
 
 def cmd_search(args) -> int:
-    """Search the family and the recipe for a target: the Pareto front of validation accuracy and latency."""
+    """Search the family and the recipe for a target: the Pareto front of validation accuracy and latency; with
+    --export, the main job for one of the search's trials."""
+    if args.export is not None:
+        return _search_export(args)
+    if args.export_out is not None:
+        raise UserError("--export-out needs --export TRIAL")
+    if args.target is None:
+        raise UserError("search needs --target (or --export TRIAL to use a finished search)")
     from mobile_lenet.apps.search import search
 
-    result = search(args.target, args.out, trials=args.trials, timeout_min=args.timeout, dataset=args.dataset,
-                    data_dir=args.data_dir, storage=args.storage, study_name=args.study, workers=args.workers,
-                    epochs=args.epochs)
+    result = search(args.target, args.out, trials=20 if args.trials is None else args.trials,
+                    timeout_min=args.timeout, dataset=args.dataset, data_dir=args.data_dir, storage=args.storage,
+                    study_name=DEFAULT_STUDY if args.study is None else args.study,
+                    workers=1 if args.workers is None else args.workers, epochs=args.epochs)
     print(f"{sum(result['trials'].values())} trials ({result['trials']['complete']} trained, "
           f"{result['trials']['pruned']} pruned): {len(result['front'])} on the front; wrote "
           f"{Path(args.out) / 'front.json'} and {Path(args.out) / 'report.html'}")
+    return 0
+
+
+def _search_export(args) -> int:
+    """``search --out DIR --export TRIAL``: the main job for a trial of the finished search in DIR."""
+    from mobile_lenet.apps.search import export_trial, read_front
+
+    # the search's own settings decide the data and target: a flag that would run or change a search is a mistake
+    search_flags = {"--trials": args.trials, "--timeout": args.timeout, "--storage": args.storage,
+                    "--study": args.study, "--workers": args.workers, "--epochs": args.epochs,
+                    "--data-dir": args.data_dir, "--dataset": None if args.dataset == "auto" else args.dataset}
+    given = [flag for flag, value in search_flags.items() if value is not None]
+    if given:
+        raise UserError(f"--export uses the search's own settings (search.json); drop {', '.join(given)}")
+    target = read_front(args.out)["settings"]["target"]
+    if args.target is not None and args.target != target:
+        raise UserError(f"{args.out}: is a search for {target}, not {args.target}")
+    record, run, result = export_trial(args.out, args.export, args.export_out, progress=not args.quiet)
+    print(f"trial {record['trial']}: the main job's run is {run} (test accuracy {100 * result['accuracy']:.2f}%)")
     return 0
 
 
@@ -509,16 +536,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("search", help="search members and recipes for a target: the front of validation accuracy "
                                       "and latency (Optuna)")
-    p.add_argument("--target", required=True, help=f"microcontroller: {', '.join(TARGETS)}")
+    p.add_argument("--target", help=f"microcontroller: {', '.join(TARGETS)} (required, except with --export)")
     p.add_argument("--out", required=True, help="run folder (search.json, study.db, trials/, front.json, report.html)")
-    p.add_argument("--trials", type=int, default=20, help="finished trials the study should hold (default 20)")
+    p.add_argument("--trials", type=int, help="finished trials the study should hold (default 20)")
     p.add_argument("--timeout", type=float, help="stop starting trials after this many minutes")
     _dataset_args(p)
     p.add_argument("--storage", help="Optuna RDB storage URL shared by workers on many machines, e.g. "
                                      "postgresql://user:password@host/db (default: DIR/study.db, SQLite)")
-    p.add_argument("--study", default=DEFAULT_STUDY, help=f"study name in the storage (default {DEFAULT_STUDY})")
-    p.add_argument("--workers", type=int, default=1, help="trial processes on this machine (default 1)")
+    p.add_argument("--study", help=f"study name in the storage (default {DEFAULT_STUDY})")
+    p.add_argument("--workers", type=int, help="trial processes on this machine (default 1)")
     p.add_argument("--epochs", type=int, help="train every trial this many epochs (default: searched)")
+    p.add_argument("--export", metavar="TRIAL", help="run the main job (pipeline) for a trial of the finished search "
+                                                     "in --out: its number, or 'best' (the front's most accurate)")
+    p.add_argument("--export-out", metavar="RUN", help="the main job's folder with --export (default "
+                                                       "DIR/export-NNNN)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (with --export)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("demo", help="browser demo: draw a digit and watch the network classify it")

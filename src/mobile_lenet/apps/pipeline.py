@@ -11,6 +11,7 @@ chart); a target without its tools is one line naming the package, and the job g
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 from mobile_lenet import spec
@@ -30,15 +31,19 @@ STEPS = 6
 
 
 def run_pipeline(out: Path, dataset: str = "auto", data_dir: str | None = None, epochs: int = TrainConfig.epochs,
-                 seed: int = 0, progress: bool = True, log=print, arch: spec.Architecture = spec.SEED) -> dict:
+                 seed: int = 0, progress: bool = True, log=print, arch: spec.Architecture = spec.SEED,
+                 recipe: dict | None = None) -> dict:
     """Train the family member ``arch`` into ``out``, evaluate best.pt on the test split, quantize it into
     ``out/int8``, run both on the simulated microcontrollers, export both, write the report; returns the float
-    evaluation. Every step after training takes the member from the checkpoint."""
-    check_config(TrainConfig(epochs=epochs, seed=seed, architecture=arch.to_dict()))  # before any data is loaded
+    evaluation. Every step after training takes the member from the checkpoint.
+
+    ``recipe`` (other ``TrainConfig`` fields, e.g. ``{"lr": 0.01, "augment": False}``) trains another recipe:
+    ``search --export`` passes a search trial's."""
+    settings = _train_settings(epochs, seed, arch, recipe)
+    check_config(TrainConfig(**settings))  # before any data is loaded or downloaded
     check_writable_folder(out)
     dataset = resolve_dataset(dataset, data_dir, log)
-    config = check_config(TrainConfig(dataset=dataset, data_dir=data_dir, epochs=epochs, seed=seed,
-                                      architecture=arch.to_dict()))
+    config = check_config(TrainConfig(dataset=dataset, data_dir=data_dir, **settings))
     member = "" if arch.is_seed else f" the member with {arch.describe()}"
     log(f"[1/{STEPS}] training{member} on {dataset}{' from ' + data_dir if data_dir else ''} for {epochs} epochs "
         f"-> {out}")
@@ -72,6 +77,16 @@ def run_pipeline(out: Path, dataset: str = "auto", data_dir: str | None = None, 
 
     log(f"[6/{STEPS}] report: {build_report(out, dataset=dataset, data_dir=data_dir)}")
     return result
+
+
+def _train_settings(epochs: int, seed: int, architecture: spec.Architecture, recipe: dict | None) -> dict:
+    """The TrainConfig fields of the job's run other than its data: the epochs, seed, member and recipe."""
+    settings = {"epochs": epochs, "seed": seed, "architecture": architecture.to_dict()}
+    recipe = dict(recipe or {})
+    allowed = {f.name for f in fields(TrainConfig)} - {"dataset", "data_dir"} - set(settings)
+    if set(recipe) - allowed:  # a caller's mistake, not a user's: the CLI never builds a recipe by hand
+        raise TypeError(f"recipe takes TrainConfig fields {sorted(allowed)}, not {sorted(set(recipe) - allowed)}")
+    return {**settings, **recipe}
 
 
 def export_all(out: Path, tensors, qmodel) -> list[str]:

@@ -5,8 +5,7 @@ Each trial draws a member (width multiplier, input size) and a recipe (epochs, p
 a member whose int8 memory plan (``codegen.memory``) does not fit the target's flash or RAM is pruned before any
 training. The latency is ``simulate``'s instruction or cycle count of the member's int8 firmware for one image at
 the chip's clock (the kernels have no data-dependent branches, so the member's untrained weights give the trained
-member's count). Members ``simulate`` cannot run yet (the serial protocol carries 28x28 images only) get an
-estimate instead: their MACs times the seed's measured count per MAC, labelled as such everywhere.
+member's count); every member, whatever its input size, is measured so.
 
 Storage: with no ``--storage`` the study is ``DIR/study.db`` (SQLite); any URL Optuna's RDB storage takes (e.g.
 ``postgresql://``) lets workers on many machines share one study. Each worker is the same command: it runs
@@ -14,6 +13,10 @@ trials until the study holds ``--trials`` finished ones, trains each into ``DIR/
 and when it stops writes ``DIR/front.json`` and ``DIR/report.html`` from every trial of the study. Heartbeats
 mark a trial whose worker died (Ctrl-C, kill -9, a lost machine) as failed and queue it again once; finished
 trials are never lost or run twice.
+
+``search --export TRIAL`` (a trial number, or ``best``: the front's most accurate member) runs the main job
+(``apps.pipeline.run_pipeline``) for that trial's member and recipe on the search's data set, into
+``DIR/export-NNNN`` or the folder the user names.
 """
 
 from __future__ import annotations
@@ -48,7 +51,6 @@ SETTINGS_FILE = "search.json"  # marks DIR as a search folder; the settings the 
 HEARTBEAT_S, GRACE_S = 20, 60  # a running trial without a heartbeat for GRACE_S seconds failed (its worker died)
 SETTINGS_WAIT_S = 30  # a worker joining a study just created waits this long for its creator's settings
 SCHEMA_TRIES = 5  # workers started at once on an empty database race to create Optuna's tables
-SIMULATED_INPUT_SIZE = 28  # the only input size simulate's serial protocol carries today
 
 
 @dataclass(frozen=True)
@@ -150,17 +152,9 @@ def measure_latency(arch: spec.Architecture, target: Target, images) -> dict:
 
 
 def latency(arch: spec.Architecture, target: Target, images, study) -> dict:
-    """The latency figure of ``arch`` on ``target``: measured where ``simulate`` runs the member, else its MACs
-    times the seed's measured count per MAC (measured once per study, kept in the study)."""
-    if arch.input_size == SIMULATED_INPUT_SIZE:
-        return measure_latency(arch, target, images)
-    per_mac = study.user_attrs.get("seed_count_per_mac")
-    if per_mac is None:
-        per_mac = measure_latency(spec.SEED, target, images)["count"] / spec.totals(spec.SEED)["macs"]
-        study.set_user_attr("seed_count_per_mac", per_mac)
-    count = per_mac * spec.totals(arch)["macs"]
-    return {"latency_ms": 1000.0 * count / target.clock_hz, "count": count,
-            "latency_source": f"estimate: MACs x the seed's {target.counts} per MAC (simulate runs 28x28 only)"}
+    """The latency figure of ``arch`` on ``target``, measured by ``simulate`` (``study``: kept for callers that
+    cached figures in it; every member is simulated now, whatever its input size)."""
+    return measure_latency(arch, target, images)
 
 
 def trial_params(trial, settings: Settings) -> dict:
@@ -328,10 +322,11 @@ def trial_record(trial) -> dict:
     """A finished trial as front.json lists it."""
     attrs = trial.user_attrs
     return {"trial": trial.number, "val_accuracy": trial.values[0], "latency_ms": trial.values[1],
-            "latency_source": attrs.get("latency_source"), "params": attrs.get("params"),
+            "latency_source": attrs.get("latency_source"), "count": attrs.get("count"), "params": attrs.get("params"),
             "architecture": attrs.get("architecture"), "parameters": attrs.get("parameters"),
             "memory_plan": attrs.get("memory_plan"), "firmware_flash_bytes": attrs.get("firmware_flash_bytes"),
-            "firmware_static_ram_bytes": attrs.get("firmware_static_ram_bytes"), "run": attrs.get("run"), "worker": attrs.get("worker"),
+            "firmware_static_ram_bytes": attrs.get("firmware_static_ram_bytes"), "run": attrs.get("run"),
+            "worker": attrs.get("worker"),
             "command": attrs.get("command"), "seed_network": spec.Architecture.from_dict(attrs["architecture"]).is_seed}
 
 
@@ -409,3 +404,91 @@ latency; the star is the seed's network.</figcaption></figure>
 <th>flash / RAM (int8 plan, bytes)</th><th>reproduce with</th></tr>{rows}</table>
 </body></html>
 """
+
+
+# ------------------------------------------------------------------------------------------------ export
+BEST = "best"  # --export's name for the front's most accurate member
+TRIAL_KEYS = ("trial", "val_accuracy", "latency_ms", "params", "architecture")  # what an export reads of a trial
+
+
+def read_front(folder: str | os.PathLike) -> dict:
+    """``folder/front.json`` of a search, checked enough to pick a trial from it; one UserError otherwise."""
+    path = Path(folder) / "front.json"
+    if not path.is_file():
+        raise UserError(f"{folder}: holds no front.json (not a search folder, or no worker of its search has "
+                        f"finished yet); run mobile-lenet search --out {folder} first")
+    try:
+        front = json.loads(path.read_text())
+        settings = front["settings"]
+        Settings(**settings)
+        for record in front["complete"] + front["front"]:
+            if any(key not in record for key in TRIAL_KEYS):
+                raise KeyError(next(key for key in TRIAL_KEYS if key not in record))
+            numbers = (record["trial"], record["val_accuracy"], record["latency_ms"])
+            if not isinstance(record["trial"], int) or not all(isinstance(n, (int, float)) for n in numbers):
+                raise ValueError(f"trial {record['trial']!r}: its number and objectives must be numbers")
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as e:
+        raise UserError(f"{path}: damaged or not written by mobile-lenet search ({type(e).__name__}: {e})") from None
+    return front
+
+
+def pick_trial(front: dict, choice: str) -> dict:
+    """The finished trial ``choice`` names in ``front`` (``read_front``): its number, or ``best``, the front's most
+    accurate member (ties: the faster, then the earlier trial). Every finished trial fits the target's flash and
+    RAM (the others were pruned), and any of them may be picked, on the front or not."""
+    if choice == BEST:
+        if not front["front"]:
+            raise UserError("the search has no trained trial yet, so no best one; run more trials")
+        return min(front["front"], key=lambda r: (-r["val_accuracy"], r["latency_ms"], r["trial"]))
+    try:
+        number = int(choice)
+    except ValueError:
+        raise UserError(f"--export takes a trial number or {BEST!r}, not {choice!r}") from None
+    for record in front["complete"]:
+        if record["trial"] == number:
+            return record
+    known = ", ".join(str(r["trial"]) for r in sorted(front["complete"], key=lambda r: r["trial"])) or "none"
+    raise UserError(f"trial {number} is not a trained trial of this search (those are: {known}); a pruned or "
+                    f"failed trial has no model")
+
+
+def export_trial(folder: str | os.PathLike, choice: str, out: str | os.PathLike | None = None,
+                 progress: bool = True, log=print) -> tuple[dict, Path, dict]:
+    """``search --export``: train the trial ``choice`` names (``pick_trial``) again exactly as the search did
+    (same data set, its 10% validation split, seed 0, the trial's member and recipe; the test split plays no part
+    in the choice) and run the main job on it into ``out`` (default ``folder/export-NNNN``). Returns the trial's
+    record, the run folder and the main job's evaluation."""
+    from mobile_lenet.apps.pipeline import run_pipeline
+    from mobile_lenet.model.config import read_config
+
+    front = read_front(folder)
+    record = pick_trial(front, choice)
+    params = record["params"]
+    arch = spec.Architecture.from_dict(record["architecture"], f"{Path(folder) / 'front.json'}: trial "
+                                                              f"{record['trial']}")
+    run = Path(out) if out is not None else Path(folder) / f"export-{record['trial']:04d}"
+    check_writable_folder(run)
+    if run.is_dir() and any(run.iterdir()) and not (run / "config.json").is_file():
+        raise UserError(f"{run}: is not empty and holds no run; choose another --export-out")
+    try:
+        recipe = {"lr": params["lr"], "augment": params["augment"], "elastic": params["elastic"]}
+        epochs = params["epochs"]
+    except (KeyError, TypeError):
+        raise UserError(f"{Path(folder) / 'front.json'}: trial {record['trial']} has no complete recipe "
+                        f"(params); it was not written by mobile-lenet search, or was edited") from None
+    wanted = {"epochs": epochs, "seed": 0, "architecture": arch.to_dict(), **recipe}
+    if (run / "config.json").is_file():  # the same export again resumes it; another run is never touched
+        saved = asdict(read_config(run / "config.json"))
+        differs = [f"{key} {saved[key]!r} (trial {record['trial']}: {value!r})" for key, value in wanted.items()
+                   if saved[key] != value]
+        if differs:
+            raise UserError(f"{run}: holds another run ({', '.join(differs)}); choose another --export-out")
+    on_front = any(r["trial"] == record["trial"] for r in front["front"])
+    log(f"trial {record['trial']} ({'on the front' if on_front else 'not on the front'}): {arch.describe()}, "
+        f"validation {100 * record['val_accuracy']:.2f}%, {record['latency_ms']:.2f} ms on "
+        f"{front['settings']['target']}")
+    settings = front["settings"]
+    evaluation = run_pipeline(run, dataset=settings["dataset"], data_dir=settings["data_dir"],
+                              epochs=epochs, seed=0, progress=progress, log=log, arch=arch,
+                              recipe=recipe)
+    return record, run, evaluation
