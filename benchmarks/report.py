@@ -99,8 +99,8 @@ def training_section(entry: dict) -> list[str]:
               "the thread count given in each row, each run in its own process, one after the other; the speed "
               "ratios are against the faster Keras run. "
               "Images/s = training images x epochs / wall time of the whole `fit` / `train` call (our "
-              "trainer's per-epoch BatchNorm calibration, its final one over all training images and checkpoints "
-              "included). Accuracy: the model after the last epoch on the MNIST test set, with BatchNorm's "
+              "trainer's final BatchNorm calibration over all training images and its checkpoints included; "
+              "without a validation split it calibrates no epoch before the last). Accuracy: the model after the last epoch on the MNIST test set, with BatchNorm's "
               "moving averages (Keras' `predict`) and with BatchNorm statistics computed over all the training "
               "images (our `train` ends with that; for Keras it is done after `fit`, timed apart and not "
               "counted in its images/s). Training accuracy: what the stack itself reports for its last epoch "
@@ -159,8 +159,9 @@ def training_notes(result: dict) -> list[str]:
             continue
         per_epoch = sum(run["epoch_seconds"]) / len(run["epoch_seconds"])
         share = run["bn_calibration_seconds"] / per_epoch
-        notes.append(f"- {run['label']}: the per-epoch BatchNorm calibration ({run['bn_calibration_images']:,} "
-                     f"training images) takes {run['bn_calibration_seconds']:.2f} s, {percent(share, 0)} of a "
+        notes.append(f"- {run['label']}: a per-epoch BatchNorm calibration ({run['bn_calibration_images']:,} "
+                     f"training images; run only with a validation split, so not here) would take "
+                     f"{run['bn_calibration_seconds']:.2f} s, {percent(share, 0)} of a "
                      f"{per_epoch:.1f} s epoch; the final one over all {run['train_images']:,} images, once per "
                      f"run, {run['final_bn_calibration_seconds']:.1f} s.")
     return notes
@@ -434,8 +435,8 @@ def keras_batchnorm_notes(result: dict) -> list[str]:
         charged = run["train_images"] * run["epochs"] / (run["seconds"] + run["bn_recalibration_seconds"])
         ratio = "" if ours is None else (f" and ours with augmentation off {ours['images_per_second'] / charged:.2f}x "
                                          "as fast")
-        notes.append(f"- {run['label']}: its BatchNorm moving averages (momentum {run['bn_momentum']:g}, "
-                     f"{updates} updates in all) lag the trained weights. The same weights score "
+        notes.append(f"- {run['label']}, BatchNorm statistics (moving averages at momentum "
+                     f"{run['bn_momentum']:g}, {updates} updates in all): the same weights score "
                      f"{percent(run['test_accuracy'])} on the test set with the moving averages, "
                      f"{percent(run['test_accuracy_batch_statistics'])} with each test batch's own statistics "
                      f"(training mode, batches of {run['batch_size']}) and "

@@ -11,7 +11,8 @@ same number of epochs and the same thread count, one after the other, each in it
 3. ``ours, default recipe``: the same with the default augmentation.
 
 Images/second is training images x epochs / wall time of the whole training call (``fit`` / ``train``),
-so our per-epoch BatchNorm calibration and checkpoints count against us. Each model is then scored on the
+so our final BatchNorm calibration over all training images (no epoch calibrates before it: there is
+no validation split) and checkpoints count against us. Each model is then scored on the
 official MNIST test set. Keras' model is scored with its BatchNorm moving averages (what ``predict`` uses),
 with batch statistics, and with statistics recalibrated over the training images as our ``train`` does at
 the end of a run; that recalibration is timed on its own and never counted in Keras' images/second (a
