@@ -142,7 +142,8 @@ def train_ours(args, train_set, test_set) -> dict:
     calibrate_batchnorm(model, train_set.images)
     final_calibration = time.perf_counter() - start
     return {"seconds": seconds, "epoch_seconds": epoch_seconds, "test_accuracy": result["accuracy"],
-            "train_accuracy_reported": float(metrics[-1]["train_accuracy"]), "config": asdict(config), "bn_calibration_seconds": calibration,
+            "train_accuracy_reported": float(metrics[-1]["train_accuracy"]), "config": asdict(config),
+            "bn_calibration_seconds": calibration,
             "bn_calibration_images": min(EPOCH_CALIBRATION_IMAGES, len(train_set)),
             "final_bn_calibration_seconds": final_calibration}
 

@@ -182,8 +182,8 @@ def test_recalibrated_batchnorm_layers_normalize_their_inputs_over_the_set():
     relu = lambda x: np.maximum(x, 0)  # noqa: E731
     layers = [Pointwise(3, 4), BatchNorm(4), relu, Pointwise(4, 5), BatchNorm(5), relu, Pointwise(5, 2), BatchNorm(2)]
     images = 4 + 2 * rng.standard_normal((50, 6, 6, 3))
-    count = recalibrate_sequential(layers, images, lambda layer, x: layer(x), lambda layer: isinstance(layer, BatchNorm),
-                                   set_statistics, chunk=16)
+    count = recalibrate_sequential(layers, images, lambda layer, x: layer(x),
+                                   lambda layer: isinstance(layer, BatchNorm), set_statistics, chunk=16)
     assert count == 3
     x = images
     for layer in layers:
