@@ -5,6 +5,9 @@ The seed trained this network with Keras 3 on the PyTorch backend. ``build_keras
 momentum 0.99 and epsilon 1e-3, Adam lr 1e-3, categorical cross-entropy), and
 ``compare_with_upstream`` checks it layer by layer against ``config.json`` inside the seed's published
 ``mobile-lenet-5.keras``, so the comparison in the training benchmark is against the seed's real model.
+``recalibrate_keras_batchnorm`` gives a trained model's BatchNorm layers the exact statistics of their inputs
+over a set of images (what our trainer does at the end of every run), to tell a lagging moving average from
+a badly trained network.
 
 Import this module only with ``KERAS_BACKEND=torch`` set (the training worker does).
 """
@@ -14,6 +17,8 @@ from __future__ import annotations
 import json
 import zipfile
 from pathlib import Path
+
+import numpy as np
 
 from mobile_lenet import spec
 
@@ -111,3 +116,66 @@ def compare_with_upstream(model, keras_file: str | Path) -> dict:
         mismatches.append(f"loss {model.loss!r} vs upstream {compile_config.get('loss')!r}")
     return {"layers": min(len(theirs), len(ours)), "mismatches": mismatches,
             "optimizer": f"{their_optimizer.get('class_name')} lr {their_lr}", "loss": compile_config.get("loss")}
+
+
+def channel_moments(chunks) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and population (biased) variance over every pixel of channels-last arrays.
+
+    ``chunks`` are arrays of shape (..., C) (e.g. (N, H, W, C) pieces of one set); sums and sums of squares
+    are accumulated in float64 so that many chunks lose nothing. Returns two float64 arrays of length C.
+    """
+    total = squares = 0.0
+    count = 0
+    for chunk in chunks:
+        pixels = np.asarray(chunk, dtype=np.float64).reshape(-1, chunk.shape[-1])
+        total = total + pixels.sum(axis=0)
+        squares = squares + (pixels * pixels).sum(axis=0)
+        count += len(pixels)
+    if count == 0:
+        raise ValueError("no pixels to take statistics of")
+    mean = total / count
+    return mean, np.maximum(squares / count - mean * mean, 0.0)  # clamp: rounding can dip below 0
+
+
+def recalibrate_sequential(layers, images: np.ndarray, forward, is_batchnorm, set_statistics,
+                           chunk: int = 256) -> int:
+    """Set each BatchNorm layer of a sequential network to the exact statistics of its input over ``images``.
+
+    The network runs in inference mode from one BatchNorm layer to the next, so each one is measured on
+    inputs made with the already-recalibrated layers before it (what inference will feed it); only the
+    current layer's input is kept for the whole set. ``forward(layer, x)`` runs one layer in inference mode
+    and returns a NumPy array, ``is_batchnorm(layer)`` picks the BatchNorm layers and
+    ``set_statistics(layer, mean, variance)`` stores their new statistics. Returns how many were set.
+    """
+    activations = [images[start:start + chunk] for start in range(0, len(images), chunk)]
+    pending = []  # the layers from the previous BatchNorm (included) up to the next one
+    recalibrated = 0
+    for layer in layers:
+        if is_batchnorm(layer):
+            for earlier in pending:
+                activations = [forward(earlier, x) for x in activations]
+            pending = []
+            set_statistics(layer, *channel_moments(activations))
+            recalibrated += 1
+        pending.append(layer)
+    return recalibrated
+
+
+def recalibrate_keras_batchnorm(model, images: np.ndarray, chunk: int = 256) -> int:
+    """Replace the moving averages of a Keras Sequential model's BatchNorm layers with the exact statistics
+    of their inputs over ``images`` ((N, H, W, C) float32, scaled as in training). Returns the number of
+    BatchNorm layers set. Needs ``KERAS_BACKEND=torch``."""
+    import keras
+    import torch
+
+    def forward(layer, x):
+        return keras.ops.convert_to_numpy(layer(x, training=False))
+
+    def set_statistics(layer, mean, variance):
+        layer.moving_mean.assign(mean.astype(np.float32))
+        layer.moving_variance.assign(variance.astype(np.float32))
+
+    with torch.no_grad():  # the variables are trainable torch parameters: no autograd graph for 10,000 images
+        return recalibrate_sequential(model.layers, images, forward,
+                                      lambda layer: isinstance(layer, keras.layers.BatchNormalization),
+                                      set_statistics, chunk)

@@ -7,6 +7,7 @@ the target the training table is judged against.
 from __future__ import annotations
 
 import datetime
+import math
 
 from .common import PARTS
 
@@ -98,25 +99,36 @@ def training_section(entry: dict) -> list[str]:
               "the thread count given in each row, each run in its own process, one after the other; the speed "
               "ratios are against the faster Keras run. "
               "Images/s = training images x epochs / wall time of the whole `fit` / `train` call (our "
-              "trainer's per-epoch BatchNorm calibration and checkpoints included). Accuracy: the model after "
-              "the last epoch on the MNIST test set. Keras: the seed's model and recipe (Adam lr 1e-3, "
-              "categorical cross-entropy) in Keras 3 on the PyTorch backend; ours: `train.train` with "
-              "`TrainConfig` defaults apart from batch size, epochs and, in the first of our rows, augmentation.",
+              "trainer's final BatchNorm calibration over all training images and its checkpoints included; "
+              "without a validation split it calibrates no epoch before the last). Accuracy: the model after the last epoch on the MNIST test set, with BatchNorm's "
+              "moving averages (Keras' `predict`) and with BatchNorm statistics computed over all the training "
+              "images (our `train` ends with that; for Keras it is done after `fit`, timed apart and not "
+              "counted in its images/s). Training accuracy: what the stack itself reports for its last epoch "
+              "(the running mean over the epoch's batches, in training mode). Keras: the seed's model and "
+              "recipe (Adam lr 1e-3, categorical cross-entropy) in Keras 3 on the PyTorch backend; ours: "
+              "`train.train` with `TrainConfig` defaults apart from batch size, epochs and, in the first of our "
+              "rows, augmentation.",
               ""]
     rows = []
     for run in result["runs"]:
         if run.get("available") is False:
-            rows.append([run["label"], f"not available: {run['reason']}", "-", "-", "-", "-"])
+            rows.append([run["label"], f"not available: {run['reason']}", "-", "-", "-", "-", "-", "-"])
             continue
         speedup = run.get("speedup_vs_keras")
-        delta = run.get("accuracy_minus_keras")
-        rows.append([run["label"], f"{run['train_images']:,}", number(run["images_per_second"]),
-                     ("1.00x (baseline)" if run["label"] == result.get("keras_baseline") else "-")
-                     if run["stack"] == "keras" else ("-" if speedup is None else f"**{speedup:.2f}x**"),
-                     percent(run["test_accuracy"]),
+        delta = run.get("accuracy_minus_keras_recalibrated")
+        if run["stack"] == "keras":
+            speed = "1.00x (baseline)" if run["label"] == result.get("keras_baseline") else "-"
+            moving, calibrated = percent(run["test_accuracy"]), percent(run.get("test_accuracy_recalibrated"))
+        else:  # our trainer calibrates the statistics itself: its test accuracy is the calibrated one
+            speed = "-" if speedup is None else f"**{speedup:.2f}x**"
+            moving, calibrated = "-", percent(run["test_accuracy"])
+        rows.append([run["label"], f"{run['train_images']:,}", number(run["images_per_second"]), speed,
+                     percent(run.get("train_accuracy_reported")), moving, calibrated,
                      "-" if delta is None else f"{100 * delta:+.2f} points"])
-    lines.append(table(["run", "training images", "images/s", "speed vs Keras", "test accuracy",
-                        "accuracy vs Keras"], rows))
+    lines.append(table(["run", "training images", "images/s", "speed vs Keras", "training accuracy, last epoch",
+                        "test accuracy, BatchNorm moving averages",
+                        "test accuracy, BatchNorm statistics over the training images",
+                        "accuracy vs Keras (both over the training images)"], rows))
     lines += [""] + training_notes(result)
     return lines + [""]
 
@@ -127,10 +139,15 @@ def training_notes(result: dict) -> list[str]:
     keras_run = result["runs"][0]
     ours = next(run for run in result["runs"] if run["stack"] == "ours")
     if "speedup_vs_keras" in ours:
-        met = ours["speedup_vs_keras"] >= result["target_speedup"] and ours["accuracy_minus_keras"] >= 0
+        # against Keras' recalibrated accuracy where measured: its moving-average figure flatters us
+        delta = ours.get("accuracy_minus_keras_recalibrated", ours["accuracy_minus_keras"])
+        against = "recalibrated" if "accuracy_minus_keras_recalibrated" in ours else "moving-average"
+        met = ours["speedup_vs_keras"] >= result["target_speedup"] and delta >= 0
         notes.append(f"- Target (ours with augmentation off at least {result['target_speedup']:g}x Keras' images/s "
                      f"at equal or better accuracy): **{'met' if met else 'not met'}** "
-                     f"({ours['speedup_vs_keras']:.2f}x, {100 * ours['accuracy_minus_keras']:+.2f} points).")
+                     f"({ours['speedup_vs_keras']:.2f}x, {100 * delta:+.2f} points against Keras' {against} "
+                     f"test accuracy).")
+    notes += keras_batchnorm_notes(result)
     check = keras_run.get("upstream_config_check")
     if check:
         verdict = "identical" if not check["mismatches"] else "DIFFERENT: " + "; ".join(check["mismatches"])
@@ -142,8 +159,9 @@ def training_notes(result: dict) -> list[str]:
             continue
         per_epoch = sum(run["epoch_seconds"]) / len(run["epoch_seconds"])
         share = run["bn_calibration_seconds"] / per_epoch
-        notes.append(f"- {run['label']}: the per-epoch BatchNorm calibration ({run['bn_calibration_images']:,} "
-                     f"training images) takes {run['bn_calibration_seconds']:.2f} s, {percent(share, 0)} of a "
+        notes.append(f"- {run['label']}: a per-epoch BatchNorm calibration ({run['bn_calibration_images']:,} "
+                     f"training images; run only with a validation split, so not here) would take "
+                     f"{run['bn_calibration_seconds']:.2f} s, {percent(share, 0)} of a "
                      f"{per_epoch:.1f} s epoch; the final one over all {run['train_images']:,} images, once per "
                      f"run, {run['final_bn_calibration_seconds']:.1f} s.")
     return notes
@@ -480,3 +498,29 @@ def markdown(results: dict, command: str, results_name: str = "benchmarks/result
             lines += ["Note: the parts above did not all run with the same software or on the same machine; "
                       "see results.json for each part's own record.", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def keras_batchnorm_notes(result: dict) -> list[str]:
+    """Why Keras scores low after a few epochs, measured: the same weights with three kinds of BatchNorm
+    statistics, and what the recalibration would cost Keras if it were counted in its training speed."""
+    notes = []
+    ours = next((run for run in result["runs"] if run["stack"] == "ours" and run.get("available", True)), None)
+    for run in result["runs"]:
+        if run["stack"] != "keras" or run.get("available") is False or "test_accuracy_recalibrated" not in run:
+            continue
+        updates = math.ceil(run["train_images"] / run["batch_size"]) * run["epochs"]
+        charged = run["train_images"] * run["epochs"] / (run["seconds"] + run["bn_recalibration_seconds"])
+        ratio = "" if ours is None else (f" and ours with augmentation off {ours['images_per_second'] / charged:.2f}x "
+                                         "as fast")
+        notes.append(f"- {run['label']}, BatchNorm statistics (moving averages at momentum "
+                     f"{run['bn_momentum']:g}, {updates} updates in all): the same weights score "
+                     f"{percent(run['test_accuracy'])} on the test set with the moving averages, "
+                     f"{percent(run['test_accuracy_batch_statistics'])} with each test batch's own statistics "
+                     f"(training mode, batches of {run['batch_size']}) and "
+                     f"{percent(run['test_accuracy_recalibrated'])} with the statistics of all "
+                     f"{run['bn_recalibration_images']:,} training images in its "
+                     f"{run['bn_recalibrated_layers']} BatchNorm layers; Keras reported "
+                     f"{percent(run['train_accuracy_reported'])} training accuracy in the last epoch. The "
+                     f"recalibration took {run['bn_recalibration_seconds']:.1f} s after `fit`; counted in, Keras "
+                     f"would train at {number(charged)} images/s{ratio}.")
+    return notes

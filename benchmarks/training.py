@@ -11,8 +11,13 @@ same number of epochs and the same thread count, one after the other, each in it
 3. ``ours, default recipe``: the same with the default augmentation.
 
 Images/second is training images x epochs / wall time of the whole training call (``fit`` / ``train``),
-so our per-epoch BatchNorm calibration and checkpoints count against us. Each model is then scored on the
-official MNIST test set.
+so our final BatchNorm calibration over all training images (no epoch calibrates before it: there is
+no validation split) and checkpoints count against us. Each model is then scored on the
+official MNIST test set. Keras' model is scored with its BatchNorm moving averages (what ``predict`` uses),
+with batch statistics, and with statistics recalibrated over the training images as our ``train`` does at
+the end of a run; that recalibration is timed on its own and never counted in Keras' images/second (a
+favour to Keras). Our accuracy is compared with Keras' recalibrated accuracy (like for like) and with its
+moving-average accuracy.
 """
 
 from __future__ import annotations
@@ -85,6 +90,11 @@ def run(options: Options) -> dict:
             row = run_worker(stack, extra_args, options, epochs, defaults.batch_size, threads)
             if row.get("available", True):
                 options.log(f"    {row['images_per_second']:.0f} images/s, test accuracy {row['test_accuracy']:.4f}")
+                if "test_accuracy_recalibrated" in row:
+                    options.log(f"    with BatchNorm statistics recalibrated over the training images "
+                                f"{row['test_accuracy_recalibrated']:.4f} ({row['bn_recalibration_seconds']:.1f} s, "
+                                f"not counted in images/s), with batch statistics "
+                                f"{row['test_accuracy_batch_statistics']:.4f}")
             else:
                 options.log(f"    not available: {row['reason']}")
         rows.append({"label": label, "stack": stack, **row})
@@ -94,5 +104,6 @@ def run(options: Options) -> dict:
         if row["stack"] == "ours" and keras_row.get("available", True) and row.get("available", True):
             row["speedup_vs_keras"] = row["images_per_second"] / keras_row["images_per_second"]
             row["accuracy_minus_keras"] = row["test_accuracy"] - keras_row["test_accuracy"]
+            row["accuracy_minus_keras_recalibrated"] = row["test_accuracy"] - keras_row["test_accuracy_recalibrated"]
     return {"epochs": epochs, "batch_size": defaults.batch_size, "threads": options.threads, "runs": rows,
             "keras_baseline": keras_row.get("label"), "target_speedup": 1.5}

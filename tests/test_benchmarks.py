@@ -133,3 +133,63 @@ def test_fit_accuracy_scores_the_images_trained_on_and_not_the_validation_share(
     trained_on = np.setdiff1d(np.arange(40), val.labels)
     wrong[trained_on[:3]] = (labels[trained_on[:3]] + 1) % 10  # three of the 30 trained-on images
     assert fit_accuracy(to_noodle(model), Dataset(images, wrong, "d"), config) == pytest.approx(27 / 30)
+
+
+def test_channel_moments_match_numpy_over_the_whole_set():
+    """Chunked float64 moments against NumPy's two-pass mean and variance of the concatenated set."""
+    import numpy as np
+
+    from benchmarks.keras_model import channel_moments
+
+    rng = np.random.default_rng(1)
+    # an offset far from 0 and chunks of unequal size: a sum of squares kept in float32 would lose digits
+    chunks = [(1000 + 3 * rng.standard_normal((n, 5, 5, 6))).astype(np.float32) for n in (7, 1, 30)]
+    whole = np.concatenate(chunks).astype(np.float64).reshape(-1, 6)
+    mean, variance = channel_moments(chunks)
+    np.testing.assert_allclose(mean, whole.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(variance, whole.var(axis=0), rtol=1e-6)
+
+
+def test_recalibrated_batchnorm_layers_normalize_their_inputs_over_the_set():
+    """A NumPy network (1x1 convolutions, BatchNorm, ReLU) with wrong BatchNorm statistics, recalibrated
+    on a set of images: run afterwards in inference mode over the same set, every BatchNorm layer's output
+    must have per-channel mean 0 and variance var / (var + eps), which holds only if each layer got its own
+    input's statistics, measured after the layers before it were recalibrated."""
+    import numpy as np
+
+    from benchmarks.keras_model import recalibrate_sequential
+
+    eps = 1e-3
+    rng = np.random.default_rng(2)
+
+    class Pointwise:  # a 1x1 convolution, channels last
+        def __init__(self, c_in, c_out):
+            self.weight, self.bias = rng.standard_normal((c_in, c_out)), rng.standard_normal(c_out)
+
+        def __call__(self, x):
+            return x @ self.weight + self.bias
+
+    class BatchNorm:  # inference mode, gamma 1 and beta 0
+        def __init__(self, channels):
+            self.mean, self.variance = rng.standard_normal(channels), 1 + rng.random(channels)  # wrong on purpose
+
+        def __call__(self, x):
+            return (x - self.mean) / np.sqrt(self.variance + eps)
+
+    def set_statistics(layer, mean, variance):
+        layer.mean, layer.variance = mean, variance
+
+    relu = lambda x: np.maximum(x, 0)  # noqa: E731
+    layers = [Pointwise(3, 4), BatchNorm(4), relu, Pointwise(4, 5), BatchNorm(5), relu, Pointwise(5, 2), BatchNorm(2)]
+    images = 4 + 2 * rng.standard_normal((50, 6, 6, 3))
+    count = recalibrate_sequential(layers, images, lambda layer, x: layer(x),
+                                   lambda layer: isinstance(layer, BatchNorm), set_statistics, chunk=16)
+    assert count == 3
+    x = images
+    for layer in layers:
+        if isinstance(layer, BatchNorm):
+            inputs = x.reshape(-1, x.shape[-1])
+            outputs = layer(x).reshape(-1, x.shape[-1])
+            np.testing.assert_allclose(outputs.mean(axis=0), 0, atol=1e-9)
+            np.testing.assert_allclose(outputs.var(axis=0), inputs.var(axis=0) / (inputs.var(axis=0) + eps), rtol=1e-9)
+        x = layer(x)
