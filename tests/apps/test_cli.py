@@ -39,6 +39,8 @@ def test_train_evaluate_predict(tmp_path, capsys, mnist_train, mnist_test):
                          "--quiet")
     assert code == 0, err
     assert (run_dir / "best.pt").is_file() and (run_dir / "metrics.csv").is_file()
+    # 1,500 training images, no --batch-size: the small-set recipe's batch (ablation-small), recorded
+    assert json.loads((run_dir / "config.json").read_text())["batch_size"] == 32
     # a second train into the same folder must not silently overwrite it
     code, _, err = run(capsys, "train", "--data-dir", data, "--epochs", 1, "--out", run_dir, "--quiet")
     assert code == 2 and "--resume" in err and len(err.strip().splitlines()) == 1
@@ -110,6 +112,15 @@ def test_bad_input_gives_one_line_error(tmp_path, capsys, trained_run, argv, mes
 
 
 @pytest.mark.slow
+def test_a_training_set_of_5000_images_keeps_the_default_batch(tmp_path, capsys, mnist_train):
+    """The small-set batch is for sets under 5,000 images: at 5,000 the run trains at the default recipe's 128."""
+    data = write_idx_set(tmp_path / "data", mnist_train.images[:5000], mnist_train.labels[:5000])
+    code, _, err = run(capsys, "train", "--data-dir", data, "--epochs", 1, "--no-augment", "--out", tmp_path / "run",
+                       "--quiet")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["batch_size"] == 128
+
+
 def test_pipeline_offline_on_bundled_sample(tmp_path, capsys, monkeypatch):
     """The main job runs offline: trains, evaluates, quantizes, runs both models on the simulated
     microcontrollers whose tools are installed (each profiled per layer too: the report's per-block chart),
@@ -130,6 +141,7 @@ def test_pipeline_offline_on_bundled_sample(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     result = json.loads((out_dir / "evaluation.json").read_text())
     assert result["n"] == 1000
+    assert json.loads((out_dir / "config.json").read_text())["batch_size"] == 32  # 3,000 images: a small set
     # the job's evaluation is best.pt's on the sample's held-out 1,000 images (checked with another engine)
     test_set = load_dataset("mnist-sample", "test")
     tensors = load_tensors(out_dir / "best.pt")

@@ -30,7 +30,8 @@ from mobile_lenet.codegen.memory import int8_plan, memory_dict, memory_text, row
 from mobile_lenet.engines.registry import ENGINES
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import WriteError, check_writable_file, check_writable_folder
-from mobile_lenet.model.config import TrainConfig, check_config, read_config
+from mobile_lenet.model.config import (SMALL_SET_BATCH_SIZE, SMALL_TRAINING_SET, TrainConfig, check_config,
+                                       default_batch_size, read_config)
 from mobile_lenet.model.data import DATASETS, load_dataset, resolve_dataset
 from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT
 
@@ -129,6 +130,8 @@ def cmd_train(args) -> int:
         check_config(config)
         config.dataset = resolve_dataset(args.dataset, args.data_dir, log=_note)  # after the checks: it may download
     train_set = load_dataset(config.dataset, "train", config.data_dir)
+    if not args.resume and args.batch_size is None:  # the default recipe's batch for this training set's size
+        config.batch_size = default_batch_size(len(train_set))
     from mobile_lenet.model.training import train
 
     existed = out.exists()
@@ -408,7 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
     _dataset_args(p)
     p.add_argument("--out", required=True, help="run folder (config.json, metrics.csv, best.pt, last.pt)")
     p.add_argument("--epochs", type=int, help=f"number of epochs (default {defaults.epochs})")
-    p.add_argument("--batch-size", type=int, help=f"batch size (default {defaults.batch_size})")
+    p.add_argument("--batch-size", type=int, help=f"batch size (default {defaults.batch_size}; "
+                   f"{SMALL_SET_BATCH_SIZE} for a training set under {SMALL_TRAINING_SET:,} images)")
     p.add_argument("--lr", type=float, help=f"peak learning rate of the one-cycle schedule (default {defaults.lr:g})")
     p.add_argument("--seed", type=int, help="random seed (default 0); same seed, same weights")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction,

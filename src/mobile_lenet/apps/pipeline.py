@@ -23,6 +23,7 @@ from mobile_lenet.apps.simulate import DEPLOY_COUNT, deploy
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import atomic_write_text, check_writable_folder
 from mobile_lenet.formats.model_files import load_tensors
+from mobile_lenet.model.config import default_batch_size
 from mobile_lenet.model.data import load_dataset, resolve_dataset
 from mobile_lenet.model.training import TrainConfig, check_config, read_config, train
 from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT
@@ -43,14 +44,16 @@ def run_pipeline(out: Path, dataset: str = "auto", data_dir: str | None = None, 
     check_config(TrainConfig(**settings))  # before any data is loaded or downloaded
     check_writable_folder(out)
     dataset = resolve_dataset(dataset, data_dir, log)
+    train_set = load_dataset(dataset, "train", data_dir)
+    settings.setdefault("batch_size", default_batch_size(len(train_set)))  # smaller for a small training set
     config = check_config(TrainConfig(dataset=dataset, data_dir=data_dir, **settings))
     member = "" if arch.is_seed else f" the member with {arch.describe()}"
     log(f"[1/{STEPS}] training{member} on {dataset}{' from ' + data_dir if data_dir else ''} for {epochs} epochs "
-        f"-> {out}")
+        f"(batch {config.batch_size}) -> {out}")
     resume = (out / "config.json").is_file()  # a run started here (even one killed in its first epoch)
     if resume and read_config(out / "config.json") != config:
         raise UserError(f"{out}: holds a run with other settings; choose another --out")
-    train(config, load_dataset(dataset, "train", data_dir), out, resume=resume, progress=progress, log=log)
+    train(config, train_set, out, resume=resume, progress=progress, log=log)
 
     log(f"[2/{STEPS}] evaluating best.pt on the test split")
     tensors = load_tensors(out)

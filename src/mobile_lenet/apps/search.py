@@ -38,6 +38,7 @@ from mobile_lenet.codegen.mcu_firmware import Target, get_target
 from mobile_lenet.codegen.memory import int8_plan, row_plan
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import atomic_write_text, check_writable_folder
+from mobile_lenet.model.config import default_batch_size
 
 # The search space. Widths and input sizes are a short list, so every front member is a reproducible command.
 WIDTHS = (0.5, 0.75, 1.0, 1.5, 2.0)
@@ -203,7 +204,7 @@ def objective(trial, settings: Settings, out: Path, train_set) -> tuple[float, f
     run = out / "trials" / f"{trial.number:04d}"
     config = TrainConfig(dataset=settings.dataset, data_dir=settings.data_dir, epochs=params["epochs"],
                          lr=params["lr"], augment=params["augment"], elastic=params["elastic"], seed=0,
-                         architecture=arch.to_dict())
+                         architecture=arch.to_dict(), batch_size=default_batch_size(len(train_set)))  # as train
     train(config, train_set, run, progress=False, log=lambda _: None)
     trial.set_user_attr("run", str(run))
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which machine holds its run folder
