@@ -28,6 +28,7 @@ import multiprocessing
 import os
 import shlex
 import socket
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -275,6 +276,11 @@ def search(target: str, out: str | os.PathLike, trials: int = 20, timeout_min: f
     check_writable_folder(out)
     if out.is_dir() and any(out.iterdir()) and not (out / SETTINGS_FILE).is_file():
         raise UserError(f"{out}: is not empty and holds no search ({SETTINGS_FILE}); choose another --out")
+    # "auto" is resolved once, here, and the study records what it became: a worker (or a later --export) on a
+    # machine where it would resolve otherwise is then refused for its other settings, not trained on other data
+    from mobile_lenet.model.data import resolve_dataset
+
+    dataset = resolve_dataset(dataset, data_dir, log=lambda line: print(line, file=sys.stderr))
     settings = Settings(target, dataset, None if data_dir is None else os.path.realpath(data_dir), epochs)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if storage:  # a remote storage is opened before anything is written here
