@@ -87,10 +87,9 @@ def train_member(config, data: dict, run_dir: Path) -> dict:
     return result
 
 
-def simulate_member(run_dir: Path, data: dict, work: Path, log) -> list[dict]:
-    """The seed-0 int8 model of a member on every target: the simulate report's figures, or why not."""
+def simulate_member(run_dir: Path, data: dict, work: Path, log, targets: tuple) -> list[dict]:
+    """The seed-0 int8 model of a member on each of ``targets``: the simulate report's figures, or why not."""
     from mobile_lenet.apps.simulate import simulate
-    from mobile_lenet.codegen.mcu_firmware import TARGETS
     from mobile_lenet.errors import UserError
     from mobile_lenet.formats.model_files import load_float_model
     from mobile_lenet.model.images import resize_digits
@@ -102,7 +101,7 @@ def simulate_member(run_dir: Path, data: dict, work: Path, log) -> list[dict]:
     calibration = pick_calibration_images(resize_digits(train_set.images, arch.input_size), DEFAULT_CALIBRATION_COUNT)
     qmodel = quantize_model(tensors, calibration, arch=arch)
     rows = []
-    for target in TARGETS:
+    for target in targets:
         log(f"    {run_dir.name}: int8 on {target} ...")
         try:
             report = simulate(qmodel, target, resize_digits(test_set.images, arch.input_size), test_set.labels,
@@ -131,7 +130,10 @@ def run_part(options: Options, part: str) -> dict:
     seeds = settings["seeds"][:1] if options.quick else settings["seeds"]
     data = {"data_dir": str(folder), "train_images": QUICK["train_images"] if options.quick else None,
             "test_images": QUICK["test_images"] if options.quick else None}
-    members = MEMBERS[2::4] if options.quick else MEMBERS
+    from mobile_lenet.codegen.mcu_firmware import TARGETS
+
+    # --quick checks the harness: one member that is not the seed's network, on one target
+    members, targets = (((1.0, 16),), ("cortex-m4f",)) if options.quick else (MEMBERS, tuple(TARGETS))
     defaults = TrainConfig()
     jobs = max(1, options.threads)
     options.log(f"  {part}: {len(members)} members x {len(seeds)} seeds on {folder.name}, {jobs} at a time ...")
@@ -166,7 +168,7 @@ def run_part(options: Options, part: str) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-family-") as sim_dir:
         for (alpha, size), row in zip(members, rows):
             run_dir = work / f"{part}-{member_name(alpha, size).replace(', ', '-')}-seed{seeds[0]}"
-            row["targets"] = simulate_member(run_dir, data, Path(sim_dir) / run_dir.name, options.log)
+            row["targets"] = simulate_member(run_dir, data, Path(sim_dir) / run_dir.name, options.log, targets)
     plot = (work if options.quick else ROOT / "benchmarks") / f"{part}.png"
     draw_plot(rows, plot)
     return {"recipe": asdict(defaults), "seeds": list(seeds), "trained_on": folder.name,

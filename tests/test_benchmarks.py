@@ -67,6 +67,11 @@ def test_quick_run_writes_results_and_markdown(tmp_path):
         entry = data["parts"][part]
         assert entry["quick"] and "error" not in entry and "result" in entry
         assert entry["machine"]["cores"] >= 1 and entry["machine"]["libraries"]["torch"]
+    for part in ("family", "family-10k"):  # the seed's channels at 16x16: the seed document's 3,258 parameters
+        (member,) = data["parts"][part]["result"]["members"]
+        assert member["input_size"] == 16 and member["parameters"] == 3258
+        (m4f,) = member["targets"]
+        assert m4f["target"] == "cortex-m4f" and m4f["n"] == m4f["agreement_with_reference"] >= 1
     accuracy = data["parts"]["accuracy"]["result"]
     runs = accuracy["mnist"]["runs"]
     assert len(runs) == 2

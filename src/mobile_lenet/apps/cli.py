@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from mobile_lenet import spec
 # Only what the parser and the light verbs need is imported here; PyTorch, FastAPI and matplotlib load inside the
 # verbs that use them, so `--help` and `summary` start in a fraction of a second.
 from mobile_lenet.apps import device, simulate
+from mobile_lenet.apps.cli_output import USER_OS_ERRORS, GuardedOutput, silence
 from mobile_lenet.apps.export import FORMATS as EXPORT_FORMATS
 from mobile_lenet.apps.search import DEFAULT_STUDY
 from mobile_lenet.apps.summary import summary_dict, summary_text
@@ -31,7 +30,7 @@ from mobile_lenet.engines.registry import ENGINES
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import WriteError, check_writable_file, check_writable_folder
 from mobile_lenet.model.config import (SMALL_SET_BATCH_SIZE, SMALL_TRAINING_SET, TrainConfig, check_config,
-                                       default_batch_size, read_config)
+                                       check_resumed_settings, default_batch_size, read_config)
 from mobile_lenet.model.data import DATASETS, load_dataset, resolve_dataset
 from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT
 
@@ -101,16 +100,8 @@ def cmd_train(args) -> int:
         if not (out / "config.json").is_file():
             raise UserError(f"{out}: nothing to resume (no config.json and last.pt)")
         config = read_config(out / "config.json")
-        for name in RUN_FLAGS:  # a resumed run keeps its settings: a different one given now is refused
-            given, saved, flag = getattr(args, name), getattr(config, name), "--" + name.replace("_", "-")
-            same = given == saved or (name == "data_dir" and None not in (given, saved)
-                                      and os.path.realpath(given) == os.path.realpath(saved))
-            if given is not None and not same:
-                shown = (("--augment" if saved else "--no-augment") if name == "augment"
-                         else f"no {flag}" if saved is None else f"{flag} {saved}")
-                raise UserError(f"{out} was started with {shown} (its config.json) and a resumed run keeps its "
-                                f"settings; resume without {flag}, or start a new run")
-        _check_resumed_architecture(args, config.member, out)
+        check_resumed_settings(config, {name: getattr(args, name) for name in RUN_FLAGS},
+                               (args.width, args.channels, args.input_size), out)
         if (out / "last.pt").exists():  # a damaged one is refused now, before the data is loaded
             from mobile_lenet.model.checkpoints import read_checkpoint
             from mobile_lenet.model.training import resume_refused
@@ -147,19 +138,6 @@ def cmd_train(args) -> int:
     teacher = f" (teacher: {out / 'teacher.pt'})" if config.distill_epochs else ""
     print(f"wrote {out / 'best.pt'}, {out / 'last.pt'} and {out / 'metrics.csv'}{teacher}")
     return 0
-
-
-def _check_resumed_architecture(args, saved: spec.Architecture, out: Path) -> None:
-    """A resumed run trains the member it was started with: --width/--channels/--input-size naming another one
-    are refused."""
-    if args.width is None and args.channels is None and args.input_size is None:
-        return
-    given = spec.Architecture.from_options(args.width, args.channels,
-                                           saved.input_size if args.input_size is None else args.input_size)
-    same_channels = args.width is None and args.channels is None or given.channels == saved.channels
-    if not same_channels or given.input_size != saved.input_size:
-        raise UserError(f"{out} was started with {saved.describe()} (its config.json) and a resumed run keeps its "
-                        f"network; resume without --width/--channels/--input-size, or start a new run")
 
 
 def cmd_evaluate(args) -> int:
@@ -566,14 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Errors of the file system that a user's names or disk cause wherever they are met: one line, not a traceback.
-USER_OS_ERRORS = {errno.ENAMETOOLONG: "a file name too long", errno.ENOSPC: "no space left on the disk",
-                  errno.EDQUOT: "disk quota exceeded", errno.EROFS: "a read-only file system"}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    stdout, sys.stdout = sys.stdout, _GuardedOutput(sys.stdout)
+    stdout, sys.stdout = sys.stdout, GuardedOutput(sys.stdout)
     try:
         args = parser.parse_args(argv)
         code = args.func(args)
@@ -586,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
         print("mobile-lenet: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
-        _silence(stdout)
+        silence(stdout)
         return 141
     except OSError as e:
         if e.errno not in USER_OS_ERRORS:
@@ -596,45 +569,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         sys.stdout = stdout
-
-
-class _GuardedOutput:
-    """``sys.stdout`` while a verb runs: a write that fails (a full disk, ``>/dev/full``) is a UserError, and the
-    stream is silenced so the interpreter's flush at exit adds no second message."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
-
-    def write(self, text: str) -> int:
-        return self._guarded(self._stream.write, text)
-
-    def flush(self) -> None:
-        return self._guarded(self._stream.flush)
-
-    def _guarded(self, call, *args):
-        try:
-            return call(*args)
-        except BrokenPipeError:
-            raise
-        except OSError as e:
-            _silence(self._stream)
-            raise UserError(f"cannot write the output ({e.strerror or e})") from None
-
-
-def _silence(stream) -> None:
-    """Point ``stream``'s file descriptor at /dev/null (where what it still holds can be flushed harmlessly)."""
-    try:
-        fd = stream.fileno()
-    except (OSError, ValueError, AttributeError):  # no real descriptor (a test's capture)
-        return
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, fd)
-    finally:
-        os.close(null)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -128,3 +129,27 @@ def read_config(path: Path) -> TrainConfig:
 def write_config(out_dir: Path, config: TrainConfig) -> None:
     """config.json of a run, written atomically."""
     atomic_write_text(Path(out_dir) / "config.json", json.dumps(asdict(config), indent=2) + "\n")
+
+
+def check_resumed_settings(config: TrainConfig, given: dict, member_options: tuple, where: Path) -> None:
+    """A resumed run keeps its settings (``config``, from its config.json in ``where``): a setting ``given`` now
+    (``train``'s flags by field name, None where not given) that differs, or ``member_options`` (--width,
+    --channels, --input-size) naming another family member, is refused in one line."""
+    for name, value in given.items():
+        saved, flag = getattr(config, name), "--" + name.replace("_", "-")
+        same = value == saved or (name == "data_dir" and None not in (value, saved)
+                                  and os.path.realpath(value) == os.path.realpath(saved))
+        if value is not None and not same:
+            shown = (("--augment" if saved else "--no-augment") if name == "augment"
+                     else f"no {flag}" if saved is None else f"{flag} {saved}")
+            raise UserError(f"{where} was started with {shown} (its config.json) and a resumed run keeps its "
+                            f"settings; resume without {flag}, or start a new run")
+    width, channels, input_size = member_options
+    if width is None and channels is None and input_size is None:
+        return
+    saved = config.member
+    named = spec.Architecture.from_options(width, channels, saved.input_size if input_size is None else input_size)
+    same_channels = width is None and channels is None or named.channels == saved.channels
+    if not same_channels or named.input_size != saved.input_size:
+        raise UserError(f"{where} was started with {saved.describe()} (its config.json) and a resumed run keeps its "
+                        f"network; resume without --width/--channels/--input-size, or start a new run")
