@@ -252,23 +252,42 @@ class SimulatorRun:
         self._stop()
         if exc[0] is None:
             self._read_measurements()
+        elif (reason := self.stack_collision()) is not None:
+            # what the host saw (a serial port that went away) is a symptom: say what happened on the chip
+            raise UserError(reason) from None
+
+    def stack_collision(self) -> str | None:
+        """Why an AVR firmware crashed, when its stack grew down into its static data (the build's static RAM
+        fits the chip, but not together with the stack the network needs): one line, or None."""
+        if self.firmware.target.simulator != "simavr" or self.firmware.external_ram:
+            return None
+        lines = [line for line in self._summary_text.splitlines() if line.startswith("{")]
+        if not lines:
+            return None
+        summary = json.loads(lines[-1])
+        static_end = self.firmware.symbols["__bss_end"][0] & 0xFFFF  # data addresses carry 0x800000 in an AVR ELF
+        if summary.get("stop") != "crashed" or summary["min_sp"] > static_end:
+            return None
+        stack = summary["ramend"] - summary["min_sp"]
+        return (f"{self.firmware.target.name}: the {'int8' if self.firmware.int8 else 'float'} model does not fit: "
+                f"its stack ran into the static data and the chip crashed (static RAM "
+                f"{self.firmware.static_ram_bytes:,} bytes plus at least {stack:,} bytes of stack, over the chip's "
+                f"{self.firmware.target.ram_bytes:,} bytes of SRAM)")
 
     def stop(self, kill: bool = False) -> None:
         """Stop the simulator now, for a run held open across many requests rather than a ``with`` block; its
         measurements are not read. SIGTERM, then SIGKILL after STOP_TIMEOUT_S; ``kill``: SIGKILL at once (a
         simulator that stopped answering may not heed a SIGTERM either)."""
-        if self.process is not None and self.process.poll() is not None:  # ended already: close its output pipe
-            self.process.communicate()
-        elif kill and self.process is not None:
+        if kill and self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.communicate()
-        else:
-            self._stop()
+        self._stop()  # (one that ended already: its output pipe read and closed)
 
     def _stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
+        if self.process is None or self.process.stdout is None or self.process.stdout.closed:
+            return  # not started, or stopped and read already
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        # read what it printed last (simavr_runner's summary) also when it ended by itself, e.g. a crashed core
         try:
             output, _ = self.process.communicate(timeout=STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
