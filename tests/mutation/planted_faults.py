@@ -243,11 +243,11 @@ FAULTS = [
 ISSUE_25_FAULTS = [
     # Measurements of the simulated chips
     Fault("sim: skip range starts at the handler's second instruction", "engines/mcu_simulators.py",
-          "f\"skip_lo={handler:#x},skip_hi={handler + handler_size:#x}\"",
-          "f\"skip_lo={handler + 2:#x},skip_hi={handler + handler_size:#x}\"", (MCU_SIM + "::" + TIMER_TEST,)),
+          "        return handler, handler + handler_size\n",
+          "        return handler + 2, handler + handler_size\n", (MCU_SIM + "::" + TIMER_TEST,)),
     Fault("sim: timer handler not subtracted per image", "engines/mcu_simulators.py",
-          "self.measurements.per_image.append((after - before) - (skipped_after - skipped_before))",
-          "self.measurements.per_image.append(after - before)", (MCU_SIM + "::" + TIMER_TEST,)),
+          "return [(counts[i + 1] - counts[i]) - (skipped[i + 1] - skipped[i]) for i in range(len(counts) - 1)]",
+          "return [counts[i + 1] - counts[i] for i in range(len(counts) - 1)]", (MCU_SIM + "::" + TIMER_TEST,)),
     Fault("QEMU plugin: skip range excludes its first address", "c/sim/qemu_insn_plugin.c",
           "if (vaddr >= skip_lo && vaddr < skip_hi) {", "if (vaddr > skip_lo && vaddr < skip_hi) {",
           (MCU_SIM + "::" + TIMER_TEST,)),
@@ -264,8 +264,8 @@ ISSUE_25_FAULTS = [
           'if "_sbss" in symbols and "_ebss" in symbols:', 'if "_sbss" in symbols and "_stack" in symbols:',
           (MCU_FW + "::test_arm_firmware_holds_the_planned_buffers_and_the_weights",)),
     Fault("simavr: cycles between inferences taken for inferences", "engines/mcu_simulators.py",
-          "[after - before for before, after in zip(marks[0::2], marks[1::2])]",
-          "[after - before for before, after in zip(marks[1::2], marks[2::2])]",
+          "for start in range(0, len(counts) - per_image + 1, per_image):",
+          "for start in range(1, len(counts) - per_image + 1, per_image):",
           (SIMULATE + "::test_atmega2560_runs_the_int8_network_in_its_8_kb",)),
     # simulate's report and text
     Fault("simulate: correct count truncated in the text", "apps/simulate.py",
