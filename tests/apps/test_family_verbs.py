@@ -171,6 +171,22 @@ def test_demo_serves_a_member(member16_tensors, sample_test):
     assert [stage["shape"][:2] for stage in answer["stages"]][-1] == [4, 4]  # 16 -> 8 -> 4 after two stride-2 blocks
 
 
+def test_the_demo_runs_a_member_on_a_simulated_microcontroller(member_int8, sample_test):
+    """The int8 member on the demo's cortex-m4f engine: the firmware gets the member's 16x16 bytes and answers the
+    digit the int8 NumPy engine gives for the same resized input."""
+    from fastapi.testclient import TestClient
+
+    from mobile_lenet.apps.demo import create_app
+
+    qmodel = load_quantized(member_int8)
+    with TestClient(create_app(qmodel, targets=["cortex-m4f"])) as client:
+        answers = [client.post("/api/predict", json={"pixels": image.tolist(), "engine": "cortex-m4f"}).json()
+                   for image in sample_test.images[:2]]
+    expected = int8_logits(qmodel, resized(sample_test.images[:2])).argmax(axis=1)
+    assert [answer.get("prediction", answer.get("error")) for answer in answers] == expected.tolist()
+    assert all(answer["microcontroller"]["whole_image"] > 0 for answer in answers)
+
+
 def test_pipeline_refuses_a_bad_member_before_anything(tmp_path, capsys):
     code, out, err = run(capsys, "pipeline", "--out", tmp_path / "p", "--input-size", 40, "--dataset", "mnist-sample")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "input size" in err

@@ -200,6 +200,7 @@ class McuEngine:
         try:
             self._link = DeviceLink.open(run.port, timeout=self.reply_timeout_s)
             self._link.name = f"{self.target.name} ({self.target.simulator})"
+            self._link.image_size = spec.architecture_of(self.model).input_size  # the member's SxS bytes
             self._link.wait_ready()
         except DeviceError as e:
             self._stop_simulator(kill=True)
