@@ -33,8 +33,7 @@ SEEDS = (0, 1, 2)
 SIMULATED_IMAGES = 20  # test images per member and target (the seed-0 model)
 # Small MNIST CNNs from the literature, as issue 26 quotes them: (parameters, test accuracy).
 PUBLISHED = ((697, 0.9903), (4_862, 0.9907), (7_070, 0.994), (8_900, 0.995))
-SETTINGS = {"family": {"train_images": None, "seeds": SEEDS, "data": "full"},
-            "family-10k": {"train_images": None, "seeds": (0,), "data": "10k"}}
+SETTINGS = {"family": {"seeds": SEEDS, "data": "full"}, "family-10k": {"seeds": (0,), "data": "10k"}}
 
 
 def member(alpha: float, input_size: int):
@@ -46,6 +45,20 @@ def member(alpha: float, input_size: int):
 
 def member_name(alpha: float, input_size: int) -> str:
     return f"alpha={alpha:g}" + ("" if input_size == 28 else f", {input_size}x{input_size}")
+
+
+def run_folder(work: Path, part: str, alpha: float, input_size: int, seed: int) -> Path:
+    """Where one member's run of one seed trains."""
+    return work / f"{part}-{member_name(alpha, input_size).replace(', ', '-')}-seed{seed}"
+
+
+def int8_member(tensors, arch, train_images):
+    """The int8 model of a member as ``mobile-lenet quantize`` makes it: 1,000 training images, resized."""
+    from mobile_lenet.model.images import resize_digits
+    from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT, pick_calibration_images, quantize_model
+
+    calibration = pick_calibration_images(resize_digits(train_images, arch.input_size), DEFAULT_CALIBRATION_COUNT)
+    return quantize_model(tensors, calibration, arch=arch)
 
 
 def train_member(config, data: dict, run_dir: Path) -> dict:
@@ -60,7 +73,6 @@ def train_member(config, data: dict, run_dir: Path) -> dict:
     from mobile_lenet.formats.model_files import load_float_model
     from mobile_lenet.model.images import resize_digits
     from mobile_lenet.model.training import train
-    from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT, pick_calibration_images, quantize_model
 
     done_file = run_dir / "benchmark-result.json"
     key = json.loads(json.dumps({"config": cache_key(config), "data": data}, default=str))
@@ -77,9 +89,7 @@ def train_member(config, data: dict, run_dir: Path) -> dict:
     tensors, arch = load_float_model(run_dir / "best.pt")
     test_images = resize_digits(test_set.images, arch.input_size)
     float_logits = registry.logits(tensors, test_images, "torch", arch=arch)
-    calibration = pick_calibration_images(resize_digits(train_set.images, arch.input_size), DEFAULT_CALIBRATION_COUNT)
-    qmodel = quantize_model(tensors, calibration, arch=arch)
-    int8_logits = registry.logits(qmodel, test_images, "reference")
+    int8_logits = registry.logits(int8_member(tensors, arch, train_set.images), test_images, "reference")
     result = {"seed": config.seed, "seconds": seconds, "train_images": len(train_set), "test_images": len(test_set),
               "test_accuracy": float(np.mean(float_logits.argmax(axis=1) == test_set.labels)),
               "int8_test_accuracy": float(np.mean(int8_logits.argmax(axis=1) == test_set.labels))}
@@ -93,13 +103,11 @@ def simulate_member(run_dir: Path, data: dict, work: Path, log, targets: tuple) 
     from mobile_lenet.errors import UserError
     from mobile_lenet.formats.model_files import load_float_model
     from mobile_lenet.model.images import resize_digits
-    from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT, pick_calibration_images, quantize_model
 
     tensors, arch = load_float_model(run_dir / "best.pt")
     train_set = load("mnist", "train", data["data_dir"], data["train_images"])
     test_set = load("mnist", "test", data["data_dir"], SIMULATED_IMAGES)
-    calibration = pick_calibration_images(resize_digits(train_set.images, arch.input_size), DEFAULT_CALIBRATION_COUNT)
-    qmodel = quantize_model(tensors, calibration, arch=arch)
+    qmodel = int8_member(tensors, arch, train_set.images)
     rows = []
     for target in targets:
         log(f"    {run_dir.name}: int8 on {target} ...")
@@ -148,8 +156,7 @@ def run_part(options: Options, part: str) -> dict:
     order = sorted(configs, key=lambda item: -spec.totals(member(item[0], item[1]))["macs"])
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        futures = {item: pool.submit(train_member, configs[item], data,
-                                     work / f"{part}-{member_name(item[0], item[1]).replace(', ', '-')}-seed{item[2]}")
+        futures = {item: pool.submit(train_member, configs[item], data, run_folder(work, part, *item))
                    for item in order}
         rows = []
         for alpha, size in members:
@@ -167,7 +174,7 @@ def run_part(options: Options, part: str) -> dict:
                         f"{100 * rows[-1]['accuracy']['mean']:.2f}% (int8 {100 * rows[-1]['int8_accuracy']['mean']:.2f}%)")
     with tempfile.TemporaryDirectory(prefix="bench-family-") as sim_dir:
         for (alpha, size), row in zip(members, rows):
-            run_dir = work / f"{part}-{member_name(alpha, size).replace(', ', '-')}-seed{seeds[0]}"
+            run_dir = run_folder(work, part, alpha, size, seeds[0])
             row["targets"] = simulate_member(run_dir, data, Path(sim_dir) / run_dir.name, options.log, targets)
     plot = (work if options.quick else ROOT / "benchmarks") / f"{part}.png"
     draw_plot(rows, plot)

@@ -256,3 +256,16 @@ class Zygote:
     def close(self):
         self.process.stdin.close()
         self.process.wait(timeout=30)
+
+
+def live_in_sessions(sessions) -> int:
+    """Live processes in the process sessions ``sessions`` (a simulator a test started leads its own, with anything
+    it spawned, even orphaned): the test's own children, never anything else on the machine."""
+    count = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        count += fields[0] != "Z" and int(fields[3]) in sessions  # state, ..., session id
+    return count

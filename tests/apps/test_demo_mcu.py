@@ -23,6 +23,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx.*deprecated")
     from fastapi.testclient import TestClient
 
+from conftest import live_in_sessions
 from mobile_lenet import spec
 from mobile_lenet.apps import demo, demo_mcu, simulate
 from mobile_lenet.apps.device import DeviceLink, run_on_device
@@ -42,14 +43,7 @@ needs_avr = pytest.mark.skipif(simulate.missing_tools("atmega2560") is not None,
 
 def in_session(session: int) -> int:
     """Live processes in the session ``session`` (a simulator leads its own): never anything else on the machine."""
-    count = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        count += fields[0] != "Z" and int(fields[3]) == session
-    return count
+    return live_in_sessions((session,))
 
 
 def png(gray: np.ndarray) -> bytes:

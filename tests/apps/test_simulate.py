@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import MNIST_10K, UPSTREAM, profile_chart_columns
+from conftest import MNIST_10K, UPSTREAM, live_in_sessions, profile_chart_columns
 from mobile_lenet import spec
 from mobile_lenet.apps import simulate
 from mobile_lenet.apps.report_deployment import deployment_section
@@ -45,14 +44,7 @@ def record_simulators(monkeypatch):
 def simulators_running() -> int:
     """Live processes in the sessions of the simulators this test started (a simulator and anything it
     spawned, even if orphaned): never anything else on the machine."""
-    count = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        count += fields[0] != "Z" and int(fields[3]) in STARTED_SESSIONS  # state, ..., session id
-    return count
+    return live_in_sessions(STARTED_SESSIONS)
 
 
 def test_cortex_m4f_float_agrees_with_the_reference_and_is_measured(upstream_tensors, mnist_test, tmp_path):

@@ -261,10 +261,9 @@ class SimulatorRun:
         fits the chip, but not together with the stack the network needs): one line, or None."""
         if self.firmware.target.simulator != "simavr" or self.firmware.external_ram:
             return None
-        lines = [line for line in self._summary_text.splitlines() if line.startswith("{")]
-        if not lines:
+        summary = self._simavr_summary()
+        if summary is None:
             return None
-        summary = json.loads(lines[-1])
         static_end = self.firmware.symbols["__bss_end"][0] & 0xFFFF  # data addresses carry 0x800000 in an AVR ELF
         if summary.get("stop") != "crashed" or summary["min_sp"] > static_end:
             return None
@@ -321,11 +320,15 @@ class SimulatorRun:
             if self.firmware.layer_marks:
                 self.measurements.per_layer.append(intervals)
 
-    def _read_simavr_summary(self) -> None:
+    def _simavr_summary(self) -> dict | None:
+        """The JSON summary simavr_runner printed last (None when it printed none)."""
         lines = [line for line in self._summary_text.splitlines() if line.startswith("{")]
-        if not lines:
+        return json.loads(lines[-1]) if lines else None
+
+    def _read_simavr_summary(self) -> None:
+        summary = self._simavr_summary()
+        if summary is None:
             raise UserError("simavr_runner ended without its summary")
-        summary = json.loads(lines[-1])
         # cycles are the chip's time, its timer interrupts included: nothing is left out on the AVR
         self._split_marks(summary["marks"], [0] * len(summary["marks"]))
         self.measurements.peak_stack_bytes = summary["ramend"] - summary["min_sp"]
