@@ -146,6 +146,25 @@ def test_export_best_runs_the_main_job_for_that_trial(exported):
         assert (run / path).is_file(), path
 
 
+def test_export_epochs_trains_the_pick_longer_into_its_own_folder(mega_search, exported):
+    """--export-epochs: the trial's member and recipe, trained that many epochs (the metrics have one row per
+    epoch), beside the plain export (which stays as it is)."""
+    out, plain, _ = exported
+    before = _snapshot(plain)
+    real_which = shutil.which
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(shutil, "which", lambda name, *a, **k: None if name in SIMULATORS else real_which(name, *a, **k))
+        assert main(["search", "--out", str(out), "--export", "0", "--export-epochs", "2", "--quiet"]) == 0
+    run = out / "export-0000-2-epochs"
+    config = json.loads((run / "config.json").read_text())
+    trial = json.loads((out / "front.json").read_text())["complete"][0]
+    assert config["epochs"] == 2 != trial["params"]["epochs"]
+    assert (config["lr"], config["augment"], config["architecture"]) == \
+           (trial["params"]["lr"], trial["params"]["augment"], trial["architecture"])
+    assert len((run / "metrics.csv").read_text().strip().splitlines()) == 1 + 2  # header, two epochs
+    assert (run / "evaluation.json").is_file() and _snapshot(plain) == before
+
+
 def test_export_picks_the_most_accurate_front_member():
     front = {"front": [{"trial": 3, "val_accuracy": 0.91, "latency_ms": 9.0},
                        {"trial": 5, "val_accuracy": 0.97, "latency_ms": 30.0},
@@ -166,6 +185,8 @@ def _snapshot(folder: Path) -> dict:
     (["--export", "0", "--target", "cortex-m4f"], "is a search for atmega2560, not cortex-m4f"),
     (["--export", "0", "--trials", "5"], "drop --trials"),
     (["--export-out", "x"], "--export-out needs --export"),
+    (["--export-epochs", "3"], "--export-epochs needs --export"),
+    (["--export", "0", "--export-epochs", "0"], "--export-epochs must be a whole number from 1"),
 ])
 def test_bad_export_input_is_one_line_and_writes_nothing(mega_search, capsys, extra, message):
     out, _, _ = mega_search

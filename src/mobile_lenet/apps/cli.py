@@ -318,8 +318,8 @@ def cmd_search(args) -> int:
     --export, the main job for one of the search's trials."""
     if args.export is not None:
         return _search_export(args)
-    if args.export_out is not None:
-        raise UserError("--export-out needs --export TRIAL")
+    if args.export_out is not None or args.export_epochs is not None:
+        raise UserError(f"{'--export-out' if args.export_out is not None else '--export-epochs'} needs --export TRIAL")
     if args.target is None:
         raise UserError("search needs --target (or --export TRIAL to use a finished search)")
     from mobile_lenet.apps.search import search
@@ -348,7 +348,8 @@ def _search_export(args) -> int:
     target = read_front(args.out)["settings"]["target"]
     if args.target is not None and args.target != target:
         raise UserError(f"{args.out}: is a search for {target}, not {args.target}")
-    record, run, result = export_trial(args.out, args.export, args.export_out, progress=not args.quiet)
+    record, run, result = export_trial(args.out, args.export, args.export_out, progress=not args.quiet,
+                                       epochs=args.export_epochs)
     print(f"trial {record['trial']}: the main job's run is {run} (test accuracy {100 * result['accuracy']:.2f}%)")
     return 0
 
@@ -532,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "in --out: its number, or 'best' (the front's most accurate)")
     p.add_argument("--export-out", metavar="RUN", help="the main job's folder with --export (default "
                                                        "DIR/export-NNNN)")
+    p.add_argument("--export-epochs", type=int, metavar="N", help="with --export, train the trial's member and "
+                                                                   "recipe N epochs (default: the trial's)")
     p.add_argument("--quiet", action="store_true", help="no progress bars (with --export)")
     p.set_defaults(func=cmd_search)
 

@@ -16,7 +16,7 @@ trials are never lost or run twice.
 
 ``search --export TRIAL`` (a trial number, or ``best``: the front's most accurate member) runs the main job
 (``apps.pipeline.run_pipeline``) for that trial's member and recipe on the search's data set, into
-``DIR/export-NNNN`` or the folder the user names.
+``DIR/export-NNNN`` or the folder the user names; ``--export-epochs N`` trains it N epochs instead of the trial's.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from mobile_lenet.codegen.mcu_firmware import Target, get_target
 from mobile_lenet.codegen.memory import int8_plan, row_plan
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import atomic_write_text, check_writable_folder
-from mobile_lenet.model.config import default_batch_size
+from mobile_lenet.model.config import MAX_EPOCHS, default_batch_size
 
 # The search space. Widths and input sizes are a short list, so every front member is a reproducible command.
 WIDTHS = (0.5, 0.75, 1.0, 1.5, 2.0)
@@ -460,11 +460,13 @@ def pick_trial(front: dict, choice: str) -> dict:
 
 
 def export_trial(folder: str | os.PathLike, choice: str, out: str | os.PathLike | None = None,
-                 progress: bool = True, log=print) -> tuple[dict, Path, dict]:
+                 progress: bool = True, log=print, epochs: int | None = None) -> tuple[dict, Path, dict]:
     """``search --export``: train the trial ``choice`` names (``pick_trial``) again exactly as the search did
     (same data set, its 10% validation split, seed 0, the trial's member and recipe; the test split plays no part
-    in the choice) and run the main job on it into ``out`` (default ``folder/export-NNNN``). Returns the trial's
-    record, the run folder and the main job's evaluation."""
+    in the choice) and run the main job on it into ``out`` (default ``folder/export-NNNN``). ``epochs`` trains
+    that many epochs instead of the trial's (a search's short trials rank members; the pick may deserve more),
+    by default into ``folder/export-NNNN-E-epochs``. Returns the trial's record, the run folder and the main
+    job's evaluation."""
     from mobile_lenet.apps.pipeline import run_pipeline
     from mobile_lenet.model.config import read_config
 
@@ -473,16 +475,21 @@ def export_trial(folder: str | os.PathLike, choice: str, out: str | os.PathLike 
     params = record["params"]
     arch = spec.Architecture.from_dict(record["architecture"], f"{Path(folder) / 'front.json'}: trial "
                                                               f"{record['trial']}")
-    run = Path(out) if out is not None else Path(folder) / f"export-{record['trial']:04d}"
-    check_writable_folder(run)
-    if run.is_dir() and any(run.iterdir()) and not (run / "config.json").is_file():
-        raise UserError(f"{run}: is not empty and holds no run; choose another --export-out")
+    if epochs is not None and not (isinstance(epochs, int) and 1 <= epochs <= MAX_EPOCHS):
+        raise UserError(f"--export-epochs must be a whole number from 1 to {MAX_EPOCHS:,}, not {epochs}")
     try:
         recipe = {"lr": params["lr"], "augment": params["augment"], "elastic": params["elastic"]}
-        epochs = params["epochs"]
+        trial_epochs = params["epochs"]
     except (KeyError, TypeError):
         raise UserError(f"{Path(folder) / 'front.json'}: trial {record['trial']} has no complete recipe "
                         f"(params); it was not written by mobile-lenet search, or was edited") from None
+    longer = epochs is not None and epochs != trial_epochs
+    epochs = trial_epochs if epochs is None else epochs
+    default_name = f"export-{record['trial']:04d}" + (f"-{epochs}-epochs" if longer else "")
+    run = Path(out) if out is not None else Path(folder) / default_name
+    check_writable_folder(run)
+    if run.is_dir() and any(run.iterdir()) and not (run / "config.json").is_file():
+        raise UserError(f"{run}: is not empty and holds no run; choose another --export-out")
     wanted = {"epochs": epochs, "seed": 0, "architecture": arch.to_dict(), **recipe}
     if (run / "config.json").is_file():  # the same export again resumes it; another run is never touched
         saved = asdict(read_config(run / "config.json"))
