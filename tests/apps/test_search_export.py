@@ -109,6 +109,19 @@ def test_the_prune_rule_over_the_whole_search_space():
     assert "pruned" in outcomes.values() and "kept" in outcomes.values()
 
 
+def test_a_member_whose_firmware_does_not_fit_is_pruned_untrained(tmp_path):
+    """Width 1.5 at 28x28 fits the ATmega2560 by its row plan (activations only) but its firmware does not (the
+    stack runs into the static data, seen in simavr when the latency is measured): pruned, with that reason,
+    before any training."""
+    arch = spec.Architecture.from_options(1.5, None, 28)
+    assert not does_not_fit(1.5, 28)  # the plan alone would keep it
+    trial = optuna.trial.FixedTrial({"width": 1.5, "input_size": 28, "lr": 0.01, "augment": False})
+    train_set = load_sample("train")
+    with pytest.raises(optuna.TrialPruned, match="stack ran into the static data"):
+        search.objective(trial, search.Settings(TARGET, "mnist-sample", None, EPOCHS), tmp_path, train_set)
+    assert not (tmp_path / "trials").exists() and arch.channels == (12, 12, 12, 24, 24, 36, 36)
+
+
 @pytest.fixture(scope="module")
 def exported(mega_search, tmp_path_factory):
     """``search --export best`` of the finished search, its microcontroller step skipped (no simulators on the

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mobile_lenet.codegen import c_library as lib
-from mobile_lenet.codegen.mcu_firmware import TARGETS, Firmware, Target
+from mobile_lenet.codegen.mcu_firmware import TARGETS, DoesNotFit, Firmware, Target
 from mobile_lenet.engines.host_c import cache_root, compiler
 from mobile_lenet.errors import UserError
 from mobile_lenet.files import clean_stale_tmp, temporary_beside
@@ -253,8 +253,9 @@ class SimulatorRun:
         if exc[0] is None:
             self._read_measurements()
         elif (reason := self.stack_collision()) is not None:
-            # what the host saw (a serial port that went away) is a symptom: say what happened on the chip
-            raise UserError(reason) from None
+            # what the host saw (a serial port that went away) is a symptom: say what happened on the chip; a
+            # DoesNotFit, as a build too large for the chip is (the main job records it, a search prunes it)
+            raise DoesNotFit(reason) from None
 
     def stack_collision(self) -> str | None:
         """Why an AVR firmware crashed, when its stack grew down into its static data (the build's static RAM
