@@ -71,6 +71,22 @@ def test_resume_continues_to_the_same_weights(tmp_path, levers):
         assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2", "3"]
 
 
+def test_resume_refuses_a_state_whose_schedule_length_agrees_only_by_padding(tmp_path):
+    """Two short runs whose one-cycle schedules are both padded to MIN_SCHEDULE_STEPS (9 steps of batch 32 in one
+    epoch; 2 x 5 steps of batch 64): the lengths agree, the steps taken do not; resuming one as the other is refused
+    in one line (it used to fail mid-epoch with the scheduler's ValueError), and the folder is left as it was."""
+    from mobile_lenet.errors import UserError
+
+    ds = synthetic_digits(300)
+    base = dict(QUICK, val_fraction=0.1)
+    train(TrainConfig(**dict(base, epochs=1, batch_size=32)), ds, tmp_path, progress=False, log=lambda s: None)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(UserError, match="another data set size or batch size"):
+        train(TrainConfig(**dict(base, epochs=2, batch_size=64)), ds, tmp_path, resume=True, progress=False,
+              log=lambda s: None)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
 def test_calibrated_statistics_are_exact():
     torch.manual_seed(0)
     model = MobileLeNet()

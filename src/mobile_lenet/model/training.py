@@ -178,7 +178,7 @@ def train(config: TrainConfig, train_set: Dataset, out_dir: str | Path, resume: 
         raise WriteError(f"{out_dir}: cannot make the run folder ({e.strerror or e})") from None
     clean_stale_tmp(out_dir)  # what a kill during a write left
     if resume:
-        why = resume_problem(out_dir / "last.pt", config, scheduler.total_steps)
+        why = resume_problem(out_dir / "last.pt", config, scheduler.total_steps, steps_per_epoch)
         if why is None:
             state = read_checkpoint(out_dir / "last.pt")
             model.load_state_dict(state["trained_model"] if average else state["model"])
@@ -351,7 +351,7 @@ def resume_refused(out_dir: Path, why: str) -> UserError:
                      f"{Path(out_dir) / 'last.pt'} first")
 
 
-def resume_problem(path: Path, config: TrainConfig, total_steps: int) -> str | None:
+def resume_problem(path: Path, config: TrainConfig, total_steps: int, steps_per_epoch: int) -> str | None:
     """Why ``path`` (a run's last.pt) cannot be resumed with ``config``, or None if it can."""
     if not path.is_file():
         return f"no {path.name}: killed before its first epoch ended?"
@@ -367,7 +367,10 @@ def resume_problem(path: Path, config: TrainConfig, total_steps: int) -> str | N
             or not isinstance(history, list) or len(history) != epoch:
         return f"{path.name} holds an epoch count that does not fit this run"
     try:
-        if int(state["scheduler"]["total_steps"]) != total_steps:
+        # the schedule's length alone can agree by chance (a short run's is padded to MIN_SCHEDULE_STEPS): the
+        # steps taken so far must be this run's steps per epoch times the epochs done
+        if int(state["scheduler"]["total_steps"]) != total_steps \
+                or int(state["scheduler"]["last_epoch"]) != epoch * steps_per_epoch:
             return f"{path.name} was made with another data set size or batch size"
         if state.get("architecture", spec.SEED.to_dict()) != config.architecture:
             return f"{path.name} holds another architecture than its config.json"
