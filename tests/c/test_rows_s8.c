@@ -8,7 +8,7 @@
  *
  * On the AVR (avr-gcc -mmcu=atmega2560 -DML_TEST_AVR; run in simavr with c/sim/simavr_runner.c --stdio) the
  * same cases, fewer and smaller (8 KB of SRAM), check the assembly row loops of ml_rows_s8.c; the program
- * prints "N passed, M failed, fast paths: E depthwise rows, P + Q pointwise rows" on USART0 and stops (sleep with
+ * prints "N passed, M failed, fast paths: E depthwise rows, P + Q + R pointwise rows" on USART0 and stops (sleep with
  * interrupts off). The test data are made at run time, so they are in RAM: here the flash macros of
  * ml_flash.h read RAM (the kernels' flash reads are plain loads; the assembly only reads RAM either way). */
 #include <stdio.h>
@@ -22,7 +22,7 @@
 #define ML_FLASH_IN_RAM /* the test's data are in RAM: ml_flash.h's macros as elsewhere */
 #define ML_ROWS_LPM "ld" /* the assembly's flash reads */
 /* how often the assembly row loops ran (ml_rows_s8.c's hook) */
-static uint16_t fast_dw_regs = 0, fast_pw = 0, fast_pw_regs = 0;
+static uint16_t fast_dw_regs = 0, fast_pw = 0, fast_pw_regs = 0, fast_pw_rest = 0;
 #define ML_ROWS_FAST_RAN(kind) (++fast_##kind)
 #endif
 
@@ -189,7 +189,7 @@ static void test_channels_k(int trials)
     }
 }
 
-#define MAX_C 32          /* the AVR's fast path takes in_c = 8, 16, 24, 32 */
+#define MAX_C 32
 #define MAX_ROW (MAX_W + 4) /* a pointwise output row: width * step + 0..4 */
 #else
 #define MAX_C 80
@@ -278,8 +278,8 @@ int main(void)
     test_filter(1200);
     test_channels_k(300);
     test_pointwise(600);
-    printf("%d passed, %d failed, fast paths: %u depthwise rows, %u + %u pointwise rows\n", checks - failures,
-           failures, fast_dw_regs, fast_pw, fast_pw_regs);
+    printf("%d passed, %d failed, fast paths: %u depthwise rows, %u + %u + %u pointwise rows\n", checks - failures,
+           failures, fast_dw_regs, fast_pw, fast_pw_regs, fast_pw_rest);
     while ((UCSR0A & _BV(TXC0)) == 0) { /* the last byte sent */
     }
     cli();
