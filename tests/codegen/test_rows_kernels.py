@@ -55,5 +55,6 @@ def test_row_kernels_avr_assembly_in_simavr(tmp_path):
     passed, failed, *fast_rows = map(int, match.groups())
     assert failed == 0, result.stdout
     # each assembly loop ran: 3x3 layer rows (strides 1, 2, interleaved rings, 1 to 3 channels); pointwise 16, 24,
-    # ... channels, 8, and the other counts (1..64: groups of eight and the 1..7 left over)
+    # ... channels, 8, and the other counts (1..64: groups of eight and the 1..7 left over); the program itself
+    # checks that every pointwise row with rq took the assembly (test_pointwise_channels)
     assert passed > 2000 and min(fast_rows) > 10, result.stdout
