@@ -8,7 +8,7 @@
  *
  * On the AVR (avr-gcc -mmcu=atmega2560 -DML_TEST_AVR; run in simavr with c/sim/simavr_runner.c --stdio) the
  * same cases, fewer and smaller (8 KB of SRAM), check the assembly row loops of ml_rows_s8.c; the program
- * prints "N passed, M failed, fast paths: E depthwise rows, P + Q pointwise rows" on USART0 and stops (sleep with
+ * prints "N passed, M failed, fast paths: E depthwise rows, P + Q + R pointwise rows" on USART0 and stops (sleep with
  * interrupts off). The test data are made at run time, so they are in RAM: here the flash macros of
  * ml_flash.h read RAM (the kernels' flash reads are plain loads; the assembly only reads RAM either way). */
 #include <stdio.h>
@@ -22,7 +22,7 @@
 #define ML_FLASH_IN_RAM /* the test's data are in RAM: ml_flash.h's macros as elsewhere */
 #define ML_ROWS_LPM "ld" /* the assembly's flash reads */
 /* how often the assembly row loops ran (ml_rows_s8.c's hook) */
-static uint16_t fast_dw_regs = 0, fast_pw = 0, fast_pw_regs = 0;
+static uint16_t fast_dw_regs = 0, fast_pw = 0, fast_pw_regs = 0, fast_pw_rest = 0;
 #define ML_ROWS_FAST_RAN(kind) (++fast_##kind)
 #endif
 
@@ -189,69 +189,124 @@ static void test_channels_k(int trials)
     }
 }
 
-#define MAX_C 32          /* the AVR's fast path takes in_c = 8, 16, 24, 32 */
+#define MAX_C 40 /* input channels at full width (the sweep goes on to 64, ML_ROWS_MAX_CHANNELS, on fewer pixels) */
 #define MAX_ROW (MAX_W + 4) /* a pointwise output row: width * step + 0..4 */
 #else
 #define MAX_C 80
 #define MAX_ROW (3 * MAX_W + 4)
 #endif
+#define MAX_OUT 30 /* output channels */
+
+/* how many pointwise channel rows the AVR's assembly computed (0 elsewhere) */
+static unsigned fast_pointwise_rows(void)
+{
+#if defined(ML_TEST_AVR)
+    return fast_pw + fast_pw_regs + fast_pw_rest;
+#else
+    return 0;
+#endif
+}
+
+static int8_t pw_in[MAX_W * MAX_C], pw_weight[MAX_OUT * MAX_C], pw_out[MAX_OUT * MAX_ROW];
+
+/* One pointwise layer row against the plain loop, bit for bit: in_c x width inputs (width * in_c <= sizeof
+ * pw_in), out_c outputs (out_c * in_c <= sizeof pw_weight) at out[co * stride + x * step] (the bytes between
+ * them untouched) or, with gap, into the pooling sums. try_fast: weights in [-127, 127], biases in 16 bits and
+ * shifts 19..24, so that every channel gets an rq (the fast path); else any weights, biases, multipliers and
+ * shifts (the generic path). 1 where all agree. */
+static int pointwise_case(int width, int in_c, int out_c, int step, int stride, int gap, int try_fast)
+{
+    static int32_t bias[MAX_OUT], sums[MAX_OUT], expected[MAX_OUT];
+    static int16_t multiplier[MAX_OUT];
+    static ml_rows_rq rqs[MAX_OUT];
+    ml_layer_s8 layer;
+    int ok = 1;
+    layer.weight = pw_weight;
+    layer.bias = bias;
+    layer.multiplier = multiplier;
+    layer.in_zp = (int16_t)random_in(-128, 127);
+    layer.out_zp = (int16_t)random_in(-128, 127);
+    layer.low = next_random() % 2 ? layer.out_zp : -128;
+    layer.shift = (uint8_t)(try_fast ? random_in(19, 24) : pick_shift()); /* as in test_filter */
+    layer.rq = NULL;
+    for (int i = 0; i < width * in_c; ++i) pw_in[i] = (int8_t)random_in(-128, 127);
+    for (int i = 0; i < out_c * in_c; ++i) pw_weight[i] = (int8_t)random_in(try_fast ? -127 : -128, 127);
+    for (int c = 0; c < out_c; ++c) {
+        bias[c] = try_fast ? random_in(-32768, 32767) : random_in(-((int32_t)1 << 20), (int32_t)1 << 20);
+        multiplier[c] = (int16_t)(next_random() % 4 || try_fast ? random_in(1, 32767) : random_in(-32768, 32767));
+        sums[c] = expected[c] = random_in(-1000, 1000);
+    }
+    if (try_fast && in_c <= 64) { /* the fast path where every channel allows it */
+        int fast = 1;
+        for (int c = 0; c < out_c; ++c) {
+            fast &= make_rq(&rqs[c], multiplier[c], layer.shift, layer.out_zp, layer.low,
+                            ((int32_t)1 << 20) + in_c * (int32_t)128 * 128);
+        }
+        if (fast) layer.rq = rqs;
+    }
+    memset(pw_out, 0x5A, sizeof pw_out);
+    ml_rows_pointwise_s8(pw_in, width, in_c, &layer, out_c, gap ? NULL : pw_out, stride, step, sums, layer.out_zp);
+    for (int co = 0; co < out_c; ++co) {
+        for (int x = 0; x < width; ++x) {
+            int32_t acc = bias[co];
+            for (int ci = 0; ci < in_c; ++ci) acc += (int32_t)pw_in[x * in_c + ci] * pw_weight[co * in_c + ci];
+            {
+                const int8_t value = ml_requantize_s8(acc, multiplier[co], layer.shift, layer.out_zp, layer.low);
+                if (gap) expected[co] += value - layer.out_zp;
+                else ok &= pw_out[co * stride + x * step] == value;
+            }
+        }
+        if (gap) ok &= sums[co] == expected[co];
+        for (int i = 0; !gap && i < stride; ++i) { /* the bytes between the outputs: untouched */
+            ok &= i % step == 0 && i / step < width ? 1 : pw_out[co * stride + i] == 0x5A;
+        }
+    }
+    return ok;
+}
+
+/* a pointwise case's step (3 into a ring, 1 into the scratch row) and stride for width pixels */
+static int pick_step(int width)
+{
+    return width * 3 + 4 <= MAX_ROW ? random_in(1, 3) : 1;
+}
 
 static void test_pointwise(int trials)
 {
-    static int8_t in[MAX_W * MAX_C], weight[MAX_C * MAX_C], out[MAX_C * MAX_ROW];
-    static int32_t bias[MAX_C], sums[MAX_C], expected[MAX_C];
-    static int16_t multiplier[MAX_C];
-    static ml_rows_rq rqs[MAX_C];
     for (int t = 0; t < trials; ++t) {
         const int width = random_in(1, MAX_W), in_c = t % 5 == 0 && MAX_C > 64 ? random_in(65, MAX_C)
                          : t % 3 == 1 ? 8 * (next_random() % 2 ? 1 : random_in(2, 4)) : random_in(1, 32);
-        const int out_c = random_in(1, 30), gap = next_random() % 3 == 0;
-        const int step = width * 3 + 4 <= MAX_ROW ? random_in(1, 3) : 1; /* (into a ring: 3) */
+        const int out_c = random_in(1, MAX_OUT), gap = next_random() % 3 == 0, step = pick_step(width);
         const int stride = width * step + random_in(0, 4);
-        ml_layer_s8 layer;
-        int ok = 1;
-        layer.weight = weight;
-        layer.bias = bias;
-        layer.multiplier = multiplier;
-        layer.in_zp = (int16_t)random_in(-128, 127);
-        layer.out_zp = (int16_t)random_in(-128, 127);
-        layer.low = next_random() % 2 ? layer.out_zp : -128;
-        layer.shift = (uint8_t)(t % 2 == 0 ? random_in(19, 24) : pick_shift()); /* as in test_filter */
-        layer.rq = NULL;
-        for (int i = 0; i < width * in_c; ++i) in[i] = (int8_t)random_in(-128, 127);
-        for (int i = 0; i < out_c * in_c; ++i) weight[i] = (int8_t)random_in(t % 2 == 0 ? -127 : -128, 127);
-        for (int c = 0; c < out_c; ++c) {
-            bias[c] = t % 2 == 0 ? random_in(-32768, 32767) : random_in(-((int32_t)1 << 20), (int32_t)1 << 20);
-            multiplier[c] = (int16_t)(next_random() % 4 || t % 2 == 0 ? random_in(1, 32767)
-                                                                      : random_in(-32768, 32767));
-            sums[c] = expected[c] = random_in(-1000, 1000);
-        }
-        if (t % 2 == 0 && in_c <= 64) { /* the fast path where every channel allows it */
-            int fast = 1;
-            for (int c = 0; c < out_c; ++c) {
-                fast &= make_rq(&rqs[c], multiplier[c], layer.shift, layer.out_zp, layer.low,
-                                ((int32_t)1 << 20) + in_c * (int32_t)128 * 128);
-            }
-            if (fast) layer.rq = rqs;
-        }
-        memset(out, 0x5A, sizeof out);
-        ml_rows_pointwise_s8(in, width, in_c, &layer, out_c, gap ? NULL : out, stride, step, sums, layer.out_zp);
-        for (int co = 0; co < out_c; ++co) {
-            for (int x = 0; x < width; ++x) {
-                int32_t acc = bias[co];
-                for (int ci = 0; ci < in_c; ++ci) acc += (int32_t)in[x * in_c + ci] * weight[co * in_c + ci];
-                {
-                    const int8_t value = ml_requantize_s8(acc, multiplier[co], layer.shift, layer.out_zp, layer.low);
-                    if (gap) expected[co] += value - layer.out_zp;
-                    else ok &= out[co * stride + x * step] == value;
-                }
-            }
-            if (gap) ok &= sums[co] == expected[co];
-            for (int i = 0; !gap && i < stride; ++i) { /* the bytes between the outputs: untouched */
-                ok &= i % step == 0 && i / step < width ? 1 : out[co * stride + i] == 0x5A;
+        check(pointwise_case(width, in_c, out_c, step, stride, gap, t % 2 == 0),
+              gap ? "pointwise into the pooling sums" : "pointwise", t);
+    }
+}
+
+/* Every input channel count from 1 to max_c (the AVR's fast path: 1..64, in groups of eight and the 1..7 left
+ * over), each `rounds` times in the four ways (with and without rq; into a row and into the pooling sums) at
+ * random widths (as many as the buffers hold), output channels and steps. On the AVR each channel row of the
+ * rq cases must have taken the assembly. */
+static void test_pointwise_channels(int max_c, int rounds)
+{
+    for (int r = 0; r < rounds; ++r) {
+        for (int in_c = 1; in_c <= max_c; ++in_c) {
+            for (int way = 0; way < 4; ++way) {
+                const int try_fast = way & 1, gap = way >> 1;
+                const int max_w = (int)sizeof pw_in / in_c, max_out = (int)sizeof pw_weight / in_c;
+                const int width = random_in(1, max_w < MAX_W ? max_w : MAX_W);
+                const int out_c = random_in(1, max_out < MAX_OUT ? max_out : MAX_OUT), step = pick_step(width);
+                const int stride = width * step + random_in(0, 4);
+                const unsigned before = fast_pointwise_rows();
+                check(pointwise_case(width, in_c, out_c, step, stride, gap, try_fast),
+                      gap ? "pointwise channels 1.., into the pooling sums" : "pointwise channels 1..", in_c);
+#if defined(ML_TEST_AVR)
+                check(fast_pointwise_rows() - before == (try_fast ? (unsigned)out_c : 0u),
+                      "pointwise channels 1..: the assembly ran for each rq channel row", in_c);
+#else
+                (void)before;
+#endif
             }
         }
-        check(ok, gap ? "pointwise into the pooling sums" : "pointwise", t);
     }
 }
 
@@ -278,8 +333,9 @@ int main(void)
     test_filter(1200);
     test_channels_k(300);
     test_pointwise(600);
-    printf("%d passed, %d failed, fast paths: %u depthwise rows, %u + %u pointwise rows\n", checks - failures,
-           failures, fast_dw_regs, fast_pw, fast_pw_regs);
+    test_pointwise_channels(64, 2);
+    printf("%d passed, %d failed, fast paths: %u depthwise rows, %u + %u + %u pointwise rows\n", checks - failures,
+           failures, fast_dw_regs, fast_pw, fast_pw_regs, fast_pw_rest);
     while ((UCSR0A & _BV(TXC0)) == 0) { /* the last byte sent */
     }
     cli();
@@ -293,6 +349,7 @@ int main(void)
     test_requantize(200000);
     test_filter(3000);
     test_pointwise(1500);
+    test_pointwise_channels(MAX_C, 4);
     printf("%d checks, %d failures\n", checks, failures);
     return failures != 0;
 }

@@ -12,7 +12,8 @@
                                  * AVR fast path's in_c and width at most */
 
 /* Called each time an AVR assembly row loop runs (kind: dw_regs: a 3x3 channel row; pw: a pointwise channel row
- * of 16 or more input channels; pw_regs: of 8); the AVR unit test (tests/c/test_rows_s8.c) counts them. */
+ * of 16, 24, ... input channels; pw_regs: of 8; pw_rest: of any other count, whose last group has 1..7); the AVR
+ * unit test (tests/c/test_rows_s8.c) counts them. */
 #ifndef ML_ROWS_FAST_RAN
 #define ML_ROWS_FAST_RAN(kind) ((void)0)
 #endif
@@ -65,6 +66,9 @@ static struct {
     int8_t *part;           /* pointwise: the partial sums, three bytes a pixel */
     uint8_t skip;           /* pointwise: in_c - 8, the input bytes after a pixel's eight */
     uint8_t quarter_n;      /* pointwise: in_c / 4 (the sum's start, bias - in_c / 2 * 2^15: byte 2 less in_c / 4) */
+    uint8_t skip_rest;      /* pointwise, in_c not a multiple of 8: the input bytes after a pixel's last 1..7 */
+    uint16_t offset;        /* pointwise, in_c not a multiple of 8: 2^15 per pair or lone product, over 2^8 (the
+                             * sum's start is bias - offset * 2^8; an odd count changes byte 1 too) */
     uint16_t in_next, out_next; /* 3x3: from one channel's window (and output) to the next one's */
 } ml_rows_k;
 
@@ -80,7 +84,7 @@ static struct {
         [slot0] "i"(&ml_rows_k.slot0), [rq] "i"(&ml_rows_k.rq),                                                  \
         [part] "i"(&ml_rows_k.part), [skip] "i"(&ml_rows_k.skip), [bias] "i"(&ml_rows_k.bias),                   \
         [quarter_n] "i"(&ml_rows_k.quarter_n), [in_next] "i"(&ml_rows_k.in_next),                                \
-        [out_next] "i"(&ml_rows_k.out_next)
+        [out_next] "i"(&ml_rows_k.out_next), [skip_rest] "i"(&ml_rows_k.skip_rest), [offset] "i"(&ml_rows_k.offset)
 
 /* Registers of both loops: r2-r4 the sum, r5 0x80, r6 zero, r7-r9 the scale, r10 the outputs left, r14-r15
  * requantization bytes; MULS takes only r16-r31, and X, Y, Z are the pointers, so the taps (or weights) are
@@ -196,11 +200,14 @@ static struct {
  * starts from init: the channel's start (ML_K_FIRST_Y: its first two bytes in Y) or the partial sums (three
  * bytes a pixel at part). ML_K_PW_PART stores the sums to part (Z) for the next eight channels; ML_K_PW_LAST requantizes
  * them into out (Z, moving by step, in r11; lo in r12, r13, r24; short: r6, with hi's low byte in r24). Y is
- * saved and restored. */
-#define ML_K_PW_SETUP                                                                                            \
-    "push r28\n\t" "push r29\n\t" ML_K_Z("taps") ML_K_LPM("r16") ML_K_LPM("r17") ML_K_LPM("r18")               \
-    ML_K_LPM("r19") ML_K_LPM("r20") ML_K_LPM("r21") ML_K_LPM("r22") ML_K_LPM("r23") "sts %[taps], r30\n\t"       \
-    "sts %[taps]+1, r31\n\t"
+ * saved and restored. ML_K_PW_LAST_N is ML_K_PW_LAST for another group: its weights' loads and its
+ * multiply-adds (the 1..7 channels left over: ML_K_PW_REST). */
+#define ML_K_PW_SETUP_N(loads)                                                                                   \
+    "push r28\n\t" "push r29\n\t" ML_K_Z("taps") loads "sts %[taps], r30\n\t" "sts %[taps]+1, r31\n\t"
+#define ML_K_PW_LOADS                                                                                            \
+    ML_K_LPM("r16") ML_K_LPM("r17") ML_K_LPM("r18") ML_K_LPM("r19") ML_K_LPM("r20") ML_K_LPM("r21")             \
+    ML_K_LPM("r22") ML_K_LPM("r23")
+#define ML_K_PW_SETUP ML_K_PW_SETUP_N(ML_K_PW_LOADS)
 #define ML_K_PW_MACS                                                                                             \
     ML_K_PAIR("ld r25, X+", "r16", "ld r25, X+", "r17") ML_K_PAIR("ld r25, X+", "r18", "ld r25, X+", "r19")       \
     ML_K_PAIR("ld r25, X+", "r20", "ld r25, X+", "r21") ML_K_PAIR("ld r25, X+", "r22", "ld r25, X+", "r23")
@@ -211,6 +218,12 @@ static struct {
 #define ML_K_FIRST_Y(b2)                                                                                         \
     ML_K_Z("bias") ML_K_LPM("r28") ML_K_LPM("r29") ML_K_LPM(b2) "adiw r30, 1\n\t" "sts %[bias], r30\n\t"        \
     "sts %[bias]+1, r31\n\t" "lds r0, %[quarter_n]\n\t" "sub " b2 ", r0\n\t" "sts %[start2], " b2 "\n\t"
+/* the same where in_c is not a multiple of 8: the pairs and lone products may be odd in number, so the start,
+ * bias - offset * 2^8, changes bytes 1 and 2 (after ADIW, which sets the carry) */
+#define ML_K_FIRST_Y_ODD(b2)                                                                                     \
+    ML_K_Z("bias") ML_K_LPM("r28") ML_K_LPM("r29") ML_K_LPM(b2) "adiw r30, 1\n\t" "sts %[bias], r30\n\t"        \
+    "sts %[bias]+1, r31\n\t" "lds r0, %[offset]\n\t" "sub r29, r0\n\t" "lds r0, %[offset]+1\n\t"               \
+    "sbc " b2 ", r0\n\t" "sts %[start2], " b2 "\n\t"
 #define ML_K_PART_Y "lds r28, %[part]\n\t" "lds r29, %[part]+1\n\t"
 #define ML_K_PW_PART(start, init)                                                                                \
     __asm__ volatile(ML_K_PW_SETUP                                                                               \
@@ -222,24 +235,56 @@ static struct {
                      :                                                                                           \
                      : ML_K_OPERANDS                                                                             \
                      : ML_K_CLOBBERS)
-#define ML_K_PW_LOOP(init, skip, requant, loop, end)                                                             \
-    loop ":\n\t" init ML_K_PW_MACS skip requant "st Z, r25\n\t" "add r30, r11\n\t" "adc r31, r6\n\t"             \
+#define ML_K_PW_LOOP(macs, init, skip, requant, loop, end)                                                       \
+    loop ":\n\t" init macs skip requant "st Z, r25\n\t" "add r30, r11\n\t" "adc r31, r6\n\t"                     \
     ML_K_PW_NEXT(loop, end)
-#define ML_K_PW_LAST(start, init, skip)                                                                          \
-    __asm__ volatile(ML_K_PW_SETUP ML_K_RQ("r12") start                                                          \
+#define ML_K_PW_LAST_N(loads, macs, start, init, skip)                                                           \
+    __asm__ volatile(ML_K_PW_SETUP_N(loads) ML_K_RQ("r12") start                                                 \
                      "mov r13, r14\n\t" "lds r11, %[step]\n\t"                                                   \
                      "lds r26, %[in]\n\t" "lds r27, %[in]+1\n\t" "lds r30, %[out]\n\t" "lds r31, %[out]+1\n\t"   \
                      ML_K_SHORT_OR_LONG "lds r24, %[hi]\n\t"                                                     \
-                     ML_K_PW_LOOP(init, skip, ML_K_REQUANT(ML_K_LO("r12", "r13", "r6"), ML_K_HI_SHORT("r24"),   \
-                                                           ML_K_MULTIPLY_SHORT, "22", "23", "24"), "20", "25")   \
+                     ML_K_PW_LOOP(macs, init, skip, ML_K_REQUANT(ML_K_LO("r12", "r13", "r6"),                   \
+                                  ML_K_HI_SHORT("r24"), ML_K_MULTIPLY_SHORT, "22", "23", "24"), "20", "25")       \
                      "rjmp 9f\n"                                                                                 \
                      "1:\n\t" "clr r6\n\t" "mov r24, r15\n\t"                                                    \
-                     ML_K_PW_LOOP(init, skip, ML_K_REQUANT(ML_K_LO("r12", "r13", "r24"), ML_K_HI_LONG,          \
-                                                           ML_K_MULTIPLY_LONG, "12", "13", "14"), "10", "15")    \
+                     ML_K_PW_LOOP(macs, init, skip, ML_K_REQUANT(ML_K_LO("r12", "r13", "r24"), ML_K_HI_LONG,    \
+                                                                 ML_K_MULTIPLY_LONG, "12", "13", "14"), "10", "15") \
                      "9:\n\t" ML_K_PW_END                                                                        \
                      :                                                                                           \
                      : ML_K_OPERANDS                                                                             \
                      : ML_K_CLOBBERS)
+#define ML_K_PW_LAST(start, init, skip) ML_K_PW_LAST_N(ML_K_PW_LOADS, ML_K_PW_MACS, start, init, skip)
+
+/* The 1..7 input channels left over where in_c is not a multiple of 8 (the last ones of each pixel): their
+ * weights into r16 on (ML_K_PW_W<n>), and their multiply-adds in pairs with a lone one last where n is odd
+ * (ML_K_PW_MACS<n>; a code of its own for each n: a loop over them would cost more than the products). */
+#define ML_K_PW_W1 ML_K_LPM("r16")
+#define ML_K_PW_W2 ML_K_PW_W1 ML_K_LPM("r17")
+#define ML_K_PW_W3 ML_K_PW_W2 ML_K_LPM("r18")
+#define ML_K_PW_W4 ML_K_PW_W3 ML_K_LPM("r19")
+#define ML_K_PW_W5 ML_K_PW_W4 ML_K_LPM("r20")
+#define ML_K_PW_W6 ML_K_PW_W5 ML_K_LPM("r21")
+#define ML_K_PW_W7 ML_K_PW_W6 ML_K_LPM("r22")
+#define ML_K_PW_MACS1 "ld r25, X+\n\t" ML_K_MAC("r16")
+#define ML_K_PW_MACS2 ML_K_PAIR("ld r25, X+", "r16", "ld r25, X+", "r17")
+#define ML_K_PW_MACS3 ML_K_PW_MACS2 "ld r25, X+\n\t" ML_K_MAC("r18")
+#define ML_K_PW_MACS4 ML_K_PW_MACS2 ML_K_PAIR("ld r25, X+", "r18", "ld r25, X+", "r19")
+#define ML_K_PW_MACS5 ML_K_PW_MACS4 "ld r25, X+\n\t" ML_K_MAC("r20")
+#define ML_K_PW_MACS6 ML_K_PW_MACS4 ML_K_PAIR("ld r25, X+", "r20", "ld r25, X+", "r21")
+#define ML_K_PW_MACS7 ML_K_PW_MACS6 "ld r25, X+\n\t" ML_K_MAC("r22")
+/* Those n channels, requantizing: alone (in_c = n: the sum starts from the bias, no input to skip) or after
+ * the groups of eight (from their partial sums at part; X moves on by skip_rest, in_c - n, after each pixel) */
+#define ML_K_PW_REST(n, alone)                                                                                   \
+    do {                                                                                                         \
+        if (alone) {                                                                                             \
+            ML_K_PW_LAST_N(ML_K_PW_W##n, ML_K_PW_MACS##n, ML_K_FIRST_Y_ODD("r25"),                               \
+                           "movw r2, r28\n\t" "lds r4, %[start2]\n\t", "");                                      \
+        } else {                                                                                                 \
+            ML_K_PW_LAST_N(ML_K_PW_W##n, ML_K_PW_MACS##n, ML_K_PART_Y,                                           \
+                           "ld r2, Y+\n\t" "ld r3, Y+\n\t" "ld r4, Y+\n\t",                                       \
+                           "lds r0, %[skip_rest]\n\t" "add r26, r0\n\t" "adc r27, r6\n\t");                      \
+        }                                                                                                        \
+    } while (0)
 
 /* Whether a layer row of 3x3 filters takes ml_rows_channels_k: the fast path's requantization, strides 1 and 2,
  * widths and steps in a byte. */
@@ -409,6 +454,56 @@ __attribute__((noinline)) static void ml_rows_pw_k(const int8_t *in, uint8_t wid
         }
     }
 }
+
+/* ml_rows_pw_k for the other channel counts (1..63, not a multiple of 8: e.g. the family's narrower members):
+ * each output channel's row from its groups of eight as there (ML_K_PW_PART), then the 1..7 channels left over
+ * (ML_K_PW_REST), which requantize. Its own function (the same frame around the loop), so that ml_rows_pw_k's
+ * code, the default network's, stays as it was. */
+__attribute__((noinline)) static void ml_rows_pw_rest_k(const int8_t *in, uint8_t width, uint8_t in_c,
+                                                        const ml_layer_s8 *layer, uint8_t out_c, int8_t *out,
+                                                        uint16_t out_stride, uint8_t out_step, int8_t *part,
+                                                        int8_t *row, int32_t *gap_sums, int32_t gap_in_zp)
+{
+    const int32_t gap_zero = (int32_t)width * gap_in_zp;
+    const uint8_t full = in_c & 0xF8, rest = in_c & 7; /* in groups of eight; left over */
+    ml_rows_k_layer(width, out != NULL ? out_step : 1, (int8_t)layer->out_zp, (int8_t)layer->low);
+    ml_rows_k.skip = (uint8_t)(in_c - 8);
+    ml_rows_k.skip_rest = full;
+    ml_rows_k.offset = (uint16_t)((full / 2 + (rest + 1) / 2) << 7); /* pairs and lone products, times 2^15 / 2^8 */
+    ml_rows_k.part = part;
+    ml_rows_k.taps = layer->weight; /* (the loops move taps, bias and rq on) */
+    ml_rows_k.bias = layer->bias;
+    ml_rows_k.rq = layer->rq;
+    for (uint8_t co = 0; co < out_c; ++co) {
+        ml_rows_k.out = out != NULL ? out : row;
+        ml_rows_k.in = in;
+        ML_ROWS_FAST_RAN(pw_rest);
+        if (full != 0) { /* the groups of eight into part; the rest then starts from there, else from the bias */
+            ML_K_PW_PART(ML_K_FIRST_Y_ODD("r12"), "movw r2, r28\n\t" "mov r4, r12\n\t");
+            for (uint8_t g = 8; g < full; g += 8) {
+                ml_rows_k.in = in + g;
+                ML_K_PW_PART("", "ld r2, Z\n\t" "ldd r3, Z+1\n\t" "ldd r4, Z+2\n\t");
+            }
+            ml_rows_k.in = in + full;
+        }
+        switch (rest) {
+        case 1: ML_K_PW_REST(1, full == 0); break;
+        case 2: ML_K_PW_REST(2, full == 0); break;
+        case 3: ML_K_PW_REST(3, full == 0); break;
+        case 4: ML_K_PW_REST(4, full == 0); break;
+        case 5: ML_K_PW_REST(5, full == 0); break;
+        case 6: ML_K_PW_REST(6, full == 0); break;
+        default: ML_K_PW_REST(7, full == 0); break;
+        }
+        if (out == NULL) {
+            int32_t sum = gap_sums[co];
+            for (uint8_t x = 0; x < width; ++x) sum += row[x];
+            gap_sums[co] = sum - gap_zero;
+        } else {
+            out += out_stride;
+        }
+    }
+}
 #endif
 
 /* ml_rows_pointwise_s8 in plain C (on the AVR a function of its own: the registers it takes are not saved on
@@ -457,12 +552,17 @@ void ml_rows_pointwise_s8(const int8_t *in, int width, int in_c, const ml_layer_
                           int8_t *out, int out_stride, int out_step, int32_t *gap_sums, int32_t gap_in_zp)
 {
 #if defined(__AVR__)
-    if (layer->rq != NULL && (in_c & 7) == 0 && in_c >= 8 && in_c <= ML_ROWS_MAX_CHANNELS && width >= 1
+    if (layer->rq != NULL && in_c >= 1 && in_c <= ML_ROWS_MAX_CHANNELS && width >= 1
         && width <= ML_ROWS_MAX_CHANNELS && out_c >= 1 && out_c <= 255 && out_step >= 1 && out_step <= 255) {
         int8_t part[3 * ML_ROWS_MAX_CHANNELS], row[ML_ROWS_MAX_CHANNELS]; /* the partial sums; a row for the
                                                                             * pooling sums */
-        ml_rows_pw_k(in, (uint8_t)width, (uint8_t)in_c, layer, (uint8_t)out_c, out, (uint16_t)out_stride,
-                     (uint8_t)out_step, part, row, gap_sums, gap_in_zp);
+        if ((in_c & 7) == 0) {
+            ml_rows_pw_k(in, (uint8_t)width, (uint8_t)in_c, layer, (uint8_t)out_c, out, (uint16_t)out_stride,
+                         (uint8_t)out_step, part, row, gap_sums, gap_in_zp);
+        } else {
+            ml_rows_pw_rest_k(in, (uint8_t)width, (uint8_t)in_c, layer, (uint8_t)out_c, out, (uint16_t)out_stride,
+                              (uint8_t)out_step, part, row, gap_sums, gap_in_zp);
+        }
         return;
     }
 #endif

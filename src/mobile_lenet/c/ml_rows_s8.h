@@ -23,11 +23,11 @@
  * zero point folded in (bias - in_zp * sum of the filter's weights, at generation time, so the loops add
  * q * w with no subtraction; q * w fits in 16 bits). Where the generator has checked its assumptions
  * (ml_rows_rq below) a layer takes the fast path: three-byte sums and a shift-free requantization, on the AVR
- * whole layer rows in assembly (ml_rows_s8.c; 3x3 filters of stride 1 or 2 and pointwise filters eight input
- * channels at a time, taps or weights in registers, products added in pairs: 7.5 cycles a multiply-add; checked
- * at run time); otherwise requantization uses 32-bit
- * products (exact for shifts 17..31, the reference's int64 path otherwise). Layer descriptions and weights stay
- * in flash (ml_flash.h). */
+ * whole layer rows in assembly (ml_rows_s8.c; 3x3 filters of stride 1 or 2 and pointwise filters of 1 to 64
+ * input channels, eight at a time and the 1..7 left over last, taps or weights in registers, products added in
+ * pairs: 7.5 cycles a multiply-add; checked at run time); otherwise requantization uses 32-bit products (exact
+ * for shifts 17..31, the reference's int64 path otherwise). Layer descriptions and weights stay in flash
+ * (ml_flash.h). */
 #ifndef ML_ROWS_S8_H
 #define ML_ROWS_S8_H
 
