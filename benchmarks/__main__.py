@@ -19,13 +19,16 @@ import time
 import traceback
 from pathlib import Path
 
+from mobile_lenet.files import atomic_write_text
+
 from . import (ablation, ablation_full, ablation_small, accuracy, accuracy_full, family, inference, machine,
                microcontrollers, report, training)
 from .common import DEFAULT_PARTS, PARTS, ROOT, Options, default_shared_data
 
 MODULES = {"accuracy-full": accuracy_full, "accuracy": accuracy, "ablation": ablation, "ablation-full": ablation_full,
            "ablation-small": ablation_small, "family": family, "training": training, "inference": inference, "microcontrollers": microcontrollers}
-RUNNERS = {part: module.run for part, module in MODULES.items()} | {"family-10k": family.run_10k}
+RUNNERS = {part: module.run for part, module in MODULES.items()} | {
+    "family-10k": family.run_10k, "family-val": family.run_val, "family-goals": family.run_goals}
 FULL_OUTPUTS = (ROOT / "benchmarks" / "results.json", ROOT / "BENCHMARKS.md")
 QUICK_DIR = ROOT / "build" / "benchmarks-quick"
 
@@ -75,12 +78,13 @@ def write_outputs(results: dict, results_path: Path, markdown_path: Path, comman
     """Write the results JSON and regenerate the Markdown report from it."""
     results_path.parent.mkdir(parents=True, exist_ok=True)
     markdown_path.parent.mkdir(parents=True, exist_ok=True)
-    results_path.write_text(json.dumps(results, indent=1) + "\n")
+    # atomically: a benchmark run beside this one reads the file before it writes its own parts
+    atomic_write_text(results_path, json.dumps(results, indent=1) + "\n")
     try:
         results_name = str(results_path.resolve().relative_to(ROOT))
     except ValueError:  # outside the repository (a test's temporary folder)
         results_name = str(results_path)
-    markdown_path.write_text(report.markdown(results, command, results_name))
+    atomic_write_text(markdown_path, report.markdown(results, command, results_name))
 
 
 def main(argv: list[str] | None = None) -> int:

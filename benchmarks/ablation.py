@@ -16,7 +16,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 
 from .accuracy import QUICK, train_and_score
-from .common import Options, mean_and_spread, not_available
+from .common import Options, mean_and_spread, not_available, setting_text
 
 HOLDOUT = (50_000, 60_000)  # indices into the full training set; the 10k subset is its first 10,000
 SEEDS = (0, 1, 2)  # the rows that decide (the default, and the costliest lever) train once per seed
@@ -37,7 +37,7 @@ VARIANTS = (
 
 def run_name(overrides: dict, seed: int = 0) -> str:
     """A variant's run folder name, from its settings (so adding a variant keeps the others' finished runs)."""
-    name = "-".join(f"{key}={value}" for key, value in sorted(overrides.items())) or "default"
+    name = "-".join(f"{key}={setting_text(key, value)}" for key, value in sorted(overrides.items())) or "default"
     return name if seed == 0 else f"{name}-seed{seed}"
 
 
@@ -67,7 +67,7 @@ def train_variants(options: Options, variant_table: tuple, data: dict, prefix: s
     variants = []
     for label, overrides, seeds in variant_table:
         config = replace(defaults, **overrides)
-        if label != "default recipe" and config == defaults:
+        if overrides and config == defaults:
             continue  # the default has this setting (now): the row would repeat the default's
         if quick:
             config, seeds = replace(config, epochs=QUICK["epochs"]), seeds[:1]

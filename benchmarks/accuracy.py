@@ -48,14 +48,13 @@ def train_and_score(config, data: dict, run_dir: Path) -> dict:
     the run never sees, to score best.pt on as a validation set (the ablation decides on those, never on the
     test set).
     Runs in a worker process, so it loads the data itself. A run whose result is already in ``run_dir`` (same
-    config and data) is not trained again: an interrupted benchmark picks up where it stopped.
+    config and data) is not trained again, and an interrupted one resumes from its last.pt (`train_resuming`).
     """
     import torch
 
     from mobile_lenet.apps.evaluation import evaluate
     from mobile_lenet.formats.model_files import load_tensors
     from mobile_lenet.model.checkpoints import read_checkpoint
-    from mobile_lenet.model.training import train
 
     done_file = run_dir / "benchmark-result.json"
     key = json.loads(json.dumps({"config": cache_key(config), "data": data}, default=str))  # folders as text
@@ -67,9 +66,7 @@ def train_and_score(config, data: dict, run_dir: Path) -> dict:
                 done_file.write_text(json.dumps(done))
             return done["result"]
     train_set = load(data["name"], "train", data["data_dir"], data["train_images"])
-    start = time.perf_counter()
-    train(config, train_set, run_dir, progress=False, log=lambda message: None)
-    seconds = time.perf_counter() - start
+    seconds = train_resuming(config, train_set, run_dir)
     tensors = load_tensors(run_dir)
     trained_images = round(len(train_set) * (1 - config.val_fraction)) * config.epochs
     result = {"seed": config.seed, "epochs": config.epochs, "seconds": seconds,
@@ -128,6 +125,29 @@ def add_diagnostics(result: dict, config, data: dict, run_dir: Path, train_set=N
 # Settings added to TrainConfig after runs were first cached, with their "off" value: left out of a run's key
 # while off, so the runs finished before them keep their results.
 KEY_ADDED_LATER = {"distill_epochs": 0}
+
+
+def train_resuming(config, train_set, run_dir: Path) -> float:
+    """``train`` into ``run_dir`` with one thread, resuming the run an interrupted benchmark left there (its
+    last.pt, same settings); a folder left by other settings is trained again from epoch 1. Returns the
+    training time in seconds: of this call, or for a resumed run the sum of all its epochs' times."""
+    import csv
+
+    from mobile_lenet.errors import UserError
+    from mobile_lenet.model.training import train
+
+    start = time.perf_counter()
+    try:
+        train(config, train_set, run_dir, resume=True, progress=False, log=lambda message: None)
+    except UserError:  # its last.pt is of other settings: this benchmark's own folder, so start it again
+        for name in ("last.pt", "best.pt"):
+            (run_dir / name).unlink(missing_ok=True)
+        start = time.perf_counter()
+        train(config, train_set, run_dir, progress=False, log=lambda message: None)
+    seconds = time.perf_counter() - start
+    with open(run_dir / "metrics.csv", newline="") as f:
+        epochs = sum(float(row["seconds"]) for row in csv.DictReader(f))
+    return max(seconds, epochs)
 
 
 def cache_key(config) -> dict:

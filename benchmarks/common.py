@@ -9,7 +9,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("accuracy-full", "accuracy", "ablation", "ablation-full", "ablation-small", "family", "family-10k",
-         "training", "inference", "microcontrollers")
+         "family-val", "family-goals", "training", "inference", "microcontrollers")
 # The long parts (minutes to hours of training on a 2-core machine) run only when named, e.g. --only ablation-small
 DEFAULT_PARTS = ("accuracy", "training", "inference", "microcontrollers")
 
@@ -52,3 +52,10 @@ def mean_and_spread(values: list[float]) -> dict:
 def not_available(reason: str) -> dict:
     """A row for something that could not be measured, and why (never a made-up number)."""
     return {"available": False, "reason": reason}
+
+
+def setting_text(key: str, value) -> str:
+    """One changed setting as text; a family member (``architecture``) by its channels and input size."""
+    if key == "architecture":
+        return ",".join(map(str, value["channels"])) + ("" if value["input_size"] == 28 else f"@{value['input_size']}")
+    return str(value)

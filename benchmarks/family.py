@@ -1,4 +1,4 @@
-"""Parts family and family-10k: the Mobile-LeNet family, width multiplier alpha and input size, measured.
+"""Parts family, family-10k, family-val and family-goals: the Mobile-LeNet family, width multiplier alpha and input size, measured.
 
 Each member (``MEMBERS``: alpha from 0.5 to 2 at 28x28, and the seed's channels at 16x16, upstream's
 Mobile-LeNet-16) is built from the one architecture table (``spec.Architecture.from_options``), trained with
@@ -10,8 +10,14 @@ parameters and against Cortex-M4F instructions, with published small MNIST CNNs 
 * ``family``: all 60,000 training images, 3 seeds per member (many hours on 2 cores: the issue's goals are
   stated on this one).
 * ``family-10k``: the 10k training subset, seed 0: a first look in about an hour.
+* ``family-val``: the candidates for the goals (``CANDIDATES``: a uniform width and an uneven allocation at
+  each parameter budget) and the seed's network, trained on full-MNIST images 0-49,999 and scored on
+  50,000-59,999, as the ablation parts are: which member goes to the test set is decided there, never on it.
+* ``family-goals``: for each goal's budget (``GOAL_BUDGETS``) the candidate with family-val's best validation
+  accuracy within it, read from family-val's last result, measured as ``family`` measures its members: full
+  MNIST, 3 seeds, the test set once.
 
-Both run only when named (``python -m benchmarks --only family-10k``). Training runs go 2 at a time in
+All run only when named (``python -m benchmarks --only family-10k``). Training runs go 2 at a time in
 one-thread processes, as in the accuracy part; a finished run is not trained again when the part is rerun.
 """
 
@@ -20,12 +26,11 @@ from __future__ import annotations
 import json
 import multiprocessing
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .accuracy import QUICK, cache_key, load
+from .accuracy import QUICK, cache_key, load, train_resuming
 from .common import ROOT, Options, mean_and_spread, not_available
 
 MEMBERS = ((0.5, 28), (0.75, 28), (1.0, 28), (1.5, 28), (1.75, 28), (2.0, 28), (1.0, 16))  # (alpha, input size)
@@ -33,7 +38,17 @@ SEEDS = (0, 1, 2)
 SIMULATED_IMAGES = 20  # test images per member and target (the seed-0 model)
 # Small MNIST CNNs from the literature, as issue 26 quotes them: (parameters, test accuracy).
 PUBLISHED = ((697, 0.9903), (4_862, 0.9907), (7_070, 0.994), (8_900, 0.995))
-SETTINGS = {"family": {"seeds": SEEDS, "data": "full"}, "family-10k": {"seeds": (0,), "data": "10k"}}
+# Issue 26's goals, as parameter budgets: (name, --width or --channels). At each budget a uniform width and an
+# allocation that moves channels to the late, small feature maps (at 14x14 and 7x7 a channel's pointwise weights
+# cost the same parameters but a quarter or a sixteenth of the MACs), so the one that decides is measured.
+# And for the ATmega2560: alpha 1.375 is the widest uniform member whose int8 firmware runs in its 8 KB at 28x28
+# (alpha 1.5's stack runs into its static data), against the seed's network on the same images.
+CANDIDATES = (("alpha=1.9", 1.9), ("late-heavy 9k", "8,12,16,24,32,44,64"),
+              ("alpha=0.5", 0.5), ("late-heavy 1.3k", "4,4,4,8,8,10,16"),
+              ("alpha=1.375", 1.375))
+GOAL_BUDGETS = (9_000, 1_300)  # issue 26's goals: at most this many parameters (family-goals: one member each)
+SETTINGS = {"family": {"seeds": SEEDS, "data": "full"}, "family-10k": {"seeds": (0,), "data": "10k"},
+            "family-goals": {"seeds": SEEDS, "data": "full"}}
 
 
 def member(alpha: float, input_size: int):
@@ -43,13 +58,34 @@ def member(alpha: float, input_size: int):
     return spec.Architecture.from_options(alpha, None, input_size)
 
 
+def candidate(setting) -> object:
+    """The architecture of a ``CANDIDATES`` setting: a width (float) or a channel list (text), at 28x28."""
+    from mobile_lenet import spec
+
+    if isinstance(setting, str):
+        return spec.Architecture.from_options(None, setting, None)
+    return spec.Architecture.from_options(setting, None, None)
+
+
 def member_name(alpha: float, input_size: int) -> str:
     return f"alpha={alpha:g}" + ("" if input_size == 28 else f", {input_size}x{input_size}")
 
 
-def run_folder(work: Path, part: str, alpha: float, input_size: int, seed: int) -> Path:
+def width_members(settings: tuple = MEMBERS) -> tuple:
+    """(name, architecture, width) of each (alpha, input size) in ``settings``."""
+    return tuple((member_name(alpha, size), member(alpha, size), alpha) for alpha, size in settings)
+
+
+def candidate_members(names: tuple) -> tuple:
+    """(name, architecture, width or None) of the ``CANDIDATES`` called ``names``."""
+    found = dict(CANDIDATES)
+    return tuple((name, candidate(found[name]), None if isinstance(found[name], str) else found[name])
+                 for name in names)
+
+
+def run_folder(work: Path, part: str, name: str, seed: int) -> Path:
     """Where one member's run of one seed trains."""
-    return work / f"{part}-{member_name(alpha, input_size).replace(', ', '-')}-seed{seed}"
+    return work / f"{part}-{name.replace(', ', '-').replace(' ', '-')}-seed{seed}"
 
 
 def int8_member(tensors, arch, train_images):
@@ -65,14 +101,13 @@ def train_member(config, data: dict, run_dir: Path) -> dict:
     """Train one member (``config.architecture``) with one thread into ``run_dir``; score best.pt on the test
     images resized to its input size, float (PyTorch) and int8 (the integer-only NumPy engine, calibrated on
     1,000 training images as ``mobile-lenet quantize`` does). Runs in a worker process; a finished run (same
-    config and data) is read back, not trained again."""
+    config and data) is read back, not trained again, and an interrupted one resumes."""
     import numpy as np
     import torch
 
     from mobile_lenet.engines import registry
     from mobile_lenet.formats.model_files import load_float_model
     from mobile_lenet.model.images import resize_digits
-    from mobile_lenet.model.training import train
 
     done_file = run_dir / "benchmark-result.json"
     key = json.loads(json.dumps({"config": cache_key(config), "data": data}, default=str))
@@ -83,9 +118,7 @@ def train_member(config, data: dict, run_dir: Path) -> dict:
             return done["result"]
     train_set = load("mnist", "train", data["data_dir"], data["train_images"])
     test_set = load("mnist", "test", data["data_dir"], data["test_images"])
-    start = time.perf_counter()
-    train(config, train_set, run_dir, progress=False, log=lambda message: None)
-    seconds = time.perf_counter() - start
+    seconds = train_resuming(config, train_set, run_dir)
     tensors, arch = load_float_model(run_dir / "best.pt")
     test_images = resize_digits(test_set.images, arch.input_size)
     float_logits = registry.logits(tensors, test_images, "torch", arch=arch)
@@ -126,8 +159,28 @@ def simulate_member(run_dir: Path, data: dict, work: Path, log, targets: tuple) 
     return rows
 
 
-def run_part(options: Options, part: str) -> dict:
-    """Train every member (per seed), score it, simulate its seed-0 int8 model, and draw the plot."""
+def goal_picks(val_result: dict) -> tuple:
+    """(name, architecture, width) of the candidate with the best validation accuracy within each of
+    ``GOAL_BUDGETS``, from family-val's result."""
+    from mobile_lenet import spec
+
+    named = candidate_members(tuple(name for name, _ in CANDIDATES))
+    scored = []
+    for row in val_result["variants"]:
+        found = [one for one in named if one[1].to_dict() == row["changes"].get("architecture")]
+        if found:
+            scored.append((row["holdout_accuracy"], found[0]))
+    picks = []
+    for budget in GOAL_BUDGETS:
+        within = [(accuracy, one) for accuracy, one in scored if spec.totals(one[1])["total_params"] <= budget]
+        if within:
+            picks.append(max(within, key=lambda item: item[0])[1])
+    return tuple(picks)
+
+
+def run_part(options: Options, part: str, members: tuple = ()) -> dict:
+    """Train every member (per seed; by default the ``MEMBERS`` widths), score it, simulate its seed-0 int8 model,
+    and draw the plot."""
     from mobile_lenet import spec
     from mobile_lenet.model.training import TrainConfig
 
@@ -141,29 +194,29 @@ def run_part(options: Options, part: str) -> dict:
     from mobile_lenet.codegen.mcu_firmware import TARGETS
 
     # --quick checks the harness: one member that is not the seed's network, on one target
-    members, targets = (((1.0, 16),), ("cortex-m4f",)) if options.quick else (MEMBERS, tuple(TARGETS))
+    members, targets = ((width_members(((1.0, 16),)), ("cortex-m4f",)) if options.quick
+                        else (members or width_members(), tuple(TARGETS)))
     defaults = TrainConfig()
     jobs = max(1, options.threads)
     options.log(f"  {part}: {len(members)} members x {len(seeds)} seeds on {folder.name}, {jobs} at a time ...")
     configs = {}
-    for alpha, size in members:
-        arch = member(alpha, size)
+    for name, arch, _ in members:
         for seed in seeds:
-            configs[alpha, size, seed] = replace(defaults, seed=seed, architecture=arch.to_dict(),
-                                                 epochs=QUICK["epochs"] if options.quick else defaults.epochs)
+            configs[name, seed] = replace(defaults, seed=seed, architecture=arch.to_dict(),
+                                          epochs=QUICK["epochs"] if options.quick else defaults.epochs)
     work = options.work_dir
     # the widest members first, so that the pool's last minutes are not one long run alone
-    order = sorted(configs, key=lambda item: -spec.totals(member(item[0], item[1]))["macs"])
+    macs = {name: spec.totals(arch)["macs"] for name, arch, _ in members}
+    order = sorted(configs, key=lambda item: -macs[item[0]])
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
         futures = {item: pool.submit(train_member, configs[item], data, run_folder(work, part, *item))
                    for item in order}
         rows = []
-        for alpha, size in members:
-            arch = member(alpha, size)
-            runs = [futures[alpha, size, seed].result() for seed in seeds]
+        for name, arch, width in members:
+            runs = [futures[name, seed].result() for seed in seeds]
             totals = spec.totals(arch)
-            rows.append({"member": member_name(alpha, size), "width": alpha, "input_size": size,
+            rows.append({"member": name, "width": width, "input_size": arch.input_size,
                          "channels": list(arch.channels), "parameters": totals["total_params"],
                          "macs": totals["macs"], "runs": runs,
                          "accuracy": mean_and_spread([one["test_accuracy"] for one in runs]),
@@ -173,8 +226,8 @@ def run_part(options: Options, part: str) -> dict:
             options.log(f"    {rows[-1]['member']}: {totals['total_params']:,} parameters, test accuracy "
                         f"{100 * rows[-1]['accuracy']['mean']:.2f}% (int8 {100 * rows[-1]['int8_accuracy']['mean']:.2f}%)")
     with tempfile.TemporaryDirectory(prefix="bench-family-") as sim_dir:
-        for (alpha, size), row in zip(members, rows):
-            run_dir = run_folder(work, part, alpha, size, seeds[0])
+        for (name, _, _), row in zip(members, rows):
+            run_dir = run_folder(work, part, name, seeds[0])
             row["targets"] = simulate_member(run_dir, data, Path(sim_dir) / run_dir.name, options.log, targets)
     plot = (work if options.quick else ROOT / "benchmarks") / f"{part}.png"
     draw_plot(rows, plot)
@@ -230,3 +283,33 @@ def run(options: Options) -> dict:
 def run_10k(options: Options) -> dict:
     """Part family-10k: the 10k subset, seed 0."""
     return run_part(options, "family-10k")
+
+
+def run_goals(options: Options) -> dict:
+    """Part family-goals: the candidates family-val picked (``goal_picks``), full MNIST, 3 seeds."""
+    if options.quick:  # the harness only: the quick member
+        return run_part(options, "family-goals")
+    results = ROOT / "benchmarks" / "results.json"
+    val = json.loads(results.read_text())["parts"].get("family-val", {}) if results.is_file() else {}
+    if not isinstance(val.get("result", {}).get("variants"), list) or val.get("quick"):
+        return {"members": not_available("no family-val result to pick the members from: run --only family-val "
+                                         "first")}
+    return run_part(options, "family-goals", goal_picks(val["result"]))
+
+
+def run_val(options: Options) -> dict:
+    """Part family-val: each candidate (seed 0) and the seed's network trained on full-MNIST images 0-49,999,
+    scored on 50,000-59,999 (the ablation parts' validation images)."""
+    from mobile_lenet import spec
+
+    from .ablation import HOLDOUT, holdout, train_variants
+
+    table = [("the seed's network (alpha=1)", {}, (0,))]
+    for name, setting in CANDIDATES:
+        arch = candidate(setting)
+        table.append((f"{name}: {spec.totals(arch)['total_params']:,} parameters", {"architecture": arch.to_dict()},
+                      (0,)))
+    data = {"name": "mnist", "data_dir": str(options.full_mnist_dir),
+            "train_images": QUICK["train_images"] if options.quick else HOLDOUT[0], "holdout": holdout(options)}
+    return train_variants(options, tuple(table), data, "family-val",
+                          f"full-MNIST training images 0 to {HOLDOUT[0] - 1:,}")

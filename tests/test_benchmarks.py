@@ -15,6 +15,7 @@ from benchmarks.__main__ import parse_parts
 from benchmarks.common import PARTS, mean_and_spread
 
 from conftest import ROOT, SHARED
+from test_spec import family_params
 
 
 def test_parse_parts_keeps_canonical_order_and_rejects_unknown_names():
@@ -67,11 +68,16 @@ def test_quick_run_writes_results_and_markdown(tmp_path):
         entry = data["parts"][part]
         assert entry["quick"] and "error" not in entry and "result" in entry
         assert entry["machine"]["cores"] >= 1 and entry["machine"]["libraries"]["torch"]
-    for part in ("family", "family-10k"):  # the seed's channels at 16x16: the seed document's 3,258 parameters
+    for part in ("family", "family-10k", "family-goals"):  # the seed's channels at 16x16: the seed document's 3,258 parameters
         (member,) = data["parts"][part]["result"]["members"]
         assert member["input_size"] == 16 and member["parameters"] == 3258
         (m4f,) = member["targets"]
         assert m4f["target"] == "cortex-m4f" and m4f["n"] == m4f["agreement_with_reference"] >= 1
+    base, *candidates = data["parts"]["family-val"]["result"]["variants"]  # the seed's network, then each candidate
+    assert not base["changes"] and len(candidates) >= 2
+    for row in candidates:
+        channels = row["changes"]["architecture"]["channels"]
+        assert f"{family_params(channels):,} parameters" in row["label"] and row["holdout_images"] >= 1
     accuracy = data["parts"]["accuracy"]["result"]
     runs = accuracy["mnist"]["runs"]
     assert len(runs) == 2
@@ -198,3 +204,57 @@ def test_recalibrated_batchnorm_layers_normalize_their_inputs_over_the_set():
             np.testing.assert_allclose(outputs.mean(axis=0), 0, atol=1e-9)
             np.testing.assert_allclose(outputs.var(axis=0), inputs.var(axis=0) / (inputs.var(axis=0) + eps), rtol=1e-9)
         x = layer(x)
+
+
+def test_an_interrupted_benchmark_run_resumes_to_the_same_weights(tmp_path):
+    """``train_resuming``: a run stopped after epoch 1 of 2 ends with the weights of a run that was never stopped;
+    a folder left by other settings is trained again from epoch 1, to the same weights."""
+    import numpy as np
+    import torch
+
+    from benchmarks.accuracy import train_resuming
+    from mobile_lenet.model.checkpoints import read_checkpoint
+    from mobile_lenet.model.data import load_sample
+    from mobile_lenet.model.training import TrainConfig, train
+
+    sample = load_sample("train")
+    images = type(sample)(sample.images[:300], sample.labels[:300], sample.name)
+    config = TrainConfig(epochs=2, batch_size=64, seed=1)
+    train(config, images, tmp_path / "straight", progress=False, log=lambda s: None)
+
+    def stop_after_one(message):  # Ctrl-C (or a session's end) right after epoch 1 was saved
+        if message.startswith("epoch 1/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, images, tmp_path / "stopped", progress=False, log=stop_after_one)
+    assert read_checkpoint(tmp_path / "stopped" / "last.pt")["epoch"] == 1
+    train(TrainConfig(epochs=1, batch_size=32, seed=4), images, tmp_path / "other", progress=False,
+          log=lambda s: None)
+    for folder in ("stopped", "other"):
+        seconds = train_resuming(config, images, tmp_path / folder)
+        assert read_checkpoint(tmp_path / folder / "last.pt")["epoch"] == 2
+        straight = read_checkpoint(tmp_path / "straight" / "last.pt")["model"]
+        ended = read_checkpoint(tmp_path / folder / "last.pt")["model"]
+        assert all(torch.equal(straight[k], ended[k]) for k in straight), folder
+        epoch_seconds = np.loadtxt(tmp_path / folder / "metrics.csv", delimiter=",", skiprows=1, ndmin=2)[:, -1]
+        assert len(epoch_seconds) == 2 and seconds >= epoch_seconds.sum()
+
+
+def test_goal_picks_take_the_best_validation_accuracy_within_each_budget():
+    """family-goals trains, per goal, the family-val candidate with the best validation accuracy among those
+    within the goal's parameter budget (here by hand: 8,667 and 8,962 parameters for 9,000; 1,266 and 1,288 for
+    1,300; the seed's network and alpha 1.375 are within neither or beaten)."""
+    from benchmarks import family
+
+    def row(channels, accuracy):
+        changes = {} if channels is None else {"architecture": {"channels": list(channels),
+                                                                "strides": [1, 1, 2, 1, 2, 1], "input_size": 28}}
+        return {"changes": changes, "holdout_accuracy": accuracy}
+
+    result = {"variants": [row(None, 0.9942), row((15, 15, 15, 30, 30, 46, 46), 0.9950),
+                           row((8, 12, 16, 24, 32, 44, 64), 0.9953), row((4, 4, 4, 8, 8, 12, 12), 0.9820),
+                           row((4, 4, 4, 8, 8, 10, 16), 0.9810), row((11, 11, 11, 22, 22, 33, 33), 0.9945)]}
+    assert [name for name, _, _ in family.goal_picks(result)] == ["late-heavy 9k", "alpha=0.5"]
+    result["variants"][1]["holdout_accuracy"] = 0.9960
+    assert [name for name, _, _ in family.goal_picks(result)] == ["alpha=1.9", "alpha=0.5"]
