@@ -229,3 +229,35 @@ def test_atmega2560_cycles_are_read_live_from_simavr(upstream_int8, mnist_test, 
     assert all(abs(a - b) <= TIMER_TICK_CYCLES for a, b in zip(live, plain)), (live, plain)
     assert all(a["microcontroller"]["counts"] == "cycles" and a["microcontroller"]["layers"] == []
                and "row by row" in a["microcontroller"]["per_layer_note"] for a in answers)
+
+
+@needs_avr
+def test_a_member_whose_stack_does_not_fit_the_atmega2560_says_so(mnist_test):
+    """Width 1.5 at 28x28: its row plan fits the 8 KB, so the engine is offered, but the chip crashes when the stack
+    runs into the static data. The answer says that (not "stopped answering, started again"), and so does every
+    later request, without another simulator."""
+    import torch
+
+    from mobile_lenet.model.images import resize_digits
+    from mobile_lenet.model.network import MobileLeNet, to_noodle
+    from mobile_lenet.quantization.quantize import quantize_model
+
+    arch = spec.Architecture.from_options(1.5, None, 28)
+    torch.manual_seed(0)
+    qmodel = quantize_model(to_noodle(MobileLeNet(arch).eval()), resize_digits(mnist_test.images[:64], 28), arch=arch)
+    started = []
+    real_enter = SimulatorRun.__enter__
+
+    def counting_enter(run):
+        started.append(run)
+        return real_enter(run)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SimulatorRun, "__enter__", counting_enter)
+        with TestClient(demo.create_app(qmodel, "int8", targets=["atmega2560"])) as client:
+            for _ in range(2):
+                response = client.post("/api/predict", json={"pixels": mnist_test.images[0].tolist(),
+                                                             "engine": "atmega2560"})
+                assert response.status_code == 503, response.text[:300]
+                assert "does not fit: its stack ran into the static data" in response.json()["error"]
+    assert len(started) == 1

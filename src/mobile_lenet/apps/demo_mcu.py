@@ -169,7 +169,12 @@ class McuEngine:
                 self._last_used, self._images = time.monotonic(), self._images + 1
                 return answer
             except (DeviceError, TimeoutError) as e:
+                run = self._run
                 self._stop_simulator(kill=True)  # the next request starts a fresh one
+                crash = run.stack_collision() if run is not None else None
+                if crash is not None:  # the chip itself crashed (its stack ran into its static data): every image
+                    self._build_error = crash  # would, so no fresh simulator either
+                    raise SimulatorUnavailable(crash) from None
                 raise SimulatorUnavailable(f"{self.target.name}: the simulator stopped answering ({e}); it is "
                                            f"started again on the next request") from None
         finally:
