@@ -214,7 +214,8 @@ static int8_t pw_in[MAX_W * MAX_C], pw_weight[MAX_OUT * MAX_C], pw_out[MAX_OUT *
  * them untouched) or, with gap, into the pooling sums. try_fast: weights in [-127, 127], biases in 16 bits and
  * shifts 19..24, so that every channel gets an rq (the fast path); else any weights, biases, multipliers and
  * shifts (the generic path). 1 where all agree. */
-static int pointwise_case(int width, int in_c, int out_c, int step, int stride, int gap, int try_fast)
+static int pointwise_case(int width, int in_c, int out_c, int step, int stride, int gap, int try_fast,
+                          ml_rows_pointwise_fn kernel)
 {
     static int32_t bias[MAX_OUT], sums[MAX_OUT], expected[MAX_OUT];
     static int16_t multiplier[MAX_OUT];
@@ -245,7 +246,7 @@ static int pointwise_case(int width, int in_c, int out_c, int step, int stride, 
         if (fast) layer.rq = rqs;
     }
     memset(pw_out, 0x5A, sizeof pw_out);
-    ml_rows_pointwise_s8(pw_in, width, in_c, &layer, out_c, gap ? NULL : pw_out, stride, step, sums, layer.out_zp);
+    kernel(pw_in, width, in_c, &layer, out_c, gap ? NULL : pw_out, stride, step, sums, layer.out_zp);
     for (int co = 0; co < out_c; ++co) {
         for (int x = 0; x < width; ++x) {
             int32_t acc = bias[co];
@@ -277,7 +278,7 @@ static void test_pointwise(int trials)
                          : t % 3 == 1 ? 8 * (next_random() % 2 ? 1 : random_in(2, 4)) : random_in(1, 32);
         const int out_c = random_in(1, MAX_OUT), gap = next_random() % 3 == 0, step = pick_step(width);
         const int stride = width * step + random_in(0, 4);
-        check(pointwise_case(width, in_c, out_c, step, stride, gap, t % 2 == 0),
+        check(pointwise_case(width, in_c, out_c, step, stride, gap, t % 2 == 0, ml_rows_pointwise_s8),
               gap ? "pointwise into the pooling sums" : "pointwise", t);
     }
 }
@@ -296,12 +297,21 @@ static void test_pointwise_channels(int max_c, int rounds)
                 const int width = random_in(1, max_w < MAX_W ? max_w : MAX_W);
                 const int out_c = random_in(1, max_out < MAX_OUT ? max_out : MAX_OUT), step = pick_step(width);
                 const int stride = width * step + random_in(0, 4);
-                const unsigned before = fast_pointwise_rows();
-                check(pointwise_case(width, in_c, out_c, step, stride, gap, try_fast),
+                unsigned before = fast_pointwise_rows();
+                check(pointwise_case(width, in_c, out_c, step, stride, gap, try_fast, ml_rows_pointwise_s8),
                       gap ? "pointwise channels 1.., into the pooling sums" : "pointwise channels 1..", in_c);
 #if defined(ML_TEST_AVR)
                 check(fast_pointwise_rows() - before == (try_fast ? (unsigned)out_c : 0u),
                       "pointwise channels 1..: the assembly ran for each rq channel row", in_c);
+#endif
+                /* the by-8 kernel (networks whose counts are all multiples of 8): the same values; the assembly
+                 * only for those counts */
+                before = fast_pointwise_rows();
+                check(pointwise_case(width, in_c, out_c, step, stride, gap, try_fast, ml_rows_pointwise_by8_s8),
+                      gap ? "pointwise by 8, into the pooling sums" : "pointwise by 8", in_c);
+#if defined(ML_TEST_AVR)
+                check(fast_pointwise_rows() - before == (try_fast && in_c % 8 == 0 ? (unsigned)out_c : 0u),
+                      "pointwise by 8: the assembly ran for each rq channel row of a multiple of 8", in_c);
 #else
                 (void)before;
 #endif

@@ -548,12 +548,20 @@ static void ml_rows_pointwise_c(const int8_t *in, int width, int in_c, const ml_
     }
 }
 
+#if defined(__AVR__)
+/* Whether the AVR assembly can take this pointwise row (rq thresholds; counts within its byte-sized loops). */
+static int ml_rows_pw_fits_k(int width, int in_c, const ml_layer_s8 *layer, int out_c, int out_step)
+{
+    return layer->rq != NULL && in_c >= 1 && in_c <= ML_ROWS_MAX_CHANNELS && width >= 1
+           && width <= ML_ROWS_MAX_CHANNELS && out_c >= 1 && out_c <= 255 && out_step >= 1 && out_step <= 255;
+}
+#endif
+
 void ml_rows_pointwise_s8(const int8_t *in, int width, int in_c, const ml_layer_s8 *layer, int out_c,
                           int8_t *out, int out_stride, int out_step, int32_t *gap_sums, int32_t gap_in_zp)
 {
 #if defined(__AVR__)
-    if (layer->rq != NULL && in_c >= 1 && in_c <= ML_ROWS_MAX_CHANNELS && width >= 1
-        && width <= ML_ROWS_MAX_CHANNELS && out_c >= 1 && out_c <= 255 && out_step >= 1 && out_step <= 255) {
+    if (ml_rows_pw_fits_k(width, in_c, layer, out_c, out_step)) {
         int8_t part[3 * ML_ROWS_MAX_CHANNELS], row[ML_ROWS_MAX_CHANNELS]; /* the partial sums; a row for the
                                                                             * pooling sums */
         if ((in_c & 7) == 0) {
@@ -563,6 +571,20 @@ void ml_rows_pointwise_s8(const int8_t *in, int width, int in_c, const ml_layer_
             ml_rows_pw_rest_k(in, (uint8_t)width, (uint8_t)in_c, layer, (uint8_t)out_c, out, (uint16_t)out_stride,
                               (uint8_t)out_step, part, row, gap_sums, gap_in_zp);
         }
+        return;
+    }
+#endif
+    ml_rows_pointwise_c(in, width, in_c, layer, out_c, out, out_stride, out_step, gap_sums, gap_in_zp);
+}
+
+void ml_rows_pointwise_by8_s8(const int8_t *in, int width, int in_c, const ml_layer_s8 *layer, int out_c,
+                              int8_t *out, int out_stride, int out_step, int32_t *gap_sums, int32_t gap_in_zp)
+{
+#if defined(__AVR__)
+    if ((in_c & 7) == 0 && ml_rows_pw_fits_k(width, in_c, layer, out_c, out_step)) {
+        int8_t part[3 * ML_ROWS_MAX_CHANNELS], row[ML_ROWS_MAX_CHANNELS];
+        ml_rows_pw_k(in, (uint8_t)width, (uint8_t)in_c, layer, (uint8_t)out_c, out, (uint16_t)out_stride,
+                     (uint8_t)out_step, part, row, gap_sums, gap_in_zp);
         return;
     }
 #endif
@@ -654,8 +676,17 @@ static void block_row(const ml_rows_network *net, int b, const ml_block_s8 *p, c
                           p->dw.rq != NULL ? &p->dw.rq[c] : NULL, net->dw_row + c, p->channels);
     }
     if (b + 1 < net->count) out = next_row(net, b + 1, &out_stride, &out_step);
+#if defined(__AVR__)
+    /* through the network's pointer: a network that never needs the assembly for other channel counts links
+     * without it */
+    net->pointwise(net->dw_row, p->out_w, p->channels, &p->pw, p->out_channels, out, out_stride, out_step,
+                   net->gap_sums, net->gap_in_zp);
+#else
+    /* the same plain C either way (and LLVM 22's Xtensa backend fails to allocate registers for the indirect
+     * call here) */
     ml_rows_pointwise_s8(net->dw_row, p->out_w, p->channels, &p->pw, p->out_channels, out, out_stride, out_step,
                          net->gap_sums, net->gap_in_zp);
+#endif
 }
 
 /* Block b's ring has received its next row: compute (and hand on) every output row that has become computable. */

@@ -76,6 +76,10 @@ typedef struct {
     uint8_t h, w, out_channels, kernel, padding;
 } ml_stem_s8;
 
+/* A pointwise row kernel: ml_rows_pointwise_s8 or ml_rows_pointwise_by8_s8 (below). */
+typedef void (*ml_rows_pointwise_fn)(const int8_t *in, int width, int in_c, const ml_layer_s8 *layer, int out_c,
+                                     int8_t *out, int out_stride, int out_step, int32_t *gap_sums, int32_t gap_in_zp);
+
 typedef struct {
     const ml_stem_s8 *stem;    /* in flash */
     const ml_block_s8 *blocks; /* in flash */
@@ -84,6 +88,8 @@ typedef struct {
     int8_t *dw_row;            /* scratch: one depthwise output row (any block), pixel-major */
     int32_t *gap_sums;         /* per channel of the last block's output: sum of (value - gap_in_zp) */
     int16_t gap_in_zp;
+    ml_rows_pointwise_fn pointwise; /* the blocks' pointwise kernel: ml_rows_pointwise_by8_s8 where every block's
+                                     * input channels are a multiple of 8, else ml_rows_pointwise_s8 */
 } ml_rows_network;
 
 /* Start an image: rings filled with their zero point, zero sums. */
@@ -106,6 +112,12 @@ void ml_rows_filter_s8(const int8_t *const *in, int kernel, int stride, int in_s
  * (out NULL), gap_sums[co] += value - gap_in_zp. */
 void ml_rows_pointwise_s8(const int8_t *in, int width, int in_c, const ml_layer_s8 *layer, int out_c,
                           int8_t *out, int out_stride, int out_step, int32_t *gap_sums, int32_t gap_in_zp);
+
+/* The same values as ml_rows_pointwise_s8; on the AVR only input channel counts that are a multiple of 8 take the
+ * assembly (the others plain C), so that a network without other counts (the seed's) links without the assembly
+ * for them (about 7.6 KB of flash, left out by --gc-sections). Elsewhere the same plain C. */
+void ml_rows_pointwise_by8_s8(const int8_t *in, int width, int in_c, const ml_layer_s8 *layer, int out_c,
+                              int8_t *out, int out_stride, int out_step, int32_t *gap_sums, int32_t gap_in_zp);
 
 /* zero_point + round(acc * multiplier / 2^shift) clamped to [low, 127]: ml_requantize_s8's value. */
 int8_t ml_rows_requantize_s8(int32_t acc, int16_t multiplier, int shift, int32_t zero_point, int32_t low);
