@@ -40,7 +40,7 @@ SIMULATED_IMAGES = 20  # test images per member and target (the seed-0 model)
 PUBLISHED = ((697, 0.9903), (4_862, 0.9907), (7_070, 0.994), (8_900, 0.995))
 # Issue 26's goals, as parameter budgets: (name, --width or --channels). At each budget a uniform width and an
 # allocation that moves channels to the late, small feature maps (at 14x14 and 7x7 a channel's pointwise weights
-# cost the same parameters but a quarter or a sixteenth of the MACs), so the one that decides is measured.
+# cost the same parameters but a quarter or a sixteenth of the MACs); family-val measures which does better.
 # And for the ATmega2560: alpha 1.375 is the widest uniform member whose int8 firmware runs in its 8 KB at 28x28
 # (alpha 1.5's stack runs into its static data), against the seed's network on the same images.
 CANDIDATES = (("alpha=1.9", 1.9), ("late-heavy 9k", "8,12,16,24,32,44,64"),
