@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = args.work_dir or (QUICK_DIR if args.quick else ROOT / "build" / "benchmarks") / "runs"
     command = " ".join(["python -m benchmarks", *map(shlex.quote, argv)])
     options = Options(quick=args.quick, threads=args.threads, shared_data=args.shared_data, work_dir=work_dir,
-                      fashion_minutes=args.fashion_minutes, log=lambda message: print(message, flush=True))
+                      fashion_minutes=args.fashion_minutes, results_path=results_path,
+                      log=lambda message: print(message, flush=True))
 
     results = load_results(results_path)
     failed = []

@@ -28,6 +28,7 @@ class Options:
     shared_data: Path = field(default_factory=default_shared_data)
     work_dir: Path = ROOT / "build" / "benchmarks"
     fashion_minutes: float = 12.0
+    results_path: Path = ROOT / "benchmarks" / "results.json"  # this run's results (family-goals reads family-val's)
     log: object = print
 
     @property

@@ -289,7 +289,7 @@ def run_goals(options: Options) -> dict:
     """Part family-goals: the candidates family-val picked (``goal_picks``), full MNIST, 3 seeds."""
     if options.quick:  # the harness only: the quick member
         return run_part(options, "family-goals")
-    results = ROOT / "benchmarks" / "results.json"
+    results = options.results_path
     val = json.loads(results.read_text())["parts"].get("family-val", {}) if results.is_file() else {}
     if not isinstance(val.get("result", {}).get("variants"), list) or val.get("quick"):
         return {"members": not_available("no family-val result to pick the members from: run --only family-val "

@@ -411,6 +411,36 @@ void ml_rows_filter_s8(const int8_t *const *in, int kernel, int stride, int in_s
 }
 
 #if defined(__AVR__)
+/* What both pointwise loops below set before their first output channel: the layer's requantization, the input
+ * bytes to skip after a pixel's last group of eight, the partial sums and the weights, biases and thresholds
+ * (which the loops move on). Inlined: the loops' code stays as one function each. */
+__attribute__((always_inline)) static inline void ml_rows_pw_k_start(uint8_t width, uint8_t in_c,
+                                                                     const ml_layer_s8 *layer, int8_t *out,
+                                                                     uint8_t out_step, int8_t *part)
+{
+    ml_rows_k_layer(width, out != NULL ? out_step : 1, (int8_t)layer->out_zp, (int8_t)layer->low);
+    ml_rows_k.skip = (uint8_t)(in_c - 8);
+    ml_rows_k.part = part;
+    ml_rows_k.taps = layer->weight;
+    ml_rows_k.bias = layer->bias;
+    ml_rows_k.rq = layer->rq;
+}
+
+/* After an output channel's row: its values into the pooling sum (out NULL: the row went to row), else the
+ * next channel's output. */
+__attribute__((always_inline)) static inline int8_t *ml_rows_pw_k_done(int8_t *out, uint16_t out_stride,
+                                                                       const int8_t *row, uint8_t width,
+                                                                       int32_t *gap_sum, int32_t gap_zero)
+{
+    if (out == NULL) {
+        int32_t sum = *gap_sum;
+        for (uint8_t x = 0; x < width; ++x) sum += row[x];
+        *gap_sum = sum - gap_zero;
+        return NULL;
+    }
+    return out + out_stride;
+}
+
 /* The pointwise fast path on the AVR (in_c = 8, 16, ..., 64): each output channel's row in assembly, eight
  * input channels at a time with their weights in registers (ML_K_PW_PART, ML_K_PW_LAST), the sums in between
  * in part (three bytes a pixel); into out + co * out_stride, or with gap_sums (out NULL) through row (width
@@ -422,13 +452,8 @@ __attribute__((noinline)) static void ml_rows_pw_k(const int8_t *in, uint8_t wid
                                                    int32_t *gap_sums, int32_t gap_in_zp)
 {
     const int32_t gap_zero = (int32_t)width * gap_in_zp;
-    ml_rows_k_layer(width, out != NULL ? out_step : 1, (int8_t)layer->out_zp, (int8_t)layer->low);
-    ml_rows_k.skip = (uint8_t)(in_c - 8);
+    ml_rows_pw_k_start(width, in_c, layer, out, out_step, part);
     ml_rows_k.quarter_n = (uint8_t)(in_c >> 2);
-    ml_rows_k.part = part;
-    ml_rows_k.taps = layer->weight; /* (the loops move taps, bias and rq on) */
-    ml_rows_k.bias = layer->bias;
-    ml_rows_k.rq = layer->rq;
     for (uint8_t co = 0; co < out_c; ++co) {
         ml_rows_k.out = out != NULL ? out : row;
         ml_rows_k.in = in;
@@ -445,13 +470,7 @@ __attribute__((noinline)) static void ml_rows_pw_k(const int8_t *in, uint8_t wid
                                   "lds r0, %[skip]\n\t" "add r26, r0\n\t" "adc r27, r6\n\t");
             }
         }
-        if (out == NULL) {
-            int32_t sum = gap_sums[co];
-            for (uint8_t x = 0; x < width; ++x) sum += row[x];
-            gap_sums[co] = sum - gap_zero;
-        } else {
-            out += out_stride;
-        }
+        out = ml_rows_pw_k_done(out, out_stride, row, width, &gap_sums[co], gap_zero);
     }
 }
 
@@ -466,14 +485,9 @@ __attribute__((noinline)) static void ml_rows_pw_rest_k(const int8_t *in, uint8_
 {
     const int32_t gap_zero = (int32_t)width * gap_in_zp;
     const uint8_t full = in_c & 0xF8, rest = in_c & 7; /* in groups of eight; left over */
-    ml_rows_k_layer(width, out != NULL ? out_step : 1, (int8_t)layer->out_zp, (int8_t)layer->low);
-    ml_rows_k.skip = (uint8_t)(in_c - 8);
+    ml_rows_pw_k_start(width, in_c, layer, out, out_step, part);
     ml_rows_k.skip_rest = full;
     ml_rows_k.offset = (uint16_t)((full / 2 + (rest + 1) / 2) << 7); /* pairs and lone products, times 2^15 / 2^8 */
-    ml_rows_k.part = part;
-    ml_rows_k.taps = layer->weight; /* (the loops move taps, bias and rq on) */
-    ml_rows_k.bias = layer->bias;
-    ml_rows_k.rq = layer->rq;
     for (uint8_t co = 0; co < out_c; ++co) {
         ml_rows_k.out = out != NULL ? out : row;
         ml_rows_k.in = in;
@@ -495,13 +509,7 @@ __attribute__((noinline)) static void ml_rows_pw_rest_k(const int8_t *in, uint8_
         case 6: ML_K_PW_REST(6, full == 0); break;
         default: ML_K_PW_REST(7, full == 0); break;
         }
-        if (out == NULL) {
-            int32_t sum = gap_sums[co];
-            for (uint8_t x = 0; x < width; ++x) sum += row[x];
-            gap_sums[co] = sum - gap_zero;
-        } else {
-            out += out_stride;
-        }
+        out = ml_rows_pw_k_done(out, out_stride, row, width, &gap_sums[co], gap_zero);
     }
 }
 #endif
