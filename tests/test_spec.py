@@ -117,6 +117,39 @@ def test_member_tables(channels, size):
     assert by_name["OUT"].macs == channels[6] * 10
 
 
+@pytest.mark.parametrize("strides", [(2,), (1, 1), (2, 2, 2, 2, 2), (2, 1, 1, 2, 1, 2, 1, 1), (1,) * 16])
+@pytest.mark.parametrize("size", [16, 23, 28])
+def test_stride_patterns(strides, size):
+    channels = tuple(3 + 2 * i for i in range(len(strides) + 1))
+    arch = spec.Architecture.from_options(channels=",".join(map(str, channels)), input_size=size,
+                                          strides=",".join(map(str, strides)))
+    table = spec.layers(arch)
+    assert spec.totals(arch)["total_params"] == family_params(channels)
+    # the seed's pattern per block, numbered B1, B2, ...: a pad row before each stride-2 depthwise layer
+    names = ["stem_conv3x3", "stem_bn", "stem_relu"]
+    for i, stride in enumerate(strides, 1):
+        names += [f"B{i}_pad1"] * (stride == 2) + [f"B{i}_dw3x3_s{stride}", f"B{i}_dw_bn", f"B{i}_dw_relu",
+                                                    f"B{i}_pw1x1", f"B{i}_pw_bn", f"B{i}_pw_relu"]
+    assert [layer.name for layer in table] == names + ["GAP", "OUT"]
+    # spatial size: 'same' at stride 1, ceil(S / 2) at stride 2
+    side = size
+    for i, stride in enumerate(strides, 1):
+        side = -(-side // stride)
+        assert next(layer for layer in table if layer.name == f"B{i}_pw1x1").out_shape == (side, side, channels[i])
+    weight_files = [layer.weight_file for layer in table if layer.kind in (spec.LayerKind.CONV,
+                                                                          spec.LayerKind.DWCONV, spec.LayerKind.DENSE)]
+    assert weight_files == [f"w{i:02d}" for i in range(1, 2 * len(strides) + 3)]
+
+
+def test_strides_flag():
+    assert spec.Architecture.from_options(strides="1,1,2,1,2,1") == spec.SEED
+    assert spec.Architecture.from_options(width=0.5, strides="2,1,1,1,2,1").channels == (4, 4, 4, 8, 8, 12, 12)
+    arch = spec.Architecture.from_options(channels="4,6,8", strides="2,2", input_size=16)
+    assert arch.blocks == (("B1", 2, 6), ("B2", 2, 8)) and spec.layers(arch)[-3].out_shape == (4, 4, 8)
+    assert arch.describe() == "channels 4,6,8, strides 2,2, input 16x16"
+    assert spec.Architecture.from_dict(arch.to_dict()) == arch
+
+
 def test_width_rounds_half_up_and_keeps_one_channel():
     assert spec.SEED.scaled(0.75).channels == (6, 6, 6, 12, 12, 18, 18)
     assert spec.SEED.scaled(0.3125).channels == (3, 3, 3, 5, 5, 8, 8)  # 2.5 -> 3, 5.0, 7.5 -> 8
@@ -138,6 +171,13 @@ def test_architecture_record_round_trips():
     ({"channels": "4,4,0,8,8,16,16"}, "from 1 to 256"),
     ({"input_size": 15}, "from 16 to 32"),
     ({"input_size": 33}, "from 16 to 32"),
+    ({"strides": "1,2"}, "give --channels with 3 numbers"),
+    ({"strides": "1,2", "width": 0.5}, "give --channels with 3 numbers"),
+    ({"strides": "1,3"}, "each 1 or 2, not 1,3"),
+    ({"strides": "0"}, "each 1 or 2"),
+    ({"strides": ",".join(["1"] * 17), "channels": ",".join(["4"] * 18)}, "1 to 16 numbers"),
+    ({"strides": "1;2"}, "strides must be whole numbers separated by commas"),
+    ({"strides": "1,2", "channels": "4,4,4,4"}, "the 2 blocks' output channels \\(3 numbers\\), not 4"),
 ])
 def test_bad_options_are_one_line_user_errors(options, message):
     from mobile_lenet.errors import UserError

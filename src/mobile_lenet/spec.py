@@ -26,6 +26,7 @@ BN_EPSILON = 1e-3  # Keras' default, used by the seed and by Noodle's noodle_bn_
 BN_MOMENTUM_KERAS = 0.99  # Keras' moving-average momentum (PyTorch's momentum is 1 - this)
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 16, 32  # 16: upstream's Mobile-LeNet-16; 32: a padded MNIST digit
 MAX_CHANNELS = 256  # a sanity bound: the seed's widest layer has 24
+MAX_BLOCKS = 16  # a sanity bound on --strides: the seed has 6 blocks
 
 
 @dataclass(frozen=True)
@@ -40,31 +41,37 @@ class Architecture:
     input_size: int = 28
 
     def __post_init__(self):
+        _check_strides(self.strides)
         if len(self.channels) != len(self.strides) + 1:
+            example = f", e.g. {','.join(map(str, SEED_CHANNELS))}" if len(self.strides) == len(SEED_STRIDES) else ""
             raise UserError(f"channels must list the stem's and the {len(self.strides)} blocks' output channels "
-                            f"({len(self.strides) + 1} numbers, e.g. {','.join(map(str, SEED_CHANNELS))}), "
-                            f"not {len(self.channels)}")
+                            f"({len(self.strides) + 1} numbers{example}), not {len(self.channels)}")
         if not all(_is_int(c) and 1 <= c <= MAX_CHANNELS for c in self.channels):
             raise UserError(f"channels must be whole numbers from 1 to {MAX_CHANNELS}, not "
                             f"{','.join(map(str, self.channels))}")
-        if not all(s in (1, 2) and _is_int(s) for s in self.strides):
-            raise UserError(f"block strides must be 1 or 2, not {','.join(map(str, self.strides))}")
         if not (_is_int(self.input_size) and MIN_INPUT_SIZE <= self.input_size <= MAX_INPUT_SIZE):
             raise UserError(f"input size must be a whole number of pixels from {MIN_INPUT_SIZE} to {MAX_INPUT_SIZE}, "
                             f"not {self.input_size}")
 
     @classmethod
     def from_options(cls, width: float | None = None, channels: str | tuple | None = None,
-                     input_size: int | None = None) -> "Architecture":
-        """The member that ``--width``, ``--channels`` and ``--input-size`` name (None: the seed's)."""
+                     input_size: int | None = None, strides: str | tuple | None = None) -> "Architecture":
+        """The member that ``--width``, ``--channels``, ``--input-size`` and ``--strides`` name (None: the seed's).
+        ``strides`` sets each block's depthwise stride and so the number of blocks; with another number of blocks
+        than the seed's six, ``channels`` must list the stem's and every block's output channels."""
         if width is not None and channels is not None:
             raise UserError("--width scales the seed's channels and --channels sets them; give one of the two")
-        arch = cls(input_size=SEED_INPUT_SIZE if input_size is None else input_size)
-        if width is not None:
-            return arch.scaled(width)
+        size = SEED_INPUT_SIZE if input_size is None else input_size
+        block_strides = SEED_STRIDES if strides is None else parse_numbers(strides, "strides", SEED_STRIDES)
+        _check_strides(block_strides)
+        if channels is None and len(block_strides) != len(SEED_STRIDES):
+            raise UserError(f"--strides gives {len(block_strides)} blocks and the seed's channels are for "
+                            f"{len(SEED_STRIDES)}: give --channels with {len(block_strides) + 1} numbers (the stem's "
+                            f"and each block's output channels)")
         if channels is not None:
-            return cls(channels=parse_channels(channels), strides=arch.strides, input_size=arch.input_size)
-        return arch
+            return cls(parse_channels(channels), block_strides, size)
+        arch = cls(SEED_CHANNELS, block_strides, size)
+        return arch if width is None else arch.scaled(width)
 
     def scaled(self, width: float) -> "Architecture":
         """Every channel count times ``width`` (alpha), rounded half up, at least 1."""
@@ -117,23 +124,36 @@ class Architecture:
                             f"({self.describe()}), got {tuple(shape)}")
 
     def describe(self) -> str:
-        """One line for messages: ``channels 4,4,4,8,8,12,12, input 16x16``."""
-        return f"channels {','.join(map(str, self.channels))}, input {self.input_size}x{self.input_size}"
+        """One line for messages: ``channels 4,4,4,8,8,12,12, input 16x16`` (and the strides, where they are not
+        the seed's)."""
+        strides = "" if self.strides == SEED_STRIDES else f", strides {','.join(map(str, self.strides))}"
+        return f"channels {','.join(map(str, self.channels))}{strides}, input {self.input_size}x{self.input_size}"
 
 
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def parse_channels(text: str | tuple) -> tuple:
-    """``"4,4,4,8,8,16,16"`` -> (4, 4, 4, 8, 8, 16, 16); one UserError for anything else."""
+def _check_strides(strides: tuple) -> None:
+    if not (all(s in (1, 2) and _is_int(s) for s in strides) and 1 <= len(strides) <= MAX_BLOCKS):
+        raise UserError(f"block strides must be 1 to {MAX_BLOCKS} numbers, each 1 or 2, not "
+                        f"{','.join(map(str, strides)) or 'none'}")
+
+
+def parse_numbers(text: str | tuple, what: str, example: tuple) -> tuple:
+    """``"4,4,4,8"`` -> (4, 4, 4, 8); one UserError naming ``what`` (and ``example``) for anything else."""
     if not isinstance(text, str):
         return tuple(text)
     try:
         return tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise UserError(f"channels must be whole numbers separated by commas (e.g. "
-                        f"{','.join(map(str, SEED_CHANNELS))}), not {text!r}") from None
+        raise UserError(f"{what} must be whole numbers separated by commas (e.g. "
+                        f"{','.join(map(str, example))}), not {text!r}") from None
+
+
+def parse_channels(text: str | tuple) -> tuple:
+    """``"4,4,4,8,8,16,16"`` -> (4, 4, 4, 8, 8, 16, 16); one UserError for anything else."""
+    return parse_numbers(text, "channels", SEED_CHANNELS)
 
 
 class MemberWeights(dict):
@@ -158,6 +178,7 @@ def architecture_of(model, arch: Architecture | None = None) -> Architecture:
 
 
 SEED_CHANNELS = Architecture.channels
+SEED_STRIDES = Architecture.strides
 SEED_INPUT_SIZE = Architecture.input_size
 SEED = Architecture()
 # The seed's settings under their old names, for callers that only know the seed's network.
@@ -197,7 +218,7 @@ class Layer:
     index: int  # 1-based row number, as in the seed
     name: str  # the seed's layer name, e.g. "B3_dw3x3_s2"
     kind: LayerKind
-    block: str  # "stem", "B1".."B6" or "head"
+    block: str  # "stem", "B1", "B2", ... or "head"
     in_shape: tuple  # (H, W, C)
     out_shape: tuple  # (H, W, C), or (C,) after GAP
     kernel: int = 0

@@ -1,5 +1,5 @@
 """A member of the Mobile-LeNet family other than the seed's, in PyTorch: the model, its checkpoints and its
-training run (--width, --channels, --input-size)."""
+training run (--width, --channels, --input-size, --strides)."""
 
 import json
 
@@ -25,7 +25,8 @@ def run(capsys, *argv):
     return code, out, err
 
 
-@pytest.mark.parametrize("arch", [HALF_16, spec.Architecture((3, 5, 7, 11, 13, 17, 19), input_size=23)])
+@pytest.mark.parametrize("arch", [HALF_16, spec.Architecture((3, 5, 7, 11, 13, 17, 19), input_size=23),
+                                  spec.Architecture((3, 4, 5, 6, 7, 8, 9, 10, 11), (2, 1, 1, 2, 1, 2, 1, 2), 25)])
 def test_member_model_follows_its_table(arch):
     model = MobileLeNet(arch).eval()
     size = arch.input_size
@@ -64,7 +65,7 @@ def test_checkpoint_records_the_member_and_a_mismatch_is_one_line(tmp_path):
     assert "\n" not in str(info.value)
     state["architecture"] = {"channels": [4] * 7, "strides": [1] * 6, "input_size": 16}
     torch.save(state, tmp_path / "lie2.pt")
-    with pytest.raises(UserError, match=r"do not fit its architecture \(channels 4,4,4,4,4,4,4, input 16x16\)"):
+    with pytest.raises(UserError, match=r"do not fit its architecture \(channels 4,4,4,4,4,4,4, strides 1,1,1,1,1,1, input 16x16\)"):
         load_checkpoint_model(tmp_path / "lie2.pt")
     state["architecture"] = {"channels": [4] * 7}
     torch.save(state, tmp_path / "bad.pt")
@@ -99,7 +100,8 @@ def test_train_a_member_from_the_cli(tmp_path, capsys, mnist_train):
         assert load_checkpoint_model(out / name).architecture == HALF_16
     code, _, err = run(capsys, "train", "--resume", "--out", out, "--width", 0.5, "--input-size", 16, "--quiet")
     assert code == 0, err  # the same member, restated
-    for flags in (("--width", 1), ("--input-size", 20), ("--channels", "4,4,4,8,8,16,16")):
+    for flags in (("--width", 1), ("--input-size", 20), ("--channels", "4,4,4,8,8,16,16"),
+                  ("--strides", "2,1,1,1,2,1"), ("--strides", "1,1"), ("--strides", "9")):
         code, _, err = run(capsys, "train", "--resume", "--out", out, *flags, "--quiet")
         assert code == 2 and "started with channels 4,4,4,8,8,12,12, input 16x16" in err
         assert len(err.strip().splitlines()) == 1
@@ -109,6 +111,8 @@ def test_train_a_member_from_the_cli(tmp_path, capsys, mnist_train):
     (("--width", 0.5, "--channels", "4,4,4,8,8,16,16"), "give one of the two"),
     (("--input-size", 8), "from 16 to 32"),
     (("--channels", "4,4"), "7 numbers"),
+    (("--strides", "1,2"), "give --channels with 3 numbers"),
+    (("--strides", "1,2", "--channels", "4,4,4,4"), "(3 numbers), not 4"),
 ])
 def test_bad_member_flags_are_one_line(tmp_path, capsys, argv, message):
     code, _, err = run(capsys, "train", "--dataset", "mnist-sample", "--out", tmp_path / "r", *argv)

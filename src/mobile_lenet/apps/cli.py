@@ -44,18 +44,22 @@ def _dataset_args(p: argparse.ArgumentParser) -> None:
 
 
 def _architecture_args(p: argparse.ArgumentParser) -> None:
-    """--width, --channels and --input-size: which member of the Mobile-LeNet family (default the seed's)."""
+    """--width, --channels, --input-size and --strides: which member of the Mobile-LeNet family (default the
+    seed's)."""
     seed = ",".join(map(str, spec.SEED_CHANNELS))
+    seed_strides = ",".join(map(str, spec.SEED_STRIDES))
     p.add_argument("--width", type=float, help="width multiplier alpha: every channel count of the seed's network "
                                                "times this, rounded (default 1)")
-    p.add_argument("--channels", help=f"output channels of the stem and the six blocks (default {seed})")
+    p.add_argument("--channels", help=f"output channels of the stem and of each block (default {seed})")
     p.add_argument("--input-size", type=int, help=f"input images are SxS pixels, {spec.MIN_INPUT_SIZE} to "
                                                   f"{spec.MAX_INPUT_SIZE}; others are resized (default 28)")
+    p.add_argument("--strides", help=f"depthwise stride (1 or 2) of each block, which also sets how many blocks "
+                                     f"there are; another count than 6 needs --channels (default {seed_strides})")
 
 
 def architecture_from_args(args) -> spec.Architecture:
-    """The member that the --width, --channels and --input-size flags name."""
-    return spec.Architecture.from_options(args.width, args.channels, args.input_size)
+    """The member that the --width, --channels, --input-size and --strides flags name."""
+    return spec.Architecture.from_options(args.width, args.channels, args.input_size, args.strides)
 
 
 def _note(line: str) -> None:
@@ -101,7 +105,7 @@ def cmd_train(args) -> int:
             raise UserError(f"{out}: nothing to resume (no config.json and last.pt)")
         config = read_config(out / "config.json")
         check_resumed_settings(config, {name: getattr(args, name) for name in RUN_FLAGS},
-                               (args.width, args.channels, args.input_size), out)
+                               (args.width, args.channels, args.input_size, args.strides), out)
         if (out / "last.pt").exists():  # a damaged one is refused now, before the data is loaded
             from mobile_lenet.model.checkpoints import read_checkpoint
             from mobile_lenet.model.training import resume_refused

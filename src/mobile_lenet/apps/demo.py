@@ -23,7 +23,7 @@ Requests (at most ``MAX_BODY_BYTES``; everything else gets a 4xx with ``{"error"
 
 The answer: ``prediction``, ``probabilities`` (10), ``input`` (the network input: 28x28, or the input size of a
 family member, resized from the 28x28 picture as training resizes its images), ``blank`` (no
-ink at all) and ``stages``: for the stem and B1..B6, the output shape and a PNG mosaic of all channels.
+ink at all) and ``stages``: for the stem and each block (B1, B2, ...), the output shape and a PNG mosaic of all channels.
 Probabilities come from the chosen engine; the activations of a float model come from the PyTorch model
 (``forward_all``), which computes the same network, and those of an int8 model (a ``mobile-lenet quantize``
 folder) from the int8 engine, dequantized: what the int8 network itself computes.

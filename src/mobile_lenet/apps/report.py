@@ -9,7 +9,7 @@ The report shows
   depthwise-separable block -- the seed's point, computed from the architecture table (``spec.layers`` of the
   family member the run trained; the test digits go to its input size as training's validation images do),
 * a diagram of the architecture, drawn from the same table,
-* the feature maps of one test digit after each stage (stem, B1..B6),
+* the feature maps of one test digit after each stage (stem, B1, B2, ...),
 * for a pipeline run, the deployment section (``report_deployment``): the int8 model's accuracy, each
   firmware's memory against its chip's, latency and agreement, and the per-block cost chart of the firmwares
   profiled on the chips.
@@ -112,7 +112,7 @@ class BlockCost:
 
 
 def block_costs(arch: spec.Architecture = spec.SEED) -> list[BlockCost]:
-    """For each block of ``arch`` (B1..B6): its cost from the table and the cost of a standard convolution in its
+    """For each block of ``arch`` (B1, B2, ...): its cost from the table and the cost of a standard convolution in its
     place."""
     costs = []
     for block, stride, _ in arch.blocks:
@@ -403,8 +403,14 @@ def _cost_rows(costs: list[BlockCost]) -> list[list]:
              f"{c.standard_macs:,}", f"{c.mac_ratio:.1f}×"] for c in costs]
     sep_p, std_p = sum(c.separable_params for c in costs), sum(c.standard_params for c in costs)
     sep_m, std_m = sum(c.separable_macs for c in costs), sum(c.standard_macs for c in costs)
-    rows.append(["B1–B6", "", "", f"{sep_p:,}", f"{std_p:,}", f"{sep_m:,}", f"{std_m:,}", f"{std_m / sep_m:.1f}×"])
+    blocks = f"B1–{costs[-1].block}" if len(costs) > 1 else costs[0].block
+    rows.append([blocks, "", "", f"{sep_p:,}", f"{std_p:,}", f"{sep_m:,}", f"{std_m:,}", f"{std_m / sep_m:.1f}×"])
     return rows
+
+
+def _block_range(arch: spec.Architecture) -> str:
+    """The member's blocks, "B1–B6" for the seed's network."""
+    return f"B1–B{len(arch.strides)}" if len(arch.strides) > 1 else "B1"
 
 
 def render_html(facts: list[tuple[str, str]], figures: dict[str, str], result: dict, costs: list[BlockCost],
@@ -442,7 +448,7 @@ def render_html(facts: list[tuple[str, str]], figures: dict[str, str], result: d
 {_figure(figures["architecture"], "The network as the architecture table spec.LAYERS describes it: one box "
                                   "per row, one column per stage.")}
 <h3>Depthwise-separable blocks vs standard convolutions</h3>
-<p>Each block B1–B6 replaces one standard 3×3 convolution (C<sub>in</sub> → C<sub>out</sub>, same stride) by a
+<p>Each block {_block_range(arch)} replaces one standard 3×3 convolution (C<sub>in</sub> → C<sub>out</sub>, same stride) by a
 3×3 depthwise convolution (one filter per channel) followed by a 1×1 pointwise convolution that mixes the
 channels. The table compares their weights and multiply-accumulates (MACs) per image, computed from the
 architecture table; BatchNorm and ReLU would follow either, so they are left out here. The saving is about

@@ -4,7 +4,7 @@
 the models too large for a chip, the targets whose tools are missing) and ``evaluation-int8.json``; the report
 shows them when the run folder holds them. Memory is drawn as a bar against the chip's size; the per-layer
 profile of each firmware (``apps.simulate.profile_layers``, in its row of ``deployment.json``) as a chart of
-the cost per block (stem, B1..B6, head), bars of each firmware's share beside the counts. A
+the cost per block (stem, B1, B2, ..., head), bars of each firmware's share beside the counts. A
 ``deployment.json`` written before the profiles were measured renders without the chart.
 """
 

@@ -134,7 +134,7 @@ def write_config(out_dir: Path, config: TrainConfig) -> None:
 def check_resumed_settings(config: TrainConfig, given: dict, member_options: tuple, where: Path) -> None:
     """A resumed run keeps its settings (``config``, from its config.json in ``where``): a setting ``given`` now
     (``train``'s flags by field name, None where not given) that differs, or ``member_options`` (--width,
-    --channels, --input-size) naming another family member, is refused in one line."""
+    --channels, --input-size, --strides) naming another family member, is refused in one line."""
     for name, value in given.items():
         saved, flag = getattr(config, name), "--" + name.replace("_", "-")
         same = value == saved or (name == "data_dir" and None not in (value, saved)
@@ -144,12 +144,17 @@ def check_resumed_settings(config: TrainConfig, given: dict, member_options: tup
                      else f"no {flag}" if saved is None else f"{flag} {saved}")
             raise UserError(f"{where} was started with {shown} (its config.json) and a resumed run keeps its "
                             f"settings; resume without {flag}, or start a new run")
-    width, channels, input_size = member_options
-    if width is None and channels is None and input_size is None:
+    width, channels, input_size, strides = member_options
+    if width is None and channels is None and input_size is None and strides is None:
         return
     saved = config.member
-    named = spec.Architecture.from_options(width, channels, saved.input_size if input_size is None else input_size)
-    same_channels = width is None and channels is None or named.channels == saved.channels
-    if not same_channels or named.input_size != saved.input_size:
-        raise UserError(f"{where} was started with {saved.describe()} (its config.json) and a resumed run keeps its "
-                        f"network; resume without --width/--channels/--input-size, or start a new run")
+    refused = UserError(f"{where} was started with {saved.describe()} (its config.json) and a resumed run keeps its "
+                        f"network; resume without --width/--channels/--input-size/--strides, or start a new run")
+    try:  # an option given alone is compared on its own: --channels with the saved strides, and so on
+        named = spec.Architecture.from_options(
+            width, saved.channels if width is None and channels is None else channels,
+            saved.input_size if input_size is None else input_size, saved.strides if strides is None else strides)
+    except UserError:
+        raise refused from None
+    if named != saved:
+        raise refused
