@@ -56,7 +56,12 @@ def not_available(reason: str) -> dict:
 
 
 def setting_text(key: str, value) -> str:
-    """One changed setting as text; a family member (``architecture``) by its channels and input size."""
+    """One changed setting as text; a family member (``architecture``) by its channels, its strides where they are
+    not the seed's, and its input size where it is not 28."""
     if key == "architecture":
-        return ",".join(map(str, value["channels"])) + ("" if value["input_size"] == 28 else f"@{value['input_size']}")
+        from mobile_lenet.spec import SEED_STRIDES
+
+        strides = "" if tuple(value["strides"]) == SEED_STRIDES else "_s" + ",".join(map(str, value["strides"]))
+        return (",".join(map(str, value["channels"])) + strides
+                + ("" if value["input_size"] == 28 else f"@{value['input_size']}"))
     return str(value)

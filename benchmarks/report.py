@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime
 import math
 
+from mobile_lenet.spec import SEED_STRIDES
+
 from .common import PARTS, setting_text
 
 TITLE = "# Benchmarks"
@@ -428,7 +430,10 @@ def family_section(entry: dict, title: str = "The Mobile-LeNet family") -> list[
     for row in members:
         acc = row["accuracy"]
         spread = f"std {100 * acc['std']:.2f} (min {percent(acc['min'])})" if len(row["runs"]) > 1 else "one seed"
-        rows.append([row["member"], ",".join(map(str, row["channels"])), f"{row['parameters']:,}",
+        strides = tuple(row.get("strides", SEED_STRIDES))  # rows measured before --strides: the seed's
+        shown = ",".join(map(str, row["channels"])) + ("" if strides == SEED_STRIDES else
+                                                       f" (strides {','.join(map(str, strides))})")
+        rows.append([row["member"], shown, f"{row['parameters']:,}",
                      f"{row['macs']:,}", f"**{percent(acc['mean'])}**", spread,
                      f"{percent(row['int8_accuracy']['mean'])} ({100 * row['int8_max_drop']:.2f})",
                      *(_target_cell(row, target) for target in targets), duration(row["seconds"])])

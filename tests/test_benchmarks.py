@@ -247,9 +247,9 @@ def test_goal_picks_take_the_best_validation_accuracy_within_each_budget():
     1,300; the seed's network and alpha 1.375 are within neither or beaten)."""
     from benchmarks import family
 
-    def row(channels, accuracy):
+    def row(channels, accuracy, strides=(1, 1, 2, 1, 2, 1)):
         changes = {} if channels is None else {"architecture": {"channels": list(channels),
-                                                                "strides": [1, 1, 2, 1, 2, 1], "input_size": 28}}
+                                                                "strides": list(strides), "input_size": 28}}
         return {"changes": changes, "holdout_accuracy": accuracy}
 
     result = {"variants": [row(None, 0.9942), row((15, 15, 15, 30, 30, 46, 46), 0.9950),
@@ -258,3 +258,8 @@ def test_goal_picks_take_the_best_validation_accuracy_within_each_budget():
     assert [name for name, _, _ in family.goal_picks(result)] == ["late-heavy 9k", "alpha=0.5"]
     result["variants"][1]["holdout_accuracy"] = 0.9960
     assert [name for name, _, _ in family.goal_picks(result)] == ["alpha=1.9", "alpha=0.5"]
+    # another block pattern (1,292 parameters) wins the small budget; the same channels at the seed's strides
+    # would be another member, which no candidate is
+    result["variants"] += [row((4, 6, 8, 8, 8, 8, 12), 0.9850, (1, 2, 1, 2, 1, 1)), row((4, 6, 8, 8, 8, 8, 12), 0.9990)]
+    picks = family.goal_picks(result)
+    assert [name for name, _, _ in picks] == ["alpha=1.9", "early-stride 1.3k"] and picks[1][1].strides == (1, 2, 1, 2, 1, 1)
