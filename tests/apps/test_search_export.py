@@ -29,15 +29,16 @@ TARGET = "atmega2560"
 EPOCHS = 1
 # queued first: the seed's member with a recipe other than the default, then the two widest members at 28x28
 # and 24x24, whose activations alone take more than the chip's 8 KB
-QUEUED = [{"width": 1.0, "input_size": 28, "lr": 0.005, "augment": False},
-          {"width": 2.0, "input_size": 28, "lr": 0.01, "augment": True, "elastic": 1.0},
-          {"width": 2.0, "input_size": 24, "lr": 0.01, "augment": False}]
+SEED_STRIDES = "1,1,2,1,2,1"
+QUEUED = [{"width": 1.0, "input_size": 28, "strides": SEED_STRIDES, "lr": 0.005, "augment": False},
+          {"width": 2.0, "input_size": 28, "strides": SEED_STRIDES, "lr": 0.01, "augment": True, "elastic": 1.0},
+          {"width": 2.0, "input_size": 24, "strides": SEED_STRIDES, "lr": 0.01, "augment": False}]
 SIMULATORS = ("avr-gcc", "simavr", "arm-none-eabi-gcc", "qemu-system-arm", "clang-22", "qemu-system-xtensa")
 
 
-def does_not_fit(width: float, input_size: int) -> bool:
+def does_not_fit(width: float, input_size: int, strides: str = SEED_STRIDES) -> bool:
     """The member's int8 row plan (the ATmega2560 firmware's) against the chip's flash and SRAM."""
-    plan = row_plan(spec.Architecture.from_options(width, None, input_size))
+    plan = row_plan(spec.Architecture.from_options(width, None, input_size, strides))
     return plan.ram_bytes > TARGETS[TARGET].ram_bytes or plan.flash_bytes > TARGETS[TARGET].flash_bytes
 
 
@@ -74,7 +75,8 @@ def test_members_that_do_not_fit_are_pruned_untrained(mega_search):
     assert len(trials) == 3
     states = {t.number: t.state for t in trials}
     pruned = {n for n, state in states.items() if state == optuna.trial.TrialState.PRUNED}
-    expected = {t.number for t in trials if does_not_fit(t.params["width"], t.params["input_size"])}
+    expected = {t.number for t in trials if does_not_fit(t.params["width"], t.params["input_size"],
+                                                         t.params["strides"])}
     assert pruned == expected == {1, 2}
     assert states[0] == optuna.trial.TrialState.COMPLETE
     # none of the pruned ones trained or was simulated: no run folder, no latency
@@ -94,18 +96,18 @@ def test_the_prune_rule_over_the_whole_search_space():
             raise LookupError("reached the training images")
 
     outcomes = {}
-    for width in search.WIDTHS:
-        for size in search.INPUT_SIZES:
-            trial = optuna.trial.FixedTrial({"width": width, "input_size": size, "lr": 0.01, "augment": False})
-            try:
-                search.objective(trial, search.Settings(TARGET, "mnist-sample", None, EPOCHS), Path("/nonexistent"),
-                                 NotToBeRead())
-            except optuna.TrialPruned:
-                outcomes[width, size] = "pruned"
-            except LookupError:
-                outcomes[width, size] = "kept"
-    assert outcomes == {(w, s): "pruned" if does_not_fit(w, s) else "kept"
-                        for w in search.WIDTHS for s in search.INPUT_SIZES}
+    space = [(w, s, t) for w in search.WIDTHS for s in search.INPUT_SIZES for t in search.STRIDES]
+    for width, size, strides in space:
+        trial = optuna.trial.FixedTrial({"width": width, "input_size": size, "strides": strides, "lr": 0.01,
+                                         "augment": False})
+        try:
+            search.objective(trial, search.Settings(TARGET, "mnist-sample", None, EPOCHS), Path("/nonexistent"),
+                             NotToBeRead())
+        except optuna.TrialPruned:
+            outcomes[width, size, strides] = "pruned"
+        except LookupError:
+            outcomes[width, size, strides] = "kept"
+    assert outcomes == {member: "pruned" if does_not_fit(*member) else "kept" for member in space}
     assert "pruned" in outcomes.values() and "kept" in outcomes.values()
 
 
@@ -115,7 +117,8 @@ def test_a_member_whose_firmware_does_not_fit_is_pruned_untrained(tmp_path):
     before any training."""
     arch = spec.Architecture.from_options(1.5, None, 28)
     assert not does_not_fit(1.5, 28)  # the plan alone would keep it
-    trial = optuna.trial.FixedTrial({"width": 1.5, "input_size": 28, "lr": 0.01, "augment": False})
+    trial = optuna.trial.FixedTrial({"width": 1.5, "input_size": 28, "strides": SEED_STRIDES, "lr": 0.01,
+                                     "augment": False})
     train_set = load_sample("train")
     with pytest.raises(optuna.TrialPruned, match="stack ran into the static data"):
         search.objective(trial, search.Settings(TARGET, "mnist-sample", None, EPOCHS), tmp_path, train_set)

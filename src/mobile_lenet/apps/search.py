@@ -1,7 +1,7 @@
 """``mobile-lenet search``: which family member, trained how, is the most accurate one that fits a chip and answers
 in time. An Optuna study with two objectives, validation accuracy (up) and latency on the target (down).
 
-Each trial draws a member (width multiplier, input size) and a recipe (epochs, peak learning rate, augmentation);
+Each trial draws a member (width multiplier, input size, where the two stride-2 blocks sit) and a recipe (epochs, peak learning rate, augmentation);
 a member whose int8 memory plan (``codegen.memory``) does not fit the target's flash or RAM is pruned before any
 training, and so is one whose firmware, simulated for its latency, does not fit (the plan counts activations
 only: on the ATmega2560 width 1.5 at 28x28 fits its plan, but its stack runs into the static data). The latency is ``simulate``'s instruction or cycle count of the member's int8 firmware for one image at
@@ -42,9 +42,13 @@ from mobile_lenet.errors import UserError
 from mobile_lenet.files import atomic_write_text, check_writable_folder
 from mobile_lenet.model.config import MAX_EPOCHS, default_batch_size
 
-# The search space. Widths and input sizes are a short list, so every front member is a reproducible command.
+# The search space. Widths, input sizes and block strides are short lists, so every front member is a
+# reproducible command.
 WIDTHS = (0.5, 0.75, 1.0, 1.5, 2.0)
 INPUT_SIZES = (16, 20, 24, 28)
+# Where the seed's two stride-2 blocks sit: the seed's place, then earlier. The parameters stay; an earlier stride
+# leaves more blocks on the smaller maps (at the seed's channels 452 k, 372 k, 313 k and 233 k MACs per image).
+STRIDES = (",".join(map(str, spec.SEED_STRIDES)), "1,2,1,1,2,1", "1,2,1,2,1,1", "2,1,1,2,1,1")
 EPOCHS = (5, 10, 20, 40)  # searched unless --epochs fixes them
 LR_RANGE = (3e-3, 5e-2)  # peak learning rate of the one-cycle schedule, drawn log-uniformly
 ELASTIC = (0.0, 1.0, 2.0)  # elastic distortion on top of the affine augmentation (pixels)
@@ -158,6 +162,7 @@ def trial_params(trial, settings: Settings) -> dict:
     """Draw one member and recipe."""
     params = {"width": trial.suggest_categorical("width", WIDTHS),
               "input_size": trial.suggest_categorical("input_size", INPUT_SIZES),
+              "strides": trial.suggest_categorical("strides", STRIDES),
               "epochs": settings.epochs or trial.suggest_categorical("epochs", EPOCHS),
               "lr": float(f"{trial.suggest_float('lr', *LR_RANGE, log=True):.3g}"),  # a short, exact flag value
               "augment": trial.suggest_categorical("augment", (True, False))}
@@ -170,8 +175,10 @@ def train_command(params: dict, settings: Settings, out: str) -> str:
     words = ["mobile-lenet", "train", "--dataset", settings.dataset]
     if settings.data_dir:
         words += ["--data-dir", settings.data_dir]
-    words += ["--out", out, "--width", f"{params['width']:g}", "--input-size", str(params["input_size"]),
-              "--epochs", str(params["epochs"]), "--lr", f"{params['lr']:g}", "--seed", "0",
+    words += ["--out", out, "--width", f"{params['width']:g}", "--input-size", str(params["input_size"])]
+    if params["strides"] != STRIDES[0]:
+        words += ["--strides", params["strides"]]
+    words += ["--epochs", str(params["epochs"]), "--lr", f"{params['lr']:g}", "--seed", "0",
               "--augment" if params["augment"] else "--no-augment"]
     if params["elastic"]:
         words += ["--elastic", f"{params['elastic']:g}"]
@@ -186,7 +193,7 @@ def objective(trial, settings: Settings, out: Path, train_set) -> tuple[float, f
 
     target = get_target(settings.target)
     params = trial_params(trial, settings)
-    arch = spec.Architecture.from_options(params["width"], None, params["input_size"])
+    arch = spec.Architecture.from_options(params["width"], None, params["input_size"], params["strides"])
     needs = memory_needs(arch, target)
     trial.set_user_attr("params", params)
     trial.set_user_attr("architecture", arch.to_dict())
@@ -224,7 +231,7 @@ def _best_val(run: Path) -> float:
 # ------------------------------------------------------------------------------------------------ workers
 def _seed_params(settings: Settings) -> dict:
     """The seed's network and default recipe (epochs as searched or fixed): always the study's first trial."""
-    params = {"width": 1.0, "input_size": 28, "lr": 2e-2, "augment": True, "elastic": 0.0}
+    params = {"width": 1.0, "input_size": 28, "strides": STRIDES[0], "lr": 2e-2, "augment": True, "elastic": 0.0}
     return params if settings.epochs else {**params, "epochs": SEED_EPOCHS}
 
 
