@@ -55,13 +55,14 @@ def not_available(reason: str) -> dict:
     return {"available": False, "reason": reason}
 
 
-def setting_text(key: str, value) -> str:
+def setting_text(key: str, value, folder: bool = False) -> str:
     """One changed setting as text; a family member (``architecture``) by its channels, its strides where they are
-    not the seed's, and its input size where it is not 28."""
+    not the seed's, and its input size where it is not 28. ``folder``: for a run folder's name (no spaces)."""
     if key == "architecture":
         from mobile_lenet.spec import SEED_STRIDES
 
-        strides = "" if tuple(value["strides"]) == SEED_STRIDES else "_s" + ",".join(map(str, value["strides"]))
+        strides = "" if tuple(value["strides"]) == SEED_STRIDES else (
+            ("_s" if folder else " strides ") + ",".join(map(str, value["strides"])))
         return (",".join(map(str, value["channels"])) + strides
                 + ("" if value["input_size"] == 28 else f"@{value['input_size']}"))
     return str(value)
