@@ -456,7 +456,7 @@ def family_section(entry: dict, title: str = "The Mobile-LeNet family") -> list[
                 if any(t["target"] == "atmega2560" and "per_image" in t for t in row["targets"])]
     if fits_avr:
         best = max(fits_avr, key=lambda r: r["accuracy"]["mean"])
-        lines.append(f"- The most accurate member that runs in the ATmega2560's 8 KB: {best['member']} "
+        lines.append(f"- The most accurate of these members that runs in the ATmega2560's 8 KB: {best['member']} "
                      f"({percent(best['accuracy']['mean'])}, {best['parameters']:,} parameters).")
     points = ", ".join(f"{p:,} parameters {percent(a)}" for p, a in result["published"])
     lines.append(f"- Drawn in for scale (crosses): published small MNIST CNNs as issue 26 quotes them: {points}.")
