@@ -148,6 +148,18 @@ def confident_digits(trained_tensors, mnist_test):
     return indices
 
 
+def train_member_briefly(out: Path, mnist_train, arch, epochs: int, lr: float) -> Path:
+    """A run folder of the family member ``arch`` trained ``epochs`` epochs of batch 32 (seed 1) on the first 3,000
+    images of the 10k training subset: a definite network for the engines to be held to each other on."""
+    from mobile_lenet.model.data import Dataset
+    from mobile_lenet.model.training import TrainConfig, train
+
+    subset = Dataset(mnist_train.images[:3000], mnist_train.labels[:3000], "mnist-10k[:3000]")
+    train(TrainConfig(epochs=epochs, batch_size=32, seed=1, lr=lr, architecture=arch.to_dict()), subset, out,
+          progress=False, log=lambda s: None)
+    return out
+
+
 def write_idx_set(folder: Path, images: np.ndarray, labels: np.ndarray, prefix: str = "train", gz: bool = False):
     """Write a pair of IDX files the way the official MNIST files are named."""
     from mobile_lenet.model.data import write_idx

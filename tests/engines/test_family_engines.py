@@ -17,10 +17,10 @@ from mobile_lenet.errors import UserError
 from mobile_lenet.formats import noodle, onnx_export
 from mobile_lenet.formats.int8_folder import load_quantized, save_quantized
 from mobile_lenet.formats.model_files import load_float_model
-from mobile_lenet.model.data import Dataset
 from mobile_lenet.model.images import resize_digits
-from mobile_lenet.model.training import TrainConfig, train
 from mobile_lenet.quantization.quantize import quantize_model
+
+from conftest import train_member_briefly
 
 MEMBER = spec.Architecture.from_options(width=0.5, input_size=16)
 COUNT = 500  # test images per engine
@@ -29,11 +29,7 @@ COUNT = 500  # test images per engine
 @pytest.fixture(scope="module")
 def member_run(tmp_path_factory, mnist_train):
     """A run folder of the member, trained 6 epochs of batch 32 on 3,000 training images (about 90% accurate)."""
-    out = tmp_path_factory.mktemp("member_run")
-    subset = Dataset(mnist_train.images[:3000], mnist_train.labels[:3000], "mnist-10k[:3000]")
-    train(TrainConfig(epochs=6, batch_size=32, seed=1, lr=1e-2, architecture=MEMBER.to_dict()), subset, out, progress=False,
-          log=lambda s: None)
-    return out
+    return train_member_briefly(tmp_path_factory.mktemp("member_run"), mnist_train, MEMBER, epochs=6, lr=1e-2)
 
 
 @pytest.fixture(scope="module")

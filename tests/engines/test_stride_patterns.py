@@ -16,9 +16,10 @@ from mobile_lenet.engines import host_c, reference, reference_int8
 from mobile_lenet.engines.registry import logits
 from mobile_lenet.formats.int8_folder import save_quantized
 from mobile_lenet.formats.model_files import load_float_model
-from mobile_lenet.model.data import Dataset, load_sample
-from mobile_lenet.model.training import TrainConfig, train
+from mobile_lenet.model.data import load_sample
 from mobile_lenet.quantization.quantize import quantize_model
+
+from conftest import train_member_briefly
 
 # channels in fours: the host's fast int8 kernels take pointwise inputs of 4n channels (others: generic only)
 PATTERN = spec.Architecture.from_options(channels="4,8,8,8,12,12,16,16,16", strides="2,1,1,2,1,2,1,1")
@@ -28,11 +29,7 @@ COUNT = 300  # test digits per engine
 @pytest.fixture(scope="module")
 def pattern_run(tmp_path_factory, mnist_train):
     """The member trained 3 epochs on 3,000 training images: a network that reads digits, not noise."""
-    out = tmp_path_factory.mktemp("pattern_run")
-    subset = Dataset(mnist_train.images[:3000], mnist_train.labels[:3000], "mnist-10k[:3000]")
-    train(TrainConfig(epochs=3, batch_size=32, seed=1, lr=2e-2, architecture=PATTERN.to_dict()), subset, out,
-          progress=False, log=lambda s: None)
-    return out
+    return train_member_briefly(tmp_path_factory.mktemp("pattern_run"), mnist_train, PATTERN, epochs=3, lr=2e-2)
 
 
 @pytest.fixture(scope="module")
