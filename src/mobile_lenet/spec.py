@@ -78,6 +78,9 @@ class Architecture:
         if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
             raise UserError(f"width must be a number above 0, not {width}")
         channels = tuple(max(1, math.floor(c * width + 0.5)) for c in self.channels)
+        if max(channels) > MAX_CHANNELS:
+            raise UserError(f"width {width:g} makes the widest layer {max(channels)} channels, above the "
+                            f"{MAX_CHANNELS} allowed: width must be under {(MAX_CHANNELS + 0.5) / max(self.channels):.4g}")
         return Architecture(channels, self.strides, self.input_size)
 
     @property
