@@ -5,6 +5,8 @@
 #ifndef ML_KERNELS_F32_H
 #define ML_KERNELS_F32_H
 
+#include <stddef.h> /* NULL: a convolution without a bias (the generated calls pass it) */
+
 /* Convolution: out[co][oy][ox] = bias[co] + sum over ci, ky, kx (in that order, from 0) of
  * in[ci][oy * stride - padding + ky][ox * stride - padding + kx] * weight[co][ci][ky][kx].
  * Taps on the zero padding contribute nothing. bias may be NULL. in and out must not overlap. */

@@ -31,6 +31,7 @@
 #ifndef ML_ROWS_S8_H
 #define ML_ROWS_S8_H
 
+#include <stddef.h> /* NULL: a layer's rq where it takes the generic path (the generated tables use it) */
 #include <stdint.h>
 
 /* One quantized layer's constants: kernel, folded bias (bias - in_zp * sum of the filter's weights) and
