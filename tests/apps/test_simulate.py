@@ -126,6 +126,43 @@ def test_a_stack_that_runs_into_the_static_data_does_not_fit(mnist_test, tmp_pat
     assert simulators_running() == 0
 
 
+def _untrained_int8(arch, images):
+    import torch
+
+    from mobile_lenet.model.images import resize_digits
+    from mobile_lenet.model.network import MobileLeNet, to_noodle
+    from mobile_lenet.quantization.quantize import quantize_model
+
+    torch.manual_seed(0)
+    return quantize_model(to_noodle(MobileLeNet(arch).eval()), resize_digits(images[:64], arch.input_size), arch=arch)
+
+
+def test_a_stack_that_overwrites_the_static_data_without_a_crash_does_not_fit(mnist_test, tmp_path):
+    """Width 1.45 on the ATmega2560: the stack runs into the static data, but the core runs on and answers from
+    overwritten data. That is no result either: the same one-line "does not fit" with the bytes (this once
+    passed as a run, so a search kept members whose trained firmware then answered wrong)."""
+    qmodel = _untrained_int8(spec.Architecture.from_options(1.45, None, 28), mnist_test.images)
+    with pytest.raises(DoesNotFit, match=r"does not fit: its stack ran into the static data and overwrote it, so "
+                                         r"its answers are void \(static RAM [\d,]+ bytes plus at least"):
+        simulate.simulate(qmodel, "atmega2560", mnist_test.images[:1], mnist_test.labels[:1], work_dir=tmp_path,
+                          progress=False)
+    assert simulators_running() == 0
+
+
+def test_the_row_schedules_stack_does_not_grow_with_the_blocks(mnist_test, tmp_path):
+    """On the ATmega2560 a block's rows go down the network in a loop, not a recursion over the blocks, so twelve
+    blocks need the stack of six (the recursion took about 120 bytes a block, on a chip with 8 KB of RAM).
+    Oracle: simavr's lowest stack pointer."""
+    stacks = []
+    for strides in ("1,1,2,1,2,1", "1,1,2,1,1,1,1,1,2,1,1,1"):
+        arch = spec.Architecture.from_options(None, ",".join(["8"] * (strides.count(",") + 2)), None, strides)
+        report = simulate.simulate(_untrained_int8(arch, mnist_test.images), "atmega2560", mnist_test.images[:1],
+                                   mnist_test.labels[:1], work_dir=tmp_path / str(len(stacks)), progress=False)
+        assert report["agreement_with_reference"] == 1
+        stacks.append(report["peak_stack_bytes"])
+    assert abs(stacks[1] - stacks[0]) < 40, stacks
+
+
 def test_atmega2560_float_needs_external_ram(upstream_tensors, mnist_test, tmp_path):
     images, labels = mnist_test.images[:1], mnist_test.labels[:1]
     with pytest.raises(UserError, match="float32 model does not fit: static RAM needs"):

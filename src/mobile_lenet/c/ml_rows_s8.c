@@ -697,20 +697,38 @@ static void block_row(const ml_rows_network *net, int b, const ml_block_s8 *p, c
 #endif
 }
 
-/* Block b's ring has received its next row: compute (and hand on) every output row that has become computable. */
-static void push(const ml_rows_network *net, int b)
+/* Whether block p (its ring: rows) has the input rows of its next output row (and has one left to emit). */
+static int can_emit(const ml_block_s8 *p, const ml_block_rows *rows)
 {
-    ml_block_s8 p; /* the block's description, copied out of flash (on the stack: one per block in flight) */
-    ml_block_rows *rows = &net->rows[b + 1];
+    int last = rows->emitted * p->stride - p->padding + p->kernel - 1; /* the last input row it reads */
+    if (rows->emitted >= p->out_h) return 0;
+    if (last > p->in_h - 1) last = p->in_h - 1; /* (below: zero padding) */
+    return rows->received > last;
+}
+
+/* Block first's ring has received its next row: compute (and hand on) every output row that has become
+ * computable, depth first: a block's new row goes down the network as far as it can before the block's next
+ * one. A loop rather than a recursion over the blocks, so that one block description is on the stack at a time
+ * (on the AVR each is tens of bytes, one per block in flight). */
+static void push(const ml_rows_network *net, int first)
+{
+    ml_block_s8 p; /* block b's description, copied out of flash */
+    int b = first;
+    net->rows[b + 1].received++;
     ML_FLASH_COPY(&p, &net->blocks[b]);
-    rows->received++;
-    while (rows->emitted < p.out_h) {
-        int last = rows->emitted * p.stride - p.padding + p.kernel - 1; /* the last input row it reads */
-        if (last > p.in_h - 1) last = p.in_h - 1;                      /* (below: zero padding) */
-        if (rows->received <= last) return;                              /* not in yet */
-        block_row(net, b, &p, rows, rows->emitted);
-        rows->emitted++;
-        if (b + 1 < net->count) push(net, b + 1);
+    for (;;) {
+        ml_block_rows *rows = &net->rows[b + 1];
+        if (can_emit(&p, rows)) {
+            block_row(net, b, &p, rows, rows->emitted);
+            rows->emitted++;
+            if (b + 1 == net->count) continue; /* the last block: its rows went to the pooling sums */
+            net->rows[++b + 1].received++;     /* down: the next block has received that row */
+        } else if (b == first) {
+            return;
+        } else {
+            --b; /* up: the block before goes on with its next row */
+        }
+        ML_FLASH_COPY(&p, &net->blocks[b]);
     }
 }
 

@@ -250,27 +250,30 @@ class SimulatorRun:
     # -------------------------------------------------------------------------------------------- stop
     def __exit__(self, *exc) -> None:
         self._stop()
+        # what the host saw (a serial port that went away, or answers from overwritten weights) is a symptom: say
+        # what happened on the chip; a DoesNotFit, as a build too large for the chip is (the main job records it,
+        # a search prunes it)
+        if (reason := self.stack_collision()) is not None:
+            raise DoesNotFit(reason) from None
         if exc[0] is None:
             self._read_measurements()
-        elif (reason := self.stack_collision()) is not None:
-            # what the host saw (a serial port that went away) is a symptom: say what happened on the chip; a
-            # DoesNotFit, as a build too large for the chip is (the main job records it, a search prunes it)
-            raise DoesNotFit(reason) from None
 
     def stack_collision(self) -> str | None:
-        """Why an AVR firmware crashed, when its stack grew down into its static data (the build's static RAM
-        fits the chip, but not together with the stack the network needs): one line, or None."""
+        """Why an AVR firmware's results are void, when its stack grew down into its static data (the build's
+        static RAM fits the chip, but not together with the stack the network needs): the chip crashed, or ran on
+        with overwritten data and answered wrong. One line, or None."""
         if self.firmware.target.simulator != "simavr" or self.firmware.external_ram:
             return None
         summary = self._simavr_summary()
         if summary is None:
             return None
         static_end = self.firmware.symbols["__bss_end"][0] & 0xFFFF  # data addresses carry 0x800000 in an AVR ELF
-        if summary.get("stop") != "crashed" or summary["min_sp"] > static_end:
+        if summary["min_sp"] > static_end:
             return None
         stack = summary["ramend"] - summary["min_sp"]
+        what = "the chip crashed" if summary.get("stop") == "crashed" else "overwrote it, so its answers are void"
         return (f"{self.firmware.target.name}: the {'int8' if self.firmware.int8 else 'float'} model does not fit: "
-                f"its stack ran into the static data and the chip crashed (static RAM "
+                f"its stack ran into the static data and {what} (static RAM "
                 f"{self.firmware.static_ram_bytes:,} bytes plus at least {stack:,} bytes of stack, over the chip's "
                 f"{self.firmware.target.ram_bytes:,} bytes of SRAM)")
 
