@@ -94,21 +94,24 @@ def test_atmega2560_runs_the_int8_network_in_its_8_kb(upstream_int8, mnist_test,
     assert simulators_running() == 0
 
 
-def test_a_stack_that_runs_into_the_static_data_does_not_fit(mnist_test, tmp_path, monkeypatch):
-    """Width 1.5 on the ATmega2560: its static RAM fits the 8 KB (the build accepts it) but not with the stack the
-    network needs; the core crashes, and that is said in one line with the bytes, not as a lost serial port.
-    (Untrained weights: the memory layout is the trained member's; found by the family benchmark.)"""
-    import re
-
+def _untrained_int8(arch, images):
     import torch
 
     from mobile_lenet.model.images import resize_digits
     from mobile_lenet.model.network import MobileLeNet, to_noodle
     from mobile_lenet.quantization.quantize import quantize_model
 
-    arch = spec.Architecture.from_options(1.5, None, 28)
     torch.manual_seed(0)
-    qmodel = quantize_model(to_noodle(MobileLeNet(arch).eval()), resize_digits(mnist_test.images[:64], 28), arch=arch)
+    return quantize_model(to_noodle(MobileLeNet(arch).eval()), resize_digits(images[:64], arch.input_size), arch=arch)
+
+
+def test_a_stack_that_runs_into_the_static_data_does_not_fit(mnist_test, tmp_path, monkeypatch):
+    """Width 1.5 on the ATmega2560: its static RAM fits the 8 KB (the build accepts it) but not with the stack the
+    network needs; the core crashes, and that is said in one line with the bytes, not as a lost serial port.
+    (Untrained weights: the memory layout is the trained member's; found by the family benchmark.)"""
+    import re
+
+    qmodel = _untrained_int8(spec.Architecture.from_options(1.5, None, 28), mnist_test.images)
     with pytest.raises(DoesNotFit) as error:  # as a build too large for the chip: the main job records it
         simulate.simulate(qmodel, "atmega2560", mnist_test.images[:1], mnist_test.labels[:1], work_dir=tmp_path,
                           progress=False)
@@ -124,17 +127,6 @@ def test_a_stack_that_runs_into_the_static_data_does_not_fit(mnist_test, tmp_pat
     (row,) = deployed["results"]
     assert row["fits"] is False and row["precision"] == "int8" and "stack ran into the static data" in row["reason"]
     assert simulators_running() == 0
-
-
-def _untrained_int8(arch, images):
-    import torch
-
-    from mobile_lenet.model.images import resize_digits
-    from mobile_lenet.model.network import MobileLeNet, to_noodle
-    from mobile_lenet.quantization.quantize import quantize_model
-
-    torch.manual_seed(0)
-    return quantize_model(to_noodle(MobileLeNet(arch).eval()), resize_digits(images[:64], arch.input_size), arch=arch)
 
 
 def test_a_stack_that_overwrites_the_static_data_without_a_crash_does_not_fit(mnist_test, tmp_path):
