@@ -709,7 +709,7 @@ static int can_emit(const ml_block_s8 *p, const ml_block_rows *rows)
 /* Block first's ring has received its next row: compute (and hand on) every output row that has become
  * computable, depth first: a block's new row goes down the network as far as it can before the block's next
  * one. A loop rather than a recursion over the blocks, so that one block description is on the stack at a time
- * (on the AVR each is tens of bytes, one per block in flight). */
+ * (a recursion holds one per block in flight: 121 bytes a block on the AVR, where RAM is 8 KB). */
 static void push(const ml_rows_network *net, int first)
 {
     ml_block_s8 p; /* block b's description, copied out of flash */
@@ -722,7 +722,8 @@ static void push(const ml_rows_network *net, int first)
             block_row(net, b, &p, rows, rows->emitted);
             rows->emitted++;
             if (b + 1 == net->count) continue; /* the last block: its rows went to the pooling sums */
-            net->rows[++b + 1].received++;     /* down: the next block has received that row */
+            b++;                               /* down: the next block has received that row */
+            net->rows[b + 1].received++;
         } else if (b == first) {
             return;
         } else {
