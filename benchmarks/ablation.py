@@ -37,7 +37,8 @@ VARIANTS = (
 
 def run_name(overrides: dict, seed: int = 0) -> str:
     """A variant's run folder name, from its settings (so adding a variant keeps the others' finished runs)."""
-    name = "-".join(f"{key}={setting_text(key, value, folder=True)}" for key, value in sorted(overrides.items())) or "default"
+    name = "-".join(f"{key}={setting_text(key, value, folder=True)}"
+                    for key, value in sorted(overrides.items())) or "default"
     return name if seed == 0 else f"{name}-seed{seed}"
 
 

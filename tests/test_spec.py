@@ -159,7 +159,7 @@ def test_width_rounds_half_up_and_keeps_one_channel():
 def test_width_too_wide_names_the_width_and_its_bound():
     # the seed's widest layer has 24 channels: 24 x 10.68 = 256.3 rounds to 256, 24 x 10.6875 = 256.5 to 257
     assert max(spec.SEED.scaled(10.68).channels) == 256
-    with pytest.raises(spec.UserError, match=r"^width 10.6875 makes the widest layer 257 channels.*under 10.69$"):
+    with pytest.raises(spec.UserError, match=r"^width 10.6875 makes the widest layer 257 channels.*under 10.6875$"):
         spec.SEED.scaled(10.6875)
 
 

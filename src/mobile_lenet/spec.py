@@ -78,9 +78,10 @@ class Architecture:
         if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
             raise UserError(f"width must be a number above 0, not {width}")
         channels = tuple(max(1, math.floor(c * width + 0.5)) for c in self.channels)
-        if max(channels) > MAX_CHANNELS:
+        if max(channels) > MAX_CHANNELS:  # rounding half up: a layer of c channels stays within while c x width < 256.5
+            bound = (MAX_CHANNELS + 0.5) / max(self.channels)
             raise UserError(f"width {width:g} makes the widest layer {max(channels)} channels, above the "
-                            f"{MAX_CHANNELS} allowed: width must be under {(MAX_CHANNELS + 0.5) / max(self.channels):.4g}")
+                            f"{MAX_CHANNELS} allowed: width must be under {bound:g}")
         return Architecture(channels, self.strides, self.input_size)
 
     @property

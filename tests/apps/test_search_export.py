@@ -29,7 +29,7 @@ TARGET = "atmega2560"
 EPOCHS = 1
 # queued first: the seed's member with a recipe other than the default, then the two widest members at 28x28
 # and 24x24, whose activations alone take more than the chip's 8 KB
-SEED_STRIDES = "1,1,2,1,2,1"
+SEED_STRIDES = search.STRIDES[0]  # the seed's, as the search writes them
 QUEUED = [{"width": 1.0, "input_size": 28, "strides": SEED_STRIDES, "lr": 0.005, "augment": False},
           {"width": 2.0, "input_size": 28, "strides": SEED_STRIDES, "lr": 0.01, "augment": True, "elastic": 1.0},
           {"width": 2.0, "input_size": 24, "strides": SEED_STRIDES, "lr": 0.01, "augment": False}]

@@ -403,7 +403,8 @@ def _cost_rows(costs: list[BlockCost]) -> list[list]:
              f"{c.standard_macs:,}", f"{c.mac_ratio:.1f}×"] for c in costs]
     sep_p, std_p = sum(c.separable_params for c in costs), sum(c.standard_params for c in costs)
     sep_m, std_m = sum(c.separable_macs for c in costs), sum(c.standard_macs for c in costs)
-    rows.append([_block_range([c.block for c in costs]), "", "", f"{sep_p:,}", f"{std_p:,}", f"{sep_m:,}", f"{std_m:,}", f"{std_m / sep_m:.1f}×"])
+    rows.append([_block_range([c.block for c in costs]), "", "", f"{sep_p:,}", f"{std_p:,}", f"{sep_m:,}",
+                 f"{std_m:,}", f"{std_m / sep_m:.1f}×"])
     return rows
 
 
@@ -419,6 +420,7 @@ def render_html(facts: list[tuple[str, str]], figures: dict[str, str], result: d
     per_class = [[digit, "-" if acc is None else f"{100 * acc:.2f}%", sum(result["confusion"][digit])]
                  for digit, acc in enumerate(result["per_class"])]
     totals = spec.totals(arch)
+    blocks = _block_range([name for name, _, _ in arch.blocks])
     sep_m = sum(c.separable_macs for c in costs)
     std_m = sum(c.standard_macs for c in costs)
     whole_standard = totals["macs"] - sep_m + std_m
@@ -447,7 +449,7 @@ def render_html(facts: list[tuple[str, str]], figures: dict[str, str], result: d
 {_figure(figures["architecture"], "The network as the architecture table spec.LAYERS describes it: one box "
                                   "per row, one column per stage.")}
 <h3>Depthwise-separable blocks vs standard convolutions</h3>
-<p>Each block {_block_range([name for name, _, _ in arch.blocks])} replaces one standard 3×3 convolution (C<sub>in</sub> → C<sub>out</sub>, same stride) by a
+<p>Each block {blocks} replaces one standard 3×3 convolution (C<sub>in</sub> → C<sub>out</sub>, same stride) by a
 3×3 depthwise convolution (one filter per channel) followed by a 1×1 pointwise convolution that mixes the
 channels. The table compares their weights and multiply-accumulates (MACs) per image, computed from the
 architecture table; BatchNorm and ReLU would follow either, so they are left out here. The saving is about

@@ -1,12 +1,15 @@
 """``mobile-lenet search``: which family member, trained how, is the most accurate one that fits a chip and answers
 in time. An Optuna study with two objectives, validation accuracy (up) and latency on the target (down).
 
-Each trial draws a member (width multiplier, input size, where the two stride-2 blocks sit) and a recipe (epochs, peak learning rate, augmentation);
-a member whose int8 memory plan (``codegen.memory``) does not fit the target's flash or RAM is pruned before any
-training, and so is one whose firmware, simulated for its latency, does not fit (the plan counts activations
-only: on the ATmega2560 width 1.5 at 28x28 fits its plan, but its stack runs into the static data). The latency is ``simulate``'s instruction or cycle count of the member's int8 firmware for one image at
-the chip's clock (the kernels have no data-dependent branches, so the member's untrained weights give the trained
-member's count); every member, whatever its input size, is measured so.
+Each trial draws a member (width multiplier, input size, where the two stride-2 blocks sit) and a recipe (epochs,
+peak learning rate, augmentation); a member whose int8 memory plan (``codegen.memory``) does not fit the target's
+flash or RAM is pruned before any training, and so is one whose firmware, simulated for its latency, does not fit
+(the plan counts activations only: on the ATmega2560 width 1.5 at 28x28 fits its plan, but its stack runs into
+the static data). The latency is ``simulate``'s instruction or cycle count of the member's int8 firmware for one
+image at the chip's clock, measured with untrained weights before training: the kernels have no data-dependent
+branches, so the trained member's count is the same, unless its weights send a layer to the generic
+requantization path (a scale above three bytes; on the AVR also a -128 weight), which is slower. Every member,
+whatever its input size, is measured so.
 
 Storage: with no ``--storage`` the study is ``DIR/study.db`` (SQLite); any URL Optuna's RDB storage takes (e.g.
 ``postgresql://``) lets workers on many machines share one study. Each worker is the same command: it runs
