@@ -102,6 +102,30 @@ def test_latency_is_measured_for_every_member(quick_search):
             assert p["count"] < seed["count"] * spec.totals(arch)["macs"] / spec.totals(spec.SEED)["macs"] * 1.5
 
 
+def test_latency_is_the_trained_models_as_the_verbs_make_it(quick_search, tmp_path):
+    """A member's latency is that of its trained model as a user deploys it: ``quantize`` (its own process, its
+    own calibration) on the trial's best.pt, then ``simulate`` on the same image; not the untrained weights'."""
+    import numpy as np
+
+    from mobile_lenet.apps.simulate import simulate
+    from mobile_lenet.formats.int8_folder import load_quantized
+    from mobile_lenet.model.data import load_dataset
+    from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT, pick_calibration_images
+
+    out, _, _ = quick_search
+    front = json.loads((out / "front.json").read_text())
+    member = min(front["complete"], key=lambda p: p["trial"] == 0)  # one that is not the seed's, if any
+    quantized = tmp_path / "int8"
+    result = cli("quantize", str(Path(member["run"]) / "best.pt"), "--calibration-data", "mnist-sample",
+                 "--out", str(quantized))
+    assert result.returncode == 0, result.stderr
+    image = pick_calibration_images(load_dataset("mnist-sample", "train").images, DEFAULT_CALIBRATION_COUNT)[:1]
+    report = simulate(load_quantized(quantized), front["settings"]["target"], image, np.zeros(1, np.uint8),
+                      progress=False)
+    assert member["count"] == report["instructions_per_image"]["mean"]
+    assert member["firmware_flash_bytes"] == report["flash_bytes"]
+
+
 def test_a_finished_search_resumes_with_more_trials(quick_search, tmp_path):
     out, _, _ = quick_search
     copy = tmp_path / "run"

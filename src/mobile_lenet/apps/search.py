@@ -5,11 +5,11 @@ Each trial draws a member (width multiplier, input size, where the two stride-2 
 peak learning rate, augmentation); a member whose int8 memory plan (``codegen.memory``) does not fit the target's
 flash or RAM is pruned before any training, and so is one whose firmware, simulated for its latency, does not fit
 (the plan counts activations only: on the ATmega2560 width 1.5 at 28x28 fits its plan, but its stack runs into
-the static data). The latency is ``simulate``'s instruction or cycle count of the member's int8 firmware for one
-image at the chip's clock, measured with untrained weights before training: the kernels have no data-dependent
-branches, so the trained member's count is the same, unless its weights send a layer to the generic
-requantization path (a scale above three bytes; on the AVR also a -128 weight), which is slower. Every member,
-whatever its input size, is measured so.
+the static data), judged with untrained weights. The latency is ``simulate``'s instruction or cycle count for one
+image at the chip's clock of the int8 firmware of the trained member, quantized as ``mobile-lenet quantize`` does:
+the kernels have no data-dependent branches, but trained weights can send a layer to the generic requantization
+path (a scale above three bytes; on the AVR also a -128 weight), which is slower and larger, so a trained member
+whose firmware no longer fits is pruned then. Every member, whatever its input size, is measured so.
 
 Storage: with no ``--storage`` the study is ``DIR/study.db`` (SQLite); any URL Optuna's RDB storage takes (e.g.
 ``postgresql://``) lets workers on many machines share one study. Each worker is the same command: it runs
@@ -140,21 +140,28 @@ def memory_needs(arch: spec.Architecture, target: Target) -> dict:
     return {"flash_bytes": plan.flash_bytes, "ram_bytes": plan.ram_bytes}
 
 
-def measure_latency(arch: spec.Architecture, target: Target, images) -> dict:
-    """``simulate``'s count per image of ``arch``'s int8 firmware (untrained weights, one image) on ``target``."""
+def measure_latency(arch: spec.Architecture, target: Target, images, trained: Path | None = None) -> dict:
+    """``simulate``'s count per image of ``arch``'s int8 firmware on ``target`` (one image): of the model in
+    ``trained`` (a best.pt), quantized as ``mobile-lenet quantize`` does it (calibrated on training images), or
+    with untrained weights (``trained`` None) to see whether the member fits before it is trained."""
     import numpy as np
     import torch
 
     from mobile_lenet.apps.simulate import simulate
+    from mobile_lenet.formats.model_files import load_tensors
     from mobile_lenet.model.images import resize_digits
     from mobile_lenet.model.network import MobileLeNet, to_noodle
-    from mobile_lenet.quantization.quantize import quantize_model
+    from mobile_lenet.quantization.quantize import DEFAULT_CALIBRATION_COUNT, pick_calibration_images, quantize_model
 
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = MobileLeNet(arch).eval()
-    small = resize_digits(images[:64], arch.input_size)
-    report = simulate(quantize_model(to_noodle(model), small, arch=arch), target.name, small[:1],
+    if trained is None:
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            tensors = to_noodle(MobileLeNet(arch).eval())
+        calibration = resize_digits(images[:64], arch.input_size)
+    else:
+        tensors = load_tensors(trained)
+        calibration = resize_digits(pick_calibration_images(images, DEFAULT_CALIBRATION_COUNT), arch.input_size)
+    report = simulate(quantize_model(tensors, calibration, arch=arch), target.name, calibration[:1],
                       np.zeros(1, np.uint8), progress=False)
     return {"latency_ms": report["ms_per_image_at_clock"], "count": report[f"{target.counts}_per_image"]["mean"],
             "latency_source": f"simulate ({target.simulator}, {target.counts})",
@@ -205,11 +212,9 @@ def objective(trial, settings: Settings, out: Path, train_set) -> tuple[float, f
     if needs["flash_bytes"] > target.flash_bytes or needs["ram_bytes"] > target.ram_bytes:
         raise optuna.TrialPruned(f"does not fit {target.name}: {needs}")
     try:
-        measured = measure_latency(arch, target, train_set.images)
+        measure_latency(arch, target, train_set.images)  # untrained: is it worth training?
     except DoesNotFit as e:  # the plan fits, the firmware does not (on the AVR: the stack runs into static data)
         raise optuna.TrialPruned(str(e)) from None
-    for key, value in measured.items():
-        trial.set_user_attr(key, value)
     run = out / "trials" / f"{trial.number:04d}"
     config = TrainConfig(dataset=settings.dataset, data_dir=settings.data_dir, epochs=params["epochs"],
                          lr=params["lr"], augment=params["augment"], elastic=params["elastic"], seed=0,
@@ -218,6 +223,12 @@ def objective(trial, settings: Settings, out: Path, train_set) -> tuple[float, f
     trial.set_user_attr("run", str(run))
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")  # which machine holds its run folder
     trial.set_user_attr("command", train_command(params, settings, f"runs/trial-{trial.number:04d}"))
+    try:  # the latency of what the user gets: the trained model, quantized as `quantize` does
+        measured = measure_latency(arch, target, train_set.images, run / "best.pt")
+    except DoesNotFit as e:  # its weights took a slower, larger path (generic requantization) than the untrained
+        raise optuna.TrialPruned(f"trained, but {e}") from None
+    for key, value in measured.items():
+        trial.set_user_attr(key, value)
     accuracy = _best_val(run)
     print(f"trial {trial.number}: {arch.describe()}, epochs {params['epochs']}, lr {params['lr']:g}: "
           f"validation {100 * accuracy:.2f}%, {measured['latency_ms']:.2f} ms on {target.name}", flush=True)
