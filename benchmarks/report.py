@@ -459,7 +459,9 @@ def family_section(entry: dict, title: str = "The Mobile-LeNet family") -> list[
         lines.append(f"- The most accurate of these members that runs in the ATmega2560's 8 KB: {best['member']} "
                      f"({percent(best['accuracy']['mean'])}, {best['parameters']:,} parameters).")
     points = ", ".join(f"{p:,} parameters {percent(a)}" for p, a in result["published"])
-    lines.append(f"- Drawn in for scale (crosses): published small MNIST CNNs as issue 26 quotes them: {points}.")
+    lines.append(f"- Drawn in for scale (crosses): published small MNIST CNNs as issue 26 quotes them: {points}; "
+                 "single reported runs, not means (the 697-parameter network's script stops each run on the test "
+                 "set's best epoch and retrains; see README, The Mobile-LeNet family).")
     return lines + [""]
 
 
