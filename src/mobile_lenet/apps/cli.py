@@ -264,12 +264,11 @@ def cmd_device(args) -> int:
         from mobile_lenet.formats.model_files import load_model
 
         model = load_model(args.model)
-    # the port first: a wrong one is said at once, not after the test images are found (or a download fails)
+    test_set = _load_images(args, "test")
+    images, labels = device.rotate_images(test_set.images[:args.count], args.rotate), test_set.labels[:args.count]
+    if model is not None:
+        images = member_images(model, images)
     with device.DeviceLink.open(args.port, timeout=args.timeout) as link:
-        test_set = _load_images(args, "test")
-        images, labels = device.rotate_images(test_set.images[:args.count], args.rotate), test_set.labels[:args.count]
-        if model is not None:
-            images = member_images(model, images)
         link.image_size = images.shape[1]
         result = device.run_on_device(link, images, labels, progress=not args.quiet and not args.json)
     if model is not None:
