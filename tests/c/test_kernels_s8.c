@@ -177,6 +177,45 @@ static void test_depthwise(int trials)
     }
 }
 
+/* 3x3 filters whose requantization shift is below 17 (a depthwise layer with a scale near 1, as trained models
+ * have them: shifts 14-16), which the DSP path runs with its taps prescaled (ml_s8_prescale): shifts 8..18, the
+ * weights and multipliers of such layers (small taps, the outputs spread over the int8 range) and of any layer
+ * (full-range taps, large biases: some layers' sums leave int32 when prescaled, and those fall back), the stem
+ * and depthwise layers at both strides. */
+static void test_small_shifts(int trials)
+{
+    for (int t = 0; t < trials; ++t) {
+        const int shift = random_in(8, 18), stride = random_in(1, 2), stem = next_random() % 3 == 0;
+        const int channels = random_in(1, 24), size = random_in(3, 28), realistic = next_random() % 4 != 0;
+        const int out_size = (size + 2 - 3) / stride + 1;
+        if (channels * size * size > MAX_IN || channels * out_size * out_size > MAX_OUT) {
+            --t;
+            continue;
+        }
+        const int32_t in_zp = next_random() % 2 ? -128 : random_in(-128, 127);
+        const int32_t out_zp = random_in(-128, 127), low = next_random() % 2 ? out_zp : -128;
+        fill(stem ? size * size : channels * size * size, channels * 9, channels, realistic ? 1 << 12 : 1 << 28);
+        if (realistic) {
+            for (int i = 0; i < channels * 9; ++i) weight[i] = (int8_t)random_in(-6, 6);
+            for (int c = 0; c < channels; ++c) multiplier[c] = (int16_t)random_in(1 << (shift - 8), 32767);
+        }
+        clear_outputs();
+        if (stem) {
+            ml_conv2d_s8(in, size, size, 1, in_zp, out_fast, out_size, out_size, channels, 3, stride, 1, weight, bias,
+                         multiplier, shift, out_zp, low);
+            ml_conv2d_s8_ref(in, size, size, 1, in_zp, out_ref, out_size, out_size, channels, 3, stride, 1, weight,
+                             bias, multiplier, shift, out_zp, low);
+            check(same(channels * out_size * out_size), "stem, shift below 17");
+        } else {
+            ml_depthwise_conv2d_s8(in, size, size, channels, in_zp, out_fast, out_size, out_size, 3, stride, 1, weight,
+                                   bias, multiplier, shift, out_zp, low);
+            ml_depthwise_conv2d_s8_ref(in, size, size, channels, in_zp, out_ref, out_size, out_size, 3, stride, 1,
+                                       weight, bias, multiplier, shift, out_zp, low);
+            check(same(channels * out_size * out_size), "depthwise, shift below 17");
+        }
+    }
+}
+
 /* The model's own shapes (28 x 28 x 8 stem and blocks, 14 x 14, 7 x 7), with extreme inputs too. */
 static void test_model_shapes(void)
 {
@@ -278,6 +317,7 @@ int main(void)
     test_model_shapes();
     test_conv2d(trials);
     test_depthwise(trials);
+    test_small_shifts(trials);
 #ifdef ML_TEST_BAREMETAL
     say(failures ? "test_kernels_s8: FAILED\n" : "test_kernels_s8: all passed\n");
     finish(failures != 0);

@@ -505,12 +505,16 @@ static inline void ml_s8_taps_xtensa(int32_t w0, int32_t w1, int32_t w2, int32_t
 /* One output plane of a kernel x kernel filter over a padded plane (row stride pw): out = requantized
  * (bias + sum of u * taps), no bounds to test. */
 ML_S8_INLINE void ml_s8_filter(const uint8_t *plane, int pw, int8_t *out, int out_h, int out_w, int kernel,
-                              int stride, const int8_t *taps, int32_t bias, const ml_s8_rq *q, int shift, int relu)
+                              int stride, const int8_t *taps, int32_t bias, const ml_s8_rq *q, int shift, int relu,
+                              int unit)
 {
     if (kernel == 3) {
-        const int32_t w0 = ML_FLASH_S8(&taps[0]), w1 = ML_FLASH_S8(&taps[1]), w2 = ML_FLASH_S8(&taps[2]);
-        const int32_t w3 = ML_FLASH_S8(&taps[3]), w4 = ML_FLASH_S8(&taps[4]), w5 = ML_FLASH_S8(&taps[5]);
-        const int32_t w6 = ML_FLASH_S8(&taps[6]), w7 = ML_FLASH_S8(&taps[7]), w8 = ML_FLASH_S8(&taps[8]);
+        /* unit: the taps times 2^pre (ml_s8_filters_prescaled; the constant 1 everywhere else) */
+        const int32_t w0 = ML_FLASH_S8(&taps[0]) * unit, w1 = ML_FLASH_S8(&taps[1]) * unit;
+        const int32_t w2 = ML_FLASH_S8(&taps[2]) * unit, w3 = ML_FLASH_S8(&taps[3]) * unit;
+        const int32_t w4 = ML_FLASH_S8(&taps[4]) * unit, w5 = ML_FLASH_S8(&taps[5]) * unit;
+        const int32_t w6 = ML_FLASH_S8(&taps[6]) * unit, w7 = ML_FLASH_S8(&taps[7]) * unit;
+        const int32_t w8 = ML_FLASH_S8(&taps[8]) * unit;
 #if ML_S8_X86
         const __m256i wx[9] = {
             _mm256_set1_epi32(ml_s8_pair(w0, w1)), _mm256_set1_epi32(ml_s8_pair(w3, w4)),
@@ -631,9 +635,67 @@ ML_S8_INLINE void ml_s8_filters(const uint8_t *padded, int pw, int8_t *out, int 
         const int32_t b = ml_s8_folded_bias(weight + c * taps, taps, ML_FLASH_S32(&bias[c]), in_zp);
         const ml_s8_rq q = ml_s8_requant(ML_FLASH_S16(&multiplier[c]), shift, out_zp, low);
         ml_s8_filter(padded, pw, out + co * out_h * out_w, out_h, out_w, kernel, stride, weight + c * taps, b, &q,
-                     shift, relu);
+                     shift, relu, 1);
     }
 }
+
+#if ML_S8_DSP
+/* Shifts below ML_S8_MIN_SHIFT in 3x3 filters (the stem, depthwise layers) on the DSP path. SMMLAR's multiplier
+ * m * 2^(32 - shift) no longer fits 32 bits there, and such shifts are common: a depthwise layer whose scale is
+ * near 1 (shifts 14-16 in models trained on all of MNIST). Such a filter takes its taps and its bias times 2^pre,
+ * pre = ML_S8_MIN_SHIFT - shift, so that its sums are exactly 2^pre times larger and the requantization is that
+ * of shift ML_S8_MIN_SHIFT (multiplier m * 2^15: it fits); the taps stay 16-bit (|w| 2^pre <= 2^14, pre <= 7),
+ * and every sum must stay inside int32, which is checked once per layer from its weights and biases. Kept out
+ * of the public kernels' common path (called where they would fall back), so that its code is unchanged. */
+#define ML_S8_MAX_PRESCALE 7
+
+/* Whether every sum of each of the channels' 3x3 filters (its bias less (zp + 128) * sum w, plus u * w with u in
+ * 0..255) times 2^pre is inside int32: |folded bias| + 255 * sum |w| < 2^(31 - pre). */
+static int ml_s8_prescale_fits(const int8_t *weight, const int32_t *bias, int32_t in_zp, int channels, int pre)
+{
+    for (int c = 0; c < channels; ++c) {
+        int32_t sum = 0, magnitude = 0;
+        for (int i = 0; i < 9; ++i) {
+            const int32_t w = ML_FLASH_S8(&weight[c * 9 + i]);
+            sum += w;
+            magnitude += w < 0 ? -w : w;
+        }
+        const int64_t folded = (int64_t)ML_FLASH_S32(&bias[c]) - (int64_t)(in_zp + 128) * sum;
+        if ((folded < 0 ? -folded : folded) + 255 * (int64_t)magnitude >= ((int64_t)1 << (31 - pre))) return 0;
+    }
+    return 1;
+}
+
+/* The stem (planes 1, out_c filters) or a depthwise layer (planes = its channels, out_c 1) with a 3x3 kernel and
+ * a shift below ML_S8_MIN_SHIFT, prescaled; 0 (nothing written) where that does not apply: the reference then. */
+__attribute__((noinline)) static int ml_s8_filters_prescaled(const int8_t *in, int in_h, int in_w, int planes,
+                                                            int32_t in_zp, int8_t *out, int out_h, int out_w,
+                                                            int out_c, int kernel, int stride, int padding,
+                                                            const int8_t *weight, const int32_t *bias,
+                                                            const int16_t *multiplier, int shift, int32_t out_zp,
+                                                            int32_t low)
+{
+    const int pre = ML_S8_MIN_SHIFT - shift;
+    if (kernel != 3 || pre <= 0 || pre > ML_S8_MAX_PRESCALE
+        || !ml_s8_covered(in_h, in_w, out_h, out_w, out_c, kernel, stride, padding, multiplier, shift + pre, low)
+        || !ml_s8_prescale_fits(weight, bias, in_zp, planes * out_c, pre)) {
+        return 0;
+    }
+    uint8_t padded[ML_S8_PLANE_BYTES + ML_S8_SLACK];
+    const int pw = in_w + 2 * padding;
+    for (int p = 0; p < planes; ++p) {
+        ml_s8_pad_plane(in + p * in_h * in_w, in_h, in_w, padding, in_zp, padded);
+        for (int co = 0; co < out_c; ++co) {
+            const int c = p * out_c + co; /* the filter: the plane's (depthwise) or the stem's co-th */
+            const int32_t b = ml_s8_folded_bias(weight + c * 9, 9, ML_FLASH_S32(&bias[c]), in_zp);
+            const ml_s8_rq q = ml_s8_requant(ML_FLASH_S16(&multiplier[c]), shift + pre, out_zp, low);
+            ml_s8_filter(padded, pw, out + c * out_h * out_w, out_h, out_w, 3, stride, weight + c * 9,
+                         (int32_t)((uint32_t)b << pre), &q, shift + pre, low > -128, 1 << pre);
+        }
+    }
+    return 1;
+}
+#endif
 
 #if ML_S8_XTENSA
 /* to[i * step] = u = from[i] + 128 as 16 bits, i < n: two values a turn of a zero-overhead loop (the stores at
@@ -1281,6 +1343,12 @@ void ml_conv2d_s8(const int8_t *in, int in_h, int in_w, int in_c, int32_t in_zp,
         }
         return;
     }
+#if ML_S8_DSP
+    if (in_c == 1 && ml_s8_filters_prescaled(in, in_h, in_w, 1, in_zp, out, out_h, out_w, out_c, kernel, stride,
+                                             padding, weight, bias, multiplier, shift, out_zp, low)) {
+        return;
+    }
+#endif
     ml_conv2d_s8_ref(in, in_h, in_w, in_c, in_zp, out, out_h, out_w, out_c, kernel, stride, padding, weight, bias,
                      multiplier, shift, out_zp, low);
 }
@@ -1292,6 +1360,12 @@ void ml_depthwise_conv2d_s8(const int8_t *in, int in_h, int in_w, int channels, 
 {
     if (!ml_s8_covered(in_h, in_w, out_h, out_w, 1, kernel, stride, padding, multiplier, shift, low)
         || !ml_s8_rq_covered(multiplier, channels, shift)) {
+#if ML_S8_DSP
+        if (ml_s8_filters_prescaled(in, in_h, in_w, channels, in_zp, out, out_h, out_w, 1, kernel, stride, padding,
+                                    weight, bias, multiplier, shift, out_zp, low)) {
+            return;
+        }
+#endif
         ml_depthwise_conv2d_s8_ref(in, in_h, in_w, channels, in_zp, out, out_h, out_w, kernel, stride, padding,
                                    weight, bias, multiplier, shift, out_zp, low);
         return;
