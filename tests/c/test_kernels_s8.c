@@ -109,7 +109,8 @@ static int same(int count)
 
 /* A shift that makes the outputs spread over the int8 range, some clamped at either end, for sums of `scale`
  * / 256 random products (about 20 + log2(products) / 2, as real layers' 20..23: the plain C kernels cover shifts
- * up to 23, the DSP ones 17..31), and now and then one anywhere in 1..40 (outside: the reference kernels). */
+ * up to 23, the DSP ones 17..31 and 10..16 in 3x3 filters), and now and then one anywhere in 1..40 (outside: the
+ * reference kernels). */
 static int pick_shift(int scale)
 {
     int shift = 20;

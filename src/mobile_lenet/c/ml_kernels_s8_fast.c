@@ -12,7 +12,8 @@
  *   into a small tile, four accumulators in registers, the weights read once per four pixels straight from
  *   flash (no repacked copy).
  * - Requantization without 64-bit products (ml_s8_requant, ml_s8_out): SMMLAR (zero point included) and SSAT on
- *   the DSP cores (shifts 17..31); in plain C, per-channel thresholds for the two clamps and one 32-bit multiply
+ *   the DSP cores (shifts 17..31; 3x3 filters with shifts 10..16 take their taps times 2^(17 - shift) instead,
+ *   ml_s8_filters_prescaled); in plain C, per-channel thresholds for the two clamps and one 32-bit multiply
  *   and shift in between (multipliers > 0, shifts up to 23, as real layers have). Other layers go to the
  *   reference kernels.
  * - On cores with the DSP extension (Cortex-M4/M7/M33, __ARM_FEATURE_DSP) the sums use SMLAD, two 16-bit
