@@ -179,7 +179,7 @@ static void test_depthwise(int trials)
 }
 
 /* 3x3 filters whose requantization shift is below 17 (a depthwise layer with a scale near 1, as trained models
- * have them: shifts 14-16), which the DSP path runs with its taps prescaled (ml_s8_prescale): shifts 8..18, the
+ * have them: shifts 14-16), which the DSP path runs with its taps prescaled (ml_s8_filters_prescaled): shifts 8..18, the
  * weights and multipliers of such layers (small taps, the outputs spread over the int8 range) and of any layer
  * (full-range taps, large biases: some layers' sums leave int32 when prescaled, and those fall back), the stem
  * and depthwise layers at both strides. */

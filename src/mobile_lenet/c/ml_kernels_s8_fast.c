@@ -507,10 +507,11 @@ static inline void ml_s8_taps_xtensa(int32_t w0, int32_t w1, int32_t w2, int32_t
  * (bias + sum of u * taps), no bounds to test. */
 ML_S8_INLINE void ml_s8_filter(const uint8_t *plane, int pw, int8_t *out, int out_h, int out_w, int kernel,
                               int stride, const int8_t *taps, int32_t bias, const ml_s8_rq *q, int shift, int relu,
-                              int unit)
+                              int pre)
 {
     if (kernel == 3) {
-        /* unit: the taps times 2^pre (ml_s8_filters_prescaled; the constant 1 everywhere else) */
+        /* the taps times 2^pre (ml_s8_filters_prescaled; pre is the constant 0 everywhere else) */
+        const int32_t unit = (int32_t)1 << pre;
         const int32_t w0 = ML_FLASH_S8(&taps[0]) * unit, w1 = ML_FLASH_S8(&taps[1]) * unit;
         const int32_t w2 = ML_FLASH_S8(&taps[2]) * unit, w3 = ML_FLASH_S8(&taps[3]) * unit;
         const int32_t w4 = ML_FLASH_S8(&taps[4]) * unit, w5 = ML_FLASH_S8(&taps[5]) * unit;
@@ -624,19 +625,20 @@ static int ml_s8_covered(int in_h, int in_w, int out_h, int out_w, int channels,
 }
 
 /* The output planes of out_c filters over one padded plane (the stem: in_c == 1; a depthwise channel: out_c ==
- * 1): filter co has taps weight[co * kernel^2 ...], bias and requantization of channel first + co. */
+ * 1): filter co has taps weight[co * kernel^2 ...], bias and requantization of channel first + co; with taps and
+ * bias times 2^pre (ml_s8_filters_prescaled; the constant 0 in the public kernels, so their code is as without). */
 ML_S8_INLINE void ml_s8_filters(const uint8_t *padded, int pw, int8_t *out, int out_h, int out_w, int out_c,
                                 int kernel, int stride, const int8_t *weight, const int32_t *bias,
                                 const int16_t *multiplier, int first, int shift, int32_t in_zp, int32_t out_zp,
-                                int32_t low, int relu)
+                                int32_t low, int relu, int pre)
 {
     const int taps = kernel * kernel;
     for (int co = 0; co < out_c; ++co) {
         const int c = first + co;
         const int32_t b = ml_s8_folded_bias(weight + c * taps, taps, ML_FLASH_S32(&bias[c]), in_zp);
-        const ml_s8_rq q = ml_s8_requant(ML_FLASH_S16(&multiplier[c]), shift, out_zp, low);
-        ml_s8_filter(padded, pw, out + co * out_h * out_w, out_h, out_w, kernel, stride, weight + c * taps, b, &q,
-                     shift, relu, 1);
+        const ml_s8_rq q = ml_s8_requant(ML_FLASH_S16(&multiplier[c]), shift + pre, out_zp, low);
+        ml_s8_filter(padded, pw, out + co * out_h * out_w, out_h, out_w, kernel, stride, weight + c * taps,
+                     (int32_t)((uint32_t)b << pre), &q, shift + pre, relu, pre);
     }
 }
 
@@ -684,15 +686,10 @@ __attribute__((noinline)) static int ml_s8_filters_prescaled(const int8_t *in, i
     }
     uint8_t padded[ML_S8_PLANE_BYTES + ML_S8_SLACK];
     const int pw = in_w + 2 * padding;
-    for (int p = 0; p < planes; ++p) {
+    for (int p = 0; p < planes; ++p) { /* plane p's filters: the stem's out_c, or a depthwise channel's one */
         ml_s8_pad_plane(in + p * in_h * in_w, in_h, in_w, padding, in_zp, padded);
-        for (int co = 0; co < out_c; ++co) {
-            const int c = p * out_c + co; /* the filter: the plane's (depthwise) or the stem's co-th */
-            const int32_t b = ml_s8_folded_bias(weight + c * 9, 9, ML_FLASH_S32(&bias[c]), in_zp);
-            const ml_s8_rq q = ml_s8_requant(ML_FLASH_S16(&multiplier[c]), shift + pre, out_zp, low);
-            ml_s8_filter(padded, pw, out + c * out_h * out_w, out_h, out_w, 3, stride, weight + c * 9,
-                         (int32_t)((uint32_t)b << pre), &q, shift + pre, low > -128, 1 << pre);
-        }
+        ml_s8_filters(padded, pw, out + p * out_c * out_h * out_w, out_h, out_w, out_c, 3, stride, weight, bias,
+                      multiplier, p * out_c, shift, in_zp, out_zp, low, low > -128, pre);
     }
     return 1;
 }
@@ -1337,10 +1334,10 @@ void ml_conv2d_s8(const int8_t *in, int in_h, int in_w, int in_c, int32_t in_zp,
         ml_s8_pad_plane(in, in_h, in_w, padding, in_zp, padded);
         if (low == -128) {
             ml_s8_filters(padded, pw, out, out_h, out_w, out_c, kernel, stride, weight, bias, multiplier, 0, shift,
-                          in_zp, out_zp, low, 0);
+                          in_zp, out_zp, low, 0, 0);
         } else {
             ml_s8_filters(padded, pw, out, out_h, out_w, out_c, kernel, stride, weight, bias, multiplier, 0, shift,
-                          in_zp, out_zp, low, 1);
+                          in_zp, out_zp, low, 1, 0);
         }
         return;
     }
@@ -1396,10 +1393,10 @@ void ml_depthwise_conv2d_s8(const int8_t *in, int in_h, int in_w, int channels, 
 #endif
         if (low == -128) {
             ml_s8_filters(padded, pw, out + c * out_h * out_w, out_h, out_w, 1, kernel, stride, weight, bias,
-                          multiplier, c, shift, in_zp, out_zp, low, 0);
+                          multiplier, c, shift, in_zp, out_zp, low, 0, 0);
         } else {
             ml_s8_filters(padded, pw, out + c * out_h * out_w, out_h, out_w, 1, kernel, stride, weight, bias,
-                          multiplier, c, shift, in_zp, out_zp, low, 1);
+                          multiplier, c, shift, in_zp, out_zp, low, 1, 0);
         }
     }
 }
